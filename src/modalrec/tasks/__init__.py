@@ -1,0 +1,16 @@
+"""Tasks: what is predicted and how it is judged. One explicit table."""
+
+from ..config import TaskConfig
+from ..data.interaction import InteractionData
+from .base import PreparedTask, SampleSet, Vocab
+from .ctr import CTRTask
+from .topk import TopKTask
+
+TASKS: dict[str, type[PreparedTask]] = {"ctr": CTRTask, "topk": TopKTask}
+
+
+def prepare_task(data: InteractionData, cfg: TaskConfig) -> PreparedTask:
+    return TASKS[cfg.kind](data, cfg)
+
+
+__all__ = ["TASKS", "prepare_task", "PreparedTask", "SampleSet", "Vocab", "CTRTask", "TopKTask"]

@@ -1,0 +1,182 @@
+"""The `modalrec` command.
+
+Errors in user input (data files, configs) are printed as one line each, naming the file, row and
+column, and the command exits with status 2, without a traceback. Anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .data.errors import DataError
+
+app = typer.Typer(
+    name="modalrec",
+    help="Learn recommendations from multi-modal user interactions: import data, train and compare the "
+         "models of the field, report, and serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Check and import datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    for line in str(msg).splitlines() or [""]:
+        typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except DataError as e:
+        _fail(str(e))
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except KeyError as e:  # unknown model / dataset / metric names
+        _fail(e.args[0] if e.args else str(e))
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML run config (see configs/ for examples)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (mean and std)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Train a model on a task and write the run directory (config, manifest, metrics, checkpoints, report)."""
+    from .config import load_config
+    from .train.run import train_run
+
+    overrides = list(set_)
+    if seeds:
+        overrides.append(f"seeds=[{seeds}]")
+    cfg = _guard(load_config, config, overrides)
+    out = out or Path("runs") / cfg.name
+    metrics = _guard(train_run, cfg, out, resume=resume)
+    _print_summary(out, metrics)
+
+
+def _print_summary(out: Path, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{metrics['name']} ({metrics['model']}, {metrics['dataset']}, seeds {metrics['seeds']})")
+    table.add_column("metric")
+    table.add_column("valid")
+    table.add_column("test")
+    for k in sorted(metrics["test"]):
+        v, t = metrics["valid"].get(k, {}), metrics["test"][k]
+
+        def fmt(d):
+            return "-" if not d or d.get("mean") is None else f"{d['mean']:.4f} ± {d['std']:.4f}"
+
+        table.add_row(k, fmt(v), fmt(t))
+    Console(stderr=False).print(table)
+    typer.echo(f"run directory: {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
+    split: str = typer.Option("test", help="valid or test."),
+) -> None:
+    """Re-evaluate the best checkpoints of a run and print the metrics as JSON."""
+    import json
+
+    from .train.run import evaluate_run
+
+    res = _guard(evaluate_run, run_dir, split)
+    typer.echo(json.dumps(res, indent=2))
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (PNG plots go beside it)."),
+    title: Optional[str] = typer.Option(None, help="Report title."),
+) -> None:
+    """Write an HTML report: leaderboard, learning curves and metric plots of several runs side by side."""
+    from .eval.report import write_report
+
+    path = _guard(write_report, list(run_dirs), out, title)
+    typer.echo(f"report: {path}")
+
+
+@data_app.command("validate")
+def data_validate(path: Path = typer.Argument(..., help="A dataset directory (dataset.yaml) or an import YAML.")) -> None:
+    """Check a dataset; print every problem as file, row, column, expected; exit 1 if any."""
+    from .data.importer import validate_path
+
+    problems = _guard(validate_path, path)
+    if problems:
+        for p in problems:
+            typer.echo(f"error: {p}", err=True)
+        typer.echo(f"{len(problems)} problem(s) in {path}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {path}")
+
+
+@data_app.command("import")
+def data_import(
+    spec: Path = typer.Argument(..., help="YAML mapping of your CSV/Parquet files (see README)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the InteractionData to."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows",
+                                       help="Write the good rows and list the bad ones in OUT/rejected.csv."),
+) -> None:
+    """Import your own files described by a YAML mapping into an InteractionData directory."""
+    import csv
+
+    from .data.importer import import_dataset
+
+    result = _guard(import_dataset, spec, skip_bad_rows=skip_bad_rows)
+    data, rejected = result if isinstance(result, tuple) else (result, [])
+    data.save(out)
+    if rejected:
+        with open(out / "rejected.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "row", "reason"])
+            w.writerows(rejected)
+        typer.echo(f"warning: {len(rejected)} bad row(s) left out, listed in {out / 'rejected.csv'}", err=True)
+    s = data.summary()
+    typer.echo(f"imported {s['events']} events, {s['users']} users, {s['items']} items into {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where to write the demo runs."),
+    epochs: int = typer.Option(4, help="Epochs per model."),
+) -> None:
+    """Generate a small built-in world (no downloads), train several models, and write a report."""
+    from .demo import run_demo
+
+    path = _guard(run_demo, out, epochs)
+    typer.echo(f"demo report: {path}")
+
+
+@app.command("list")
+def list_() -> None:
+    """List the registered models, tasks and datasets."""
+    from .datasets import DATASETS
+    from .models import MODELS
+    from .tasks import TASKS
+
+    typer.echo("models:   " + ", ".join(f"{k} ({'/'.join(sorted(v.tasks))})" for k, v in MODELS.items()))
+    typer.echo("tasks:    " + ", ".join(TASKS))
+    typer.echo("datasets: " + ", ".join(DATASETS))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

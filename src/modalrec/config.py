@@ -1,0 +1,124 @@
+"""Typed run configuration (pydantic models of the YAML files).
+
+Each section belongs to the concept that reads it: `data` to the dataset source, `task` to the
+task (split protocol, history length, label), `model` to the model table, `train` to the Trainer.
+Configs are data: no eval() of strings, no global dict. `--set a.b=value` overrides are applied to
+the raw mapping before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .data.errors import DataError, Problem
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    source: str = Field("demo", description="registered dataset name, a saved InteractionData dir or an import YAML")
+    path: str | None = Field(None, description="where the source reads its raw files")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SplitConfig(_Strict):
+    method: Literal["per_user_time", "global_time", "leave_last_out"] = "per_user_time"
+    valid: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TaskConfig(_Strict):
+    kind: Literal["ctr", "topk"] = "ctr"
+    label_column: str = Field("label", description="event column holding the label or the value to threshold")
+    label_threshold: float | None = Field(None, description="label = column >= threshold (e.g. rating >= 4)")
+    sample_channels: list[str] | None = Field(None, description="channels whose events are samples (None: all)")
+    history_channels: list[str] | None = Field(None, description="channels that form the history (None: samples')")
+    max_history: int = Field(50, ge=1)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    text_modalities: list[str] | None = Field(
+        None, description="item text modalities turned into bag-of-words features (None: all text modalities)")
+    max_words: int = Field(16, ge=1, description="words kept per item text")
+    vector_modalities: list[str] | None = Field(None, description="item vector modalities joined as dense content")
+    ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
+    train_negatives: int = Field(256, ge=1, description="topk: sampled negatives per training batch")
+    min_user_events: int = Field(3, ge=1, description="topk: users with fewer events are train-only")
+
+
+class ModelSection(_Strict):
+    name: str = "din"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(4096, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    patience: int = Field(3, ge=1, description="early stopping: epochs without improvement of `monitor`")
+    monitor: str | None = Field(None, description="validation metric for early stopping (task default if None)")
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="LR multiplied by this on plateau")
+    lr_patience: int = Field(1, ge=0)
+    clip_norm: float | None = Field(10.0, description="gradient norm clipping (None: off)")
+    num_threads: int | None = None
+    device: str = "auto"
+    amp: bool = Field(False, description="mixed precision (bf16) on GPU")
+    progress: bool = True
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`a.b.c=value` -> raw["a"]["b"]["c"] = yaml.safe_load(value)."""
+    for item in overrides:
+        if "=" not in item:
+            raise DataError(Problem("--set", None, item, "key=value", repr(item)))
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise DataError(Problem("--set", None, key, f"'{p}' to be a section", type(node).__name__))
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    raw: dict = dict(base or {})
+    origin = "config"
+    if path is not None:
+        origin = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise DataError(Problem(origin, None, None, "a YAML config file", "no such file"))
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise DataError(Problem(origin, None, None, "a YAML mapping", type(loaded).__name__))
+        raw.update(loaded)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise DataError([
+            Problem(origin, None, ".".join(str(x) for x in err["loc"]), err["msg"].lower(), repr(err.get("input"))[:80])
+            for err in e.errors()
+        ]) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

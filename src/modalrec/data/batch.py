@@ -1,0 +1,157 @@
+"""`Batch`: one dataclass of named tensors, and the collate that builds it.
+
+The collate joins the item side table at batch time, for the target AND every history position,
+so no sample row ever repeats item content: memory grows with the number of items, not samples.
+Histories are not materialised per sample either: each user's events are kept once, in time order
+(`History`, a CSR layout), and a sample only stores how many of them happened strictly before it.
+
+History layout: chronological, left-aligned, padded with item 0 at the end; `hist_mask` is True on
+real positions. Index 0 is the padding / unknown id of every vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Batch:
+    user: Tensor  # (B,) long
+    item: Tensor  # (B,) long: target item (ctr) or held-out next item (topk eval)
+    hist: Tensor  # (B, L) long, 0 = padding
+    hist_mask: Tensor  # (B, L) bool
+    item_side: dict[str, Tensor] = field(default_factory=dict)  # target features: (B,), (B,K) or (B,D)
+    hist_side: dict[str, Tensor] = field(default_factory=dict)  # history features: (B,L), (B,L,K), (B,L,D)
+    presence: dict[str, Tensor] = field(default_factory=dict)  # modality -> (B,) bool for the target
+    hist_presence: dict[str, Tensor] = field(default_factory=dict)  # modality -> (B,L) bool
+    hist_time: Tensor | None = None  # (B, L) seconds between the history event and the sample
+    label: Tensor | None = None  # (B,) float for ctr; (B, n_labels) for multilabel
+    group: Tensor | None = None  # (B,) long: the user, for gAUC/UAUC
+    targets: Tensor | None = None  # (B, L) next-item ids for sequence training (topk), 0 = none
+    candidates: Tensor | None = None  # (B, L, C) or (B, C) item ids to score; None = all items
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.user.shape[0])
+
+    def to(self, device: torch.device | str) -> "Batch":
+        def mv(v):
+            if isinstance(v, Tensor):
+                return v.to(device, non_blocking=True)
+            if isinstance(v, dict):
+                return {k: mv(x) for k, x in v.items()}
+            return v
+
+        return Batch(**{f.name: mv(getattr(self, f.name)) for f in fields(self)})
+
+
+@dataclass
+class ItemSide:
+    """Item side table, one row per item index (row 0 = padding), joined at batch time.
+
+    `categorical`: (n,) int64; `multi`: (n, K) int64 padded with 0; `dense`: (n, D) float (may be a
+    float16 memmap); `presence`: (n,) bool per dense modality (False = modality absent)."""
+
+    categorical: dict[str, np.ndarray] = field(default_factory=dict)
+    multi: dict[str, np.ndarray] = field(default_factory=dict)
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    presence: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def gather(self, idx: np.ndarray) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        out: dict[str, Tensor] = {}
+        for name, arr in self.categorical.items():
+            out[name] = torch.from_numpy(arr[idx])
+        for name, arr in self.multi.items():
+            out[name] = torch.from_numpy(arr[idx])
+        for name, arr in self.dense.items():
+            out[name] = torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
+        pres = {name: torch.from_numpy(arr[idx]) for name, arr in self.presence.items()}
+        return out, pres
+
+
+@dataclass
+class History:
+    """Every user's events in time order, stored once (CSR): items[ptr[u]:ptr[u+1]]."""
+
+    ptr: np.ndarray  # (n_users + 1,) int64
+    items: np.ndarray  # (n_events,) int64
+    times: np.ndarray  # (n_events,) int64
+
+    @classmethod
+    def build(cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, n_users: int) -> "History":
+        order = np.lexsort((times, users))
+        counts = np.bincount(users, minlength=n_users)
+        ptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        return cls(ptr, items[order].astype(np.int64), times[order].astype(np.int64))
+
+    def cut_before(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """For each (user, time): how many of the user's events happened strictly before `time`.
+
+        The leakage guard of every task: a sample's history never holds an event at or after the
+        sample's own time (ties included), so same-second batch imports cannot leak."""
+        out = np.empty(len(users), dtype=np.int64)
+        order = np.argsort(users, kind="stable")
+        u_sorted = users[order]
+        bounds = np.searchsorted(u_sorted, np.arange(len(self.ptr)), side="left")
+        for u in np.flatnonzero(np.diff(bounds)):  # loop over distinct users, searchsorted is vectorised
+            sel = order[bounds[u] : bounds[u + 1]]
+            lo, hi = self.ptr[u], self.ptr[u + 1]
+            out[sel] = np.searchsorted(self.times[lo:hi], times[sel], side="left")
+        return out
+
+    def window(self, users: np.ndarray, cut: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last `max_len` events before each cut: (items (B,L), mask (B,L), event positions (B,L))."""
+        length = np.minimum(cut, max_len)
+        start = self.ptr[users] + cut - length
+        pos = start[:, None] + np.arange(max_len)[None, :]
+        mask = np.arange(max_len)[None, :] < length[:, None]
+        pos = np.where(mask, pos, 0)
+        items = np.where(mask, self.items[pos] if len(self.items) else 0, 0)
+        return items, mask, pos
+
+
+@dataclass
+class Collator:
+    """Builds a `Batch` from sample indices: joins history and item side tables at batch time."""
+
+    history: History
+    item_side: ItemSide
+    max_history: int
+    with_time: bool = False
+
+    def __call__(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        cut: np.ndarray,
+        times: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> Batch:
+        hist, mask, pos = self.history.window(users, cut, self.max_history)
+        tgt_side, tgt_pres = self.item_side.gather(items)
+        h_side, h_pres = self.item_side.gather(hist)
+        hist_time = None
+        if self.with_time and times is not None:
+            dt = times[:, None] - self.history.times[pos]
+            hist_time = torch.from_numpy(np.where(mask, dt, 0).astype(np.float32))
+        u = torch.from_numpy(users.astype(np.int64))
+        return Batch(
+            user=u,
+            item=torch.from_numpy(items.astype(np.int64)),
+            hist=torch.from_numpy(hist),
+            hist_mask=torch.from_numpy(mask),
+            item_side=tgt_side,
+            hist_side=h_side,
+            presence=tgt_pres,
+            hist_presence=h_pres,
+            hist_time=hist_time,
+            label=None if labels is None else torch.from_numpy(labels.astype(np.float32)),
+            group=u,
+        )

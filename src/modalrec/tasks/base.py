@@ -1,0 +1,250 @@
+"""What every task shares: id vocabularies, the item side table, sample sets and the loader.
+
+A task turns `InteractionData` into a `PreparedTask`: the model's `Schema`, the train/valid/test
+`SampleSet`s (compact arrays: a sample is user, item, time and how many of the user's history
+events precede it) and a `Collator` that builds `Batch`es from them. The task also owns the loss and
+the evaluation protocol, so any model can be trained and judged by the same Trainer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from ..config import TaskConfig
+from ..data.batch import Batch, Collator, ItemSide
+from ..data.errors import DataError, Problem
+from ..data.interaction import InteractionData
+from ..models.base import Schema
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an the of and or to in on for with by at from is are be it its this that".split())
+
+
+@dataclass
+class Vocab:
+    """Raw id (string) <-> index; index 0 is reserved for padding and unknown ids."""
+
+    ids: list[str]
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index = {v: i + 1 for i, v in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids) + 1
+
+    def lookup(self, values) -> np.ndarray:
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            codes = pc.index_in(pc.cast(values, pa.string()), value_set=pa.array(self.ids, pa.string()))
+            return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+        return np.array([self._index.get(str(v), 0) for v in values], dtype=np.int64)
+
+    def id_of(self, index: int) -> str | None:
+        return self.ids[index - 1] if 0 < index <= len(self.ids) else None
+
+
+def _times(events: pa.Table) -> np.ndarray:
+    t = events["time"]
+    if pa.types.is_timestamp(t.type):
+        t = pc.cast(pc.cast(t, pa.timestamp("s")), pa.int64())
+    return t.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _words(text: str | None) -> list[str]:
+    if not text:
+        return []
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
+
+
+def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tuple[ItemSide, Schema]:
+    """Side features per item index: categorical, multi-valued, text as bag of words, dense vectors."""
+    n = len(items)
+    side = ItemSide()
+    cat_sizes: dict[str, int] = {}
+    multi_sizes: dict[str, int] = {}
+    dense_dims: dict[str, int] = {}
+    if data.items is not None:
+        row_idx = items.lookup(data.items["item_id"])
+        for f in data.spec.item_features:
+            if f.name not in data.items.column_names:
+                continue
+            col = data.items[f.name]
+            if f.kind == "categorical":
+                codes, uniq = pd.factorize(pd.Series(col.to_pylist(), dtype=object), use_na_sentinel=True)
+                arr = np.zeros(n, dtype=np.int64)
+                arr[row_idx] = codes + 1
+                side.categorical[f.name] = arr
+                cat_sizes[f.name] = len(uniq) + 1
+            elif f.kind == "numeric":  # quantile buckets: a categorical the embedding models can read
+                vals = pd.to_numeric(pd.Series(col.to_pylist()), errors="coerce").to_numpy(dtype=np.float64)
+                ok = np.isfinite(vals)
+                arr = np.zeros(n, dtype=np.int64)
+                if ok.any():
+                    edges = np.unique(np.quantile(vals[ok], np.linspace(0, 1, 11)[1:-1]))
+                    arr[row_idx[ok]] = np.searchsorted(edges, vals[ok], side="right") + 1
+                side.categorical[f.name] = arr
+                cat_sizes[f.name] = 12
+            elif f.kind == "multi_categorical":
+                lists = col.to_pylist()
+                vocab: dict[str, int] = {}
+                for lst in lists:
+                    for v in lst or []:
+                        vocab.setdefault(str(v), len(vocab) + 1)
+                k = max(1, min(16, max((len(lst or []) for lst in lists), default=1)))
+                arr = np.zeros((n, k), dtype=np.int64)
+                for r, lst in zip(row_idx, lists):
+                    codes = [vocab[str(v)] for v in (lst or [])][:k]
+                    arr[r, : len(codes)] = codes
+                side.multi[f.name] = arr
+                multi_sizes[f.name] = len(vocab) + 1
+    for m in data.spec.modalities:
+        if m.entity != "item" or m.name not in data.content:
+            continue
+        table = data.content[m.name]
+        rows = items.lookup(table["entity_id"])
+        if m.kind == "text" and (cfg.text_modalities is None or m.name in cfg.text_modalities):
+            texts = table["text"].to_pylist()
+            tokenised = [_words(t) for t in texts]
+            counts = Counter(w for ws in tokenised for w in set(ws))
+            vocab = {w: i + 1 for i, (w, c) in enumerate(sorted(counts.items())) if c >= 2}
+            vocab = {w: i + 1 for i, w in enumerate(vocab)}
+            arr = np.zeros((n, cfg.max_words), dtype=np.int64)
+            for r, ws in zip(rows, tokenised):
+                if r == 0:
+                    continue
+                # most frequent words first would favour stop-like words; keep first occurrences in order
+                codes = list(dict.fromkeys(vocab[w] for w in ws if w in vocab))[: cfg.max_words]
+                arr[r, : len(codes)] = codes
+            name = f"{m.name}_words"
+            side.multi[name] = arr
+            multi_sizes[name] = len(vocab) + 1
+        elif m.kind == "vector" and (cfg.vector_modalities is None or m.name in cfg.vector_modalities):
+            vecs = table["vector"]
+            dim = m.dim or len(vecs[0].as_py())
+            flat = pc.list_flatten(vecs).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+            arr = np.zeros((n, dim), dtype=np.float32)
+            pres = np.zeros(n, dtype=bool)
+            keep = rows > 0
+            arr[rows[keep]] = flat[keep]
+            pres[rows[keep]] = True
+            side.dense[m.name] = arr
+            side.presence[m.name] = pres
+            dense_dims[m.name] = dim
+    schema = Schema(
+        task=cfg.kind, n_users=0, n_items=n, max_history=cfg.max_history,
+        item_categorical=cat_sizes, item_multi=multi_sizes, item_dense=dense_dims,
+    )
+    return side, schema
+
+
+@dataclass
+class Encoded:
+    """Events with integer ids, sorted by (user, time), plus the vocabularies."""
+
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    channels: np.ndarray
+    table: pa.Table  # events in the same (sorted) order
+    user_vocab: Vocab
+    item_vocab: Vocab
+
+
+def encode_events(data: InteractionData) -> Encoded:
+    ev = data.events
+    if ev.num_rows == 0:
+        raise DataError(Problem("events", None, None, "at least one event", "an empty table"))
+    uv = Vocab(pc.unique(ev["user_id"]).to_pylist())
+    item_ids = pc.unique(ev["item_id"]).to_pylist()
+    if data.items is not None:
+        known = data.items["item_id"].to_pylist()
+        seen = set(known)
+        item_ids = known + [i for i in item_ids if i not in seen]
+    iv = Vocab(item_ids)
+    users = uv.lookup(ev["user_id"])
+    items = iv.lookup(ev["item_id"])
+    times = _times(ev)
+    order = np.lexsort((np.arange(len(times)), times, users))  # stable within equal times
+    return Encoded(
+        users=users[order], items=items[order], times=times[order],
+        channels=np.asarray(ev["channel"].to_numpy(zero_copy_only=False))[order],
+        table=ev.take(pa.array(order)), user_vocab=uv, item_vocab=iv,
+    )
+
+
+def channel_mask(channels: np.ndarray, wanted: list[str] | None) -> np.ndarray:
+    if wanted is None:
+        return np.ones(len(channels), dtype=bool)
+    return np.isin(channels, np.asarray(wanted, dtype=object))
+
+
+@dataclass
+class SampleSet:
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    cut: np.ndarray  # how many history events of the user precede the sample
+    labels: np.ndarray | None = None
+    groups: np.ndarray | None = None  # optional per-sample group label for breakdowns
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, idx: np.ndarray) -> "SampleSet":
+        return SampleSet(
+            self.users[idx], self.items[idx], self.times[idx], self.cut[idx],
+            None if self.labels is None else self.labels[idx],
+            None if self.groups is None else self.groups[idx],
+        )
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
+                  world: int = 1) -> Iterator[np.ndarray]:
+    """Global batches of `batch_size`; under DDP each rank takes its contiguous share of every batch,
+    so the averaged gradient equals the single-process gradient of the same global batch."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    for start in range(0, n, batch_size):
+        chunk = order[start : start + batch_size]
+        if world > 1:
+            chunk = np.array_split(chunk, world)[rank]
+        if len(chunk):
+            yield chunk
+
+
+class PreparedTask:
+    """A task bound to one dataset: schema, splits, loader, loss and evaluation."""
+
+    kind: str = ""
+    monitor: str = ""
+    higher_is_better: bool = True
+    schema: Schema
+    collator: Collator
+    splits: dict[str, SampleSet]
+    group_names: dict[str, list[str]]
+
+    def train_size(self) -> int:
+        return len(self.splits["train"])
+
+    def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        s = self.splits[split]
+        for idx in batch_indices(len(s), batch_size, shuffle, seed, epoch, rank, world):
+            yield self.collate(s.take(idx), train=(split == "train"), seed=seed, epoch=epoch)
+
+    def collate(self, s: SampleSet, train: bool, seed: int = 0, epoch: int = 0) -> Batch:
+        return self.collator(s.users, s.items, s.cut, s.times, s.labels)
+
+    def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, split: str, batch_size: int) -> tuple[dict, dict]:
+        raise NotImplementedError

@@ -1,0 +1,112 @@
+"""`ctr`: a binary label per (user, item) event; judged by AUC, gAUC, UAUC and logloss.
+
+Split protocols (both chronological, both with the leakage guard):
+- `per_user_time`: for each user with >= 3 samples, the last `test` share of their samples (by time)
+  is test, the share before it valid, the rest train. Ties go to the later split: every event at or
+  after the user's first test time is test, so no training sample of a user is at or after any of
+  that user's test events.
+- `global_time`: one cut-off time for everybody (train < valid < test by time): no training event
+  of anyone happens at or after any test event's time.
+A sample's history holds only the user's events strictly before the sample's time (`History.cut_before`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import TaskConfig
+from ..data.batch import Collator, History
+from ..data.errors import DataError, Problem
+from ..data.interaction import InteractionData
+from ..eval.metrics import ctr_metrics
+from .base import PreparedTask, SampleSet, build_item_side, channel_mask, encode_events
+
+
+def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: str, valid: float,
+                  test: float) -> np.ndarray:
+    """0 = train, 1 = valid, 2 = test per sample; inputs sorted by (user, time)."""
+    if method == "global_time":
+        t_test = np.quantile(times, 1 - test) if test > 0 else np.inf
+        t_valid = np.quantile(times, 1 - test - valid) if valid > 0 else t_test
+        return np.where(times >= t_test, 2, np.where(times >= t_valid, 1, 0)).astype(np.int8)
+    counts = np.bincount(users, minlength=n_users)
+    start = np.zeros(n_users, dtype=np.int64)
+    start[1:] = np.cumsum(counts)[:-1]
+    eligible = counts >= 3
+    n_test = np.where(eligible, np.maximum(np.floor(counts * test + 0.5), 1 if test > 0 else 0), 0).astype(np.int64)
+    n_valid = np.where(eligible, np.maximum(np.floor(counts * valid + 0.5), 1 if valid > 0 else 0), 0)
+    n_valid = np.minimum(n_valid, counts - n_test - 1).astype(np.int64)
+    big = np.iinfo(np.int64).max
+
+    def boundary(k: np.ndarray) -> np.ndarray:
+        idx = np.clip(start + counts - k, 0, max(len(times) - 1, 0))
+        return np.where((k > 0) & eligible, times[idx], big)
+
+    t_test = boundary(n_test)
+    t_valid = np.minimum(boundary(n_test + n_valid), t_test)
+    tt, tv = t_test[users], t_valid[users]
+    return np.where(times >= tt, 2, np.where(times >= tv, 1, 0)).astype(np.int8)
+
+
+class CTRTask(PreparedTask):
+    kind = "ctr"
+    monitor = "auc"
+
+    def __init__(self, data: InteractionData, cfg: TaskConfig):
+        self.cfg = cfg
+        enc = encode_events(data)
+        self.user_vocab, self.item_vocab = enc.user_vocab, enc.item_vocab
+        is_sample = channel_mask(enc.channels, cfg.sample_channels)
+        is_hist = channel_mask(enc.channels, cfg.history_channels or cfg.sample_channels)
+        if not is_sample.any():
+            raise DataError(Problem("events", None, "channel", f"events in channels {cfg.sample_channels}",
+                                    "none"))
+        if cfg.label_column not in enc.table.column_names:
+            raise DataError(Problem("events", None, cfg.label_column, "a label column for the ctr task",
+                                    f"columns {enc.table.column_names}"))
+        raw = enc.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)[is_sample]
+        if np.isnan(raw).any():
+            r = int(np.flatnonzero(np.isnan(raw))[0])
+            raise DataError(Problem("events", None, cfg.label_column, "a label on every sample event",
+                                    f"{int(np.isnan(raw).sum())} empty, e.g. sample {r + 1}"))
+        labels = (raw >= cfg.label_threshold) if cfg.label_threshold is not None else raw
+        labels = labels.astype(np.float32)
+        if cfg.label_threshold is None and not np.isin(labels, (0.0, 1.0)).all():
+            raise DataError(Problem("events", None, cfg.label_column, "0/1 labels (or set task.label_threshold)",
+                                    f"values such as {sorted(set(labels.tolist()))[:5]}"))
+        n_users = len(self.user_vocab)
+        self.history = History.build(enc.users[is_hist], enc.items[is_hist], enc.times[is_hist], n_users)
+        users, items, times = enc.users[is_sample], enc.items[is_sample], enc.times[is_sample]
+        split = assign_splits(users, times, n_users, cfg.split.method, cfg.split.valid, cfg.split.test)
+        cut = self.history.cut_before(users, times)
+        full = SampleSet(users, items, times, cut, labels)
+        self.splits = {name: full.take(np.flatnonzero(split == code))
+                       for code, name in enumerate(("train", "valid", "test"))}
+        side, schema = build_item_side(data, self.item_vocab, cfg)
+        tr = self.splits["train"]
+        n_items = schema.n_items
+        counts = np.bincount(tr.items, minlength=n_items).astype(np.float64)
+        pos = np.bincount(tr.items, weights=tr.labels, minlength=n_items)
+        prior = float(tr.labels.mean()) if len(tr) else 0.5
+        schema.n_users = n_users
+        schema.item_counts = counts
+        schema.item_positive_rate = (pos + 20 * prior) / (counts + 20)
+        self.schema = schema
+        self.collator = Collator(self.history, side, cfg.max_history, with_time=True)
+        self.group_names = {}
+
+    def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(output.float(), batch.label)
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, split: str, batch_size: int, device="cpu") -> np.ndarray:
+        model.eval()
+        outs = [model(b.to(device)).float().cpu() for b in self.batches(split, batch_size)]
+        return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+
+    def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device="cpu") -> tuple[dict, dict]:
+        s = self.splits[split]
+        logits = self.predict(model, split, batch_size, device)
+        return ctr_metrics(s.labels, logits, s.users), {}

@@ -1,0 +1,137 @@
+"""Tasks: split protocols, the leakage guard, and the collate that joins side tables at batch time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from modalrec.config import TaskConfig
+from modalrec.data.interaction import DatasetSpec, FeatureSpec, InteractionData, ModalitySpec
+from modalrec.tasks import CTRTask, TopKTask
+
+
+def make_data(seed: int = 0, n_users: int = 30, n_items: int = 40, n_events: int = 1500) -> InteractionData:
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, n_events)
+    items = rng.integers(0, n_items, n_events)
+    # coarse times so that many events of a user share a timestamp (the leakage guard must handle ties)
+    times = rng.integers(0, 60, n_events) * 100
+    labels = rng.integers(0, 2, n_events).astype(np.float64)
+    events = pa.table({
+        "user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items],
+        "time": pa.array(times, pa.int64()), "label": labels,
+        "channel": ["click"] * (n_events - 100) + ["like"] * 100,
+    })
+    items_t = pa.table({
+        "item_id": [f"i{i}" for i in range(n_items)],
+        "genres": [[f"g{i % 3}", f"g{(i + 1) % 5}"] for i in range(n_items)],
+        "brand": [f"b{i % 4}" for i in range(n_items)],
+    })
+    text = pa.table({"entity_id": [f"i{i}" for i in range(0, n_items, 2)],
+                     "text": [f"word{i % 5} shared words here" for i in range(0, n_items, 2)]})
+    vec_ids = [f"i{i}" for i in range(0, n_items, 3)]
+    vec = pa.table({"entity_id": vec_ids, "vector": [list(rng.normal(size=4).astype(np.float32)) for _ in vec_ids]})
+    spec = DatasetSpec(
+        name="toy", channels=["click", "like"],
+        item_features=[FeatureSpec(name="genres", kind="multi_categorical"),
+                       FeatureSpec(name="brand", kind="categorical")],
+        modalities=[ModalitySpec(name="text", kind="text"), ModalitySpec(name="emb", kind="vector", dim=4)],
+    )
+    return InteractionData(spec, events, items_t, None, {"text": text, "emb": vec}).validate()
+
+
+def _hist_times(task, split):
+    s = task.splits[split]
+    _, mask, pos = task.history.window(s.users, s.cut, task.cfg.max_history)
+    return s, mask, task.history.times[pos]
+
+
+@pytest.mark.parametrize("method", ["per_user_time", "global_time"])
+def test_ctr_leakage_guard(method):
+    data = make_data()
+    task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=20,
+                                    split={"method": method, "valid": 0.1, "test": 0.2}))
+    tr, va, te = (task.splits[k] for k in ("train", "valid", "test"))
+    assert len(tr) + len(va) + len(te) == 1400 and len(te) > 0 and len(va) > 0
+    for split in ("train", "valid", "test"):
+        s, mask, ht = _hist_times(task, split)
+        # no history event at or after the sample's own time, ties included
+        assert (ht[mask] < np.repeat(s.times, mask.sum(1))).all()
+    if method == "global_time":
+        assert tr.times.max() < te.times.min() and va.times.max() < te.times.min()
+    else:
+        for u in np.unique(te.users):
+            first_test = te.times[te.users == u].min()
+            assert (tr.times[tr.users == u] < first_test).all()
+            assert (va.times[va.users == u] < first_test).all()
+
+
+def test_ctr_history_is_most_recent_and_chronological():
+    data = make_data()
+    task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=5))
+    s, mask, ht = _hist_times(task, "test")
+    for r in range(len(s)):
+        t = ht[r][mask[r]]
+        assert (np.diff(t) >= 0).all()
+        # exactly the events strictly before, capped at max_history
+        u = s.users[r]
+        before = (task.history.times[task.history.ptr[u]:task.history.ptr[u + 1]] < s.times[r]).sum()
+        assert mask[r].sum() == min(before, 5)
+
+
+def test_collate_joins_side_tables_for_target_and_history():
+    data = make_data()
+    task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=8))
+    batch = next(task.batches("test", 16))
+    side = task.collator.item_side
+    assert batch.item_side["genres"].shape == (16, side.multi["genres"].shape[1])
+    assert batch.hist_side["genres"].shape[:2] == batch.hist.shape
+    assert batch.hist_side["emb"].shape == (*batch.hist.shape, 4)
+    # presence mask follows the content table: vectors exist for every third item only
+    ids = [task.item_vocab.id_of(int(i)) for i in batch.item]
+    want = np.array([int(i[1:]) % 3 == 0 for i in ids])
+    assert (batch.presence["emb"].numpy() == want).all()
+    # padded history positions carry item 0 and are masked out
+    assert (batch.hist[~batch.hist_mask] == 0).all()
+    assert "text_words" in batch.item_side
+    assert task.schema.item_dense == {"emb": 4}
+
+
+def test_ctr_label_threshold_and_errors():
+    data = make_data()
+    from modalrec.data.errors import DataError
+
+    with pytest.raises(DataError, match="label"):
+        CTRTask(data, TaskConfig(kind="ctr", label_column="nope"))
+    task = CTRTask(data, TaskConfig(kind="ctr", label_column="label", label_threshold=1.0))
+    assert set(np.unique(task.splits["train"].labels)) <= {0.0, 1.0}
+
+
+def test_topk_leave_last_out_guard_and_exclusion():
+    data = make_data()
+    task = TopKTask(data, TaskConfig(kind="topk", sample_channels=["click"], max_history=6, train_negatives=8))
+    h = task.history
+    te, va, tr = task.splits["test"], task.splits["valid"], task.splits["train"]
+    assert len(te) == len(va) > 0
+    for split in ("valid", "test"):
+        s, mask, ht = _hist_times(task, split)
+        assert (ht[mask] < np.repeat(s.times, mask.sum(1))).all()
+    # every training target is strictly before that user's valid event
+    batch = task.collate(tr, train=True)
+    _, mask, pos = h.window(tr.users, tr.cut, 6)
+    tgt_pos = pos + 1
+    valid_time = dict(zip(va.users.tolist(), va.times.tolist()))
+    for r in range(len(tr)):
+        u = tr.users[r]
+        if u in valid_time:
+            assert (h.times[tgt_pos[r][mask[r]]] < valid_time[u]).all()
+    assert batch.candidates.shape == (len(tr), 6, 9)
+    assert (batch.candidates[..., 0] == batch.targets).all()
+    # exclusion: items seen before the cut are excluded; the held-out item never is; padding always
+    ex = task.exclusion(te)
+    assert ex[:, 0].all()
+    assert not ex[np.arange(len(te)), te.items].any()
+    r = 0
+    seen = set(h.items[h.ptr[te.users[r]]:h.ptr[te.users[r]] + te.cut[r]].tolist()) - {int(te.items[r])}
+    assert set(np.flatnonzero(ex[r].numpy()).tolist()) - {0} == seen
