@@ -1,0 +1,75 @@
+"""The models of modalrec, in one explicit table, and `build_model` that builds one from a typed config.
+
+Adding a model: write `models/NAME.py` with a `Model` subclass and its `Config`, then add a line to
+`MODELS`. No registration decorators or import magic: this table is the whole list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from .base import Model, ModelConfig, Schema
+from .dcnv2 import DCNv2
+from .din import DIN
+from .lr import LogisticRegression
+from .popularity import Popularity
+from .sasrec import SASRec
+
+MODELS: dict[str, type[Model]] = {
+    "popularity": Popularity,
+    "lr": LogisticRegression,
+    "din": DIN,
+    "dcnv2": DCNv2,
+    "sasrec": SASRec,
+}
+
+
+class ModelConfigError(ValueError):
+    """An unknown model name or parameters its Config does not accept."""
+
+
+def model_config(name: str, params: dict[str, Any] | None = None) -> ModelConfig:
+    """Validate `params` with model `name`'s Config; errors name the model and each bad key."""
+    cls = _model_class(name)
+    try:
+        return cls.Config.model_validate(params or {})
+    except ValidationError as e:
+        lines = []
+        allowed = ", ".join(cls.Config.model_fields) or "none"
+        for err in e.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<params>"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"model '{name}': unknown parameter '{key}' (allowed: {allowed})")
+            else:
+                lines.append(f"model '{name}': parameter '{key}': {err['msg']} (got {err.get('input')!r})")
+        raise ModelConfigError("\n".join(lines)) from None
+
+
+def build_model(name: str, schema: Schema, params: dict[str, Any] | None = None) -> Model:
+    """Build model `name` for `schema` from a plain parameter dict (e.g. the YAML `model.params`)."""
+    return _model_class(name)(schema, model_config(name, params))
+
+
+def _model_class(name: str) -> type[Model]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ModelConfigError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}") from None
+
+
+__all__ = [
+    "DIN",
+    "MODELS",
+    "DCNv2",
+    "LogisticRegression",
+    "Model",
+    "ModelConfig",
+    "ModelConfigError",
+    "Popularity",
+    "SASRec",
+    "Schema",
+    "build_model",
+    "model_config",
+]

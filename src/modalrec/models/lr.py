@@ -1,0 +1,50 @@
+"""Logistic regression over one-hot ids: the floor for CTR (as in the CTR benchmarks of the field).
+
+logit = bias + w_user + w_item + sum over categorical target features of w_value
+        + sum over multi-valued target features of the weights of every tag present.
+A multi-valued feature is a multi-hot vector, so its tags are summed (not averaged): that is what a
+linear model over the one-hot encoding computes. No history, no dense content, no interactions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..data.batch import Batch
+from .base import Model, ModelConfig, Schema
+
+
+def _weights(n: int) -> nn.Embedding:
+    # Zero start: the loss is convex, and index 0 (padding/unknown) stays at 0 since padding_idx
+    # rows get no gradient.
+    emb = nn.Embedding(n, 1, padding_idx=0)
+    nn.init.zeros_(emb.weight)
+    return emb
+
+
+class LogisticRegression(Model):
+    name: ClassVar[str] = "lr"
+    tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
+    inputs: ClassVar[frozenset[str]] = frozenset({"user", "item", "item_side"})
+
+    class Config(ModelConfig):
+        pass
+
+    def __init__(self, schema: Schema, config: ModelConfig | None = None):
+        super().__init__(schema, config or self.Config())
+        self.user = _weights(schema.n_users)
+        self.item = _weights(schema.n_items)
+        self.categorical = nn.ModuleDict({k: _weights(n) for k, n in schema.item_categorical.items()})
+        self.multi = nn.ModuleDict({k: _weights(n) for k, n in schema.item_multi.items()})
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        logit = self.bias + self.user(batch.user).squeeze(-1) + self.item(batch.item).squeeze(-1)
+        for name, w in self.categorical.items():
+            logit = logit + w(batch.item_side[name]).squeeze(-1)
+        for name, w in self.multi.items():
+            logit = logit + w(batch.item_side[name]).squeeze(-1).sum(-1)
+        return logit

@@ -1,0 +1,98 @@
+"""`ItemEncoder`: one vector per item from its id, side features and dense content.
+
+The vector is the concatenation, in schema order, of
+  - the id embedding (index 0 = padding/unknown -> zero vector),
+  - one embedding per categorical feature (`schema.item_categorical`),
+  - one masked mean-pooled embedding per multi-valued feature (`schema.item_multi`, 0 = empty slot),
+  - per dense content modality (`schema.item_dense`) a Linear(D -> embed_dim) projection where the
+    modality is present, and a learned "missing" embedding where it is absent.
+
+An absent modality is never a zero vector pretending to be data: its stored values (zeros, stale
+numbers, NaN) are selected away before the projection, so they can neither change the output nor
+poison gradients.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..data.batch import Batch
+
+if TYPE_CHECKING:  # models import this module; a runtime import back would be circular
+    from ..models.base import Schema
+
+
+def _feature(side: dict[str, torch.Tensor], name: str, where: str) -> torch.Tensor:
+    try:
+        return side[name]
+    except KeyError:
+        raise KeyError(
+            f"batch.{where} has no feature '{name}' that the schema declares; it has {sorted(side)}"
+        ) from None
+
+
+class ItemEncoder(nn.Module):
+    """Encodes items of a `Batch`: `target(batch) -> (B, out_dim)`, `history(batch) -> (B, L, out_dim)`.
+
+    `use_content=False` leaves the dense modalities out entirely (for with/without-content ablations).
+    """
+
+    def __init__(self, schema: Schema, embed_dim: int, use_content: bool = True, init_std: float = 0.05):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.use_content = use_content
+        self.id = nn.Embedding(schema.n_items, embed_dim, padding_idx=0)
+        self.categorical = nn.ModuleDict(
+            {name: nn.Embedding(n, embed_dim, padding_idx=0) for name, n in schema.item_categorical.items()}
+        )
+        self.multi = nn.ModuleDict(
+            {name: nn.Embedding(n, embed_dim, padding_idx=0) for name, n in schema.item_multi.items()}
+        )
+        dense = schema.item_dense if use_content else {}
+        self.dense = nn.ModuleDict({name: nn.Linear(dim, embed_dim) for name, dim in dense.items()})
+        self.missing = nn.ParameterDict({name: nn.Parameter(torch.empty(embed_dim)) for name in dense})
+        for emb in [self.id, *self.categorical.values(), *self.multi.values()]:
+            nn.init.normal_(emb.weight, std=init_std)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+        for p in self.missing.values():
+            nn.init.normal_(p, std=init_std)
+        self.out_dim = embed_dim * (1 + len(self.categorical) + len(self.multi) + len(self.dense))
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        side: dict[str, torch.Tensor],
+        presence: dict[str, torch.Tensor],
+        where: str = "item_side",
+    ) -> torch.Tensor:
+        """ids (*S) with side features (*S), (*S, K) or (*S, D) and presence (*S) -> (*S, out_dim)."""
+        parts = [self.id(ids)]
+        for name, emb in self.categorical.items():
+            parts.append(emb(_feature(side, name, where)))
+        for name, emb in self.multi.items():
+            tags = _feature(side, name, where)
+            filled = (tags != 0).unsqueeze(-1)
+            # padding_idx 0 embeds to zero, so the sum only counts real tags; divide by their number.
+            parts.append(emb(tags).sum(-2) / filled.sum(-2).clamp(min=1).to(emb.weight.dtype))
+        for name, proj in self.dense.items():
+            x = _feature(side, name, where).to(proj.weight.dtype)
+            present = presence.get(name)
+            if present is None:
+                # No presence mask given: a row is present when all its values are finite.
+                present = torch.isfinite(x).all(-1)
+            present = present.to(torch.bool).unsqueeze(-1)
+            x = torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            parts.append(torch.where(present, proj(x), self.missing[name]))
+        return torch.cat(parts, dim=-1)
+
+    def target(self, batch: Batch) -> torch.Tensor:
+        """(B, out_dim) for the target items `batch.item`."""
+        return self(batch.item, batch.item_side, batch.presence, "item_side")
+
+    def history(self, batch: Batch) -> torch.Tensor:
+        """(B, L, out_dim) for every history position; padded positions hold arbitrary values."""
+        return self(batch.hist, batch.hist_side, batch.hist_presence, "hist_side")

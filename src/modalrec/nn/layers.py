@@ -1,0 +1,134 @@
+"""Dense building blocks shared by the CTR models: activations (incl. DIN's Dice), MLP, DCNv2 cross net.
+
+Every block here works on the last dimension and accepts any number of leading dimensions, so a
+caller never has to reshape (B, L, D) sequences before an MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Activation = Literal["relu", "prelu", "dice", "gelu", "tanh", "sigmoid", "none"]
+
+
+class Dice(nn.Module):
+    """Data-adaptive activation of DIN (Zhou et al., KDD 2018, eq. 9).
+
+    f(s) = p(s) * s + (1 - p(s)) * alpha * s,  p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps)).
+    E and Var are batch statistics in training and running averages at inference, exactly like a
+    BatchNorm without affine parameters; eps = 1e-8 as in the paper.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8, momentum: float = 0.1):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, eps=eps, momentum=momentum, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if self.training and flat.shape[0] < 2:
+            # A single row has no variance; fall back to the running statistics instead of failing.
+            z = F.batch_norm(
+                flat, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
+            )
+        else:
+            z = self.norm(flat)
+        p = torch.sigmoid(z)
+        out = p * flat + (1.0 - p) * self.alpha * flat
+        return out.reshape(x.shape)
+
+
+class _ChannelLast(nn.Module):
+    """Applies a module that expects (N, C) to any (..., C) tensor (PReLU/BatchNorm read dim 1)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def make_activation(name: Activation, dim: int) -> nn.Module:
+    """One activation module by name; `dim` sizes the per-channel parameters of PReLU and Dice."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "prelu":
+        return _ChannelLast(nn.PReLU(dim, init=0.25))
+    if name == "dice":
+        return Dice(dim)
+    if name == "gelu":
+        return nn.GELU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(
+        f"unknown activation '{name}'; choose one of relu, prelu, dice, gelu, tanh, sigmoid, none"
+    )
+
+
+class MLP(nn.Module):
+    """Stack of Linear -> [BatchNorm] -> activation -> Dropout, with an optional final Linear.
+
+    `out_dim=None` ends on the last hidden layer (a tower to concatenate elsewhere); an int adds a
+    plain Linear head (e.g. 1 for a logit) with no activation after it.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        activation: Activation = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        out_dim: int | None = None,
+    ):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for h in hidden:
+            layers.append(nn.Linear(d, h))
+            if batch_norm:
+                layers.append(_ChannelLast(nn.BatchNorm1d(h)))
+            layers.append(make_activation(activation, h))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        if out_dim is not None:
+            layers.append(nn.Linear(d, out_dim))
+            d = out_dim
+        self.net = nn.Sequential(*layers)
+        self.in_dim = in_dim
+        self.out_dim = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CrossNetV2(nn.Module):
+    """Cross network of DCN-V2 (Wang et al., WWW 2021, eq. 1), full-rank matrix version.
+
+    x_{l+1} = x_0 * (W_l x_l + b_l) + x_l: each layer raises the polynomial degree of the feature
+    crosses by one while the residual keeps the lower-degree terms.
+    """
+
+    def __init__(self, dim: int, n_layers: int = 3):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))
+        for lin in self.layers:
+            nn.init.zeros_(lin.bias)
+        self.out_dim = dim
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for lin in self.layers:
+            x = x0 * lin(x) + x
+        return x

@@ -1,0 +1,127 @@
+"""Layers that read a behaviour sequence (B, L, d) with its mask (B, L) (True = real position).
+
+The contract of every layer here: a padded position never changes any output that belongs to a
+real position, whatever id, features or even NaN it holds. Padded values are selected away with
+`torch.where` (never multiplied by 0, since 0 * NaN = NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import MLP, Activation
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim -2 of the real positions: (..., L, d), (..., L) -> (..., d); 0 if none is real."""
+    m = mask.unsqueeze(-1)
+    total = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(-2)
+    count = m.sum(-2).clamp(min=1).to(x.dtype)
+    return total / count
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit (Zhou et al., KDD 2018, sec. 4.3 and fig. 2).
+
+    For each history item k and the target q, an MLP over [q, k, q - k, q * k] gives a score; the
+    user interest is the score-weighted SUM of the history. As in the paper the scores are not
+    softmax-normalised, so the pooled vector keeps the intensity of the interest (`softmax=True`
+    switches to normalised weights). The MLP is evaluated on the real positions only: this saves
+    work on short histories and keeps Dice / BatchNorm statistics free of padding.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (64, 32),
+        activation: Activation = "prelu",
+        dropout: float = 0.0,
+        softmax: bool = False,
+    ):
+        super().__init__()
+        self.mlp = MLP(4 * dim, hidden, activation=activation, dropout=dropout, out_dim=1)
+        self.softmax = softmax
+
+    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention weights (B, L); exactly 0 on padded positions."""
+        q = query.unsqueeze(1).expand_as(keys)[mask]  # (N, d) over the N real positions
+        k = keys[mask]
+        real_scores = self.mlp(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1)
+        scores = torch.zeros(mask.shape, dtype=real_scores.dtype, device=keys.device)
+        scores = scores.masked_scatter(mask, real_scores)
+        if not self.softmax:
+            return scores
+        # The finite floor instead of -inf keeps rows with no real position free of NaN (their
+        # softmax is uniform over padding and is then zeroed).
+        floor = torch.finfo(scores.dtype).min
+        w = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)
+        return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """query (B, d), keys (B, L, d), mask (B, L) -> pooled (B, d_values)."""
+        values = keys if values is None else values
+        w = self.weights(query, keys, mask)
+        v = torch.where(mask.unsqueeze(-1), values, torch.zeros((), dtype=values.dtype, device=values.device))
+        return torch.einsum("bl,bld->bd", w, v)
+
+
+class CausalTransformerBlock(nn.Module):
+    """One self-attention block of SASRec (Kang & McAuley, ICDM 2018, sec. III-B/C).
+
+    Pre-LayerNorm residual sublayers, g(x) = x + Dropout(g(LayerNorm(x))) as written in the paper,
+    with a point-wise two-layer ReLU feed-forward. Position i attends to positions j <= i that are
+    real; every position may attend to itself so that a row made only of padding has a defined
+    (and afterwards discarded) output instead of NaN. Padded positions leave the block as zeros.
+    """
+
+    def __init__(self, dim: int, n_heads: int = 1, dropout: float = 0.0, ffn_dim: int | None = None):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"hidden dim {dim} is not divisible by the number of heads {n_heads}")
+        self.n_heads = n_heads
+        self.norm_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        ffn_dim = ffn_dim or dim
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    @staticmethod
+    def attention_mask(mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) real-position mask -> (B, 1, L, L) bool, True where query i may read key j."""
+        L = mask.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=mask.device)
+        return (causal & (mask[:, None, :] | eye)).unsqueeze(1)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        B, L, D = x.shape
+        if attn_mask is None:
+            attn_mask = self.attention_mask(mask)
+        q, k, v = self.qkv(self.norm_attn(x)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
+        a = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=attn_mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )
+        x = x + self.dropout(self.proj(a.transpose(1, 2).reshape(B, L, D)))
+        x = x + self.dropout(self.ffn(self.norm_ffn(x)))
+        return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
