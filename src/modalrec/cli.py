@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from .data.errors import DataError
+from .models import ModelConfigError
 
 app = typer.Typer(
     name="modalrec",
@@ -40,8 +41,10 @@ def _guard(fn, *args, **kwargs):
         _fail(str(e))
     except FileNotFoundError as e:
         _fail(str(e))
-    except KeyError as e:  # unknown model / dataset / metric names
+    except KeyError as e:  # unknown dataset / metric names
         _fail(e.args[0] if e.args else str(e))
+    except ModelConfigError as e:  # unknown model or model parameter
+        _fail(str(e))
 
 
 @app.command()

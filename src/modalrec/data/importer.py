@@ -47,6 +47,7 @@ Rules:
 - Ids are strings with surrounding blanks removed; an empty id is an error. Every event's item (user)
   must be listed in the items (users) file when there is one; so must every content id.
 - `channel` and `channel_column` are exclusive; with neither, the channel is "default".
+  Events of a file that maps no `label` (`value`, `keep` column) get null (NaN, null) there.
 - Item/user `text` columns: the non-empty cells of a row are joined, one per line, into one text
   modality ("text" for items, "user_text" for users), because encoders embed one text per entity;
   declare a `content` entry per column instead to keep them apart. An entity whose text cells are
@@ -77,6 +78,7 @@ from typing import Literal, NamedTuple, overload
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -128,7 +130,7 @@ class EventSource(FileSource):
     keep: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_channel(self) -> "EventSource":
+    def _one_channel(self) -> EventSource:
         if self.channel is not None and self.channel_column is not None:
             raise ValueError("give either `channel` (a constant) or `channel_column`, not both")
         clash = set(self.keep) & set(EVENT_CORE_COLUMNS)
@@ -146,7 +148,7 @@ class EntitySource(FileSource):
     keep: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _distinct_roles(self) -> "EntitySource":
+    def _distinct_roles(self) -> EntitySource:
         outputs = [*self.categorical, *self.multi_categorical, *self.numeric, *self.keep]
         seen: set[str] = set()
         for name in outputs:
@@ -172,7 +174,7 @@ class ContentSource(FileSource):
     description: str = ""
 
     @model_validator(mode="after")
-    def _one_value_source(self) -> "ContentSource":
+    def _one_value_source(self) -> ContentSource:
         if (self.column is None) == (self.columns is None):
             raise ValueError("give exactly one of `column` or `columns`")
         if self.columns is not None and self.kind != "vector":
@@ -195,7 +197,7 @@ class ImportSpec(_Strict):
     content: list[ContentSource] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ImportSpec":
+    def _consistent(self) -> ImportSpec:
         names = [c.name for c in self.content]
         if self.items is not None and self.items.text:
             names.append("text")
@@ -225,7 +227,7 @@ def load_import_spec(path: str | os.PathLike) -> ImportSpec:
         raise DataError(Problem(str(path), None, None, "a YAML mapping (name:, events:, ...)", type(raw).__name__))
     try:
         return ImportSpec.model_validate(raw)
-    except Exception as e:
+    except ValueError as e:  # pydantic ValidationError
         raise DataError(_pydantic_problems(str(path), e)) from None
 
 
@@ -338,7 +340,7 @@ class _Importer:
                 return list(pq.read_schema(path).names)
             return [str(c) for c in pd.read_csv(path, sep=self._sep(src, path), nrows=0,
                                                 encoding=src.encoding).columns]
-        except Exception as e:  # unreadable: wrong format, encoding, empty file
+        except (OSError, ValueError, pa.ArrowException) as e:  # wrong format, encoding, empty file
             kind = "Parquet" if self._is_parquet(path) else "CSV"
             self.fatal.append(Problem(str(path), None, None, f"a readable {kind} file",
                                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
@@ -359,7 +361,7 @@ class _Importer:
             else:
                 df = pd.read_csv(path, sep=self._sep(src, path), dtype=str, keep_default_na=False,
                                  na_filter=False, skip_blank_lines=False, usecols=cols, encoding=src.encoding)
-        except Exception as e:
+        except (OSError, ValueError, pa.ArrowException) as e:
             kind = "Parquet" if self._is_parquet(path) else "CSV"
             self.fatal.append(Problem(str(path), None, None, f"a readable {kind} file",
                                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
@@ -389,12 +391,16 @@ class _Importer:
             bad = np.isinf(out)
             self._row_problem(t, bad, col, "a finite number", [repr(v) for v in out[bad]])
             return out
-        text = _as_text(s)
-        empty = (text == "").to_numpy()
+        arr = _arrow_text(s)
+        empty = pc.equal(arr, "").to_numpy(zero_copy_only=False)
         if booleans:
-            low = text.str.lower()
-            text = text.mask(low.isin(["true", "yes"]), "1").mask(low.isin(["false", "no"]), "0")
-        out = pd.to_numeric(text.mask(empty, None), errors="coerce").astype(float).to_numpy()
+            low = pc.utf8_lower(arr)
+            arr = pc.if_else(pc.is_in(low, pa.array(["true", "yes"])), "1",
+                             pc.if_else(pc.is_in(low, pa.array(["false", "no"])), "0", arr))
+        out = _strict_cast(arr, empty, pa.float64())
+        if out is None:  # some cell is not a number: find them all (slower)
+            text = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
+            out = pd.to_numeric(text.mask(empty, None), errors="coerce").astype(float).to_numpy()
         bad = ~empty & ~np.isfinite(out)
         what = "a number or true/false" if booleans else "a number"
         self._row_problem(t, bad, col, what, [repr(v) for v in s.to_numpy()[bad]])
@@ -413,9 +419,14 @@ class _Importer:
                 return s.fillna(0).astype(np.int64).to_numpy()
             out = s.astype(float).to_numpy()
             return _int_if_integral(out, ~missing)
-        text = _as_text(s)
-        empty = (text == "").to_numpy()
+        arr = _arrow_text(s)
+        empty = pc.equal(arr, "").to_numpy(zero_copy_only=False)
         self._row_problem(t, empty, col, "a time", "an empty value")
+        if fmt is None:
+            ints = _strict_cast(arr, empty, pa.int64())
+            if ints is not None:  # the common case: unix times, all integers
+                return ints.astype(np.int64)
+        text = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
         is_int = text.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
         num = pd.to_numeric(text.mask(empty, None), errors="coerce").astype(float).to_numpy()
         numeric = np.isfinite(num)
@@ -447,19 +458,20 @@ class _Importer:
 
     def _categorical(self, t: _Table, col: str) -> pa.Array:
         s = _as_text(t.df[col])
-        return pa.array(s.mask(s == "", None).to_numpy(dtype=object), pa.string())
+        return pa.array(s.mask(s == "", None).to_numpy(dtype=object), pa.string(), from_pandas=True)
 
     def _multi(self, t: _Table, col: str, sep: str) -> pa.Array:
         s = t.df[col]
-        if len(s) and isinstance(s.dropna().iloc[0] if s.notna().any() else None, (list, np.ndarray)):
-            lists = [[str(x).strip() for x in v if x is not None and str(x).strip()] if v is not None else []
-                     for v in s.to_numpy(dtype=object)]
+        non_null = s.dropna()
+        if len(non_null) and isinstance(non_null.iloc[0], (list, tuple, np.ndarray)):
+            lists = [[str(x).strip() for x in v if x is not None and str(x).strip()]
+                     if isinstance(v, (list, tuple, np.ndarray)) else [] for v in s.to_numpy(dtype=object)]
         else:
             lists = [[x.strip() for x in v.split(sep) if x.strip()] for v in _as_text(s).to_numpy(dtype=object)]
         return pa.array(lists, pa.list_(pa.string()))
 
     # ------------------------------------------------------------------ events
-    def _events(self) -> list[tuple[_Table, dict]]:
+    def _events(self) -> list[tuple[EventSource, _Table, dict]]:
         out = []
         for src in self.spec.events:
             cols = [src.user, src.item, src.time]
@@ -484,7 +496,7 @@ class _Importer:
                 ev["event_id"] = self._ids(t, src.event_id)
             for c in src.keep:
                 ev[c] = _as_text(t.df[c]).to_numpy(dtype=object)
-            out.append((t, ev))
+            out.append((src, t, ev))
         return out
 
     # ------------------------------------------------------------------ items / users
@@ -494,18 +506,7 @@ class _Importer:
         if t is None:
             return None
         ids = self._ids(t, src.id)
-        first: dict[str, int] = {}
-        dup = np.zeros(t.n, dtype=bool)
-        found = []
-        for r, v in enumerate(ids):
-            if v == "":
-                continue
-            if v in first:
-                dup[r] = True
-                found.append(f"{v!r} again (first at row {first[v] + 1})")
-            else:
-                first[v] = r
-        self._row_problem(t, dup, src.id, "a unique id", found)
+        self._duplicates(t, ids, src.id, "a unique id")
         cols_out: dict = {key: ids}
         for c in src.categorical:
             cols_out[c] = self._categorical(t, c)
@@ -621,18 +622,26 @@ class _Importer:
         self._row_problem(t, mask, col, what, found)
         return vals, present
 
+    def _duplicates(self, t: _Table, ids: np.ndarray, column: str, expected: str) -> None:
+        s = pd.Series(ids, dtype=object)
+        dup = (s.duplicated() & (s != "")).to_numpy()
+        if dup.any():
+            first = pd.Series(np.arange(len(s)), index=s.to_numpy())[~s.duplicated().to_numpy()]
+            self._row_problem(t, dup, column, expected,
+                              [f"{v!r} again (first at row {first[v] + 1})" for v in ids[dup]])
+
     # ------------------------------------------------------------------ cross references
-    def _check_refs(self, t: _Table, ids: np.ndarray, column: str, kind: str, known_all: set,
-                    known_ok: set, ref_file: str) -> None:
-        ok_mask = np.array([v in known_ok for v in ids], dtype=bool) if len(ids) else np.zeros(0, bool)
-        candidates = ~ok_mask & (ids != "")
+    def _check_refs(self, t: _Table, ids: np.ndarray, column: str, kind: str, known_all: np.ndarray,
+                    known_ok: np.ndarray, ref_file: str) -> None:
+        s = pd.Series(ids, dtype=object)
+        candidates = (~s.isin(known_ok) & (s != "")).to_numpy()
         if not candidates.any():
             return
-        unknown = candidates & np.array([v not in known_all for v in ids], dtype=bool)
-        self._row_problem(t, unknown, column, f"a {kind} id listed in {ref_file}",
+        unknown = candidates & ~s.isin(known_all).to_numpy()
+        self._row_problem(t, unknown, column, f"{_an(kind)} id listed in {ref_file}",
                           [f"unknown {kind} {v!r}" for v in ids[unknown]])
         rejected = candidates & ~unknown  # listed, but its row in the side file was rejected
-        self._row_problem(t, rejected, column, f"a {kind} whose row in {ref_file} is valid",
+        self._row_problem(t, rejected, column, f"{_an(kind)} whose row in {ref_file} is valid",
                           [f"{v!r}, whose row there was rejected" for v in ids[rejected]])
 
     # ------------------------------------------------------------------ main
@@ -647,45 +656,43 @@ class _Importer:
             raise DataError(self.fatal + self.row_problems)
 
         # side files first: their rejected rows invalidate the rows that point at them
-        known: dict[str, tuple[set, set, str]] = {}
+        known: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
         for name, key in (("item", "item_id"), ("user", "user_id")):
             ent = entities[name]
-            if ent is None:
-                continue
-            t, cols = ent
-            ids = cols[key]
-            known[name] = ({v for v in ids if v}, {v for v, b in zip(ids, t.bad) if v and not b}, t.file)
-        for t, ev in events:
-            for name, key, src_col in (("item", "item_id", "item"), ("user", "user_id", "user")):
+            if ent is not None:
+                t, cols = ent
+                known[name] = (cols[key], cols[key][~t.bad], t.file)
+        for src, t, ev in events:
+            for name, key, col in (("item", "item_id", src.item), ("user", "user_id", src.user)):
                 if name in known:
-                    col = next(getattr(s, src_col) for s in spec.events if str(self._path(s)) == t.file)
                     self._check_refs(t, ev[key], col, name, *known[name])
-        event_ids_all = {v for _, ev in events for v in ev.get("event_id", ())}
-        event_ids_ok = {v for t, ev in events for v, b in zip(ev.get("event_id", ()), t.bad) if not b}
+        # content of an entity without a side file must describe an entity seen in the events
+        for name, key in (("item", "item_id"), ("user", "user_id"), ("event", "event_id")):
+            if name not in known:
+                all_ids = [ev[key] for _, _, ev in events if key in ev]
+                ok_ids = [ev[key][~t.bad] for _, t, ev in events if key in ev]
+                known[name] = (np.concatenate(all_ids) if all_ids else np.array([], dtype=object),
+                               np.concatenate(ok_ids) if ok_ids else np.array([], dtype=object),
+                               "the events files")
         for c, got in contents:
             if got is None:
                 continue
-            t, ids, _, _ = got
-            if c.entity == "event":
-                self._check_refs(t, ids, c.id, "event", event_ids_all, event_ids_ok, "the events files")
-            elif c.entity in known:
-                self._check_refs(t, ids, c.id, c.entity, *known[c.entity])
-            first: dict[str, int] = {}
-            dup = np.zeros(t.n, dtype=bool)
-            found = []
-            for r, v in enumerate(ids):
-                if v and v in first:
-                    dup[r] = True
-                    found.append(f"{v!r} again (first at row {first[v] + 1})")
-                elif v:
-                    first[v] = r
-            self._row_problem(t, dup, c.id, "one row per id", found)
+            t, ids, values, present = got
+            self._check_refs(t, ids, c.id, c.entity, *known[c.entity])
+            self._duplicates(t, ids, c.id, "one row per id (a missing modality is a missing row)")
+            if c.kind == "vector":
+                lengths = np.array([len(v) if p else -1 for v, p in zip(values, present)])
+                usable = present & ~t.bad
+                want = c.dim if c.dim is not None else (_mode(lengths[usable].tolist()) if usable.any() else 0)
+                wrong = present & (lengths != want)
+                self._row_problem(t, wrong, c.column or str(c.columns), f"a vector of length {want}",
+                                  [f"length {k}" for k in lengths[wrong]])
 
         if self.row_problems and not self.skip:
             raise DataError(self.row_problems)
 
         rejected: list[Rejected] = []
-        tables = [t for t, _ in events] + [e[0] for e in entities.values() if e is not None]
+        tables = [t for _, t, _ in events] + [e[0] for e in entities.values() if e is not None]
         tables += [got[0] for _, got in contents if got is not None]
         for t in tables:
             for r in sorted(t.reasons):
@@ -709,9 +716,9 @@ class _Importer:
         has_label = any(s.label for s in spec.events)
         has_value = any(s.value for s in spec.events)
         has_eid = any(s.event_id for s in spec.events)
-        time_float = any(ev["time"].dtype.kind == "f" for _, ev in events)
+        time_float = any(ev["time"].dtype.kind == "f" for _, _, ev in events)
         channels: list[str] = []
-        for t, ev in events:
+        for _, t, ev in events:
             good = ~t.bad
             n = int(good.sum())
             cols: dict[str, pa.Array] = {
@@ -781,7 +788,7 @@ class _Importer:
             else:
                 col = "vector"
                 vecs = [values[i] for i in sel]
-                dim = c.dim if c.dim is not None else (_mode([len(v) for v in vecs]) if vecs else None)
+                dim = len(vecs[0]) if vecs else c.dim
                 arr = pa.array(vecs, pa.list_(pa.float32()))
             content[c.name] = pa.table({"entity_id": ent_ids, col: arr})
             modalities.append(ModalitySpec(name=c.name, entity=c.entity, kind=c.kind, dim=dim,
@@ -794,21 +801,40 @@ class _Importer:
         )
         return InteractionData(ds, ev_table, side["item"], side["user"], content)
 
-    def _vector_lengths(self) -> None:  # pragma: no cover - kept for symmetry; lengths checked in run()
-        pass
 
-
-def _as_text(s: pd.Series) -> pd.Series:
-    """Any column as stripped strings ("" for missing); integral floats lose their ".0" (ids in Parquet)."""
+def _arrow_text(s: pd.Series) -> pa.Array:
+    """Any column as stripped Arrow strings ("" for missing); integral floats lose their ".0" (ids in
+    Parquet). Arrow's kernels keep a million-row column well under a second."""
     if pd.api.types.is_float_dtype(s):
         vals = s.to_numpy(dtype=float)
         out = np.empty(len(vals), dtype=object)
         for i, v in enumerate(vals):
             out[i] = "" if np.isnan(v) else (str(int(v)) if v.is_integer() else repr(v))
-        return pd.Series(out, index=s.index, dtype=object)
-    if pd.api.types.is_string_dtype(s) and not s.isna().any():
-        return s.astype(object).str.strip()
-    return s.astype(object).where(s.notna(), "").astype(str).str.strip()
+        return pa.array(out, pa.string())
+    try:
+        arr = pa.array(s, from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if not pa.types.is_string(arr.type):
+            arr = pc.cast(arr, pa.string())
+    except (pa.ArrowException, TypeError, ValueError):  # mixed Python objects
+        arr = pa.array(s.astype(object).where(s.notna(), "").astype(str).to_numpy(dtype=object), pa.string())
+    return pc.fill_null(pc.utf8_trim_whitespace(arr), "")
+
+
+def _as_text(s: pd.Series) -> pd.Series:
+    return pd.Series(_arrow_text(s).to_numpy(zero_copy_only=False), index=s.index, dtype=object)
+
+
+def _strict_cast(arr: pa.Array, empty: np.ndarray, to: pa.DataType) -> np.ndarray | None:
+    """Arrow's cast of every non-empty cell (empty -> NaN / 0), or None when some cell does not parse."""
+    try:
+        cast = pc.cast(pc.if_else(pa.array(empty), pa.scalar(None, pa.string()), arr), to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if pa.types.is_integer(to):
+        return pc.fill_null(cast, 0).to_numpy(zero_copy_only=False)
+    return cast.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _int_if_integral(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -827,3 +853,7 @@ def _natural_key(name: str) -> list:
 def _mode(values: list[int]) -> int:
     vals, counts = np.unique(np.asarray(values), return_counts=True)
     return int(vals[np.argmax(counts)])
+
+
+def _an(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word

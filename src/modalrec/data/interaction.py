@@ -134,7 +134,8 @@ class InteractionData:
     def fingerprint(self) -> str:
         """Content hash of the tables (stable across processes): used in run manifests.
 
-        Depends on values and types only, not on chunking, slicing or schema metadata, so a table and
+        Depends on values and types only, not on chunking, slicing, schema metadata or the name of a
+        list's child field (Parquet writes "element", Arrow builds "item"), so a table and
         its save/load copy hash alike: each table is re-cut into fixed-size record batches and streamed
         through the Arrow IPC writer (which writes sliced arrays compactly) into the hash."""
         import hashlib
@@ -142,19 +143,30 @@ class InteractionData:
         h = hashlib.sha256()
         h.update(self.spec.model_dump_json().encode())
         tables = [("events", self.events), ("items", self.items), ("users", self.users)]
-        tables += sorted(self.content.items())
-        sink = _HashSink(h)
+        tables += sorted(self.content.items(), key=lambda kv: kv[0])
         for name, t in tables:
             if t is None:
                 continue
             h.update(name.encode())
             t = t.replace_schema_metadata(None)
+            t = t.cast(pa.schema([f.with_type(_canonical_type(f.type)) for f in t.schema]))
             h.update(str(t.schema).encode())
             h.update(str(t.num_rows).encode())
-            with pa.ipc.new_stream(pa.PythonFile(sink, mode="w"), t.schema) as writer:
+            data_hash, null_hash = hashlib.sha256(), hashlib.sha256()
+            with pa.ipc.new_stream(pa.PythonFile(_HashSink(data_hash), mode="w"), t.schema) as writer:
                 for start in range(0, t.num_rows, _HASH_ROWS):
-                    for batch in t.slice(start, _HASH_ROWS).combine_chunks().to_batches():
-                        writer.write_batch(batch)
+                    part = t.slice(start, _HASH_ROWS).combine_chunks()
+                    cols = []
+                    for col in part.columns:
+                        # the bytes under a null slot are arbitrary: hash the null mask, then fill them
+                        arr = col.chunk(0) if col.num_chunks else pa.array([], col.type)
+                        if arr.null_count:
+                            nulls = pc.is_null(arr).to_numpy(zero_copy_only=False)
+                            null_hash.update(np.packbits(nulls).tobytes())
+                            arr = _fill_nulls(arr)
+                        cols.append(arr)
+                    writer.write_batch(pa.record_batch(cols, schema=t.schema))
+            h.update(data_hash.digest() + null_hash.digest())
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ validation
@@ -277,7 +289,7 @@ class InteractionData:
                                      f"the content table of declared modality '{m.name}'", "no such file"))
         return probs
 
-    def validate(self, origin: str = "") -> "InteractionData":
+    def validate(self, origin: str = "") -> InteractionData:
         probs = self.problems(origin)
         if probs:
             raise DataError(probs)
@@ -309,7 +321,7 @@ class InteractionData:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, validate: bool = True) -> "InteractionData":
+    def load(cls, path: str | os.PathLike, validate: bool = True) -> InteractionData:
         path = Path(path)
         spec_file = path / "dataset.yaml"
         if not spec_file.exists():
@@ -317,7 +329,7 @@ class InteractionData:
                                     "no such file"))
         try:
             spec = DatasetSpec.model_validate(yaml.safe_load(spec_file.read_text()) or {})
-        except Exception as e:  # pydantic error -> one readable problem per field
+        except (yaml.YAMLError, ValueError, TypeError) as e:  # -> one readable problem per field
             raise DataError(_pydantic_problems(str(spec_file), e)) from None
         ev_file = path / "events.parquet"
         if not ev_file.exists():
@@ -342,6 +354,35 @@ class InteractionData:
 
 
 _HASH_ROWS = 1 << 16
+
+
+def _canonical_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        child = pa.field("item", _canonical_type(t.value_type), t.value_field.nullable)
+        if pa.types.is_fixed_size_list(t):
+            return pa.list_(child, t.list_size)
+        return pa.large_list(child) if pa.types.is_large_list(t) else pa.list_(child)
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_canonical_type(t.field(i).type)) for i in range(t.num_fields)])
+    return t
+
+
+def _fill_nulls(arr: pa.Array) -> pa.Array:
+    t = arr.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        default = pa.scalar([], t)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        default = pa.scalar("", t)
+    elif pa.types.is_boolean(t):
+        default = pa.scalar(False, t)
+    elif pa.types.is_integer(t) or pa.types.is_floating(t):
+        default = pa.scalar(0, t)
+    else:
+        return arr
+    try:
+        return pc.fill_null(arr, default)
+    except pa.ArrowNotImplementedError:
+        return arr
 
 
 class _HashSink:
@@ -374,7 +415,13 @@ def _pydantic_problems(file: str, err: Exception) -> list[Problem]:
 
     if not isinstance(err, ValidationError):
         return [Problem(file, None, None, "a valid YAML mapping", str(err).splitlines()[0])]
-    return [
-        Problem(file, None, ".".join(str(x) for x in e["loc"]), e["msg"].lower(), repr(e.get("input"))[:80])
-        for e in err.errors()
-    ]
+    out = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or None
+        if e["type"] == "extra_forbidden":
+            out.append(Problem(file, None, key, "only known keys", f"unknown key '{e['loc'][-1]}'"))
+        elif e["type"] == "missing":
+            out.append(Problem(file, None, key, "this key", "nothing"))
+        else:
+            out.append(Problem(file, None, key, e["msg"][0].lower() + e["msg"][1:], repr(e.get("input"))[:80]))
+    return out
