@@ -136,18 +136,13 @@ def data_import(
                                        help="Write the good rows and list the bad ones in OUT/rejected.csv."),
 ) -> None:
     """Import your own files described by a YAML mapping into an InteractionData directory."""
-    import csv
-
-    from .data.importer import import_dataset
+    from .data.importer import import_dataset, write_rejected
 
     result = _guard(import_dataset, spec, skip_bad_rows=skip_bad_rows)
     data, rejected = result if isinstance(result, tuple) else (result, [])
     data.save(out)
     if rejected:
-        with open(out / "rejected.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["file", "row", "reason"])
-            w.writerows(rejected)
+        write_rejected(rejected, out / "rejected.csv")
         typer.echo(f"warning: {len(rejected)} bad row(s) left out, listed in {out / 'rejected.csv'}", err=True)
     s = data.summary()
     typer.echo(f"imported {s['events']} events, {s['users']} users, {s['items']} items into {out}")
