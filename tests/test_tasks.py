@@ -87,7 +87,11 @@ def test_collate_joins_side_tables_for_target_and_history():
     side = task.collator.item_side
     assert batch.item_side["genres"].shape == (16, side.multi["genres"].shape[1])
     assert batch.hist_side["genres"].shape[:2] == batch.hist.shape
-    assert batch.hist_side["emb"].shape == (*batch.hist.shape, 4)
+    # content vectors travel once per distinct item; positions index into that table
+    assert batch.uniq_side["emb"].shape == (len(batch.uniq), 4) and "emb" not in batch.hist_side
+    assert len(batch.uniq) == len(set(batch.uniq.tolist()))
+    assert (batch.uniq[batch.hist_pos] == batch.hist).all() and (batch.uniq[batch.item_pos] == batch.item).all()
+    assert (batch.hist_presence["emb"] == batch.uniq_presence["emb"][batch.hist_pos]).all()
     # presence mask follows the content table: vectors exist for every third item only
     ids = [task.item_vocab.id_of(int(i)) for i in batch.item]
     want = np.array([int(i[1:]) % 3 == 0 for i in ids])

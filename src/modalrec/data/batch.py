@@ -34,6 +34,14 @@ class Batch:
     group: Tensor | None = None  # (B,) long: the user, for gAUC/UAUC
     targets: Tensor | None = None  # (B, L) next-item ids for sequence training (topk), 0 = none
     candidates: Tensor | None = None  # (B, L, C) or (B, C) item ids to score; None = all items
+    # The distinct items of the batch (targets and history) with their side features, once each;
+    # item_pos / hist_pos index into them. Encoders compute one vector per distinct item and gather,
+    # instead of re-encoding the same item at every history position it occupies.
+    uniq: Tensor | None = None  # (U,) long
+    uniq_side: dict[str, Tensor] = field(default_factory=dict)
+    uniq_presence: dict[str, Tensor] = field(default_factory=dict)
+    item_pos: Tensor | None = None  # (B,) long: row of each target in `uniq`
+    hist_pos: Tensor | None = None  # (B, L) long: row of each history position in `uniq`
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -63,15 +71,19 @@ class ItemSide:
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     presence: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def gather(self, idx: np.ndarray) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def gather(self, idx: np.ndarray, dense: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Side features of the items `idx` (any shape). `dense=False` leaves the content vectors out
+        (history positions read them through the batch's distinct items instead)."""
         out: dict[str, Tensor] = {}
         for name, arr in self.categorical.items():
             out[name] = torch.from_numpy(arr[idx])
         for name, arr in self.multi.items():
             out[name] = torch.from_numpy(arr[idx])
-        for name, arr in self.dense.items():
-            out[name] = torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
-        pres = {name: torch.from_numpy(arr[idx]) for name, arr in self.presence.items()}
+        pres: dict[str, Tensor] = {}
+        if dense:
+            for name, arr in self.dense.items():
+                out[name] = torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
+            pres = {name: torch.from_numpy(arr[idx]) for name, arr in self.presence.items()}
         return out, pres
 
 
@@ -136,7 +148,13 @@ class Collator:
     ) -> Batch:
         hist, mask, pos = self.history.window(users, cut, self.max_history)
         tgt_side, tgt_pres = self.item_side.gather(items)
-        h_side, h_pres = self.item_side.gather(hist)
+        # history: ids and small categorical features per position; content vectors only per
+        # distinct item (a (B, L, D) float copy would dominate memory and time for text embeddings)
+        h_side, _ = self.item_side.gather(hist, dense=False)
+        uniq, inv = np.unique(np.concatenate([items, hist.ravel()]), return_inverse=True)
+        u_side, u_pres = self.item_side.gather(uniq)
+        h_pres = {name: torch.from_numpy(arr[hist]) for name, arr in self.item_side.presence.items()}
+        b = len(items)
         hist_time = None
         if self.with_time and times is not None:
             dt = times[:, None] - self.history.times[pos]
@@ -154,4 +172,9 @@ class Collator:
             hist_time=hist_time,
             label=None if labels is None else torch.from_numpy(labels.astype(np.float32)),
             group=u,
+            uniq=torch.from_numpy(uniq.astype(np.int64)),
+            uniq_side=u_side,
+            uniq_presence=u_pres,
+            item_pos=torch.from_numpy(inv[:b].astype(np.int64)),
+            hist_pos=torch.from_numpy(inv[b:].reshape(hist.shape).astype(np.int64)),
         )

@@ -60,9 +60,11 @@ class DCNv2(Model):
         self.head = nn.Linear(head_in, 1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        parts = [self.user(batch.user), self.items.target(batch)]
         if self.config.use_history:
-            parts.append(masked_mean(self.items.history(batch), batch.hist_mask))
+            target, hist = self.items.encode(batch)
+            parts = [self.user(batch.user), target, masked_mean(hist, batch.hist_mask)]
+        else:
+            parts = [self.user(batch.user), self.items.target(batch)]
         x0 = torch.cat(parts, dim=-1)
         if self.config.structure == "parallel":
             out = torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)

@@ -64,8 +64,8 @@ class DIN(Model):
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        target = self.items.target(batch)
-        interest = self.attention(target, self.items.history(batch), batch.hist_mask)
+        target, hist = self.items.encode(batch)
+        interest = self.attention(target, hist, batch.hist_mask)
         parts = [self.user(batch.user), target, interest]
         if self.config.use_product:
             parts.append(target * interest)

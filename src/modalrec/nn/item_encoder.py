@@ -89,10 +89,25 @@ class ItemEncoder(nn.Module):
             parts.append(torch.where(present, proj(x), self.missing[name]))
         return torch.cat(parts, dim=-1)
 
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target (B, out_dim), history (B, L, out_dim)) in one pass.
+
+        With the collate's distinct-item table (`batch.uniq`) each distinct item is encoded once and
+        gathered to its positions: a batch of 1024 x 50 history positions typically holds a few
+        thousand distinct items, so the embedding-bag and projection work shrinks by that factor."""
+        if batch.uniq is None:
+            return self.target(batch), self.history(batch)
+        table = self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
+        return table[batch.item_pos], table[batch.hist_pos]
+
     def target(self, batch: Batch) -> torch.Tensor:
         """(B, out_dim) for the target items `batch.item`."""
+        if batch.uniq is not None:
+            return self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")[batch.item_pos]
         return self(batch.item, batch.item_side, batch.presence, "item_side")
 
     def history(self, batch: Batch) -> torch.Tensor:
         """(B, L, out_dim) for every history position; padded positions hold arbitrary values."""
+        if batch.uniq is not None:
+            return self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")[batch.hist_pos]
         return self(batch.hist, batch.hist_side, batch.hist_presence, "hist_side")

@@ -1,0 +1,217 @@
+"""SIM: Search-based Interest Model (Pi et al., "Search-based User Interest Modeling with Lifelong
+Sequential Behavior Data for Click-Through Rate Prediction", CIKM 2020).
+
+Two cascaded stages read the long history (everything in `batch.hist`):
+- General Search Unit (GSU, sec. 3.1) keeps the top-k behaviours relevant to the target:
+  `hard` search keeps the behaviours whose category equals the target's (most recent first);
+  `soft` search ranks them by the inner product of separately projected target and behaviour
+  vectors, r_i = <W_b e_i, W_a e_t>.
+- Exact Search Unit (ESU, sec. 3.2): multi-head target attention (masked softmax) over the k
+  retrieved behaviours, each represented as z_j = [e_j, t_j] where t_j embeds the bucketised
+  log-seconds between the behaviour and the sample (`hist_time`).
+Next to it a DIN-style attention (local activation unit, `nn.TargetAttention`) reads the most
+recent `short_len` behaviours, and [user, target, long-term, short-term] -> MLP -> logit.
+
+Both searches are vectorised over the batch: hard search scores position j as
+`match_j * 2L + j` (a matching behaviour always outranks a non-matching one, ties broken by
+recency) and takes `topk`; positions that do not match (or are padding) are carried as invalid
+slots the ESU masks out, so they can never change the output.
+
+Deviations from the paper:
+- the paper trains the soft-search embeddings with an auxiliary CTR loss on the whole sequence.
+  The `Model` contract has no auxiliary loss, so here the soft-search relevance r_j of each
+  retrieved behaviour is added to its ESU attention logits (`soft_bias`), which lets the main
+  loss train W_a / W_b through the (otherwise non-differentiable) top-k;
+- with no `hist_time` in the batch (data without a clock) a learned "unknown time" bucket is
+  used; `use_time: false` drops the time embedding;
+- the hard-search category is an item categorical feature (`category_feature`, default the first
+  of `schema.item_categorical`); category 0 (padding/unknown) never matches. Without any
+  categorical feature the model falls back to soft search;
+- item vectors may include dense content projections (`use_content`), as in every modalrec model.
+
+`MultiHeadTargetAttention`, `log_time_buckets` and `recent_mask` are shared with SDIM and TIN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..data.batch import Batch
+from ..nn.item_encoder import ItemEncoder
+from ..nn.layers import MLP, Activation
+from ..nn.sequence import TargetAttention
+from .base import Model, ModelConfig, Schema
+
+
+def log_time_buckets(hist_time: torch.Tensor | None, mask: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """Seconds between behaviour and sample -> bucket floor(log2(1 + dt)) in [0, n_buckets - 1].
+
+    `hist_time=None` (no clock in the data) gives the extra bucket `n_buckets`, which callers keep
+    as a learned "unknown time" embedding. Padded positions get bucket 0 (they are masked anyway)."""
+    if hist_time is None:
+        return torch.full(mask.shape, n_buckets, dtype=torch.long, device=mask.device)
+    dt = hist_time.to(torch.float32)
+    dt = torch.where(mask & torch.isfinite(dt), dt.clamp(min=0.0), torch.zeros((), device=dt.device))
+    return torch.log2(1.0 + dt).floor().long().clamp(0, n_buckets - 1)
+
+
+def recent_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """The last `n` real positions of each left-aligned history (B, L) -> (B, L) bool."""
+    length = mask.sum(1, keepdim=True)
+    pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+    return mask & (pos >= length - n)
+
+
+class MultiHeadTargetAttention(nn.Module):
+    """Target attention with `n_heads` scaled dot-product heads and a masked softmax.
+
+    query (B, dq), keys (B, K, dk), mask (B, K) -> (B, dim): the concatenated heads. `key_bias`
+    (B, K), if given, is added to every head's logits. Padded keys are selected away before the
+    projections and get weight exactly 0; a row with no real key returns the zero vector."""
+
+    def __init__(self, query_dim: int, key_dim: int, dim: int, n_heads: int = 2):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"attention dim {dim} is not divisible by the number of heads {n_heads}")
+        self.n_heads = n_heads
+        self.q = nn.Linear(query_dim, dim, bias=False)
+        self.k = nn.Linear(key_dim, dim, bias=False)
+        self.v = nn.Linear(key_dim, dim, bias=False)
+        self.out_dim = dim
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        key_bias: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, K, _ = keys.shape
+        H = self.n_heads
+        zero = torch.zeros((), dtype=keys.dtype, device=keys.device)
+        keys = torch.where(mask.unsqueeze(-1), keys, zero)
+        values = keys if values is None else torch.where(mask.unsqueeze(-1), values, zero)
+        q = self.q(query).view(B, H, -1)
+        k = self.k(keys).view(B, K, H, -1)
+        v = self.v(values).view(B, K, H, -1)
+        scores = torch.einsum("bhd,bkhd->bhk", q, k) / math.sqrt(q.shape[-1])
+        if key_bias is not None:
+            zb = torch.zeros((), dtype=key_bias.dtype, device=key_bias.device)
+            scores = scores + torch.where(mask, key_bias, zb).unsqueeze(1)
+        m = mask.unsqueeze(1)
+        # Finite floor, not -inf: a row without any real key stays NaN-free and is zeroed below.
+        w = torch.softmax(scores.masked_fill(~m, torch.finfo(scores.dtype).min), dim=-1)
+        w = torch.where(m, w, torch.zeros((), dtype=w.dtype, device=w.device))
+        return torch.einsum("bhk,bkhd->bhd", w, v).reshape(B, -1)
+
+
+def _user_embedding(n_users: int, dim: int) -> nn.Embedding:
+    emb = nn.Embedding(n_users, dim, padding_idx=0)
+    nn.init.normal_(emb.weight, std=0.05)
+    with torch.no_grad():
+        emb.weight[0].zero_()
+    return emb
+
+
+class SIM(Model):
+    name: ClassVar[str] = "sim"
+    tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
+    inputs: ClassVar[frozenset[str]] = frozenset(
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_time"}
+    )
+
+    class Config(ModelConfig):
+        embed_dim: int = Field(32, ge=1)
+        search: Literal["hard", "soft"] = "hard"
+        category_feature: str | None = None  # hard search: item categorical feature (None: the first)
+        top_k: int = Field(20, ge=1)
+        soft_dim: int = Field(32, ge=1)  # soft search: projection size of W_a / W_b
+        soft_bias: bool = True  # soft search: add r_j to the ESU logits so W_a / W_b are trained
+        n_heads: int = Field(2, ge=1)
+        time_buckets: int = Field(32, ge=1)  # floor(log2(1 + seconds)); the last bucket holds >= 2^31 s
+        use_time: bool = True
+        short_len: int = Field(20, ge=0)  # 0 switches the short-term attention off
+        attention_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+        attention_activation: Activation = "prelu"
+        mlp_hidden: list[int] = Field(default_factory=lambda: [200, 80])
+        activation: Activation = "prelu"
+        dropout: float = Field(0.1, ge=0.0, lt=1.0)
+        use_content: bool = True
+
+    def __init__(self, schema: Schema, config: ModelConfig | None = None):
+        super().__init__(schema, config or self.Config())
+        cfg = self.config
+        self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
+        self.user = _user_embedding(schema.n_users, cfg.embed_dim)
+        d = self.items.out_dim
+        self.search = cfg.search
+        self.category: str | None = None
+        if cfg.search == "hard":
+            if cfg.category_feature is not None:
+                if cfg.category_feature not in schema.item_categorical:
+                    raise ValueError(
+                        f"sim: category_feature '{cfg.category_feature}' is not an item categorical feature; "
+                        f"the schema has {sorted(schema.item_categorical)}"
+                    )
+                self.category = cfg.category_feature
+            elif schema.item_categorical:
+                self.category = next(iter(schema.item_categorical))
+            else:
+                self.search = "soft"  # no category to search by
+        if self.search == "soft":
+            self.search_target = nn.Linear(d, cfg.soft_dim, bias=False)  # W_a
+            self.search_behaviour = nn.Linear(d, cfg.soft_dim, bias=False)  # W_b
+        self.time = nn.Embedding(cfg.time_buckets + 1, d) if cfg.use_time else None  # + "unknown"
+        if self.time is not None:
+            nn.init.normal_(self.time.weight, std=0.05)
+        self.esu = MultiHeadTargetAttention(d, d * (2 if cfg.use_time else 1), d, cfg.n_heads)
+        self.short = (
+            TargetAttention(d, cfg.attention_hidden, activation=cfg.attention_activation)
+            if cfg.short_len > 0 else None
+        )
+        in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2)
+        self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
+
+    def general_search(
+        self, batch: Batch, target: torch.Tensor, hist: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """GSU: indices (B, k) of the retrieved positions, their validity (B, k), soft scores (B, k)."""
+        mask = batch.hist_mask
+        L = mask.shape[1]
+        k = min(self.config.top_k, L)
+        if self.search == "hard":
+            cat_t = batch.item_side[self.category]
+            cat_h = batch.hist_side[self.category]
+            match = mask & (cat_h == cat_t.unsqueeze(1)) & (cat_t.unsqueeze(1) != 0)
+            pos = torch.arange(L, device=mask.device, dtype=torch.float32).unsqueeze(0)
+            score = torch.where(mask, match.float() * (2 * L) + pos, torch.full((), -1.0, device=mask.device))
+            idx = score.topk(k, dim=1).indices
+            return idx, match.gather(1, idx), None
+        zero = torch.zeros((), dtype=hist.dtype, device=hist.device)
+        qa = self.search_target(target)
+        kb = self.search_behaviour(torch.where(mask.unsqueeze(-1), hist, zero))
+        r = torch.einsum("bd,bld->bl", qa, kb)
+        ranked = r.detach().masked_fill(~mask, float("-inf"))
+        idx = ranked.topk(k, dim=1).indices
+        return idx, mask.gather(1, idx), r.gather(1, idx)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        cfg = self.config
+        mask = batch.hist_mask
+        target, hist = self.items.encode(batch)
+        idx, valid, soft = self.general_search(batch, target, hist)
+        retrieved = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
+        if self.time is not None:
+            buckets = log_time_buckets(batch.hist_time, mask, cfg.time_buckets)
+            retrieved = torch.cat([retrieved, self.time(buckets.gather(1, idx))], dim=-1)  # z_j = [e_j, t_j]
+        bias = soft if (soft is not None and cfg.soft_bias) else None
+        parts = [self.user(batch.user), target, self.esu(target, retrieved, valid, key_bias=bias)]
+        if self.short is not None:
+            parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len)))
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
