@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modalrec-installed
-EXTRAS ?= dev
+EXTRAS ?= dev,text,serve
 
 .PHONY: demo test test-all lint bench clean
 

@@ -160,6 +160,50 @@ def demo(
     typer.echo(f"demo report: {path}")
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
+    seed: Optional[int] = typer.Option(None, help="Which seed's best checkpoint (default: the run's first seed)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
+) -> None:
+    """Write a serving bundle: weights, config, vocabularies, item features, history seed, faiss index, manifest."""
+    try:
+        from .serve.bundle import export_bundle
+    except ImportError as e:  # pragma: no cover
+        _fail(f"{e}: install the serving extras (pip install 'modalrec[serve]')")
+    path = _guard(export_bundle, run_dir, out, seed=seed, overwrite=overwrite)
+    typer.echo(f"bundle: {path}")
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="A bundle directory written by `modalrec export`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    state: Optional[str] = typer.Option(None, help="User state: sqlite:///PATH (default: BUNDLE-state.sqlite "
+                                                   "beside the bundle) or redis://HOST:PORT."),
+    api_key: Optional[str] = typer.Option(None, envvar="MODALREC_API_KEY", show_envvar=True,
+                                          help="Key the write endpoints require (default: a random key, printed)."),
+    threads: int = typer.Option(1, help="Torch threads per request."),
+) -> None:
+    """Serve a bundle over HTTP: POST /events, /recommend, /score; GET /healthz, /metrics, /docs."""
+    import secrets
+
+    try:
+        from .serve.service import serve as run_service
+        from .serve.state import StateURLError
+    except ImportError as e:  # pragma: no cover
+        _fail(f"{e}: install the serving extras (pip install 'modalrec[serve]')")
+    if not api_key:
+        api_key = secrets.token_urlsafe(24)
+        typer.echo(f"no MODALREC_API_KEY set; write endpoints need this key: X-API-Key: {api_key}", err=True)
+    try:
+        _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads)
+    except StateURLError as e:
+        _fail(str(e))
+
+
 @app.command("list")
 def list_() -> None:
     """List the registered models, tasks and datasets."""

@@ -3,11 +3,12 @@
 Simulates a small world of users and items with text content (`sim.demo`), trains the CTR floor
 (Popularity, LR) and two behaviour models (DCNv2, DIN) through the same Trainer, and writes:
 runs/demo/ (the DIN run: the full run-directory contract), runs/demo/compare/<model>/ (the others),
-and runs/demo/report.html with all of them side by side.
+runs/demo/report.html with all of them side by side, and runs/demo/bundle (the DIN run's serving bundle).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .config import RunConfig
@@ -39,4 +40,11 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 4) -> Path:
         run_dir = out if model == "din" else out / "compare" / model
         train_run(demo_config(model, epochs), run_dir, data=data, report=False)
         runs.append(run_dir)
-    return write_report(runs, out / "report.html", title="modalrec demo: CTR on the built-in simulated world")
+    report = write_report(runs, out / "report.html", title="modalrec demo: CTR on the built-in simulated world")
+    try:  # the serving bundle of the DIN run: `modalrec serve runs/demo/bundle`
+        from .serve.bundle import export_bundle
+
+        export_bundle(out, out / "bundle", data=data, overwrite=True)
+    except ImportError as e:
+        warnings.warn(f"serving bundle not written ({e}): install the serving extras, pip install 'modalrec[serve]'")
+    return report

@@ -1,0 +1,399 @@
+"""A serving bundle: everything the service needs from a run, in files that load without pickle.
+
+`export_bundle(run_dir, out)` rebuilds the run's task from its data (vocabularies, item side table
+and behaviour histories are functions of the data and the task config), loads the chosen seed's best
+checkpoint and writes:
+
+    manifest.json              format version, provenance, retrieval settings, sha256 + size of every file
+    config.yaml                the run's fully resolved config
+    schema.json                model Schema (plain fields), collator settings, history channels
+    schema.safetensors         Schema arrays (item_counts, item_positive_rate, user_counts, ...)
+    model.safetensors          model weights (state_dict)
+    vocab_users.json           raw user ids; the id at position i has index i + 1 (0 = unknown)
+    vocab_items.json           raw item ids, same convention
+    item_side.safetensors      the ItemSide arrays: categorical.*, multi.*, dense.* (the content
+                               vectors), presence.* (True where a modality is present)
+    history.safetensors        seed state: every known user's last max_history history events (CSR:
+                               ptr, items, times), so known users are not cold at first start
+    item_vectors.safetensors   one retrieval vector per item index (row 0 = padding, zero)
+    items.faiss                faiss inner-product index over the L2-normalised vectors of rows 1..n-1
+                               (faiss' own binary format, written by faiss.write_index; no pickle)
+
+`load_bundle(path)` verifies every hash first and names the file that does not match; then it reads
+only safetensors, JSON, YAML (safe_load) and the faiss index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
+from safetensors.torch import load_file as load_pt
+from safetensors.torch import save_file as save_pt
+
+from .. import __version__
+from ..config import RunConfig, dump_config
+from ..data.batch import History, ItemSide
+from ..data.errors import DataError, Problem
+from ..models import build_model
+from ..models.base import Model, Schema
+from ..nn.item_encoder import ItemEncoder
+from ..tasks.base import Vocab
+
+FORMAT = "modalrec-bundle"
+FORMAT_VERSION = 1
+SERVABLE_TASKS = ("ctr", "topk")
+# Flat exact search up to this many items (a few ms at 1M x 64 would already be too slow); HNSW above.
+FLAT_INDEX_MAX_ITEMS = 200_000
+
+
+class BundleError(DataError):
+    """A bundle (or the run it is exported from) is missing, corrupt or not servable."""
+
+    def __init__(self, file: str | Path, expected: str, found: str | None = None):
+        super().__init__(Problem(str(file), None, None, expected, found))
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    config: RunConfig
+    schema: Schema
+    model: Model
+    user_vocab: Vocab
+    item_vocab: Vocab
+    item_side: ItemSide
+    history: History  # seed histories, indexed by user index
+    max_history: int
+    with_time: bool
+    history_channels: list[str] | None  # channels whose events the ranker reads (None: every channel)
+    item_vectors: np.ndarray | None  # (n_items, d) float32, L2-normalised rows, row 0 zero
+    index: object | None  # faiss index over rows 1..n-1 (faiss id = item index - 1)
+    popular: np.ndarray  # item indices, most popular first (cold-start candidates)
+
+    @property
+    def task(self) -> str:
+        return self.schema.task
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1, allow_nan=False))
+
+
+def _schema_parts(schema: Schema) -> tuple[dict, dict[str, np.ndarray]]:
+    """Every Schema field: arrays (-> schema.safetensors) and plain values (-> schema.json). Generic over
+    the dataclass, so a field added to Schema travels without a change here."""
+    plain: dict = {}
+    arrays: dict[str, np.ndarray] = {}
+    for f in dataclasses.fields(schema):
+        value = getattr(schema, f.name)
+        if isinstance(value, np.ndarray):
+            arrays[f.name] = np.ascontiguousarray(value)
+        elif value is None or isinstance(value, (str, int, float, bool, np.generic)):
+            plain[f.name] = value.item() if isinstance(value, np.generic) else value
+        elif isinstance(value, dict) and all(isinstance(v, (int, float, str)) for v in value.values()):
+            plain[f.name] = {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in value.items()}
+        else:
+            raise BundleError("schema", f"Schema.{f.name} as an array or plain value",
+                              f"{type(value).__name__}: this task's schema cannot be served")
+    return plain, arrays
+
+
+def _schema_from(plain: dict, arrays: dict[str, np.ndarray]) -> Schema:
+    known = {f.name for f in dataclasses.fields(Schema)}
+    return Schema(**{k: v for k, v in {**plain, **arrays}.items() if k in known})
+
+
+def _side_arrays(side: ItemSide) -> dict[str, np.ndarray]:
+    out = {}
+    for group in ("categorical", "multi", "dense", "presence"):
+        for name, arr in getattr(side, group).items():
+            out[f"{group}.{name}"] = np.ascontiguousarray(np.asarray(arr))  # a float16 memmap becomes memory
+    return out
+
+
+def _side_from(arrays: dict[str, np.ndarray]) -> ItemSide:
+    side = ItemSide()
+    for key, arr in arrays.items():
+        group, name = key.split(".", 1)
+        getattr(side, group)[name] = arr
+    return side
+
+
+def seed_history(history: History, keep: int) -> History:
+    """The last `keep` events of every user (what the ranker can read), in the same CSR layout."""
+    counts = np.diff(history.ptr)
+    kept = np.minimum(counts, keep)
+    ptr = np.zeros_like(history.ptr)
+    np.cumsum(kept, out=ptr[1:])
+    starts = history.ptr[1:] - kept
+    idx = np.repeat(starts, kept) + (np.arange(kept.sum()) - np.repeat(ptr[:-1], kept))
+    return History(ptr, history.items[idx].copy(), history.times[idx].copy())
+
+
+def _item_encoder(model: torch.nn.Module) -> ItemEncoder | None:
+    for m in model.modules():
+        if isinstance(m, ItemEncoder):
+            return m
+    return None
+
+
+@torch.no_grad()
+def item_vectors(model: Model, side: ItemSide, n_items: int, chunk: int = 4096) -> tuple[np.ndarray | None, str]:
+    """One retrieval vector per item index, and where it comes from.
+
+    The model's own item representation where it has one (the ItemEncoder output: id, side features
+    and content, so items with similar content sit close), else an item id embedding of the model,
+    else the first dense content modality; None when there is nothing to retrieve with."""
+    model.eval()
+    enc = _item_encoder(model)
+    if enc is not None:
+        parts = []
+        for start in range(0, n_items, chunk):
+            ids = np.arange(start, min(start + chunk, n_items))
+            feats, pres = side.gather(ids)
+            parts.append(enc(torch.from_numpy(ids), feats, pres).float().numpy())
+        return np.concatenate(parts), "item_encoder"
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding) and m.num_embeddings == n_items and m.embedding_dim >= 8:
+            return m.weight.detach().float().numpy().copy(), f"embedding:{name}"
+    for name, arr in side.dense.items():
+        vec = np.asarray(arr, dtype=np.float32).copy()
+        vec[~side.presence.get(name, np.ones(n_items, dtype=bool))] = 0.0
+        return vec, f"content:{name}"
+    return None, "none"
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    v = np.nan_to_num(vectors.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.where(norm > 0, v / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def build_index(vectors: np.ndarray):
+    """Inner-product index over rows 1..n-1 of L2-normalised vectors (cosine similarity)."""
+    import faiss
+
+    d = vectors.shape[1]
+    body = np.ascontiguousarray(vectors[1:])
+    if len(body) <= FLAT_INDEX_MAX_ITEMS:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    index.add(body)
+    return index
+
+
+def popularity_order(schema: Schema) -> np.ndarray:
+    counts = schema.item_counts if schema.item_counts is not None else np.zeros(schema.n_items)
+    score = np.asarray(counts, dtype=np.float64).copy()
+    if schema.item_positive_rate is not None and schema.task == "ctr":
+        score = score * np.asarray(schema.item_positive_rate, dtype=np.float64)  # expected positives
+    order = np.lexsort((np.arange(len(score)), -score))
+    return order[order != 0].astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def _read_run_config(run_dir: Path) -> RunConfig:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise BundleError(path, "a run directory written by `modalrec train` (config.yaml)", "no such file")
+    return RunConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+def _history_channels(cfg: RunConfig) -> list[str] | None:
+    """The channels whose events form the behaviour sequence, as the task built it offline."""
+    if cfg.task.kind == "ctr":
+        return cfg.task.history_channels or cfg.task.sample_channels
+    return cfg.task.sample_channels  # topk: the history is the sample sequence
+
+
+def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, overwrite: bool = False) -> Path:
+    """Writes the serving bundle of `run_dir` (seed `seed`, default the run's first) to `out`."""
+    from ..tasks import prepare_task
+    from ..train.checkpoint import has_checkpoint, load_checkpoint
+    from ..train.run import load_data
+
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = _read_run_config(run_dir)
+    if cfg.task.kind not in SERVABLE_TASKS:
+        raise BundleError(run_dir / "config.yaml", f"a task the service answers ({', '.join(SERVABLE_TASKS)})",
+                          f"task.kind '{cfg.task.kind}'")
+    seed = cfg.seeds[0] if seed is None else seed
+    if seed not in cfg.seeds:
+        raise BundleError(run_dir / "config.yaml", f"--seed among the run's seeds {cfg.seeds}", str(seed))
+    if out.exists() and not overwrite:
+        raise BundleError(out, "a new bundle directory (--overwrite replaces one)", "it already exists")
+    data = data if data is not None else load_data(cfg)
+    run_manifest = run_dir / "manifest.json"
+    fingerprint = data.fingerprint()
+    if run_manifest.exists():
+        trained_on = json.loads(run_manifest.read_text()).get("dataset", {}).get("fingerprint")
+        if trained_on and trained_on != fingerprint:
+            raise BundleError(run_manifest, f"the data the run was trained on (fingerprint {trained_on[:12]}...)",
+                              f"data with fingerprint {fingerprint[:12]}...: vocabularies would not match")
+    task = prepare_task(data, cfg.task)
+    model = build_model(cfg.model.name, task.schema, cfg.model.params)
+    ckpt = run_dir / "checkpoints" / f"seed_{seed}"
+    if has_checkpoint(ckpt, "best"):
+        load_checkpoint(ckpt, "best", model, restore_rng=False)
+    elif model.trainable:
+        raise BundleError(ckpt / "best.safetensors", f"the trained weights of seed {seed}", "no such file")
+    model.eval()
+    collator = task.collator
+    schema = task.schema
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.yaml").write_text(dump_config(cfg))
+        plain, arrays = _schema_parts(schema)
+        _write_json(tmp / "schema.json", {
+            "schema": plain,
+            "collator": {"max_history": int(collator.max_history), "with_time": bool(collator.with_time)},
+            "history_channels": _history_channels(cfg),
+        })
+        save_np(arrays, str(tmp / "schema.safetensors"))
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+        save_pt(state, str(tmp / "model.safetensors"))
+        _write_json(tmp / "vocab_users.json", [str(v) for v in task.user_vocab.ids])
+        _write_json(tmp / "vocab_items.json", [str(v) for v in task.item_vocab.ids])
+        save_np(_side_arrays(collator.item_side), str(tmp / "item_side.safetensors"))
+        seed_h = seed_history(collator.history, int(collator.max_history))
+        save_np({"ptr": seed_h.ptr, "items": seed_h.items, "times": seed_h.times}, str(tmp / "history.safetensors"))
+        vectors, source = item_vectors(model, collator.item_side, schema.n_items)
+        retrieval = {"source": source, "metric": "inner_product", "normalised": True, "index": None, "dim": None}
+        if vectors is not None:
+            vectors = normalise(vectors)
+            vectors[0] = 0.0
+            save_np({"vectors": vectors}, str(tmp / "item_vectors.safetensors"))
+            import faiss
+
+            index = build_index(vectors)
+            faiss.write_index(index, str(tmp / "items.faiss"))
+            retrieval.update(index=type(index).__name__, dim=int(vectors.shape[1]))
+        mask = os.umask(0)
+        os.umask(mask)
+        for p in tmp.iterdir():  # mkdtemp and safetensors create private files; a bundle is for sharing
+            os.chmod(p, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        files = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        _write_json(tmp / "manifest.json", {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "modalrec_version": __version__,
+            "created": datetime.now(UTC).isoformat(), "run_dir": str(run_dir.resolve()),
+            "seed": seed, "model": cfg.model.name, "task": cfg.task.kind, "dataset": data.spec.name,
+            "dataset_fingerprint": fingerprint, "users": len(task.user_vocab) - 1,
+            "items": len(task.item_vocab) - 1, "retrieval": retrieval, "files": files,
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# -------------------------------------------------------------------------------------------- load
+
+
+def verify_bundle(path: Path) -> dict:
+    """Checks the manifest and the sha256 of every file it lists; returns the manifest."""
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        raise BundleError(mpath, "a bundle written by `modalrec export`", "no such file")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(mpath, "valid JSON", str(e)) from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(mpath, f"format {FORMAT} version {FORMAT_VERSION}",
+                          f"{manifest.get('format')} version {manifest.get('format_version')}")
+    for name, meta in manifest.get("files", {}).items():
+        f = path / name
+        if Path(name).name != name:
+            raise BundleError(mpath, "plain file names in 'files'", repr(name))
+        if not f.exists():
+            raise BundleError(f, "a file listed in manifest.json", "no such file")
+        digest = sha256_of(f)
+        if digest != meta["sha256"]:
+            raise BundleError(f, f"sha256 {meta['sha256']} (manifest.json)",
+                              f"sha256 {digest}: the file is corrupt or was modified")
+    return manifest
+
+
+def load_bundle(path: Path, verify: bool = True) -> Bundle:
+    path = Path(path)
+    manifest = verify_bundle(path) if verify else json.loads((path / "manifest.json").read_text())
+    files = manifest["files"]
+    for needed in ("config.yaml", "schema.json", "schema.safetensors", "model.safetensors", "vocab_users.json",
+                   "vocab_items.json", "item_side.safetensors", "history.safetensors"):
+        if needed not in files:
+            raise BundleError(path / "manifest.json", f"'{needed}' among the bundle files", "not listed")
+    cfg = RunConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
+    meta = json.loads((path / "schema.json").read_text())
+    schema = _schema_from(meta["schema"], load_np(str(path / "schema.safetensors")))
+    model = build_model(cfg.model.name, schema, cfg.model.params)
+    weights = load_pt(str(path / "model.safetensors"))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise BundleError(path / "model.safetensors", f"weights of model '{cfg.model.name}' for this schema",
+                          str(e).splitlines()[0]) from None
+    model.eval()
+    users = Vocab(json.loads((path / "vocab_users.json").read_text()))
+    items = Vocab(json.loads((path / "vocab_items.json").read_text()))
+    if len(items) != schema.n_items or len(users) != schema.n_users:
+        raise BundleError(path / "schema.json", f"{len(users)} users and {len(items)} items as in the vocabularies",
+                          f"{schema.n_users} and {schema.n_items}")
+    side = _side_from(load_np(str(path / "item_side.safetensors")))
+    h = load_np(str(path / "history.safetensors"))
+    history = History(h["ptr"].astype(np.int64), h["items"].astype(np.int64), h["times"].astype(np.int64))
+    vectors, index = None, None
+    if "item_vectors.safetensors" in files:
+        vectors = load_np(str(path / "item_vectors.safetensors"))["vectors"]
+        if "items.faiss" in files:
+            import faiss
+
+            index = faiss.read_index(str(path / "items.faiss"))
+            if index.ntotal != len(vectors) - 1:
+                raise BundleError(path / "items.faiss", f"{len(vectors) - 1} vectors", str(index.ntotal))
+    col = meta["collator"]
+    return Bundle(
+        path=path, manifest=manifest, config=cfg, schema=schema, model=model, user_vocab=users,
+        item_vocab=items, item_side=side, history=history, max_history=int(col["max_history"]),
+        with_time=bool(col["with_time"]), history_channels=meta.get("history_channels"),
+        item_vectors=vectors, index=index, popular=popularity_order(schema),
+    )

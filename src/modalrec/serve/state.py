@@ -1,0 +1,392 @@
+"""Online user state: each user's behaviour sequence and counters, written by `/events`.
+
+Two stores behind one protocol (`StateStore`), chosen by URL:
+
+- `sqlite:///PATH[?synchronous=full|normal]` (default): embedded, nothing to install. WAL mode; a
+  batch of events is one transaction and `append_events` returns only after COMMIT, so an event is
+  acknowledged only once SQLite has it in the WAL. Durability argument: with `synchronous=FULL` (the
+  default) SQLite fsyncs the WAL at every commit, so an acknowledged event survives a killed process,
+  an OS crash and a power cut. With `synchronous=NORMAL` the commit is written to the WAL file
+  without fsync: it survives the service process being killed (the OS holds the written pages) but the
+  last commits may be lost to an OS crash or power cut; in exchange commits avoid an fsync.
+  `SQLITE_PATH` relative paths are relative to the working directory (SQLAlchemy's convention:
+  `sqlite:////abs/path.db` for an absolute path).
+- `redis://HOST:PORT[/DB]` (scale-out: several service processes share it): one Lua script per event
+  (dedup, sequence number, append, counters: atomic per event); a batch is acknowledged after every
+  script returned. Redis acknowledges before its own disk write unless the server runs with
+  `appendonly yes` and `appendfsync always` (then the AOF is fsynced before the reply); with the
+  default `everysec` up to a second of acknowledged events can be lost if Redis itself crashes. The
+  store warns at start when it can see that the server is not configured so.
+
+Events of a user are ordered by (time, arrival sequence). An event id, when given, makes the append
+idempotent: a second event with the same (user, event_id) is ignored (counted as a duplicate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs
+
+log = logging.getLogger("modalrec.serve")
+
+
+@dataclass
+class StoredEvent:
+    user: str
+    item: str | None
+    channel: str
+    time: int  # unix seconds
+    value: float | None = None
+    event_id: str | None = None
+    payload: dict | None = None
+    seq: int = 0  # arrival order, assigned by the store
+
+    def to_json(self) -> dict:
+        return {"user": self.user, "item": self.item, "channel": self.channel, "time": self.time,
+                "value": self.value, "event_id": self.event_id, "payload": self.payload, "seq": self.seq}
+
+
+@dataclass
+class AppendResult:
+    accepted: int = 0
+    duplicates: int = 0
+    seqs: list[int] = field(default_factory=list)
+
+
+class StateStore(Protocol):
+    kind: str
+
+    def append_events(self, events: list[StoredEvent]) -> AppendResult:
+        """Stores the events durably (see the module doc) before returning."""
+
+    def recent(self, user: str, n: int, channels: Iterable[str] | None = None,
+               before: int | None = None) -> list[StoredEvent]:
+        """The user's last `n` events (of `channels`, strictly before time `before`), oldest first."""
+
+    def counters(self, user: str) -> dict[str, dict]:
+        """channel -> {"n": events, "value": sum of values, "last_time": latest event time}."""
+
+    def count(self, user: str | None = None) -> int:
+        """Number of stored events (of one user)."""
+
+    def event_ids(self, user: str) -> set[str]:
+        """The event ids stored for a user."""
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class StateURLError(ValueError):
+    pass
+
+
+def open_state(url: str) -> StateStore:
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///"):]
+        path, _, query = rest.partition("?")
+        if not path:
+            raise StateURLError(f"state URL '{url}': expected sqlite:///PATH")
+        opts = {k: v[-1] for k, v in parse_qs(query).items()}
+        unknown = set(opts) - {"synchronous"}
+        if unknown:
+            raise StateURLError(f"state URL '{url}': unknown option(s) {sorted(unknown)} (allowed: synchronous)")
+        return SQLiteState(Path(path), synchronous=opts.get("synchronous", "full"))
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisState(url)
+    raise StateURLError(f"state URL '{url}': expected sqlite:///PATH or redis://HOST:PORT")
+
+
+# ------------------------------------------------------------------------------------------ SQLite
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    item TEXT,
+    channel TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    value REAL,
+    event_id TEXT,
+    payload TEXT,
+    received REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_user_event_id ON events(user, event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_user_time ON events(user, time, seq);
+CREATE TABLE IF NOT EXISTS counters (
+    user TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    value REAL NOT NULL,
+    last_time INTEGER NOT NULL,
+    PRIMARY KEY (user, channel)
+) WITHOUT ROWID;
+"""
+
+
+class SQLiteState:
+    kind = "sqlite"
+
+    def __init__(self, path: Path, synchronous: str = "full", busy_timeout_ms: int = 10_000):
+        synchronous = synchronous.upper()
+        if synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise StateURLError(f"sqlite synchronous must be full, normal or extra, not '{synchronous.lower()}'")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # One writer at a time inside this process: threads queue on a lock (FIFO-ish, no sleeping)
+        # instead of on SQLite's busy handler, which backs off in sleeps of up to 100 ms. Other
+        # processes sharing the file still meet busy_timeout.
+        self._write = threading.Lock()
+        con = self._con()
+        con.executescript(_SQLITE_SCHEMA)
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            # one connection per thread: WAL readers never block the writer or each other
+            con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                  timeout=self.busy_timeout_ms / 1000)
+            mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: SQLite could not switch to WAL mode (got {mode})")
+            con.execute(f"PRAGMA synchronous={self.synchronous}")
+            con.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            self._local.con = con
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    def append_events(self, events: list[StoredEvent]) -> AppendResult:
+        res = AppendResult()
+        if not events:
+            return res
+        con = self._con()
+        now = time.time()
+        with self._write:
+            return self._append(con, events, res, now)
+
+    def _append(self, con: sqlite3.Connection, events: list[StoredEvent], res: AppendResult, now: float) -> AppendResult:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for e in events:
+                cur = con.execute(
+                    "INSERT OR IGNORE INTO events(user, item, channel, time, value, event_id, payload, received) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.user, e.item, e.channel, int(e.time), e.value, e.event_id,
+                     None if e.payload is None else json.dumps(e.payload, separators=(",", ":")), now),
+                )
+                if cur.rowcount == 0:
+                    res.duplicates += 1
+                    continue
+                e.seq = int(cur.lastrowid)
+                res.accepted += 1
+                res.seqs.append(e.seq)
+                con.execute(
+                    "INSERT INTO counters(user, channel, n, value, last_time) VALUES (?, ?, 1, ?, ?) "
+                    "ON CONFLICT(user, channel) DO UPDATE SET n = n + 1, value = value + excluded.value, "
+                    "last_time = max(last_time, excluded.last_time)",
+                    (e.user, e.channel, float(e.value or 0.0), int(e.time)),
+                )
+            con.execute("COMMIT")  # the acknowledgement point: returns after the WAL write (+fsync if FULL)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return res
+
+    def recent(self, user: str, n: int, channels: Iterable[str] | None = None,
+               before: int | None = None) -> list[StoredEvent]:
+        if n <= 0:
+            return []
+        sql = "SELECT user, item, channel, time, value, event_id, payload, seq FROM events WHERE user = ?"
+        args: list = [user]
+        if channels is not None:
+            ch = list(channels)
+            if not ch:
+                return []
+            sql += f" AND channel IN ({','.join('?' * len(ch))})"
+            args += ch
+        if before is not None:
+            sql += " AND time < ?"
+            args.append(int(before))
+        sql += " ORDER BY time DESC, seq DESC LIMIT ?"
+        args.append(int(n))
+        rows = self._con().execute(sql, args).fetchall()
+        return [StoredEvent(r[0], r[1], r[2], int(r[3]), r[4], r[5], None if r[6] is None else json.loads(r[6]),
+                            int(r[7])) for r in reversed(rows)]
+
+    def counters(self, user: str) -> dict[str, dict]:
+        rows = self._con().execute("SELECT channel, n, value, last_time FROM counters WHERE user = ?",
+                                   (user,)).fetchall()
+        return {r[0]: {"n": int(r[1]), "value": float(r[2]), "last_time": int(r[3])} for r in rows}
+
+    def count(self, user: str | None = None) -> int:
+        if user is None:
+            return int(self._con().execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(self._con().execute("SELECT count(*) FROM events WHERE user = ?", (user,)).fetchone()[0])
+
+    def event_ids(self, user: str) -> set[str]:
+        rows = self._con().execute("SELECT event_id FROM events WHERE user = ? AND event_id IS NOT NULL",
+                                   (user,)).fetchall()
+        return {r[0] for r in rows}
+
+    def ping(self) -> bool:
+        self._con().execute("SELECT 1").fetchone()
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            for con in self._all:
+                try:
+                    con.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+# ------------------------------------------------------------------------------------------- Redis
+
+# KEYS: events zset, counters hash, event-id set, sequence counter (all of one user: one hash slot)
+# ARGV: event_id ('' = none), time, member body (JSON), channel, value ('' = none)
+_APPEND_LUA = """
+if ARGV[1] ~= '' then
+  if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return 0 end
+end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], ARGV[2], string.format('%016d', seq) .. '|' .. ARGV[3])
+redis.call('HINCRBY', KEYS[2], 'n:' .. ARGV[4], 1)
+if ARGV[5] ~= '' then redis.call('HINCRBYFLOAT', KEYS[2], 'v:' .. ARGV[4], ARGV[5]) end
+local last = tonumber(redis.call('HGET', KEYS[2], 't:' .. ARGV[4]) or '-1e300')
+if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[2], 't:' .. ARGV[4], ARGV[2]) end
+return seq
+"""
+
+
+class RedisState:
+    """Events of a user in a sorted set scored by time; members `<seq:016d>|<json>` so equal times
+    keep arrival order. Keys carry the user as a hash tag (`prefix:{user}:...`), so one user's keys
+    live in one slot and the append script stays valid on a Redis Cluster."""
+
+    kind = "redis"
+
+    def __init__(self, url: str, prefix: str = "modalrec"):
+        try:
+            import redis
+        except ImportError:  # pragma: no cover
+            raise StateURLError("the Redis state store needs the 'redis' package (pip install modalrec[serve])")
+        self.url = url
+        self.prefix = prefix
+        self.client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        try:
+            self.client.ping()
+        except redis.RedisError as e:
+            raise StateURLError(f"state URL '{url}': cannot reach Redis ({e})") from None
+        self._append = self.client.register_script(_APPEND_LUA)
+        self._warn_durability()
+
+    def _warn_durability(self) -> None:
+        try:
+            cfg = self.client.config_get("append*")
+        except Exception:  # noqa: BLE001 - CONFIG may be renamed or disabled on managed servers
+            return
+        if cfg.get("appendonly") != "yes" or cfg.get("appendfsync") != "always":
+            log.warning("redis at %s runs with appendonly=%s appendfsync=%s: acknowledged events can be lost "
+                        "if Redis crashes (use appendonly yes, appendfsync always)", self.url,
+                        cfg.get("appendonly"), cfg.get("appendfsync"))
+
+    def _keys(self, user: str) -> list[str]:
+        base = f"{self.prefix}:{{{user}}}"
+        return [f"{base}:ev", f"{base}:cnt", f"{base}:eid", f"{base}:seq"]
+
+    def append_events(self, events: list[StoredEvent]) -> AppendResult:
+        res = AppendResult()
+        if not events:
+            return res
+        pipe = self.client.pipeline(transaction=False)
+        for e in events:
+            body = json.dumps({"i": e.item, "c": e.channel, "t": int(e.time), "v": e.value, "e": e.event_id,
+                               "p": e.payload}, separators=(",", ":"))
+            self._append(keys=self._keys(e.user),
+                         args=[e.event_id or "", int(e.time), body, e.channel,
+                               "" if e.value is None else repr(float(e.value))], client=pipe)
+        for e, seq in zip(events, pipe.execute()):
+            if int(seq) == 0:
+                res.duplicates += 1
+            else:
+                e.seq = int(seq)
+                res.accepted += 1
+                res.seqs.append(e.seq)
+        return res
+
+    def _parse(self, user: str, member: str) -> StoredEvent:
+        seq, _, body = member.partition("|")
+        d = json.loads(body)
+        return StoredEvent(user, d["i"], d["c"], int(d["t"]), d["v"], d["e"], d["p"], int(seq))
+
+    def recent(self, user: str, n: int, channels: Iterable[str] | None = None,
+               before: int | None = None) -> list[StoredEvent]:
+        if n <= 0:
+            return []
+        key = self._keys(user)[0]
+        top = "+inf" if before is None else f"({int(before)}"
+        wanted = None if channels is None else set(channels)
+        out: list[StoredEvent] = []
+        offset, page = 0, max(n, 64) if wanted is None else max(4 * n, 256)
+        while len(out) < n:
+            members = self.client.zrevrangebyscore(key, top, "-inf", start=offset, num=page)
+            if not members:
+                break
+            for m in members:
+                e = self._parse(user, m)
+                if wanted is None or e.channel in wanted:
+                    out.append(e)
+                    if len(out) == n:
+                        break
+            offset += len(members)
+            if len(members) < page:
+                break
+        return out[::-1]
+
+    def counters(self, user: str) -> dict[str, dict]:
+        h = self.client.hgetall(self._keys(user)[1])
+        out: dict[str, dict] = {}
+        for k, v in h.items():
+            kind, _, ch = k.partition(":")
+            c = out.setdefault(ch, {"n": 0, "value": 0.0, "last_time": 0})
+            if kind == "n":
+                c["n"] = int(v)
+            elif kind == "v":
+                c["value"] = float(v)
+            elif kind == "t":
+                c["last_time"] = int(float(v))
+        return out
+
+    def count(self, user: str | None = None) -> int:
+        if user is not None:
+            return int(self.client.zcard(self._keys(user)[0]))
+        total = 0
+        for key in self.client.scan_iter(match=f"{self.prefix}:{{*}}:ev", count=1000):
+            total += int(self.client.zcard(key))
+        return total
+
+    def event_ids(self, user: str) -> set[str]:
+        return set(self.client.smembers(self._keys(user)[2]))
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def close(self) -> None:
+        self.client.close()
