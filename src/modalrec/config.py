@@ -34,12 +34,14 @@ class SplitConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    kind: Literal["ctr", "topk"] = "ctr"
+    kind: Literal["ctr", "topk", "multilabel"] = "ctr"
     label_column: str = Field("label", description="event column holding the label or the value to threshold")
     label_threshold: float | None = Field(None, description="label = column >= threshold (e.g. rating >= 4)")
     sample_channels: list[str] | None = Field(None, description="channels whose events are samples (None: all)")
     history_channels: list[str] | None = Field(None, description="channels that form the history (None: samples')")
     max_history: int = Field(50, ge=1)
+    history_positive_only: bool = Field(
+        False, description="ctr: the history holds only the user's positive events (e.g. ratings >= 4)")
     split: SplitConfig = Field(default_factory=SplitConfig)
     text_modalities: list[str] | None = Field(
         None, description="item text modalities turned into bag-of-words features (None: all text modalities)")

@@ -18,11 +18,73 @@ from typing import Any
 from ..data.importer import import_dataset
 from ..data.interaction import InteractionData
 from ..sim import demo
-from . import movielens
+from . import insurance, movielens
+
+
+def _default_structure() -> Path:
+    env = os.environ.get("MODALREC_INSURANCE_STRUCTURE")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "insurance-structure"
+
+
+def insurance_simulated(structure: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+                        seed: int = 0, session_informativeness: float = 0.7,
+                        conversation_informativeness: float = 0.7, embed: str = "hash",
+                        max_events: int | None = None, embedding_dim: int = 768,
+                        refresh: bool = False) -> InteractionData:
+    """Semi-synthetic insurance data: `modalrec.sim.insurance.simulate` on the real structure folder
+    `structure` (default: $MODALREC_INSURANCE_STRUCTURE, else ../shared/data/insurance-structure next
+    to the repository), written once into a cache folder keyed by the parameters and the structure
+    files (`cache`, default $MODALREC_CACHE or ~/.cache/modalrec, + insurance_sim/<key>), then read
+    with `insurance.load`. The folder is written under a temporary name and renamed, so concurrent
+    runs never read a half-written simulation."""
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    from ..sim import insurance as sim_insurance
+
+    src = Path(structure) if structure is not None else _default_structure()
+    files = [src / insurance.USERS_FILE, src / insurance.PURCHASES_FILE]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: the insurance structure file is missing (give data.params.structure, "
+                                    "the folder holding data_users.csv and data_purchase_events.csv)")
+    params = {"seed": seed, "session_informativeness": session_informativeness,
+              "conversation_informativeness": conversation_informativeness, "embed": embed,
+              "max_events": max_events, "embedding_dim": embedding_dim}
+    h = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    root = Path(cache) if cache is not None else Path(os.environ.get("MODALREC_CACHE", Path.home() / ".cache"
+                                                                                    / "modalrec"))
+    folder = root / "insurance_sim" / h.hexdigest()[:16]
+    if refresh and folder.exists():
+        shutil.rmtree(folder)
+    if not (folder / insurance.SIMULATION_MARKER).exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        try:
+            sim_insurance.simulate(src, tmp, **params)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # another process finished first: use its folder
+                if not (folder / insurance.SIMULATION_MARKER).exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return insurance.load(folder)
+
 
 DATASETS: dict[str, Callable[..., InteractionData]] = {
     "movielens": movielens.load,
     "demo": demo.generate,
+    "insurance": insurance.load,
+    "insurance_sim": insurance_simulated,
 }
 
 

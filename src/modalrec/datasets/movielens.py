@@ -177,3 +177,21 @@ def load(path: str | os.PathLike, min_rating_count: int = 0) -> InteractionData:
         citation=CITATION,
     )
     return InteractionData(spec, events, items, None, content).validate(str(path))
+
+
+def load_multimodal(path: str | os.PathLike, cache: str | os.PathLike | None = None, backend: str = "auto",
+                    modalities: tuple[str, ...] = ("text",), min_rating_count: int = 0) -> InteractionData:
+    """MovieLens with item text embedded by the offline MiniLM encoder (`<modality>_emb`, 384-d).
+
+    The multimodal CTR benchmark of this project: item text = title + genres + the tags users wrote,
+    embedded once and cached by content (`cache`, default $MODALREC_CACHE or ~/.cache/modalrec, +
+    /text), so later runs read the vectors instead of recomputing them. Needs the `text` extra."""
+    from ..encoders.text import TextEncoder, encode_modality
+
+    root = Path(cache) if cache is not None else Path(os.environ.get("MODALREC_CACHE",
+                                                                     Path.home() / ".cache" / "modalrec"))
+    data = load(path, min_rating_count=min_rating_count)
+    encoder = TextEncoder(backend=backend, cache_dir=root / "text")
+    for name in modalities:
+        data = encode_modality(data, name, encoder)
+    return data

@@ -14,8 +14,23 @@ from .base import Model, ModelConfig, Schema
 from .dcnv2 import DCNv2
 from .din import DIN
 from .lr import LogisticRegression
+from .multichannel import (
+    Conversation,
+    GenerativeImputation,
+    Keyword,
+    KnowledgeDistillation,
+    LatentFeature,
+    LateFusion,
+    NeutralImputation,
+    RelativeRepresentation,
+    Session,
+)
 from .popularity import Popularity
+from .qin import QIN
 from .sasrec import SASRec
+from .sdim import SDIM
+from .sim import SIM
+from .tin import TIN
 
 MODELS: dict[str, type[Model]] = {
     "popularity": Popularity,
@@ -23,6 +38,20 @@ MODELS: dict[str, type[Model]] = {
     "din": DIN,
     "dcnv2": DCNv2,
     "sasrec": SASRec,
+    "sim": SIM,
+    "sdim": SDIM,
+    "tin": TIN,
+    "qin": QIN,
+    # Bruun, Balog, Maistro (SIGIR 2024), multilabel task; "popularity" is their Popular
+    "conversation": Conversation,
+    "session": Session,
+    "late_fusion": LateFusion,
+    "kd": KnowledgeDistillation,
+    "neutral_imputation": NeutralImputation,
+    "generative_imputation": GenerativeImputation,
+    "keyword": Keyword,
+    "latent_feature": LatentFeature,
+    "relative_representation": RelativeRepresentation,
 }
 
 

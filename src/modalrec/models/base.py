@@ -13,12 +13,51 @@ Output conventions (the task's loss and evaluator rely on them):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
+
+
+@dataclass
+class ChannelSpec:
+    """multilabel: one touchpoint channel (e.g. web sessions, call-centre conversations) as models see it.
+
+    A touchpoint of this channel carries `Batch.extra["tp_channel"] == index`. Its content comes as
+    `tok:<modality>` (B, T, V) multi-hot bags over the shared token vocabulary and `vec:<modality>`
+    (B, T, D) vectors, each with a `has:<modality>` (B, T) presence mask (see `tasks/multilabel.py`)."""
+
+    name: str
+    index: int  # 1..C; 0 is padding
+    tokens: dict[str, int] = field(default_factory=dict)  # token modality -> size of the shared vocabulary
+    vectors: dict[str, int] = field(default_factory=dict)  # vector modality -> dim
+    share: float = 0.0  # share of training samples with at least one touchpoint of this channel
+    # modality -> neutral input for imputation: the training mean vector, or the most frequent bag (multi-hot)
+    neutral: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class MultiChannelSpec:
+    """multilabel: the touchpoint channels of the task, in `Schema.multichannel`.
+
+    `pattern_shares[p]`: share of training samples whose channel presence pattern is p, where bit
+    (c.index - 1) of p is set when the sample has a touchpoint of channel c. `sample_anchors(n, seed)`
+    returns a `Batch` of about n training samples having every channel, stratified by label (anchors of
+    the Relative Representation model)."""
+
+    channels: list[ChannelSpec] = field(default_factory=list)
+    vocab_size: int = 1  # shared token vocabulary, incl. padding 0
+    pattern_shares: np.ndarray | None = None  # (2 ** C,)
+    sample_anchors: Callable[[int, int], Any] | None = None
+
+    def channel(self, name: str) -> ChannelSpec:
+        for c in self.channels:
+            if c.name == name:
+                return c
+        raise KeyError(f"no touchpoint channel '{name}' (has {[c.name for c in self.channels]})")
 
 
 @dataclass
@@ -32,7 +71,9 @@ class Schema:
     item_dense: dict[str, int] = field(default_factory=dict)  # dense content vector -> dim
     item_counts: np.ndarray | None = None  # training interactions per item index
     item_positive_rate: np.ndarray | None = None  # ctr: smoothed training positive rate per item
+    user_counts: np.ndarray | None = None  # training samples per user index
     n_labels: int = 0
+    multichannel: MultiChannelSpec | None = None  # multilabel: touchpoint channels
 
 
 class ModelConfig(BaseModel):
@@ -51,6 +92,10 @@ class Model(torch.nn.Module):
             raise ValueError(f"model '{self.name}' supports tasks {sorted(self.tasks)}, not '{schema.task}'")
         self.schema = schema
         self.config = config
+
+    def penalty(self, batch) -> torch.Tensor | None:
+        """Optional regularisation term the Trainer adds to the task loss (None: nothing)."""
+        return None
 
     @property
     def trainable(self) -> bool:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation
+from ..nn.layers import MLP, mba_penalty, Activation
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
 
@@ -47,11 +47,16 @@ class DIN(Model):
         dropout: float = Field(0.1, ge=0.0, lt=1.0)
         use_product: bool = True
         use_content: bool = True
+        mba_reg: float = Field(0.0, ge=0.0, description="mini-batch aware L2 on user/item id embeddings (DIN eq. 5)")
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
+        for name, counts, n in (("item_counts", schema.item_counts, schema.n_items),
+                                ("user_counts", schema.user_counts, schema.n_users)):
+            t = torch.ones(n) if counts is None else torch.as_tensor(counts, dtype=torch.float32)
+            self.register_buffer(name, t, persistent=False)
         self.user = nn.Embedding(schema.n_users, cfg.embed_dim, padding_idx=0)
         nn.init.normal_(self.user.weight, std=0.05)
         with torch.no_grad():
@@ -70,3 +75,11 @@ class DIN(Model):
         if self.config.use_product:
             parts.append(target * interest)
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def penalty(self, batch: Batch) -> torch.Tensor | None:
+        lam = self.config.mba_reg
+        if lam == 0.0 or not self.training:
+            return None
+        items = batch.uniq if batch.uniq is not None else torch.cat([batch.item, batch.hist.flatten()])
+        return (mba_penalty(self.items.id, items, self.item_counts, lam)
+                + mba_penalty(self.user, batch.user, self.user_counts, lam))

@@ -132,3 +132,14 @@ class CrossNetV2(nn.Module):
         for lin in self.layers:
             x = x0 * lin(x) + x
         return x
+
+
+def mba_penalty(embedding: nn.Embedding, ids: torch.Tensor, counts: torch.Tensor, weight: float) -> torch.Tensor:
+    """Mini-batch aware L2 of DIN (Zhou et al., KDD 2018, eq. 5): only the embedding rows used by the
+    batch are penalised, each scaled by 1 / (its number of training occurrences), so frequent ids
+    are shrunk less than rare ones and the cost stays proportional to the batch, not the vocabulary."""
+    rows = torch.unique(ids[ids > 0])
+    if rows.numel() == 0:
+        return embedding.weight.new_zeros(())
+    w = embedding.weight[rows]
+    return weight * (w.pow(2).sum(-1) / counts[rows].clamp(min=1.0)).sum()

@@ -4,13 +4,14 @@ from ..config import TaskConfig
 from ..data.interaction import InteractionData
 from .base import PreparedTask, SampleSet, Vocab
 from .ctr import CTRTask
+from .multilabel import MultiLabelTask
 from .topk import TopKTask
 
-TASKS: dict[str, type[PreparedTask]] = {"ctr": CTRTask, "topk": TopKTask}
+TASKS: dict[str, type[PreparedTask]] = {"ctr": CTRTask, "topk": TopKTask, "multilabel": MultiLabelTask}
 
 
 def prepare_task(data: InteractionData, cfg: TaskConfig) -> PreparedTask:
     return TASKS[cfg.kind](data, cfg)
 
 
-__all__ = ["TASKS", "prepare_task", "PreparedTask", "SampleSet", "Vocab", "CTRTask", "TopKTask"]
+__all__ = ["TASKS", "prepare_task", "PreparedTask", "SampleSet", "Vocab", "CTRTask", "TopKTask", "MultiLabelTask"]

@@ -77,6 +77,10 @@ class CTRTask(PreparedTask):
             raise DataError(Problem("events", None, cfg.label_column, "0/1 labels (or set task.label_threshold)",
                                     f"values such as {sorted(set(labels.tolist()))[:5]}"))
         n_users = len(self.user_vocab)
+        if cfg.history_positive_only:  # past labels are known at prediction time: keep positives only
+            every = enc.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
+            positive = (every >= cfg.label_threshold) if cfg.label_threshold is not None else (every > 0)
+            is_hist = is_hist & np.nan_to_num(positive, nan=0).astype(bool)
         self.history = History.build(enc.users[is_hist], enc.items[is_hist], enc.times[is_hist], n_users)
         users, items, times = enc.users[is_sample], enc.items[is_sample], enc.times[is_sample]
         split = assign_splits(users, times, n_users, cfg.split.method, cfg.split.valid, cfg.split.test)
@@ -92,6 +96,7 @@ class CTRTask(PreparedTask):
         prior = float(tr.labels.mean()) if len(tr) else 0.5
         schema.n_users = n_users
         schema.item_counts = counts
+        schema.user_counts = np.bincount(tr.users, minlength=n_users).astype(np.float64)
         schema.item_positive_rate = (pos + 20 * prior) / (counts + 20)
         self.schema = schema
         self.collator = Collator(self.history, side, cfg.max_history, with_time=True)

@@ -130,6 +130,9 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 out = self.net(batch)
             loss = self.task.loss(out, batch)
+            reg = self.model.penalty(batch)
+            if reg is not None:
+                loss = loss + reg
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.clip_norm:
