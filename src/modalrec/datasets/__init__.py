@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..data.errors import DataError, Problem
 from ..data.importer import import_dataset
 from ..data.interaction import InteractionData
 from ..sim import demo
@@ -82,6 +83,7 @@ def insurance_simulated(structure: str | os.PathLike | None = None, cache: str |
 
 DATASETS: dict[str, Callable[..., InteractionData]] = {
     "movielens": movielens.load,
+    "movielens_mm": movielens.load_multimodal,
     "demo": demo.generate,
     "insurance": insurance.load,
     "insurance_sim": insurance_simulated,
@@ -98,15 +100,16 @@ def load_dataset(source: str | os.PathLike, path: str | os.PathLike | None = Non
         loader = DATASETS[name]
         if _takes_path(loader):
             if path is None:
-                raise ValueError(f"dataset '{name}' reads downloaded files: give `path` (the folder that holds "
-                                 f"them; see modalrec.datasets.{loader.__module__.rsplit('.', 1)[-1]})")
+                raise DataError(Problem(f"dataset '{name}'", None, "data.path", "the folder of the downloaded files "
+                                        f"(see modalrec.datasets.{loader.__module__.rsplit('.', 1)[-1]})", "none"))
             return loader(path, **params)
         if path is not None:
-            raise ValueError(f"dataset '{name}' is generated and takes no `path` (got {str(path)!r})")
+            raise DataError(Problem(f"dataset '{name}'", None, "data.path", "no path (it is generated)",
+                                    repr(str(path))))
         return loader(**params)
     if path is not None:
-        raise ValueError(f"`path` is only for registered datasets ({', '.join(DATASETS)}); the source "
-                         f"{name!r} is itself a path")
+        raise DataError(Problem(name, None, "data.source", f"a registered dataset ({', '.join(sorted(DATASETS))}) "
+                                "when data.path is given (otherwise data.source is itself the path)", "unknown name"))
     p = Path(source)
     if p.is_dir():
         return InteractionData.load(p, **params)
@@ -116,8 +119,8 @@ def load_dataset(source: str | os.PathLike, path: str | os.PathLike | None = Non
                              "rows and list them, use modalrec.data.importer.import_dataset(..., skip_bad_rows=True)")
         return import_dataset(p)
     what = "no such file or directory" if not p.exists() else "neither a dataset directory nor a .yaml import spec"
-    raise ValueError(f"unknown dataset source {name!r} ({what}). Choose a registered dataset "
-                     f"({', '.join(sorted(DATASETS))}), a directory with a dataset.yaml, or an import spec .yaml")
+    raise DataError(Problem(name, None, "data.source", f"a registered dataset ({', '.join(sorted(DATASETS))}), "
+                            "a directory with a dataset.yaml, or an import spec .yaml", what))
 
 
 __all__ = ["DATASETS", "load_dataset"]
