@@ -28,13 +28,15 @@ from modalrec.train.run import train_run
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
+# model -> (model params, train overrides). LR is a convex model with zero-initialised weights: it
+# gets a larger step and more epochs so that it is compared at convergence, not under-trained.
 CTR_MODELS = {
-    "popularity": {},
-    "lr": {},
-    "dcnv2": {"embed_dim": 32},
-    "din": {"embed_dim": 32},
+    "popularity": ({}, {}),
+    "lr": ({}, {"lr": 0.01, "epochs": 40, "patience": 3}),
+    "dcnv2": ({"embed_dim": 32}, {}),
+    "din": ({"embed_dim": 32, "attention_softmax": True}, {}),
 }
-TOPK_MODELS = {"popularity": {}, "sasrec": {}}
+TOPK_MODELS = {"popularity": ({}, {}), "sasrec": ({}, {})}
 
 
 def fmt(d: dict | None) -> str:
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "benchmarks/.work/movielens"))
     ap.add_argument("--ctr-epochs", type=int, default=10)
     ap.add_argument("--topk-epochs", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per run")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work)
@@ -62,9 +65,11 @@ def main() -> None:
     runs = {"ctr": [], "topk": []}
     for kind, models, cfg_file, epochs in (("ctr", CTR_MODELS, "movielens_din.yaml", args.ctr_epochs),
                                            ("topk", TOPK_MODELS, "movielens_sasrec.yaml", args.topk_epochs)):
-        for model, params in models.items():
+        for model, (params, train) in models.items():
             overrides = [f"name=ml-{kind}-{model}", f"model.name={model}", f"model.params={json.dumps(params)}",
-                         f"seeds={json.dumps(seeds)}", f"train.epochs={epochs}", "train.progress=false"]
+                         f"seeds={json.dumps(seeds)}", f"train.epochs={epochs}", "train.progress=false",
+                         f"train.num_threads={args.threads}"]
+            overrides += [f"train.{k}={json.dumps(v)}" for k, v in train.items()]
             cfg = load_config(CONFIGS / cfg_file, overrides)
             t0 = time.perf_counter()
             run_dir = work / f"{kind}-{model}"

@@ -139,3 +139,20 @@ def test_topk_leave_last_out_guard_and_exclusion():
     r = 0
     seen = set(h.items[h.ptr[te.users[r]]:h.ptr[te.users[r]] + te.cut[r]].tolist()) - {int(te.items[r])}
     assert set(np.flatnonzero(ex[r].numpy()).tolist()) - {0} == seen
+
+
+def test_topk_full_softmax_training_batch():
+    import torch
+
+    from modalrec.models import build_model
+
+    data = make_data()
+    task = TopKTask(data, TaskConfig(kind="topk", sample_channels=["click"], max_history=6, train_negatives=0))
+    batch = next(task.batches("train", 16, shuffle=True))
+    assert batch.candidates.dim() == 1 and len(batch.candidates) == task.schema.n_items
+    model = build_model("sasrec", task.schema, {"hidden_dim": 8, "n_heads": 1, "n_blocks": 1})
+    out = model(batch)
+    assert out.shape == (*batch.hist.shape, task.schema.n_items)
+    loss = task.loss(out, batch)
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()

@@ -48,7 +48,8 @@ class TaskConfig(_Strict):
     max_words: int = Field(16, ge=1, description="words kept per item text")
     vector_modalities: list[str] | None = Field(None, description="item vector modalities joined as dense content")
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
-    train_negatives: int = Field(256, ge=1, description="topk: sampled negatives per training batch")
+    train_negatives: int = Field(
+        0, ge=0, description="topk: 0 = full softmax over every item; N = N uniformly sampled negatives per batch")
     min_user_events: int = Field(3, ge=1, description="topk: users with fewer events are train-only")
 
 

@@ -76,6 +76,8 @@ class SASRec(Model):
     def forward(self, batch: Batch) -> torch.Tensor:
         h = self.encode(batch.hist, batch.hist_mask)
         cand = batch.candidates
+        if cand is not None and cand.dim() == 1:  # one candidate set shared by every position
+            return h @ self.item_emb(cand).T
         if cand is not None and cand.dim() == 3:
             return torch.einsum("bld,blcd->blc", h, self.item_emb(cand))
         last = (batch.hist_mask.sum(1) - 1).clamp(min=0)  # an empty history reads position 0

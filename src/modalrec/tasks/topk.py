@@ -8,8 +8,9 @@ history nor training data. Ranking covers every item except padding and the item
 met in the visible history (the held-out item itself is never excluded).
 
 Training: each user's training sequence is cut into windows of `max_history`; the model predicts the
-next item at every position against `train_negatives` uniformly sampled items shared by the batch
-(sampled softmax, target at candidate index 0).
+next item at every position, by default with a softmax over every item (`train_negatives: 0`), or
+against `train_negatives` uniformly sampled items shared by the batch (sampled softmax, target at
+candidate index 0) when the catalogue is too large for a full softmax.
 """
 
 from __future__ import annotations
@@ -82,16 +83,23 @@ class TopKTask(PreparedTask):
         if train:
             _, mask, pos = self.history.window(s.users, s.cut, self.cfg.max_history)
             nxt = np.where(mask, self.history.items[np.minimum(pos + 1, len(self.history.items) - 1)], 0)
-            rng = np.random.default_rng([seed, epoch, int(s.users[0]), int(s.cut[0]), len(s)])
-            negs = rng.integers(1, self.schema.n_items, size=self.cfg.train_negatives)
             tgt = torch.from_numpy(nxt)
             batch.targets = tgt
+            if self.cfg.train_negatives == 0:  # full softmax: every item is a candidate, shared by all rows
+                batch.candidates = torch.arange(self.schema.n_items)
+                return batch
+            rng = np.random.default_rng([seed, epoch, int(s.users[0]), int(s.cut[0]), len(s)])
+            negs = rng.integers(1, self.schema.n_items, size=self.cfg.train_negatives)
             neg = torch.from_numpy(negs).view(1, 1, -1).expand(tgt.shape[0], tgt.shape[1], -1)
             batch.candidates = torch.cat([tgt.unsqueeze(-1), neg], dim=-1)
         return batch
 
     def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
         valid = batch.targets > 0
+        if batch.candidates.dim() == 1:  # full softmax: column i is item i; column 0 is padding
+            logits = output[valid].float()
+            logits[:, 0] = float("-inf")
+            return F.cross_entropy(logits, batch.targets[valid])
         logits = output[valid].float()
         # a sampled negative equal to the target is not a negative
         clash = batch.candidates[valid][:, 1:] == batch.targets[valid].unsqueeze(-1)
