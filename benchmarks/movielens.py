@@ -15,7 +15,7 @@ import argparse
 import json
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -61,7 +61,7 @@ def main() -> None:
     results: dict = {"dataset": "movielens-latest-small", "seeds": seeds, "ctr": {}, "topk": {},
                      "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(),
                                  "torch": torch.__version__},
-                     "started": datetime.now(timezone.utc).isoformat()}
+                     "started": datetime.now(UTC).isoformat()}
     runs = {"ctr": [], "topk": []}
     for kind, models, cfg_file, epochs in (("ctr", CTR_MODELS, "movielens_din.yaml", args.ctr_epochs),
                                            ("topk", TOPK_MODELS, "movielens_sasrec.yaml", args.topk_epochs)):
@@ -80,7 +80,7 @@ def main() -> None:
             print(f"{kind:5s} {model:10s} " + "  ".join(f"{k}={fmt(v)}" for k, v in m["test"].items()
                                                          if k in ("auc", "gauc", "logloss", "ndcg@10", "hr@10")),
                   flush=True)
-    results["finished"] = datetime.now(timezone.utc).isoformat()
+    results["finished"] = datetime.now(UTC).isoformat()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -51,8 +50,8 @@ def _guard(fn, *args, **kwargs):
 def train(
     config: Path = typer.Argument(..., help="YAML run config (see configs/ for examples)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (mean and std)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (mean and std)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default runs/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
     """Train a model on a task and write the run directory (config, manifest, metrics, checkpoints, report)."""
@@ -105,7 +104,7 @@ def evaluate(
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (PNG plots go beside it)."),
-    title: Optional[str] = typer.Option(None, help="Report title."),
+    title: str | None = typer.Option(None, help="Report title."),
 ) -> None:
     """Write an HTML report: leaderboard, learning curves and metric plots of several runs side by side."""
     from .eval.report import write_report
@@ -164,7 +163,7 @@ def demo(
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
-    seed: Optional[int] = typer.Option(None, help="Which seed's best checkpoint (default: the run's first seed)."),
+    seed: int | None = typer.Option(None, help="Which seed's best checkpoint (default: the run's first seed)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
 ) -> None:
     """Write a serving bundle: weights, config, vocabularies, item features, history seed, faiss index, manifest."""
@@ -181,9 +180,9 @@ def serve(
     bundle: Path = typer.Argument(..., help="A bundle directory written by `modalrec export`."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    state: Optional[str] = typer.Option(None, help="User state: sqlite:///PATH (default: BUNDLE-state.sqlite "
+    state: str | None = typer.Option(None, help="User state: sqlite:///PATH (default: BUNDLE-state.sqlite "
                                                    "beside the bundle) or redis://HOST:PORT."),
-    api_key: Optional[str] = typer.Option(None, envvar="MODALREC_API_KEY", show_envvar=True,
+    api_key: str | None = typer.Option(None, envvar="MODALREC_API_KEY", show_envvar=True,
                                           help="Key the write endpoints require (default: a random key, printed)."),
     threads: int = typer.Option(1, help="Torch threads per request."),
 ) -> None:

@@ -48,7 +48,7 @@ class Batch:
     def size(self) -> int:
         return int(self.user.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         def mv(v):
             if isinstance(v, Tensor):
                 return v.to(device, non_blocking=True)
@@ -96,7 +96,7 @@ class History:
     times: np.ndarray  # (n_events,) int64
 
     @classmethod
-    def build(cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, n_users: int) -> "History":
+    def build(cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, n_users: int) -> History:
         order = np.lexsort((times, users))
         counts = np.bincount(users, minlength=n_users)
         ptr = np.zeros(n_users + 1, dtype=np.int64)

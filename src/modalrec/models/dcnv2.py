@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, mba_penalty, Activation, CrossNetV2
+from ..nn.layers import MLP, Activation, CrossNetV2, mba_penalty
 from ..nn.sequence import masked_mean
 from .base import Model, ModelConfig, Schema
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, mba_penalty, Activation
+from ..nn.layers import MLP, Activation, mba_penalty
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
 

@@ -14,4 +14,4 @@ def prepare_task(data: InteractionData, cfg: TaskConfig) -> PreparedTask:
     return TASKS[cfg.kind](data, cfg)
 
 
-__all__ = ["TASKS", "prepare_task", "PreparedTask", "SampleSet", "Vocab", "CTRTask", "TopKTask", "MultiLabelTask"]
+__all__ = ["TASKS", "CTRTask", "MultiLabelTask", "PreparedTask", "SampleSet", "TopKTask", "Vocab", "prepare_task"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from ..data.interaction import InteractionData
 from ..models.base import Schema
 
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an the of and or to in on for with by at from is are be it its this that".split())
+_STOP = frozenset(["a", "an", "the", "of", "and", "or", "to", "in", "on", "for", "with", "by", "at", "from", "is", "are", "be", "it", "its", "this", "that"])
 
 
 @dataclass
@@ -199,7 +199,7 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.users)
 
-    def take(self, idx: np.ndarray) -> "SampleSet":
+    def take(self, idx: np.ndarray) -> SampleSet:
         return SampleSet(
             self.users[idx], self.items[idx], self.times[idx], self.cut[idx],
             None if self.labels is None else self.labels[idx],

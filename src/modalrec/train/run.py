@@ -13,7 +13,7 @@ import os
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,9 +52,9 @@ def _git_version() -> str:
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=5)
+                             text=True, timeout=5, check=False)
         return out.stdout.strip() or "unknown"
-    except Exception:
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the version is unknown
         return "unknown"
 
 
@@ -95,7 +95,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     out = Path(out)
-    started = datetime.now(timezone.utc).isoformat()
+    started = datetime.now(UTC).isoformat()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
@@ -135,7 +135,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
                         "semi_synthetic": data.spec.semi_synthetic},
             "seeds": list(cfg.seeds), "device": str(device), "world_size": ctx.world,
             "torch_threads": torch.get_num_threads(), "started": started,
-            "finished": datetime.now(timezone.utc).isoformat(), "resumed": resume,
+            "finished": datetime.now(UTC).isoformat(), "resumed": resume,
         }
         _write_json(out / "metrics.json", metrics)
         _write_json(out / "manifest.json", manifest)
@@ -163,8 +163,9 @@ def _fit_seed(cfg: RunConfig, task: PreparedTask, out: Path, seed: int, resume: 
 
 def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | None = None) -> dict:
     """Re-evaluates the best checkpoint of every seed of a finished run (no training)."""
-    from ..config import RunConfig as _RC
     import yaml
+
+    from ..config import RunConfig as _RC
 
     run_dir = Path(run_dir)
     cfg = _RC.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
