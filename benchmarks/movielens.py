@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--ctr-epochs", type=int, default=10)
     ap.add_argument("--topk-epochs", type=int, default=60)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads per run")
+    ap.add_argument("--tasks", default="ctr,topk", help="ctr, topk or both; separate processes can run one each "
+                    "and merge: results of a task not run are kept from the existing output file")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     work = Path(args.work)
@@ -63,8 +65,12 @@ def main() -> None:
                                  "torch": torch.__version__},
                      "started": datetime.now(UTC).isoformat()}
     runs = {"ctr": [], "topk": []}
+    out = Path(args.out)
+    kinds = args.tasks.split(",")
     for kind, models, cfg_file, epochs in (("ctr", CTR_MODELS, "movielens_din.yaml", args.ctr_epochs),
                                            ("topk", TOPK_MODELS, "movielens_sasrec.yaml", args.topk_epochs)):
+        if kind not in kinds:
+            continue
         for model, (params, train) in models.items():
             overrides = [f"name=ml-{kind}-{model}", f"model.name={model}", f"model.params={json.dumps(params)}",
                          f"seeds={json.dumps(seeds)}", f"train.epochs={epochs}", "train.progress=false",
