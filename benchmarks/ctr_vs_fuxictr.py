@@ -45,6 +45,9 @@ What it does (idempotent; the FuxiCTR virtualenv is reused when it is already ri
 
 Acceptance (issue): at equal AUC (|gap| <= 0.002), modalrec's DIN trains at >= 2x FuxiCTR's samples/s.
 Timings are only meaningful on a quiet machine: the JSON records the load average before and after.
+On a busy 2-core machine use --threads 1: two torch threads on cores that other jobs occupy
+wait on each other (OpenMP spin barriers) and both libraries slow down about 5x, which says
+nothing about either.
 """
 
 from __future__ import annotations
