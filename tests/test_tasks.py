@@ -156,3 +156,25 @@ def test_topk_full_softmax_training_batch():
     loss = task.loss(out, batch)
     assert torch.isfinite(loss) and loss.item() > 0
     loss.backward()
+
+
+def test_din_mini_batch_aware_penalty_touches_only_batch_rows():
+    import torch
+
+    from modalrec.models import build_model
+
+    data = make_data()
+    task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=8))
+    batch = next(task.batches("train", 8))
+    model = build_model("din", task.schema, {"embed_dim": 4, "mba_reg": 0.1})
+    model.train()
+    pen = model.penalty(batch)
+    assert pen is not None and pen.item() > 0
+    pen.backward()
+    grad = model.items.id.weight.grad
+    used = set(batch.uniq.tolist()) - {0}
+    touched = set(torch.nonzero(grad.abs().sum(1)).flatten().tolist())
+    assert touched == used
+    model.eval()
+    assert model.penalty(batch) is None
+    assert build_model("din", task.schema, {"embed_dim": 4}).penalty(batch) is None

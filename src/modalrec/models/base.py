@@ -97,6 +97,25 @@ class Model(torch.nn.Module):
         """Optional regularisation term the Trainer adds to the task loss (None: nothing)."""
         return None
 
+    def register_id_counts(self) -> None:
+        """Training counts of item and user ids as (non-persistent) buffers, for frequency-scaled
+        regularisers such as DIN's mini-batch aware L2."""
+        for name, counts, n in (("item_counts", self.schema.item_counts, self.schema.n_items),
+                                ("user_counts", self.schema.user_counts, self.schema.n_users)):
+            t = torch.ones(n) if counts is None else torch.as_tensor(counts, dtype=torch.float32)
+            self.register_buffer(name, t, persistent=False)
+
+    def id_mba_penalty(self, batch, item_embedding: torch.nn.Embedding, user_embedding: torch.nn.Embedding,
+                       weight: float) -> torch.Tensor | None:
+        """DIN's mini-batch aware L2 over the item ids (targets and history) and user ids of `batch`."""
+        from ..nn.layers import mba_penalty
+
+        if weight == 0.0 or not self.training:
+            return None
+        items = batch.uniq if batch.uniq is not None else torch.cat([batch.item, batch.hist.flatten()])
+        return (mba_penalty(item_embedding, items, self.item_counts, weight)
+                + mba_penalty(user_embedding, batch.user, self.user_counts, weight))
+
     @property
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, CrossNetV2, mba_penalty
+from ..nn.layers import MLP, Activation, CrossNetV2, id_embedding
 from ..nn.sequence import masked_mean
 from .base import Model, ModelConfig, Schema
 
@@ -50,14 +50,8 @@ class DCNv2(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        for name, counts, n in (("item_counts", schema.item_counts, schema.n_items),
-                                ("user_counts", schema.user_counts, schema.n_users)):
-            t = torch.ones(n) if counts is None else torch.as_tensor(counts, dtype=torch.float32)
-            self.register_buffer(name, t, persistent=False)
-        self.user = nn.Embedding(schema.n_users, cfg.embed_dim, padding_idx=0)
-        nn.init.normal_(self.user.weight, std=0.05)
-        with torch.no_grad():
-            self.user.weight[0].zero_()
+        self.register_id_counts()
+        self.user = id_embedding(schema.n_users, cfg.embed_dim)
         x0_dim = cfg.embed_dim + self.items.out_dim * (2 if cfg.use_history else 1)
         self.cross = CrossNetV2(x0_dim, cfg.cross_layers)
         self.dnn = MLP(x0_dim, cfg.dnn_hidden, cfg.activation, cfg.dropout, cfg.batch_norm)
@@ -78,9 +72,4 @@ class DCNv2(Model):
         return self.head(out).squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor | None:
-        lam = self.config.mba_reg
-        if lam == 0.0 or not self.training:
-            return None
-        items = batch.uniq if batch.uniq is not None else torch.cat([batch.item, batch.hist.flatten()])
-        return (mba_penalty(self.items.id, items, self.item_counts, lam)
-                + mba_penalty(self.user, batch.user, self.user_counts, lam))
+        return self.id_mba_penalty(batch, self.items.id, self.user, self.config.mba_reg)

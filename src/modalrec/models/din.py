@@ -21,11 +21,10 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, mba_penalty
+from ..nn.layers import MLP, Activation, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
 
@@ -53,14 +52,8 @@ class DIN(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        for name, counts, n in (("item_counts", schema.item_counts, schema.n_items),
-                                ("user_counts", schema.user_counts, schema.n_users)):
-            t = torch.ones(n) if counts is None else torch.as_tensor(counts, dtype=torch.float32)
-            self.register_buffer(name, t, persistent=False)
-        self.user = nn.Embedding(schema.n_users, cfg.embed_dim, padding_idx=0)
-        nn.init.normal_(self.user.weight, std=0.05)
-        with torch.no_grad():
-            self.user.weight[0].zero_()
+        self.register_id_counts()
+        self.user = id_embedding(schema.n_users, cfg.embed_dim)
         d = self.items.out_dim
         self.attention = TargetAttention(
             d, cfg.attention_hidden, activation=cfg.attention_activation, softmax=cfg.attention_softmax
@@ -77,9 +70,4 @@ class DIN(Model):
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor | None:
-        lam = self.config.mba_reg
-        if lam == 0.0 or not self.training:
-            return None
-        items = batch.uniq if batch.uniq is not None else torch.cat([batch.item, batch.hist.flatten()])
-        return (mba_penalty(self.items.id, items, self.item_counts, lam)
-                + mba_penalty(self.user, batch.user, self.user_counts, lam))
+        return self.id_mba_penalty(batch, self.items.id, self.user, self.config.mba_reg)

@@ -43,7 +43,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation
+from ..nn.layers import MLP, Activation, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
 
@@ -111,12 +111,7 @@ class MultiHeadTargetAttention(nn.Module):
         return torch.einsum("bhk,bkhd->bhd", w, v).reshape(B, -1)
 
 
-def _user_embedding(n_users: int, dim: int) -> nn.Embedding:
-    emb = nn.Embedding(n_users, dim, padding_idx=0)
-    nn.init.normal_(emb.weight, std=0.05)
-    with torch.no_grad():
-        emb.weight[0].zero_()
-    return emb
+_user_embedding = id_embedding
 
 
 class SIM(Model):

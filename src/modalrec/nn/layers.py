@@ -143,3 +143,12 @@ def mba_penalty(embedding: nn.Embedding, ids: torch.Tensor, counts: torch.Tensor
         return embedding.weight.new_zeros(())
     w = embedding.weight[rows]
     return weight * (w.pow(2).sum(-1) / counts[rows].clamp(min=1.0)).sum()
+
+
+def id_embedding(n: int, dim: int, std: float = 0.05) -> nn.Embedding:
+    """Embedding of an id vocabulary whose row 0 (padding / unknown) is and stays the zero vector."""
+    emb = nn.Embedding(n, dim, padding_idx=0)
+    nn.init.normal_(emb.weight, std=std)
+    with torch.no_grad():
+        emb.weight[0].zero_()
+    return emb
