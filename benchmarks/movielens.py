@@ -87,10 +87,14 @@ def main() -> None:
                                                          if k in ("auc", "gauc", "logloss", "ndcg@10", "hr@10")),
                   flush=True)
     results["finished"] = datetime.now(UTC).isoformat()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # keep the other task's results when only one task was run
+        old = json.loads(out.read_text())
+        for kind in ("ctr", "topk"):
+            if kind not in kinds and old.get(kind):
+                results[kind] = old[kind]
     out.write_text(json.dumps(results, indent=2))
-    for kind in ("ctr", "topk"):
+    for kind in kinds:
         write_report(runs[kind], work / f"report-{kind}.html", title=f"MovieLens latest-small: {kind}")
     print(markdown(results))
 
