@@ -45,6 +45,12 @@ def fmt(d: dict | None) -> str:
     return f"{d['mean']:.4f} ± {d['std']:.4f}"
 
 
+def fmt_rate(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:,.0f} ± {d['std']:,.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared/data/movielens-latest-small"))
@@ -104,7 +110,7 @@ def markdown(results: dict) -> str:
     for model, r in results["ctr"].items():
         t = r["test"]
         lines.append(f"| ctr | {model} | {fmt(t.get('auc'))} | {fmt(t.get('gauc'))} | {fmt(t.get('logloss'))} | "
-                     f"{fmt(r['timing'].get('train_samples_per_s')) if model != 'popularity' else '-'} |")
+                     f"{fmt_rate(r['timing'].get('train_samples_per_s')) if model != 'popularity' else '-'} |")
     lines += ["", "| task | model | HR@10 | NDCG@10 | MRR |", "|---|---|---|---|---|"]
     for model, r in results["topk"].items():
         t = r["test"]
