@@ -48,9 +48,17 @@ class TargetAttention(nn.Module):
 
     def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention weights (B, L); exactly 0 on padded positions."""
-        q = query.unsqueeze(1).expand_as(keys)[mask]  # (N, d) over the N real positions
-        k = keys[mask]
-        real_scores = self.mlp(torch.cat([q, k, q - k, q * k], dim=-1)).squeeze(-1)
+        # The first layer W [q, k, q - k, q * k] + b equals (Wq + Wd) q + (Wk - Wd) k + Wp (q * k) + b:
+        # the q term is computed once per row instead of once per position and the 4d-wide input is
+        # never built, which halves the work of the layer that dominates DIN's step.
+        first, rest = self.mlp.net[0], self.mlp.net[1:]
+        d = query.shape[-1]
+        rows = mask.nonzero()[:, 0]  # row of each of the N real positions, in keys[mask] order
+        k = keys[mask]  # (N, d)
+        wq, wk, wd, wp = first.weight.split(d, dim=1)
+        hq = F.linear(query, wq + wd, first.bias)  # (B, h)
+        h1 = hq[rows] + F.linear(k, wk - wd) + F.linear(query[rows] * k, wp)
+        real_scores = rest(h1).squeeze(-1)
         scores = torch.zeros(mask.shape, dtype=real_scores.dtype, device=keys.device)
         scores = scores.masked_scatter(mask, real_scores)
         if not self.softmax:
