@@ -327,12 +327,15 @@ class Session(_UniModal):
         encoder: EncoderKind = "gru"
 
 
+class _EncodersConfig(_Common):
+    encoders: dict[str, EncoderKind] | None = Field(None, description="channel -> mean|gru (default: mean "
+                                                                      "for vector inputs, gru for bags)")
+
+
 class LateFusion(_MultiChannelModel):
     name: ClassVar[str] = "late_fusion"
 
-    class Config(_Common):
-        encoders: dict[str, EncoderKind] | None = Field(None, description="channel -> mean|gru (default: mean "
-                                                                          "for vector inputs, gru for bags)")
+    Config = _EncodersConfig
 
     def __init__(self, schema: Schema, config: ModelConfig):
         super().__init__(schema, config)
@@ -356,9 +359,7 @@ class LateFusion(_MultiChannelModel):
 
 # ------------------------------------------------------------------------- joint with imputation
 class _Joint(_MultiChannelModel):
-    class Config(_Common):
-        encoders: dict[str, EncoderKind] | None = Field(None, description="channel -> mean|gru (default: mean "
-                                                                          "for vector inputs, gru for bags)")
+    Config = _EncodersConfig
 
     def __init__(self, schema: Schema, config: ModelConfig):
         super().__init__(schema, config)

@@ -43,8 +43,8 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
+from ..nn.layers import id_embedding
 from .base import Model, ModelConfig, Schema
-from .sim import _user_embedding
 
 
 class SparseTargetAttention(nn.Module):
@@ -115,7 +115,7 @@ class QIN(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = _user_embedding(schema.n_users, cfg.embed_dim) if cfg.use_user else None
+        self.user = id_embedding(schema.n_users, cfg.embed_dim) if cfg.use_user else None
         d = self.items.out_dim
         self.attention = SparseTargetAttention(d, cfg.attention_dim or 2 * d)
         x_dim = 2 * d + (cfg.embed_dim if cfg.use_user else 0)

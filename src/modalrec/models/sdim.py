@@ -34,9 +34,9 @@ from pydantic import Field
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation
+from ..nn.layers import MLP, Activation, id_embedding
 from .base import Model, ModelConfig, Schema
-from .sim import MultiHeadTargetAttention, _user_embedding, recent_mask
+from .sim import MultiHeadTargetAttention, recent_mask
 
 
 class SDIM(Model):
@@ -62,7 +62,7 @@ class SDIM(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = _user_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim)
         d = self.items.out_dim
         g = torch.Generator().manual_seed(cfg.hash_seed)
         self.register_buffer("hyperplanes", torch.randn(d, cfg.n_hashes * cfg.hash_bits, generator=g))

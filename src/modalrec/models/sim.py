@@ -111,8 +111,6 @@ class MultiHeadTargetAttention(nn.Module):
         return torch.einsum("bhk,bkhd->bhd", w, v).reshape(B, -1)
 
 
-_user_embedding = id_embedding
-
 
 class SIM(Model):
     name: ClassVar[str] = "sim"
@@ -143,7 +141,7 @@ class SIM(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = _user_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim)
         d = self.items.out_dim
         self.search = cfg.search
         self.category: str | None = None

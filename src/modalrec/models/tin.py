@@ -34,9 +34,9 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation
+from ..nn.layers import MLP, Activation, id_embedding
 from .base import Model, ModelConfig, Schema
-from .sim import _user_embedding, log_time_buckets
+from .sim import log_time_buckets
 
 
 class TIN(Model):
@@ -60,7 +60,7 @@ class TIN(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = _user_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim)
         d = self.items.out_dim
         # Row 0 is the target's own offset; positions 1..max_history, or time buckets 0..n-1 shifted by 1.
         n_codes = 1 + (schema.max_history if cfg.temporal == "position" else cfg.time_buckets)

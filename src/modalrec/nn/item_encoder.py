@@ -101,9 +101,8 @@ class ItemEncoder(nn.Module):
         return table[batch.item_pos], table[batch.hist_pos]
 
     def target(self, batch: Batch) -> torch.Tensor:
-        """(B, out_dim) for the target items `batch.item`."""
-        if batch.uniq is not None:
-            return self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")[batch.item_pos]
+        """(B, out_dim) for the target items `batch.item` (their side features are always in the batch,
+        so this never encodes the history's distinct items)."""
         return self(batch.item, batch.item_side, batch.presence, "item_side")
 
     def history(self, batch: Batch) -> torch.Tensor:
