@@ -30,7 +30,10 @@ What it does (idempotent; the FuxiCTR virtualenv is reused when it is already ri
    in the FuxiCTR venv. Both: the same embedding size, layers, batch size, epochs, Adam lr,
    seed, gradient clipping at norm 10, early stopping on validation AUC with patience 2, LR x0.1
    on a validation plateau (FuxiCTR's behaviour), best weights restored before the test, torch
-   threads = --threads. Parameter initialisation stays each library's own.
+   threads = --threads. Initialisation: by default (`--init fuxictr`) modalrec starts from
+   FuxiCTR's scheme (`model.init`: embeddings N(0, 1e-4), Xavier-normal Linear weights, zero
+   biases), so the two sides differ in code, not in the starting point; `--init own` keeps
+   modalrec's own (embeddings N(0, 0.05), PyTorch's Linear default).
 5. Measures, the same way on both sides:
    - train samples/s = training samples / wall seconds of the training loop only (batch building
      included, validation excluded): modalrec's Trainer times its epoch loop; for FuxiCTR the
@@ -264,7 +267,10 @@ def run_fuxictr(py: Path, args, model: str, meta: dict) -> dict:
 def run_modalrec(args, model: str, meta: dict) -> dict:
     out = WORK / "runs" / f"modalrec-{model}"
     spec = {**common_spec(args, model, out), "data_path": args.data, "text": args.text,
-            "params": MODELS[model]["modalrec"], "expected": str(Path(meta["dir"]) / "expected_splits.npz")}
+            "params": MODELS[model]["modalrec"],
+            "init": ({"scheme": "xavier_normal", "embedding_std": 1e-4} if args.init == "fuxictr"
+                     else {"scheme": "model", "embedding_std": None}),
+            "expected": str(Path(meta["dir"]) / "expected_splits.npz")}
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps(spec, indent=2))
     run_child([sys.executable, str(Path(__file__).resolve()), "--child-modalrec", str(out / "spec.json")],
@@ -314,7 +320,7 @@ def child_modalrec(spec_path: str) -> None:
         "name": f"ctr-vs-fuxictr-{spec['model']}",
         "data": {"source": "movielens", "path": spec["data_path"]},
         "task": task_config(spec["text"]).model_dump(),
-        "model": {"name": spec["model"], "params": spec["params"]},
+        "model": {"name": spec["model"], "params": spec["params"], "init": spec["init"]},
         "train": {"epochs": spec["epochs"], "batch_size": spec["batch_size"], "eval_batch_size": spec["batch_size"],
                   "lr": spec["lr"], "optimizer": "adam", "weight_decay": 0.0, "patience": spec["patience"],
                   "monitor": "auc", "lr_factor": 0.1, "lr_patience": 0, "clip_norm": 10.0,
@@ -402,6 +408,8 @@ def main() -> None:
                     help="DataLoader workers of FuxiCTR's LongCTRDataLoader (its default: 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--text", action="store_true", help="add the MiniLM item text vector on both sides")
+    ap.add_argument("--init", choices=["fuxictr", "own"], default="fuxictr",
+                    help="modalrec's initialisation: FuxiCTR's scheme (default) or modalrec's own")
     ap.add_argument("--skip-install", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
@@ -453,7 +461,7 @@ def main() -> None:
             "embedding_dim": EMBED_DIM, "epochs": args.epochs, "batch_size": args.batch_size, "lr": LR,
             "optimizer": "adam", "seed": args.seed, "torch_threads": args.threads,
             "fuxictr_loader_workers": args.fuxictr_workers, "early_stop_patience": PATIENCE,
-            "lr_on_plateau": 0.1, "clip_grad_norm": 10.0, "text": args.text,
+            "lr_on_plateau": 0.1, "clip_grad_norm": 10.0, "text": args.text, "modalrec_init": args.init,
             "model_params": {m: {"modalrec": MODELS[m]["modalrec"], "fuxictr": MODELS[m]["fuxictr"]} for m in models},
             "fuxictr": {"version": FUXICTR_VERSION, "models": "model_zoo.LongCTR (DIN, DCNv2) + LongCTRDataLoader"},
         },

@@ -53,9 +53,20 @@ class TaskConfig(_Strict):
     min_user_events: int = Field(3, ge=1, description="topk: users with fewer events are train-only")
 
 
+class InitConfig(_Strict):
+    """How parameters are initialised before training. `model` keeps each model's own choice;
+    `xavier_normal` is FuxiCTR's scheme (Xavier-normal Linear weights, zero biases) so that a comparison with
+    FuxiCTR differs in the code, not in the starting point. `embedding_std` re-draws every embedding table
+    from N(0, std) (FuxiCTR: 1e-4), keeping padding rows at zero."""
+
+    scheme: Literal["model", "xavier_normal"] = "model"
+    embedding_std: float | None = Field(None, gt=0)
+
+
 class ModelSection(_Strict):
     name: str = "din"
     params: dict[str, Any] = Field(default_factory=dict)
+    init: InitConfig = Field(default_factory=InitConfig)
 
 
 class TrainConfig(_Strict):

@@ -152,3 +152,18 @@ def id_embedding(n: int, dim: int, std: float = 0.05) -> nn.Embedding:
     with torch.no_grad():
         emb.weight[0].zero_()
     return emb
+
+
+def reinitialise(module: nn.Module, scheme: str = "model", embedding_std: float | None = None) -> None:
+    """Re-draws the parameters of `module` (see `config.InitConfig`). `scheme="model"` with no
+    `embedding_std` changes nothing. Embedding padding rows stay zero."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Embedding) and embedding_std is not None:
+                nn.init.normal_(m.weight, std=embedding_std)
+                if m.padding_idx is not None:
+                    m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.Linear) and scheme == "xavier_normal":
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    m.bias.zero_()

@@ -24,6 +24,7 @@ from ..config import RunConfig, dump_config
 from ..data.interaction import InteractionData
 from ..datasets import load_dataset
 from ..models import build_model
+from ..nn.layers import reinitialise
 from ..tasks import PreparedTask, prepare_task
 from .checkpoint import has_checkpoint, load_checkpoint
 from .trainer import DistContext, FitResult, Trainer, init_distributed, peak_rss_mb, resolve_device
@@ -151,6 +152,7 @@ def _fit_seed(cfg: RunConfig, task: PreparedTask, out: Path, seed: int, resume: 
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = build_model(cfg.model.name, task.schema, cfg.model.params)
+    reinitialise(model, cfg.model.init.scheme, cfg.model.init.embedding_std)
     ckpt = out / "checkpoints" / f"seed_{seed}"
     trainer = Trainer(task, model, cfg.train, ckpt, seed=seed, ctx=ctx)
     fit = trainer.fit(resume=resume)
