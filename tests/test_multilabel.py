@@ -360,3 +360,57 @@ def test_without_purchase_event_ids_history_is_the_users_earlier_touchpoints(dat
         before = touch[(touch["user_id"] == user) & (touch["time"] < time)].sort_values("time")
         got = t.tp_ids[t.tp_ent[t.tp_ptr[i]:t.tp_ptr[i + 1]]]
         assert list(got) == list(before["event_id"].iloc[-4:])
+
+
+def test_drop_channel_removes_its_touchpoints_and_repacks(data):
+    t = prepare_task(data, TaskConfig(kind="multilabel"))
+    test = t.splits["test"]
+    conv = t.channel_names.index("conversation") + 1
+    before = t.collate(test, train=False)
+    info = t.drop_modality("conversation", 1.0, seed=3)
+    assert info["kind"] == "channel" and info["dropped"] == info["eligible"] > 0
+    after = t.collate(test, train=False)
+    ch, mask = after.extra["tp_channel"], after.extra["tp_mask"]
+    assert not (ch == conv).any()  # every conversation of every test sample is gone
+    # the remaining touchpoints stay left-aligned and in their order
+    assert torch.equal(mask, torch.sort(mask.int(), dim=1, descending=True, stable=True).values.bool())
+    old = before.extra["tp_channel"]
+    for b in range(len(test)):
+        assert old[b][(old[b] != 0) & (old[b] != conv)].tolist() == ch[b][mask[b]].tolist()
+    assert torch.equal(after.group, before.group)  # samples keep their original availability group
+    # valid samples are untouched
+    v = t.splits["valid"]
+    t2 = prepare_task(data, TaskConfig(kind="multilabel"))
+    assert torch.equal(t.collate(v, train=False).extra["tp_channel"], t2.collate(v, train=False).extra["tp_channel"])
+
+
+def test_drop_content_modality_at_a_rate(data):
+    t = prepare_task(data, TaskConfig(kind="multilabel"))
+    test = t.splits["test"]
+    name = "conversation_embedding"
+    base = t.collate(test, train=False).extra[f"has:{name}"].any(1)
+    info = t.drop_modality(name, 0.5, seed=0)
+    assert info["kind"] == "modality" and info["eligible"] == int(base.sum())
+    after = t.collate(test, train=False)
+    lost = base & ~after.extra[f"has:{name}"].any(1)
+    assert int(lost.sum()) == info["dropped"] and 0 < info["dropped"] < info["eligible"]
+    assert torch.count_nonzero(after.extra[f"vec:{name}"][lost]) == 0
+    assert torch.equal(after.extra["tp_channel"], t.collate(test, train=False).extra["tp_channel"])
+    with pytest.raises(KeyError, match="neither a touchpoint channel"):
+        t.drop_modality("smell", 0.5)
+    with pytest.raises(ValueError, match="rate"):
+        t.drop_modality(name, 1.5)
+
+
+def test_cli_evaluate_drop_modality(teachers, data, monkeypatch):
+    """`modalrec evaluate RUN --drop-modality conversation --rate 1`: conversation-only test events lose all
+    their evidence, so the Conversation model's metrics there fall; the other groups do not move."""
+    from modalrec.train import run as run_mod
+
+    full = run_mod.evaluate_run(teachers["conversation"], data=data)
+    dropped = run_mod.evaluate_run(teachers["conversation"], data=data, drop_modality="conversation", rate=1.0)
+    assert dropped["dropped"]["dropped"] > 0
+    g0, g1 = full["groups"]["test"], dropped["groups"]["test"]
+    assert g1["conversation-only"]["map@3"]["mean"] < g0["conversation-only"]["map@3"]["mean"]
+    if "session-only" in g0:
+        assert g1["session-only"]["map@3"]["mean"] == pytest.approx(g0["session-only"]["map@3"]["mean"])

@@ -44,6 +44,8 @@ def _guard(fn, *args, **kwargs):
         _fail(e.args[0] if e.args else str(e))
     except ModelConfigError as e:  # unknown model or model parameter
         _fail(str(e))
+    except ValueError as e:  # an option value the command cannot use (e.g. --rate 2)
+        _fail(str(e))
 
 
 @app.command()
@@ -90,13 +92,18 @@ def _print_summary(out: Path, metrics: dict) -> None:
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
     split: str = typer.Option("test", help="valid or test."),
+    drop_modality: str | None = typer.Option(
+        None, "--drop-modality", help="Robustness: a touchpoint channel or content modality to remove from a "
+        "share of the evaluated events that have it (multilabel tasks), e.g. conversation."),
+    rate: float = typer.Option(0.5, help="With --drop-modality: the share of those events that lose it."),
+    seed: int = typer.Option(0, help="With --drop-modality: seed of the choice of events."),
 ) -> None:
-    """Re-evaluate the best checkpoints of a run and print the metrics as JSON."""
+    """Re-evaluate the best checkpoints of a run and print the metrics (and per-group metrics) as JSON."""
     import json
 
     from .train.run import evaluate_run
 
-    res = _guard(evaluate_run, run_dir, split)
+    res = _guard(evaluate_run, run_dir, split, drop_modality=drop_modality, rate=rate, drop_seed=seed)
     typer.echo(json.dumps(res, indent=2))
 
 

@@ -228,7 +228,47 @@ class MultiLabelTask(PreparedTask):
         self.schema.item_positive_rate = (counts + 0.5) / (len(tr) + 1.0)
         self.schema.multichannel = self._channel_spec(tr)
         self.group_names = {"test": self._group_list()}
+        self.dropped: dict[str, np.ndarray] = {}  # drop_modality: name -> per-sample flag
         self.ks = sorted({1, 2, 3, 4, 5} | {k for k in cfg.ks if k <= n_labels})
+
+    # ------------------------------------------------------------------------------------- robustness
+    def drop_modality(self, name: str, rate: float, split: str = "test", seed: int = 0) -> dict:
+        """Removes `name` from a share `rate` of the `split` samples that have it, for every later collate.
+
+        `name` is a touchpoint channel (e.g. "conversation": those touchpoints disappear from the sample's
+        sequence, which is re-packed so the rest stay left-aligned) or a content modality (e.g.
+        "conversation_emb": the touchpoints stay, that content becomes absent). Samples keep their original
+        availability group, so a report compares the same events with and without the modality. The choice
+        is seeded and drawn among the samples that have the modality: `rate` is the share of those that lose
+        it. Returns {"name", "kind", "rate", "eligible", "dropped"}."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"--rate must be in [0, 1], got {rate}")
+        if split not in self.splits:
+            raise ValueError(f"unknown split '{split}' (have {sorted(self.splits)})")
+        if name in self.channel_names:
+            kind, c = "channel", self.channel_names.index(name) + 1
+            has_ent = self.ent_channel == c
+        elif name in self.tokens:
+            kind, has_ent = "modality", self.tokens[name][2]
+        elif name in self.vectors:
+            kind, has_ent = "modality", self.vectors[name][1] >= 0
+        else:
+            raise KeyError(f"'{name}' is neither a touchpoint channel ({', '.join(self.channel_names)}) nor a "
+                           f"content modality ({', '.join(sorted([*self.tokens, *self.vectors]))}) of this task")
+        idx = self.splits[split].items
+        lens = self.tp_ptr[idx + 1] - self.tp_ptr[idx]
+        has = np.zeros(len(idx), bool)
+        if len(self.tp_ent):
+            owner = np.repeat(np.arange(len(idx)), lens)
+            pos = np.repeat(self.tp_ptr[idx], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+            np.logical_or.at(has, owner, has_ent[self.tp_ent[pos]])
+        eligible = idx[has]
+        rng = np.random.default_rng(seed)
+        chosen = eligible[rng.random(len(eligible)) < rate]
+        mask = self.dropped.get(name, np.zeros(len(self.label_mat), bool)).copy()
+        mask[chosen] = True
+        self.dropped[name] = mask
+        return {"name": name, "kind": kind, "rate": rate, "eligible": len(eligible), "dropped": len(chosen)}
 
     # ------------------------------------------------------------------------------------- building
     @staticmethod
@@ -398,6 +438,14 @@ class MultiLabelTask(PreparedTask):
         mask = np.arange(T)[None, :] < length[:, None]
         pos = np.where(mask, start[:, None] + np.arange(T)[None, :], 0)
         ent = np.where(mask, self.tp_ent[np.minimum(pos, max(len(self.tp_ent) - 1, 0))] if len(self.tp_ent) else 0, 0)
+        for name, flag in self.dropped.items():
+            if name in self.channel_names:  # the touchpoints of that channel go, the rest move up
+                gone = mask & flag[idx][:, None] & (self.ent_channel[ent] == self.channel_names.index(name) + 1)
+                if gone.any():
+                    keep = mask & ~gone
+                    order = np.argsort(~keep, axis=1, kind="stable")
+                    ent = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ent, order, 1), 0)
+                    mask = np.take_along_axis(keep, order, 1)
         extra: dict[str, torch.Tensor] = {
             "tp_channel": torch.from_numpy(np.where(mask, self.ent_channel[ent], 0)),
             "tp_mask": torch.from_numpy(mask),
@@ -406,19 +454,24 @@ class MultiLabelTask(PreparedTask):
         b_of, t_of = np.nonzero(mask)
         e_of = ent[b_of, t_of]
         V = len(self.token_vocab)
+
+        def kept(name: str) -> np.ndarray:  # touchpoints whose `name` content survives drop_modality
+            flag = self.dropped.get(name)
+            return np.ones(len(e_of), bool) if flag is None else ~flag[idx][b_of]
+
         for name, (ptr, tok, has) in self.tokens.items():
             bag = np.zeros((B, T, V), np.float32)
-            n_tok = ptr[e_of + 1] - ptr[e_of]
+            n_tok = np.where(kept(name), ptr[e_of + 1] - ptr[e_of], 0)
             rep = np.repeat(np.arange(len(e_of)), n_tok)
             within = np.arange(n_tok.sum()) - np.repeat(np.cumsum(n_tok) - n_tok, n_tok)
             bag[b_of[rep], t_of[rep], tok[ptr[e_of][rep] + within]] = 1.0
             pres = np.zeros((B, T), bool)
-            pres[b_of, t_of] = has[e_of]
+            pres[b_of, t_of] = has[e_of] & kept(name)
             extra[f"tok:{name}"] = torch.from_numpy(bag)
             extra[f"has:{name}"] = torch.from_numpy(pres)
         for name, (mat, row_of, weight) in self.vectors.items():
             r = row_of[e_of]
-            ok = r >= 0
+            ok = (r >= 0) & kept(name)
             vec = np.zeros((B, T, mat.shape[1]), np.float32)
             vec[b_of[ok], t_of[ok]] = mat[r[ok]]
             wt = np.zeros((B, T), np.float32)

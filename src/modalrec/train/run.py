@@ -163,8 +163,13 @@ def _fit_seed(cfg: RunConfig, task: PreparedTask, out: Path, seed: int, resume: 
     return fit, valid, test, groups, eval_s
 
 
-def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | None = None) -> dict:
-    """Re-evaluates the best checkpoint of every seed of a finished run (no training)."""
+def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | None = None,
+                 drop_modality: str | None = None, rate: float = 0.5, drop_seed: int = 0) -> dict:
+    """Re-evaluates the best checkpoint of every seed of a finished run (no training).
+
+    `drop_modality`: a touchpoint channel or content modality removed from a share `rate` of the `split`
+    samples that have it (the task's `drop_modality`, multilabel tasks), to measure robustness to a
+    missing modality; the result then holds `dropped` (what was removed) and the per-group metrics."""
     import yaml
 
     from ..config import RunConfig as _RC
@@ -173,7 +178,13 @@ def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | Non
     cfg = _RC.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
     data = data if data is not None else load_data(cfg)
     task = prepare_task(data, cfg.task)
-    per_seed = []
+    dropped = None
+    if drop_modality is not None:
+        if not hasattr(task, "drop_modality"):
+            raise ValueError(f"--drop-modality needs a task with touchpoint channels (multilabel); this run's task "
+                             f"is '{cfg.task.kind}'")
+        dropped = task.drop_modality(drop_modality, rate, split=split, seed=drop_seed)
+    per_seed, per_seed_groups = [], []
     for seed in cfg.seeds:
         model = build_model(cfg.model.name, task.schema, cfg.model.params)
         ckpt = run_dir / "checkpoints" / f"seed_{seed}"
@@ -181,6 +192,13 @@ def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | Non
             load_checkpoint(ckpt, "best", model, restore_rng=False)
         elif model.trainable:
             raise FileNotFoundError(f"{ckpt}/best.safetensors: no trained weights for seed {seed}")
-        metrics, _ = task.evaluate(model, split, cfg.train.eval_batch_size)
+        metrics, groups = task.evaluate(model, split, cfg.train.eval_batch_size)
         per_seed.append(metrics)
-    return _finite({split: aggregate(per_seed)})
+        per_seed_groups.append(groups)
+    out: dict = {split: aggregate(per_seed)}
+    names = sorted({g for gr in per_seed_groups for g in gr})
+    if names:
+        out["groups"] = {split: {g: aggregate([gr.get(g, {}) for gr in per_seed_groups]) for g in names}}
+    if dropped is not None:
+        out["dropped"] = dropped
+    return _finite(out)
