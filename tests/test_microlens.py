@@ -186,3 +186,32 @@ def test_write_submission(tmp_path):
         with pytest.raises(DataError, match=msg):
             microlens.write_submission(path=tmp_path / "bad.csv", **kwargs)
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_qin_config_end_to_end_train_and_submission(tmp_path):
+    """configs/qin_microlens.yaml through `modalrec train` (release split: valid scored, test hidden) and
+    `modalrec predict --format microlens` (a valid ID,Task2 file with one row per test.parquet row)."""
+    from pathlib import Path
+
+    from modalrec.cli import app
+    from typer.testing import CliRunner
+
+    root = _write(tmp_path / "ml", train=_split(60, 1), valid=_split(20, 2), test=_split(9, 3, label="null"))
+    config = Path(__file__).resolve().parents[1] / "configs" / "qin_microlens.yaml"
+    run = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", str(config), "--out", str(run), "--set", f"data.path={root}",
+                              "--set", "train.epochs=1", "--set", "train.batch_size=16",
+                              "--set", "train.progress=false", "--set", "model.params.embed_dim=8"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["samples"] == {"train": 60, "valid": 20, "test": 9}
+    assert 0.0 <= m["valid"]["auc"]["mean"] <= 1.0 and m["test"] == {}
+    sub = tmp_path / "submission.csv"
+    res = runner.invoke(app, ["predict", str(run), "--format", "microlens", "--out", str(sub)])
+    assert res.exit_code == 0, res.output
+    lines = sub.read_text().splitlines()
+    assert lines[0] == "ID,Task2" and [int(x.split(",")[0]) for x in lines[1:]] == list(range(9))
+    assert all(0.0 <= float(x.split(",")[1]) <= 1.0 for x in lines[1:])

@@ -108,6 +108,21 @@ def evaluate(
 
 
 @app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A ctr run directory written by `modalrec train`."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
+    split: str = typer.Option("test", help="train, valid or test."),
+    fmt: str = typer.Option("csv", "--format", help="csv (user_id, item_id, time, probability) or microlens "
+                            "(the WWW 2025 challenge submission: ID,Task2)."),
+) -> None:
+    """Write click probabilities of a run's best checkpoints (mean over its seeds) for one split."""
+    from .train.run import predict_run
+
+    path = _guard(predict_run, run_dir, out, split, fmt)
+    typer.echo(f"predictions: {path}")
+
+
+@app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (PNG plots go beside it)."),

@@ -28,7 +28,9 @@ class DataConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    method: Literal["per_user_time", "global_time", "leave_last_out"] = "per_user_time"
+    method: Literal["per_user_time", "global_time", "leave_last_out", "column"] = "per_user_time"
+    column: str = Field("split", description="method 'column': the event column naming each sample's split "
+                        "(train / valid / test), e.g. a challenge's own release split")
     valid: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
 
@@ -47,6 +49,10 @@ class TaskConfig(_Strict):
         None, description="item text modalities turned into bag-of-words features (None: all text modalities)")
     max_words: int = Field(16, ge=1, description="words kept per item text")
     vector_modalities: list[str] | None = Field(None, description="item vector modalities joined as dense content")
+    token_modalities: list[str] | None = Field(
+        None, description="multi-valued item vector modalities joined as padded token tables, one token per value "
+        "(None: all of them); a multi-valued one left out is joined as dense content (the mean of its vectors)")
+    max_tokens: int = Field(8, ge=1, description="tokens kept per item and token modality (the first ones)")
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
     train_negatives: int = Field(
         0, ge=0, description="topk: 0 = full softmax over every item; N = N uniformly sampled negatives per batch")

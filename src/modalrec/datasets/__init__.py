@@ -19,7 +19,7 @@ from ..data.errors import DataError, Problem
 from ..data.importer import import_dataset
 from ..data.interaction import InteractionData
 from ..sim import demo
-from . import insurance, movielens
+from . import insurance, microlens, movielens
 
 
 def _default_structure() -> Path:
@@ -84,6 +84,7 @@ def insurance_simulated(structure: str | os.PathLike | None = None, cache: str |
 DATASETS: dict[str, Callable[..., InteractionData]] = {
     "movielens": movielens.load,
     "movielens_mm": movielens.load_multimodal,
+    "microlens": microlens.load_events,
     "demo": demo.generate,
     "insurance": insurance.load,
     "insurance_sim": insurance_simulated,

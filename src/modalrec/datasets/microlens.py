@@ -295,6 +295,13 @@ def _split_problems(t: pa.Table, file: str, split: str, known: pa.ChunkedArray |
 
 
 # ---------------------------------------------------------------------------------------- submission
+def load_events(path: str | os.PathLike, splits: tuple[str, ...] | list[str] = SPLITS) -> InteractionData:
+    """The registered dataset `microlens`: `load(path).to_interaction_data(splits)`. Train with
+    `task.split: {method: column, column: split}` to keep the release's own train/valid/test; the test
+    labels are hidden, so test is predicted (`modalrec predict --format microlens`), not scored."""
+    return load(path).to_interaction_data(tuple(splits))
+
+
 def write_submission(ids, probs, path: str | os.PathLike, expected_rows: int | None = None) -> Path:
     """Write the challenge's submission CSV: header `ID,Task2`, one row per test row, ID ascending.
 

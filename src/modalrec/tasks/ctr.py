@@ -7,6 +7,9 @@ Split protocols (both chronological, both with the leakage guard):
   that user's test events.
 - `global_time`: one cut-off time for everybody (train < valid < test by time): no training event
   of anyone happens at or after any test event's time.
+- `column`: the data's own split (an event column holding train / valid / test), e.g. a challenge's
+  release. Test labels may then be hidden (null): the test split is predicted, not scored
+  (`modalrec predict`), and its metrics are left out.
 A sample's history holds only the user's events strictly before the sample's time (`History.cut_before`).
 """
 
@@ -67,6 +70,15 @@ class CTRTask(PreparedTask):
             raise DataError(Problem("events", None, cfg.label_column, "a label column for the ctr task",
                                     f"columns {enc.table.column_names}"))
         raw = enc.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)[is_sample]
+        given = None
+        if cfg.split.method == "column":
+            given = self._column_split(enc, is_sample, cfg.split.column)
+            hidden = np.isnan(raw) & (given == 2)  # a challenge's hidden test labels
+            raw = np.where(hidden, 0.0, raw)
+            self.test_labels_hidden = bool(hidden.any())
+            if self.test_labels_hidden and not hidden[given == 2].all():
+                raise DataError(Problem("events", None, cfg.label_column, "labels on every test sample or on none",
+                                        f"{int(hidden.sum())} of {int((given == 2).sum())} test labels empty"))
         if np.isnan(raw).any():
             r = int(np.flatnonzero(np.isnan(raw))[0])
             raise DataError(Problem("events", None, cfg.label_column, "a label on every sample event",
@@ -83,11 +95,19 @@ class CTRTask(PreparedTask):
             is_hist = is_hist & np.nan_to_num(positive, nan=0).astype(bool)
         self.history = History.build(enc.users[is_hist], enc.items[is_hist], enc.times[is_hist], n_users)
         users, items, times = enc.users[is_sample], enc.items[is_sample], enc.times[is_sample]
-        split = assign_splits(users, times, n_users, cfg.split.method, cfg.split.valid, cfg.split.test)
+        if given is not None:
+            split = given
+        else:
+            split = assign_splits(users, times, n_users, cfg.split.method, cfg.split.valid, cfg.split.test)
         cut = self.history.cut_before(users, times)
         full = SampleSet(users, items, times, cut, labels)
         self.splits = {name: full.take(np.flatnonzero(split == code))
                        for code, name in enumerate(("train", "valid", "test"))}
+        # each split's samples as rows of `events` (the sorted event table): `modalrec predict` writes
+        # predictions next to the samples' own columns (ids, time, a challenge's row id)
+        sample_rows = np.flatnonzero(is_sample)
+        self.events = enc.table
+        self.split_rows = {name: sample_rows[split == code] for code, name in enumerate(("train", "valid", "test"))}
         side, schema = build_item_side(data, self.item_vocab, cfg)
         tr = self.splits["train"]
         n_items = schema.n_items
@@ -102,6 +122,24 @@ class CTRTask(PreparedTask):
         self.collator = Collator(self.history, side, cfg.max_history, with_time=True)
         self.group_names = {}
 
+    test_labels_hidden: bool = False
+
+    @staticmethod
+    def _column_split(enc, is_sample: np.ndarray, column: str) -> np.ndarray:
+        """0/1/2 per sample from the event column `column` (train / valid / test)."""
+        if column not in enc.table.column_names:
+            raise DataError(Problem("events", None, column, "a split column (train / valid / test) for "
+                                    "task.split.method 'column'", f"columns {enc.table.column_names}"))
+        values = np.asarray(enc.table[column].to_numpy(zero_copy_only=False), dtype=object)[is_sample]
+        codes = np.full(len(values), -1, np.int8)
+        for code, name in enumerate(("train", "valid", "test")):
+            codes[values == name] = code
+        if (codes < 0).any():
+            r = int(np.flatnonzero(codes < 0)[0])
+            raise DataError(Problem("events", None, column, "train, valid or test",
+                                    f"{values[r]!r} on sample {r + 1}"))
+        return codes
+
     def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output.float(), batch.label)
 
@@ -112,6 +150,8 @@ class CTRTask(PreparedTask):
         return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
 
     def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device="cpu") -> tuple[dict, dict]:
+        if split == "test" and self.test_labels_hidden:
+            return {}, {}  # hidden labels (a challenge's test set): predicted, never scored
         s = self.splits[split]
         logits = self.predict(model, split, batch_size, device)
         return ctr_metrics(s.labels, logits, s.users), {}

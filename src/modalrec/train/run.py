@@ -202,3 +202,54 @@ def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | Non
     if dropped is not None:
         out["dropped"] = dropped
     return _finite(out)
+
+
+def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv",
+                data: InteractionData | None = None) -> Path:
+    """Click probabilities of a ctr run's best checkpoints on `split`, averaged over the run's seeds.
+
+    `fmt="csv"`: user_id, item_id, time, probability per sample (in the task's sample order);
+    `fmt="microlens"`: the WWW 2025 challenge submission (`ID,Task2`, ID = the row in test.parquet, read
+    from the events' `row` column). Written atomically."""
+    import yaml
+
+    from ..config import RunConfig as _RC
+
+    run_dir, out = Path(run_dir), Path(out)
+    cfg = _RC.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if cfg.task.kind != "ctr":
+        raise ValueError(f"modalrec predict writes click probabilities of ctr runs; this run's task is "
+                         f"'{cfg.task.kind}'")
+    if fmt not in ("csv", "microlens"):
+        raise ValueError(f"--format must be csv or microlens, got {fmt!r}")
+    data = data if data is not None else load_data(cfg)
+    task = prepare_task(data, cfg.task)
+    if split not in task.splits:
+        raise ValueError(f"unknown split '{split}' (have {sorted(task.splits)})")
+    probs = []
+    for seed in cfg.seeds:
+        model = build_model(cfg.model.name, task.schema, cfg.model.params)
+        ckpt = run_dir / "checkpoints" / f"seed_{seed}"
+        if has_checkpoint(ckpt, "best"):
+            load_checkpoint(ckpt, "best", model, restore_rng=False)
+        elif model.trainable:
+            raise FileNotFoundError(f"{ckpt}/best.safetensors: no trained weights for seed {seed}")
+        logits = task.predict(model, split, cfg.train.eval_batch_size)
+        probs.append(1.0 / (1.0 + np.exp(-logits)))
+    p = np.mean(probs, axis=0) if probs else np.zeros(0)
+    rows = task.events.take(task.split_rows[split])
+    if fmt == "microlens":
+        from ..datasets.microlens import write_submission
+
+        if "row" not in rows.column_names:
+            raise ValueError("--format microlens needs the events' `row` column (data.source: microlens)")
+        return write_submission(rows["row"].to_numpy(zero_copy_only=False), p, out)
+    import pandas as pd
+
+    df = pd.DataFrame({"user_id": rows["user_id"].to_pylist(), "item_id": rows["item_id"].to_pylist(),
+                       "time": rows["time"].to_pylist(), "probability": p})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out
