@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import DataError, Problem, rows_of
 
@@ -41,14 +41,29 @@ class FeatureSpec(BaseModel):
 
 
 class ModalitySpec(BaseModel):
-    """One content modality. `entity` says what it describes: an item, a user or a single event."""
+    """One content modality. `entity` says what it describes: an item, a user or a single event.
+
+    `multi`: the entity carries a LIST of values instead of one (the frames of a live-stream segment, its
+    viewer comments, one vector per frame). The value column is then a list type: list<string> for text,
+    image and audio (paths), list<list<float>> of equal inner length `dim` for vector. Still one row per
+    entity, and a row's list is never empty: an entity without any value has no row (a missing modality).
+    Token modalities are already sequences and cannot be multi."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
     entity: Literal["item", "user", "event"] = "item"
     kind: ModalityKind
     dim: int | None = None  # for kind == "vector"
+    multi: bool = False
     description: str = ""
+
+    @model_validator(mode="after")
+    def _multi_kind(self) -> ModalitySpec:
+        if self.multi and self.kind == "tokens":
+            raise ValueError(f"modality '{self.name}': kind 'tokens' is already a sequence per entity and "
+                             "cannot be multi (use kind 'vector' with multi: true for several vectors per "
+                             "entity)")
+        return self
 
 
 class DatasetSpec(BaseModel):
@@ -260,29 +275,7 @@ class InteractionData:
                 dup = [c["values"] for c in counts.to_pylist() if c["counts"] > 1][:3]
                 probs.append(Problem(fname, None, "entity_id", "one row per entity (a missing modality is a "
                                      "missing row)", f"duplicates such as {dup}"))
-            if m.kind == "vector":
-                vt = table.schema.field("vector").type
-                if not (pa.types.is_list(vt) or pa.types.is_fixed_size_list(vt) or pa.types.is_large_list(vt)):
-                    probs.append(Problem(fname, None, "vector", "a list of floats per row", str(vt)))
-                    continue
-                null_vec = pc.is_null(table["vector"]).to_numpy(zero_copy_only=False)
-                if null_vec.any():
-                    probs.append(Problem(fname, rows_of(null_vec)[0], "vector", "a vector (drop the row "
-                                         "when the modality is missing)", "an empty value"))
-                lengths = pc.fill_null(pc.list_value_length(table["vector"]), 0).to_numpy(zero_copy_only=False)
-                lengths = lengths.astype(np.int64)
-                present = lengths[~null_vec]
-                want = m.dim if m.dim is not None else (int(present[0]) if len(present) else 0)
-                bad = (lengths != want) & ~null_vec
-                if bad.any():
-                    r = rows_of(bad)[0]
-                    probs.append(Problem(fname, r, "vector", f"a vector of length {want}",
-                                         f"length {int(lengths[r - 1])}"))
-                flat = pc.list_flatten(table["vector"]).to_numpy(zero_copy_only=False).astype(np.float64)
-                if flat.size and not np.isfinite(flat).all():
-                    lens = np.repeat(np.arange(len(lengths)), lengths)
-                    r = int(lens[np.flatnonzero(~np.isfinite(flat))[0]]) + 1
-                    probs.append(Problem(fname, r, "vector", "finite numbers", "NaN or infinity"))
+            probs.extend(_content_value_problems(fname, m, table))
         for m in self.spec.modalities:
             if m.name not in self.content:
                 probs.append(Problem(f"{pre}content/{m.name}.parquet", None, None,
@@ -342,7 +335,11 @@ class InteractionData:
         for m in spec.modalities:
             f = path / "content" / f"{m.name}.parquet"
             if f.exists():
-                content[m.name] = _read_parquet(f)
+                # Parquet names a list's child "element" where Arrow builds "item": renamed back so a loaded
+                # list column has the type of the one that was saved
+                table = _read_parquet(f)
+                content[m.name] = table.cast(pa.schema([fl.with_type(_canonical_type(fl.type))
+                                                        for fl in table.schema]))
         if (path / "content").exists():
             for f in sorted((path / "content").glob("*.parquet")):
                 if f.stem not in content:
@@ -351,6 +348,102 @@ class InteractionData:
         if validate:
             data.validate(str(path))
         return data
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _content_value_problems(fname: str, m: ModalitySpec, table: pa.Table) -> list[Problem]:
+    """The value column of one content table against its `ModalitySpec` (kind, `multi`, `dim`).
+
+    Rows are 1-based rows of the content table. A null value or an empty list is an error, because a
+    missing modality is a missing row; a multi-valued table's problems name the row, not the position
+    inside its list, since that row is what a user finds and fixes."""
+    col = CONTENT_VALUE_COLUMN[m.kind]
+    t = table.schema.field(col).type
+    values = table[col]
+    if m.kind == "tokens":
+        return []  # integer lists checked by their producer (the importer); no contract on them here
+    if m.multi:
+        inner = "a list of vectors of floats" if m.kind == "vector" else "a list of strings"
+        if not _is_list(t) or (m.kind == "vector" and not _is_list(t.value_type)) or (
+                m.kind != "vector" and not _is_string(t.value_type)):
+            return [Problem(fname, None, col, f"{inner} per row (modality '{m.name}' is multi)", str(t))]
+        probs = _null_or_empty_rows(fname, col, values, "a non-empty list (drop the row when the entity has "
+                                    "no value)")
+        if probs:
+            return probs
+        counts = pc.list_value_length(values).to_numpy(zero_copy_only=False).astype(np.int64)
+        row_of = np.repeat(np.arange(len(counts)), counts)  # flattened value -> its table row
+        flat = pc.list_flatten(values)
+        if m.kind != "vector":
+            bad = pc.fill_null(pc.equal(pc.utf8_length(flat), 0), True).to_numpy(zero_copy_only=False)
+            if bad.any():
+                r = int(row_of[np.flatnonzero(bad)[0]]) + 1
+                return [Problem(fname, r, col, "non-empty strings in the list",
+                                f"{int(bad.sum())} empty or null value(s), first in this row")]
+            return []
+        vec_nulls = pc.is_null(flat).to_numpy(zero_copy_only=False)
+        if vec_nulls.any():
+            r = int(row_of[np.flatnonzero(vec_nulls)[0]]) + 1
+            return [Problem(fname, r, col, "a vector at every position of the list", "an empty value")]
+        return _vector_problems(fname, m, flat, row_of)
+    if m.kind == "vector":
+        if not _is_list(t):
+            return [Problem(fname, None, col, "a list of floats per row", str(t))]
+        if _is_list(t.value_type):
+            return [Problem(fname, None, col, "one vector per row (declare 'multi: true' on modality "
+                            f"'{m.name}' for several)", str(t))]
+        probs = _null_or_empty_rows(fname, col, values, "a vector (drop the row when the modality is "
+                                    "missing)", empty=False)
+        if probs:
+            return probs
+        return _vector_problems(fname, m, values, np.arange(len(values)))
+    if not _is_string(t):
+        hint = f" (declare 'multi: true' on modality '{m.name}' for several)" if _is_list(t) else ""
+        return [Problem(fname, None, col, f"one string per row{hint}", str(t))]
+    return _null_or_empty_rows(fname, col, values, "a value (drop the row when the modality is missing)",
+                               empty=False)
+
+
+def _null_or_empty_rows(fname: str, col: str, values: pa.ChunkedArray, expected: str,
+                        empty: bool = True) -> list[Problem]:
+    bad = pc.is_null(values).to_numpy(zero_copy_only=False)
+    if empty:
+        bad = bad | (pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False) == 0)
+    if not bad.any():
+        return []
+    what = "an empty value" + (" or an empty list" if empty else "")
+    return [Problem(fname, rows_of(bad)[0], col, expected, f"{what} ({int(bad.sum())} row(s), first shown)")]
+
+
+def _vector_problems(fname: str, m: ModalitySpec, vectors: pa.ChunkedArray | pa.Array,
+                     row_of: np.ndarray) -> list[Problem]:
+    """Equal length (`m.dim`, else the first vector's) and finite values; `row_of[i]` is vector i's table
+    row."""
+    vt = vectors.type.value_type
+    if not (pa.types.is_floating(vt) or pa.types.is_integer(vt)):
+        return [Problem(fname, None, "vector", "vectors of numbers", f"vectors of {vt}")]
+    lengths = pc.list_value_length(vectors).to_numpy(zero_copy_only=False).astype(np.int64)
+    if not len(lengths):
+        return []
+    want = m.dim if m.dim is not None else int(lengths[0])
+    bad = lengths != want
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        where = f" (vector {i - int(np.searchsorted(row_of, row_of[i])) + 1} of the row)" if m.multi else ""
+        return [Problem(fname, int(row_of[i]) + 1, "vector", f"vectors of length {want}",
+                        f"length {int(lengths[i])}{where}")]
+    flat = pc.list_flatten(vectors).to_numpy(zero_copy_only=False).astype(np.float64)
+    if flat.size and not np.isfinite(flat).all():
+        r = int(row_of[np.flatnonzero(~np.isfinite(flat))[0] // want]) + 1
+        return [Problem(fname, r, "vector", "finite numbers", "NaN or infinity")]
+    return []
 
 
 _HASH_ROWS = 1 << 16

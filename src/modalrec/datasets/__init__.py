@@ -2,7 +2,7 @@
 
 `load_dataset(source, path=None, **params)` accepts
 - a registered name (`DATASETS`): loaders that read raw files take `path` (the folder of the
-  download); generators (`demo`) take only their parameters;
+  download); generators (`demo`, `livestream`) take only their parameters;
 - a directory holding a `dataset.yaml`: a saved `InteractionData` (`InteractionData.load`);
 - a `.yaml` / `.yml` import spec: your own CSV/Parquet files (`modalrec.data.importer`).
 """
@@ -81,6 +81,69 @@ def insurance_simulated(structure: str | os.PathLike | None = None, cache: str |
     return insurance.load(folder)
 
 
+def livestream(n_users: int | None = None, n_streamers: int | None = None, days: int | None = None,
+               seed: int = 0, preset: str | None = None, missing: dict[str, float] | None = None,
+               content_signal: float = 1.0, hot_rate: float = 0.08, espeak: bool | None = None,
+               gift_rate: float = 0.02, segment_minutes: int = 5, cold_streamers: float = 0.1,
+               cold_users: float = 0.1,
+               cache: str | os.PathLike | None = None, refresh: bool = False,
+               progress: bool = False) -> InteractionData:
+    """The simulated live-streaming world (`modalrec.sim.livestream.generate`, parameters as there), written
+    once into a cache folder keyed by the resolved parameters (`cache`, default $MODALREC_CACHE or
+    ~/.cache/modalrec, + livestream/<key>/data, its media next to it in livestream/<key>/media), then read
+    with `InteractionData.load`. The data folder is written under a temporary name and renamed, so
+    concurrent runs never read a half-written world; media files are content-addressed and each written
+    atomically, so a run that finds its media deleted simply draws them again."""
+    import shutil
+    import tempfile
+
+    from ..sim import livestream as sim_live
+
+    params = sim_live.resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal,
+                                     hot_rate, gift_rate, segment_minutes, cold_streamers, cold_users, espeak)
+    root = Path(cache) if cache is not None else sim_live.cache_root()
+    base = root / "livestream" / sim_live.cache_key(params)
+    folder = base / "data"
+    if refresh and folder.exists():
+        shutil.rmtree(folder)
+    gen = {k: params[k] for k in ("n_users", "n_streamers", "days", "seed", "missing", "content_signal",
+                                  "hot_rate", "gift_rate", "segment_minutes", "cold_streamers", "cold_users",
+                                  "espeak")}
+    if (folder / "dataset.yaml").exists():
+        data = InteractionData.load(folder)
+        if not _missing_media(data):
+            return data
+        # the media cache was cleared: the same parameters draw the same files at the same paths
+        return sim_live.generate(**gen, media_dir=base / "media", progress=progress)
+    data = sim_live.generate(**gen, media_dir=base / "media", progress=progress)
+    tmp = Path(tempfile.mkdtemp(prefix="data.", dir=base))
+    try:
+        data.save(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: its folder holds the same data
+            if not (folder / "dataset.yaml").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return data
+
+
+def _missing_media(data: InteractionData) -> bool:
+    import pyarrow.compute as pc
+
+    for m in data.spec.modalities:
+        if m.kind not in ("image", "audio") or m.name not in data.content:
+            continue
+        paths = data.content[m.name]["path"]
+        if m.multi:
+            paths = pc.list_flatten(paths)
+        if any(not os.path.exists(p) for p in pc.unique(paths).to_pylist()):
+            return True
+    return False
+
+
 DATASETS: dict[str, Callable[..., InteractionData]] = {
     "movielens": movielens.load,
     "movielens_mm": movielens.load_multimodal,
@@ -88,6 +151,7 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "demo": demo.generate,
     "insurance": insurance.load,
     "insurance_sim": insurance_simulated,
+    "livestream": livestream,
 }
 
 
