@@ -19,7 +19,7 @@ from ..data.errors import DataError, Problem
 from ..data.importer import import_dataset
 from ..data.interaction import InteractionData
 from ..sim import demo
-from . import insurance, microlens, movielens
+from . import insurance, kuailive, microlens, movielens
 
 
 def _default_structure() -> Path:
@@ -148,6 +148,7 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "movielens": movielens.load,
     "movielens_mm": movielens.load_multimodal,
     "microlens": microlens.load_events,
+    "kuailive": kuailive.load,
     "demo": demo.generate,
     "insurance": insurance.load,
     "insurance_sim": insurance_simulated,

@@ -1,0 +1,337 @@
+"""Graph-guided interest expansion (GIE), the offline part: one object that builds, holds and serves it.
+
+MMBee (Deng et al., KDD 2024), section "Graph-guided Interest Expansion": gifting is too sparse for
+a user's own gift history to describe them, so the history is expanded along metapaths of the
+gifting graphs, computed offline and looked up at serving time:
+
+- U->A->A (per user): the streamers the user gifted, expanded through their A2A Swing neighbours;
+  score(u, b) = sum_a P(a | u) * P(b | a), P(a | u) = the user's gift weight on a over their total,
+  P(b | a) = a's Swing score to b over its row total (a two-step random walk). `exclude_gifted`
+  drops streamers the user already gifted (pure exploration); by default they stay, since a gifted
+  streamer that is also similar to the user's other streamers is the strongest evidence there is.
+- A->U->A (per streamer): streamers co-gifted by the streamer's gifting audience;
+  score(a, b) = sum_u P(u | a) * P(b | u), P(u | a) = u's weight on a over a's total, P(b | u) =
+  u's weight on b over u's total; a itself is excluded.
+
+Each row keeps the top K (`expansion_length`) targets by score (ties: lower index first), padded
+with index 0 / weight 0; a user or streamer without gifts (cold) gets an all-padding row. Next to the
+sequences, GraphCL pre-training (`graphcl.py`) gives user and streamer embeddings the ranker can
+start from (`graph_init`). `GraphExpansion.fit` takes gift triples of the TRAINING period only (the
+caller's duty: a test-period gift in the graph would leak the label).
+
+Indices are 1-based with 0 = padding, as every modalrec vocabulary: users in the task's user
+vocabulary, streamers in the code space of the item categorical feature `streamer_id`; `n_users`
+and `n_streamers` count the padding row. Stored as safetensors + JSON (never pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..data.errors import DataError, Problem
+from .graphcl import GraphCLParams, pretrain_graphcl
+from .swing import CSR, U2AGraph, build_u2a, gather_rows, swing, topk_rows
+
+FORMAT = "modalrec.gie"
+VERSION = 1
+TENSORS_FILE = "gie.safetensors"
+META_FILE = "gie.json"
+
+
+class GIEConfig(BaseModel):
+    """Every knob of the offline GIE pipeline (graphs, Swing, metapath expansion, GraphCL)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # U2A graph
+    weight_mode: Literal["count", "value", "binary"] = Field(
+        "count", description="U2A edge weight: number of gifts, sum of the given weights (price), or 1")
+    log_scale: bool = Field(True, description="log1p of the U2A edge weight")
+    # A2A graph (Swing)
+    k_neighbours: int = Field(10, ge=1, description="Swing neighbours kept per streamer")
+    swing_alpha: float = Field(1.0, ge=0, description="Swing: alpha in 1 / (alpha + |I_u & I_v|)")
+    swing_alpha_user: float = Field(5.0, ge=0, description="Swing: user weight (|I_u| + alpha_user) ** -beta")
+    swing_beta: float = Field(0.5, ge=0, description="Swing: exponent of the user weight")
+    max_users_per_streamer: int = Field(200, ge=2, description="Swing cap: users sampled per streamer")
+    max_streamers_per_user: int = Field(100, ge=1, description="Swing cap: streamers sampled per user")
+    # metapath expansion
+    expansion_length: int = Field(20, ge=1, description="K: targets kept per user / streamer")
+    exclude_gifted: bool = Field(False, description="U->A->A: drop streamers the user already gifted")
+    # GraphCL pre-training
+    pretrain_epochs: int = Field(20, ge=0, description="GraphCL epochs; 0 = no embeddings")
+    dim: int = Field(32, ge=1)
+    layers: int = Field(2, ge=1, description="LightGCN propagation layers")
+    lr: float = Field(0.01, gt=0)
+    batch_size: int = Field(1024, ge=1, description="U2A edges per step")
+    tau: float = Field(0.5, gt=0, description="InfoNCE temperature")
+    edge_drop: float = Field(0.1, ge=0, lt=1, description="view augmentation: edge drop rate")
+    node_mask: float = Field(0.1, ge=0, lt=1, description="view augmentation: node masking rate")
+    cl_weight: float = Field(0.05, ge=0, description="weight of the contrastive loss next to BPR")
+    cl_nodes: int = Field(1024, ge=2, description="users (and streamers) per step in the contrastive loss")
+    l2: float = Field(1e-4, ge=0)
+    a2a_weight: float = Field(1.0, ge=0, description="A2A edge weight in the pre-training graph (0: U2A only)")
+    seed: int = 0
+    progress: bool = True
+
+    def graphcl(self) -> GraphCLParams:
+        return GraphCLParams(dim=self.dim, layers=self.layers, epochs=self.pretrain_epochs, lr=self.lr,
+                             batch_size=self.batch_size, tau=self.tau, edge_drop=self.edge_drop,
+                             node_mask=self.node_mask, cl_weight=self.cl_weight, cl_nodes=self.cl_nodes, l2=self.l2,
+                             a2a_weight=self.a2a_weight, seed=self.seed)
+
+
+def _row_normalised(csr: CSR) -> CSR:
+    total = np.bincount(csr.rows_of_entries(), weights=csr.data, minlength=csr.n_rows)
+    rows = csr.rows_of_entries()
+    return CSR(csr.indptr, csr.indices, csr.data / total[rows], csr.n_cols)
+
+
+def _padded(csr: CSR, k: int) -> tuple[np.ndarray, np.ndarray]:
+    seq = np.zeros((csr.n_rows, k), dtype=np.int64)
+    w = np.zeros((csr.n_rows, k), dtype=np.float32)
+    rows = csr.rows_of_entries()
+    rank = np.arange(csr.nnz, dtype=np.int64) - csr.indptr[rows]
+    seq[rows, rank] = csr.indices
+    w[rows, rank] = csr.data
+    return seq, w
+
+
+def two_hop(first: CSR, second: CSR, k: int, *, exclude: CSR | None = None, exclude_source: bool = False,
+            max_pairs: int = 4_000_000, desc: str = "expand", progress: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k targets of the walk source -first-> middle -second-> target, scored by the product of
+    the two steps summed over middles. `exclude` drops (source, target) pairs stored in it;
+    `exclude_source` drops target == source (sources and targets in one index space).
+
+    Sources are processed in chunks of about `max_pairs` walk paths, so memory stays bounded.
+    Returns (n_sources, k) int64 targets (0 = padding) and float32 scores."""
+    n_src, n_tgt = first.n_rows, second.n_cols
+    paths = np.bincount(first.rows_of_entries(), weights=second.degrees()[first.indices], minlength=n_src)
+    seq = np.zeros((n_src, k), dtype=np.int64)
+    w = np.zeros((n_src, k), dtype=np.float32)
+    active = np.flatnonzero(paths > 0)
+    if not len(active):
+        return seq, w
+    chunk_id = np.floor_divide(np.cumsum(paths[active]) - 1, max_pairs).astype(np.int64)
+    bounds = np.r_[0, np.flatnonzero(np.diff(chunk_id)) + 1, len(active)]
+    for c in tqdm(range(len(bounds) - 1), desc=desc, unit="chunk", disable=not progress):
+        src = active[bounds[c]:bounds[c + 1]]
+        own1, mid, p1 = gather_rows(first, src)
+        own2, tgt, p2 = gather_rows(second, mid)
+        local = own1[own2]
+        score = p1[own2] * p2
+        keep = np.ones(len(tgt), dtype=bool)
+        if exclude_source:
+            keep &= tgt != src[local]
+        if exclude is not None:
+            e_own, e_col, _ = gather_rows(exclude, src)
+            keep &= ~np.isin(local * n_tgt + tgt, e_own * n_tgt + e_col)
+        key = local[keep] * n_tgt + tgt[keep]
+        uniq, inv = np.unique(key, return_inverse=True)
+        total = np.bincount(inv, weights=score[keep], minlength=len(uniq))
+        best = topk_rows(uniq // n_tgt, uniq % n_tgt, total, len(src), k, n_tgt)
+        s, v = _padded(best, k)
+        seq[src], w[src] = s, v
+    return seq, w
+
+
+def expand_users(u2a: U2AGraph, a2a: CSR, k: int, exclude_gifted: bool = False,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """U->A->A: (n_users, k) streamer indices and scores (see the module doc)."""
+    return two_hop(_row_normalised(u2a.by_user), _row_normalised(a2a), k,
+                   exclude=u2a.by_user if exclude_gifted else None, desc="U->A->A", progress=progress)
+
+
+def expand_streamers(u2a: U2AGraph, k: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A->U->A: (n_streamers, k) co-gifted streamer indices and scores (see the module doc)."""
+    return two_hop(_row_normalised(u2a.by_streamer), _row_normalised(u2a.by_user), k, exclude_source=True,
+                   desc="A->U->A", progress=progress)
+
+
+@dataclass
+class GraphExpansion:
+    """The fitted GIE tables; `lookup` gives the batch fields gie_user, gie_user_w, gie_streamer,
+    gie_streamer_w, and `graph_init` the pre-trained embeddings for `Schema.graph_init`."""
+
+    cfg: GIEConfig
+    user_seq: np.ndarray  # (n_users, K) int64
+    user_w: np.ndarray  # (n_users, K) float32
+    streamer_seq: np.ndarray  # (n_streamers, K) int64
+    streamer_w: np.ndarray  # (n_streamers, K) float32
+    user_emb: np.ndarray | None  # (n_users, d) float32; None when pretrain_epochs == 0
+    streamer_emb: np.ndarray | None  # (n_streamers, d) float32
+    a2a: CSR  # the Swing graph, best neighbour first
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_seq)
+
+    @property
+    def n_streamers(self) -> int:
+        return len(self.streamer_seq)
+
+    @property
+    def expansion_length(self) -> int:
+        return self.user_seq.shape[1]
+
+    # ------------------------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, users: np.ndarray, streamers: np.ndarray, weights: np.ndarray | None, n_users: int,
+            n_streamers: int, cfg: GIEConfig | None = None) -> GraphExpansion:
+        """Build U2A, Swing A2A, both expansions and (unless pretrain_epochs == 0) the GraphCL embeddings
+        from TRAINING-period gift triples (user index, streamer index, weight)."""
+        cfg = cfg or GIEConfig()
+        if n_users < 1 or n_streamers < 1:
+            raise ValueError(f"n_users and n_streamers count the padding row, so they are >= 1; got "
+                             f"{n_users} and {n_streamers}")
+        timing: dict[str, float] = {}
+        t = time.perf_counter()
+        graph = build_u2a(users, streamers, weights, n_users, n_streamers, cfg.weight_mode, cfg.log_scale)
+        timing["u2a_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        a2a = swing(graph, k=cfg.k_neighbours, alpha=cfg.swing_alpha, alpha_user=cfg.swing_alpha_user,
+                    beta=cfg.swing_beta, max_users_per_item=cfg.max_users_per_streamer,
+                    max_items_per_user=cfg.max_streamers_per_user, seed=cfg.seed, progress=cfg.progress)
+        timing["swing_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        k = cfg.expansion_length
+        user_seq, user_w = expand_users(graph, a2a, k, cfg.exclude_gifted, progress=cfg.progress)
+        streamer_seq, streamer_w = expand_streamers(graph, k, progress=cfg.progress)
+        timing["expansion_s"] = time.perf_counter() - t
+        user_emb = streamer_emb = None
+        history: list[dict] = []
+        if cfg.pretrain_epochs > 0 and graph.n_edges:
+            t = time.perf_counter()
+            res = pretrain_graphcl(graph, a2a, cfg.graphcl(), progress=cfg.progress)
+            user_emb, streamer_emb, history = res.user_emb, res.streamer_emb, res.history
+            timing["graphcl_s"] = time.perf_counter() - t
+        elif cfg.pretrain_epochs > 0:  # no gifts at all: nothing to learn, every node is cold
+            user_emb = np.zeros((n_users, cfg.dim), dtype=np.float32)
+            streamer_emb = np.zeros((n_streamers, cfg.dim), dtype=np.float32)
+        stats = {
+            "u2a_edges": graph.n_edges,
+            "users_with_gifts": int((graph.by_user.degrees() > 0).sum()),
+            "streamers_with_gifts": int((graph.by_streamer.degrees() > 0).sum()),
+            "a2a_edges": a2a.nnz,
+            "streamers_with_neighbours": int((a2a.degrees() > 0).sum()),
+            "users_expanded": int((user_seq[:, 0] > 0).sum()),
+            "streamers_expanded": int((streamer_seq[:, 0] > 0).sum()),
+            "graphcl_history": history,
+            "timing": timing,
+        }
+        return cls(cfg, user_seq, user_w, streamer_seq, streamer_w, user_emb, streamer_emb, a2a, stats)
+
+    # --------------------------------------------------------------------------------- lookup
+    def lookup(self, user_idx: np.ndarray | torch.Tensor, streamer_idx: np.ndarray | torch.Tensor
+               ) -> dict[str, torch.Tensor]:
+        """Batch fields for users `user_idx` and TARGET streamers `streamer_idx` (any equal-or-not
+        shapes S1, S2): gie_user (*S1, K) long, gie_user_w (*S1, K) float, gie_streamer (*S2, K)
+        long, gie_streamer_w (*S2, K) float. Index 0 (padding / unknown) gives an all-padding row."""
+        u = _indices("user_idx", user_idx, self.n_users)
+        s = _indices("streamer_idx", streamer_idx, self.n_streamers)
+        return {
+            "gie_user": torch.from_numpy(self.user_seq[u]),
+            "gie_user_w": torch.from_numpy(self.user_w[u]),
+            "gie_streamer": torch.from_numpy(self.streamer_seq[s]),
+            "gie_streamer_w": torch.from_numpy(self.streamer_w[s]),
+        }
+
+    def graph_init(self) -> dict[str, np.ndarray]:
+        """The pre-trained embeddings as `Schema.graph_init` carries them ({} without pre-training)."""
+        if self.user_emb is None or self.streamer_emb is None:
+            return {}
+        return {"streamer": self.streamer_emb, "user": self.user_emb}
+
+    # ---------------------------------------------------------------------------- persistence
+    def save(self, directory: str | os.PathLike) -> Path:
+        """`gie.safetensors` (tables, embeddings, Swing graph) and `gie.json` (config, sizes, stats),
+        each written under a temporary name and renamed, the JSON last."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "user_seq": self.user_seq, "user_w": self.user_w,
+            "streamer_seq": self.streamer_seq, "streamer_w": self.streamer_w,
+            "a2a_indptr": self.a2a.indptr, "a2a_indices": self.a2a.indices,
+            "a2a_scores": self.a2a.data.astype(np.float64),
+        }
+        if self.user_emb is not None and self.streamer_emb is not None:
+            tensors["user_emb"], tensors["streamer_emb"] = self.user_emb, self.streamer_emb
+        meta = {"format": FORMAT, "version": VERSION, "n_users": self.n_users, "n_streamers": self.n_streamers,
+                "config": self.cfg.model_dump(mode="json"), "stats": self.stats}
+        _atomic_write(directory / TENSORS_FILE,
+                      lambda p: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(p)))
+        _atomic_write(directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> GraphExpansion:
+        directory = Path(directory)
+        meta_file, tensor_file = directory / META_FILE, directory / TENSORS_FILE
+        for f in (meta_file, tensor_file):
+            if not f.is_file():
+                raise DataError(Problem(str(f), None, None, "a file written by GraphExpansion.save", "no such file"))
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(Problem(str(meta_file), None, None, "JSON", str(e).splitlines()[0])) from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise DataError(Problem(str(meta_file), None, "format", repr(FORMAT), repr(found)))
+        if meta.get("version") != VERSION:
+            raise DataError(Problem(str(meta_file), None, "version", str(VERSION), repr(meta.get("version"))))
+        try:
+            cfg = GIEConfig.model_validate(meta.get("config", {}))
+        except ValidationError as e:
+            raise DataError(Problem(str(meta_file), None, "config", "a valid GIEConfig",
+                                    str(e).splitlines()[0])) from None
+        try:
+            t = load_file(str(tensor_file))
+        except (OSError, SafetensorError) as e:
+            raise DataError(Problem(str(tensor_file), None, None, "a safetensors file",
+                                    str(e).splitlines()[0])) from None
+        n_u, n_s, k = int(meta.get("n_users", -1)), int(meta.get("n_streamers", -1)), cfg.expansion_length
+        want = {"user_seq": (n_u, k), "user_w": (n_u, k), "streamer_seq": (n_s, k), "streamer_w": (n_s, k),
+                "a2a_indptr": (n_s + 1,)}
+        if "user_emb" in t or "streamer_emb" in t:
+            want |= {"user_emb": (n_u, cfg.dim), "streamer_emb": (n_s, cfg.dim)}
+        for name, shape in want.items():
+            if name not in t:
+                raise DataError(Problem(str(tensor_file), None, name, f"a tensor of shape {shape}", "none"))
+            if tuple(t[name].shape) != shape:
+                raise DataError(Problem(str(tensor_file), None, name, f"shape {shape} (from {META_FILE})",
+                                        f"shape {tuple(t[name].shape)}"))
+        a2a = CSR(t["a2a_indptr"].astype(np.int64), t["a2a_indices"].astype(np.int64), t["a2a_scores"], n_s)
+        return cls(cfg, t["user_seq"], t["user_w"], t["streamer_seq"], t["streamer_w"], t.get("user_emb"),
+                   t.get("streamer_emb"), a2a, meta.get("stats", {}))
+
+
+def _indices(name: str, idx: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
+    a = idx.detach().cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {a.dtype}")
+    a = a.astype(np.int64, copy=False)
+    bad = (a < 0) | (a >= n)
+    if bad.any():
+        raise IndexError(f"{name}: index {int(a[bad].flat[0])} out of range 0..{n - 1} "
+                         f"({int(bad.sum())} such value(s)); 0 is padding")
+    return a
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
