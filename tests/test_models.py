@@ -114,10 +114,11 @@ CASES = [
 
 def test_every_model_is_covered():
     """Every registered model has the three habit tests somewhere (here or in a sibling file)."""
+    from .test_mmbee import CASES as MMBEE_CASES
     from .test_models_ctr_seq import CASES as SEQ_CASES
     from .test_multilabel import PAPER_MODELS
 
-    covered = {c[0] for c in CASES} | {c[0] for c in SEQ_CASES} | set(PAPER_MODELS)
+    covered = {c[0] for c in CASES} | {c[0] for c in SEQ_CASES} | set(PAPER_MODELS) | {c[0] for c in MMBEE_CASES}
     assert covered == set(MODELS)
 
 

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .data.errors import DataError, Problem
+from .encoders.content import ContentEncodingConfig
+from .graph.gie import GIEConfig
 
 
 class _Strict(BaseModel):
@@ -25,6 +27,9 @@ class DataConfig(_Strict):
     source: str = Field("demo", description="registered dataset name, a saved InteractionData dir or an import YAML")
     path: str | None = Field(None, description="where the source reads its raw files")
     params: dict[str, Any] = Field(default_factory=dict)
+    encode: ContentEncodingConfig | None = Field(
+        None, description="frozen content encoders run on the raw modalities after loading (image -> EfficientNet-"
+        "Lite0, audio -> ASR text vectors + MFCC statistics, text -> MiniLM), cached by content")
 
 
 class SplitConfig(_Strict):
@@ -33,6 +38,20 @@ class SplitConfig(_Strict):
                         "(train / valid / test), e.g. a challenge's own release split")
     valid: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class GraphTaskConfig(_Strict):
+    """ctr: graph-guided interest expansion (MMBee's GIE). Built from the TRAINING period's gift events
+    (events of `channel` strictly before the first validation or test sample), so no evaluated gift is
+    in the graph; the expansions and GraphCL embeddings reach the model as `batch.extra["gie_*"]` and
+    `schema.graph_init`."""
+
+    enabled: bool = False
+    channel: str = Field("gift", description="the channel whose events are the user->streamer edges")
+    streamer_feature: str = Field("streamer_id", description="item categorical feature naming the streamer")
+    weight_column: str | None = Field(None, description="event column summed as edge weight with "
+                                      "gie.weight_mode 'value' (e.g. price); None: every gift counts 1")
+    gie: GIEConfig = Field(default_factory=GIEConfig)
 
 
 class TaskConfig(_Strict):
@@ -52,7 +71,9 @@ class TaskConfig(_Strict):
     token_modalities: list[str] | None = Field(
         None, description="multi-valued item vector modalities joined as padded token tables, one token per value "
         "(None: all of them); a multi-valued one left out is joined as dense content (the mean of its vectors)")
-    max_tokens: int = Field(8, ge=1, description="tokens kept per item and token modality (the first ones)")
+    max_tokens: int = Field(8, ge=1, description="tokens kept per item and token modality (the first ones); a "
+                            "token table is as wide as its longest list, up to this")
+    graph: GraphTaskConfig = Field(default_factory=GraphTaskConfig)
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
     train_negatives: int = Field(
         0, ge=0, description="topk: 0 = full softmax over every item; N = N uniformly sampled negatives per batch")

@@ -38,6 +38,8 @@ class Batch:
     # item_pos / hist_pos index into them. Encoders compute one vector per distinct item and gather,
     # instead of re-encoding the same item at every history position it occupies.
     uniq: Tensor | None = None  # (U,) long
+    # also holds the token tables of multi-valued content: name -> (U, T, dim) float32 and
+    # name + ":mask" -> (U, T) bool (they exist only here, never per target or history position)
     uniq_side: dict[str, Tensor] = field(default_factory=dict)
     uniq_presence: dict[str, Tensor] = field(default_factory=dict)
     item_pos: Tensor | None = None  # (B,) long: row of each target in `uniq`
@@ -64,16 +66,24 @@ class ItemSide:
     """Item side table, one row per item index (row 0 = padding), joined at batch time.
 
     `categorical`: (n,) int64; `multi`: (n, K) int64 padded with 0; `dense`: (n, D) float (may be a
-    float16 memmap); `presence`: (n,) bool per dense modality (False = modality absent)."""
+    float16 memmap); `presence`: (n,) bool per dense modality (False = modality absent).
+    `tokens`: (n, T, dim) float16 per multi-valued vector modality, one token per value (the first T),
+    left-aligned, with `token_mask` (n, T) bool marking the real tokens; an absent modality is an
+    all-False row."""
 
     categorical: dict[str, np.ndarray] = field(default_factory=dict)
     multi: dict[str, np.ndarray] = field(default_factory=dict)
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     presence: dict[str, np.ndarray] = field(default_factory=dict)
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    token_mask: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def gather(self, idx: np.ndarray, dense: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def gather(self, idx: np.ndarray, dense: bool = True,
+               tokens: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Side features of the items `idx` (any shape). `dense=False` leaves the content vectors out
-        (history positions read them through the batch's distinct items instead)."""
+        (history positions read them through the batch's distinct items instead). `tokens=True` adds the
+        token tables as `name` (*idx, T, dim) float32 and `name:mask` (*idx, T) bool: the collate asks for
+        them on the distinct items only, where one copy per item is all a model needs."""
         out: dict[str, Tensor] = {}
         for name, arr in self.categorical.items():
             out[name] = torch.from_numpy(arr[idx])
@@ -84,6 +94,12 @@ class ItemSide:
             for name, arr in self.dense.items():
                 out[name] = torch.from_numpy(np.asarray(arr[idx], dtype=np.float32))
             pres = {name: torch.from_numpy(arr[idx]) for name, arr in self.presence.items()}
+        if tokens:
+            for name, arr in self.tokens.items():
+                # numpy gathers the float16 rows, torch widens them: numpy's own float16 -> float32 cast
+                # is about 6x slower, and this is the largest copy of a live-stream batch
+                out[name] = torch.from_numpy(np.ascontiguousarray(arr[idx])).float()
+                out[f"{name}:mask"] = torch.from_numpy(np.ascontiguousarray(self.token_mask[name][idx]))
         return out, pres
 
 
@@ -152,7 +168,7 @@ class Collator:
         # distinct item (a (B, L, D) float copy would dominate memory and time for text embeddings)
         h_side, _ = self.item_side.gather(hist, dense=False)
         uniq, inv = np.unique(np.concatenate([items, hist.ravel()]), return_inverse=True)
-        u_side, u_pres = self.item_side.gather(uniq)
+        u_side, u_pres = self.item_side.gather(uniq, tokens=True)
         h_pres = {name: torch.from_numpy(arr[hist]) for name, arr in self.item_side.presence.items()}
         b = len(items)
         hist_time = None

@@ -14,6 +14,7 @@ from .base import Model, ModelConfig, Schema
 from .dcnv2 import DCNv2
 from .din import DIN
 from .lr import LogisticRegression
+from .mmbee import MMBee
 from .multichannel import (
     Conversation,
     GenerativeImputation,
@@ -42,6 +43,8 @@ MODELS: dict[str, type[Model]] = {
     "sdim": SDIM,
     "tin": TIN,
     "qin": QIN,
+    # live-streaming gifts (Deng et al., KDD 2024): SIM + MFQ content fusion + GIE graph expansion
+    "mmbee": MMBee,
     # Bruun, Balog, Maistro (SIGIR 2024), multilabel task; "popularity" is their Popular
     "conversation": Conversation,
     "session": Session,

@@ -69,11 +69,17 @@ class Schema:
     item_categorical: dict[str, int] = field(default_factory=dict)  # feature -> vocab size (incl. 0)
     item_multi: dict[str, int] = field(default_factory=dict)  # multi-valued feature -> vocab size
     item_dense: dict[str, int] = field(default_factory=dict)  # dense content vector -> dim
+    # multi-valued vector modality -> (T, dim): a padded token table per item, in the batch as
+    # uniq_side[name] (U, T, dim) and uniq_side[name + ":mask"] (U, T) on the distinct items only
+    item_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
     item_counts: np.ndarray | None = None  # training interactions per item index
     item_positive_rate: np.ndarray | None = None  # ctr: smoothed training positive rate per item
     user_counts: np.ndarray | None = None  # training samples per user index
     n_labels: int = 0
     multichannel: MultiChannelSpec | None = None  # multilabel: touchpoint channels
+    # pre-trained graph embeddings (GraphCL): "streamer" (n_streamer_codes, d), rows in the index space of the
+    # item categorical feature `streamer_id`; "user" (n_users, d), rows aligned with the user index
+    graph_init: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class ModelConfig(BaseModel):

@@ -29,7 +29,8 @@ Deviations from the paper:
   categorical feature the model falls back to soft search;
 - item vectors may include dense content projections (`use_content`), as in every modalrec model.
 
-`MultiHeadTargetAttention`, `log_time_buckets` and `recent_mask` are shared with SDIM and TIN.
+`MultiHeadTargetAttention`, `log_time_buckets` and `recent_mask` are shared with SDIM and TIN; MMBee
+builds on SIM itself (wider item vectors through `item_vectors`, extra MLP inputs next to `interests`).
 """
 
 from __future__ import annotations
@@ -137,12 +138,16 @@ class SIM(Model):
         dropout: float = Field(0.1, ge=0.0, lt=1.0)
         use_content: bool = True
 
-    def __init__(self, schema: Schema, config: ModelConfig | None = None):
+    def __init__(self, schema: Schema, config: ModelConfig | None = None, *, item_extra_dim: int = 0,
+                 mlp_extra_dim: int = 0):
+        """`item_extra_dim` widens every item vector beyond the `ItemEncoder` output and `mlp_extra_dim`
+        adds MLP inputs: for rankers built on SIM (MMBee's content vectors and graph interests), which
+        override `item_vectors` / `forward` to supply them."""
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
         self.user = id_embedding(schema.n_users, cfg.embed_dim)
-        d = self.items.out_dim
+        d = self.items.out_dim + item_extra_dim
         self.search = cfg.search
         self.category: str | None = None
         if cfg.search == "hard":
@@ -168,7 +173,7 @@ class SIM(Model):
             TargetAttention(d, cfg.attention_hidden, activation=cfg.attention_activation)
             if cfg.short_len > 0 else None
         )
-        in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2)
+        in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2) + mlp_extra_dim
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def general_search(
@@ -195,9 +200,17 @@ class SIM(Model):
         return idx, mask.gather(1, idx), r.gather(1, idx)
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        target, hist = self.item_vectors(batch)
+        return self.mlp(torch.cat(self.interests(batch, target, hist), dim=-1)).squeeze(-1)
+
+    def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target (B, d), history (B, L, d)): the vectors the searches and attentions read."""
+        return self.items.encode(batch)
+
+    def interests(self, batch: Batch, target: torch.Tensor, hist: torch.Tensor) -> list[torch.Tensor]:
+        """The MLP inputs [user, target, long-term (ESU over the GSU's top-k), short-term]."""
         cfg = self.config
         mask = batch.hist_mask
-        target, hist = self.items.encode(batch)
         idx, valid, soft = self.general_search(batch, target, hist)
         retrieved = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
         if self.time is not None:
@@ -207,4 +220,4 @@ class SIM(Model):
         parts = [self.user(batch.user), target, self.esu(target, retrieved, valid, key_bias=bias)]
         if self.short is not None:
             parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len)))
-        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+        return parts

@@ -72,6 +72,8 @@ def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tup
     cat_sizes: dict[str, int] = {}
     multi_sizes: dict[str, int] = {}
     dense_dims: dict[str, int] = {}
+    token_dims: dict[str, tuple[int, int]] = {}
+    _check_token_modalities(data, cfg)
     if data.items is not None:
         row_idx = items.lookup(data.items["item_id"])
         for f in data.spec.item_features:
@@ -113,6 +115,8 @@ def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tup
         rows = items.lookup(table["entity_id"])
         if m.kind == "text" and (cfg.text_modalities is None or m.name in cfg.text_modalities):
             texts = table["text"].to_pylist()
+            if m.multi:  # several texts per item (e.g. viewer comments): one bag over all of them
+                texts = [" ".join(t for t in (ts or []) if t) for ts in texts]
             tokenised = [_words(t) for t in texts]
             counts = Counter(w for ws in tokenised for w in set(ws))
             vocab = {w: i + 1 for i, (w, c) in enumerate(sorted(counts.items())) if c >= 2}
@@ -127,6 +131,24 @@ def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tup
             name = f"{m.name}_words"
             side.multi[name] = arr
             multi_sizes[name] = len(vocab) + 1
+        elif m.kind == "vector" and m.multi and (cfg.token_modalities is None or m.name in cfg.token_modalities):
+            tokens, mask, dim = _token_table(table, f"content/{m.name}.parquet", m.dim, rows, n, cfg.max_tokens)
+            side.tokens[m.name] = tokens
+            side.token_mask[m.name] = mask
+            token_dims[m.name] = (int(tokens.shape[1]), dim)
+        elif m.kind == "vector" and m.multi and (cfg.vector_modalities is None or m.name in cfg.vector_modalities):
+            # not read as tokens: the mean of the item's vectors is its dense content, so every model can use it
+            vectors, counts, dim = _vector_lists(table, f"content/{m.name}.parquet", m.dim)
+            starts = np.cumsum(counts) - counts
+            mean = np.add.reduceat(vectors, starts, axis=0) / counts[:, None] if len(counts) else vectors
+            arr = np.zeros((n, dim), dtype=np.float32)
+            pres = np.zeros(n, dtype=bool)
+            keep = rows > 0
+            arr[rows[keep]] = mean[keep]
+            pres[rows[keep]] = True
+            side.dense[m.name] = arr
+            side.presence[m.name] = pres
+            dense_dims[m.name] = dim
         elif m.kind == "vector" and (cfg.vector_modalities is None or m.name in cfg.vector_modalities):
             vecs = table["vector"]
             dim = m.dim or len(vecs[0].as_py())
@@ -141,9 +163,84 @@ def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tup
             dense_dims[m.name] = dim
     schema = Schema(
         task=cfg.kind, n_users=0, n_items=n, max_history=cfg.max_history,
-        item_categorical=cat_sizes, item_multi=multi_sizes, item_dense=dense_dims,
+        item_categorical=cat_sizes, item_multi=multi_sizes, item_dense=dense_dims, item_tokens=token_dims,
     )
     return side, schema
+
+
+def _check_token_modalities(data: InteractionData, cfg: TaskConfig) -> None:
+    if cfg.token_modalities is None:
+        return
+    usable = [m.name for m in data.spec.modalities if m.entity == "item" and m.kind == "vector" and m.multi]
+    for name in cfg.token_modalities:
+        if name not in usable:
+            raise DataError(Problem(
+                "task.token_modalities", None, name,
+                f"a multi-valued item vector modality of dataset '{data.spec.name}' ({usable or 'it has none'}; "
+                "raw frames, speech and comments become vectors through content encoding)",
+                repr(name)))
+
+
+def _vector_lists(table: pa.Table, file: str, dim: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """A multi-valued vector column (a list of equal-length vectors per row) -> (every vector (N, dim) float32
+    in row order, vectors per row (rows,), dim). Rows without any vector, vectors of another length and
+    non-finite values are errors naming the row: a missing modality is a missing row, never an empty one."""
+    col = table["vector"]
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)) or not (
+            pa.types.is_list(arr.type.value_type) or pa.types.is_large_list(arr.type.value_type)
+            or pa.types.is_fixed_size_list(arr.type.value_type)):
+        raise DataError(Problem(file, None, "vector", "a list of vectors per row (multi-valued modality)",
+                                str(arr.type)))
+    counts = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    empty = (counts == 0) | pc.is_null(arr).to_numpy(zero_copy_only=False)
+    if empty.any():
+        r = int(np.flatnonzero(empty)[0])
+        raise DataError(Problem(file, r + 1, "vector", "at least one vector (an entity without any has no row)",
+                                f"an empty list ({int(empty.sum())} such row(s))"))
+    inner = pc.list_flatten(arr)
+    lengths = pc.fill_null(pc.list_value_length(inner), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    want = dim if dim is not None else int(lengths.max())  # the validation names any shorter one
+    row_of = np.repeat(np.arange(len(counts)), counts)
+    bad = lengths != want
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        found = "an empty value" if lengths[j] < 0 else f"length {int(lengths[j])}"
+        raise DataError(Problem(file, int(row_of[j]) + 1, "vector", f"vectors of length {want}",
+                                f"{found} (vector {j - int(np.searchsorted(row_of, row_of[j])) + 1} of the row)"))
+    values = pc.list_flatten(inner).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, want)
+    finite = np.isfinite(values).all(1)
+    if not finite.all():
+        r = int(row_of[np.flatnonzero(~finite)[0]])
+        raise DataError(Problem(file, r + 1, "vector", "finite numbers", "NaN, infinity or an empty number"))
+    return values, counts, want
+
+
+def _token_table(table: pa.Table, file: str, dim: int | None, rows: np.ndarray, n: int,
+                 max_tokens: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Padded token table of a multi-valued vector modality: (n, T, dim) float16 holding the first T vectors
+    of each item in their stored order (frames in time order, comments as they came), the mask (n, T) bool,
+    and dim. T = min(max_tokens, the longest list): a column no item fills would only cost memory here and
+    copies in every batch (live-stream frames: 1..3 per segment, so T = 3 rather than 8 for 1280-d
+    vectors). Items without a row keep an all-False mask: the modality is absent for them."""
+    vectors, counts, dim = _vector_lists(table, file, dim)
+    keep = rows > 0  # content of items the events never mention has no index
+    kept = np.minimum(counts, max_tokens) * keep
+    width = max(1, int(kept.max()) if len(kept) else 1)
+    src_row = np.repeat(np.arange(len(counts)), kept)
+    slot = np.arange(len(src_row)) - np.repeat(np.cumsum(kept) - kept, kept)
+    values = vectors[(np.cumsum(counts) - counts)[src_row] + slot]
+    f16 = np.finfo(np.float16).max
+    over = np.abs(values).max(1) > f16 if len(values) else np.zeros(0, dtype=bool)
+    if over.any():
+        r = int(src_row[np.flatnonzero(over)[0]])
+        raise DataError(Problem(file, r + 1, "vector", f"values within +-{f16:.0f} (token tables are float16)",
+                                f"{float(np.abs(values[over]).max()):.4g}"))
+    tokens = np.zeros((n, width, dim), dtype=np.float16)
+    mask = np.zeros((n, width), dtype=bool)
+    tokens[rows[src_row], slot] = values
+    mask[rows[src_row], slot] = True
+    return tokens, mask, dim
 
 
 @dataclass

@@ -121,6 +121,42 @@ class CTRTask(PreparedTask):
         self.schema = schema
         self.collator = Collator(self.history, side, cfg.max_history, with_time=True)
         self.group_names = {}
+        self.gie = None
+        if cfg.graph.enabled:
+            self._build_graph(enc, side, schema, cfg)
+
+    def _build_graph(self, enc, side, schema, cfg: TaskConfig) -> None:
+        """GIE over the training period's gifts: everything strictly before the first valid/test sample."""
+        from ..graph.gie import GraphExpansion
+
+        g = cfg.graph
+        if g.streamer_feature not in side.categorical:
+            raise DataError(Problem("items", None, g.streamer_feature, "an item categorical feature naming the "
+                                    "streamer (task.graph.streamer_feature)", f"features {sorted(side.categorical)}"))
+        later = [s.times.min() for name, s in self.splits.items() if name != "train" and len(s)]
+        cutoff = min(later) if later else np.iinfo(np.int64).max
+        is_gift = (enc.channels == g.channel) & (enc.times < cutoff)
+        if not is_gift.any():
+            raise DataError(Problem("events", None, "channel", f"'{g.channel}' events before the first "
+                                    "validation/test sample (task.graph.channel)", "none"))
+        weights = None
+        if g.weight_column is not None:
+            if g.weight_column not in enc.table.column_names:
+                raise DataError(Problem("events", None, g.weight_column, "the edge weight column "
+                                        "(task.graph.weight_column)", f"columns {enc.table.column_names}"))
+            weights = np.nan_to_num(enc.table[g.weight_column].to_numpy(zero_copy_only=False)
+                                    .astype(np.float64)[is_gift])
+        self.streamer_code = side.categorical[g.streamer_feature]
+        self.gie = GraphExpansion.fit(enc.users[is_gift], self.streamer_code[enc.items[is_gift]], weights,
+                                      len(self.user_vocab), schema.item_categorical[g.streamer_feature], g.gie)
+        schema.graph_init = self.gie.graph_init()
+        self.graph_cutoff = int(cutoff) if later else None
+
+    def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
+        batch = self.collator(s.users, s.items, s.cut, s.times, s.labels)
+        if self.gie is not None:
+            batch.extra.update(self.gie.lookup(s.users, self.streamer_code[s.items]))
+        return batch
 
     test_labels_hidden: bool = False
 

@@ -31,7 +31,12 @@ from .trainer import DistContext, FitResult, Trainer, init_distributed, peak_rss
 
 
 def load_data(cfg: RunConfig) -> InteractionData:
-    return load_dataset(cfg.data.source, path=cfg.data.path, **cfg.data.params)
+    data = load_dataset(cfg.data.source, path=cfg.data.path, **cfg.data.params)
+    if cfg.data.encode is not None:  # raw frames / speech / text -> cached vector modalities
+        from ..encoders.content import encode_content
+
+        data = encode_content(data, cfg.data.encode, progress=cfg.train.progress)
+    return data
 
 
 def _summary(values: list[float]) -> dict:

@@ -1,0 +1,224 @@
+"""MMBee (Deng et al., "MMBee: Live Streaming Gift-Sending Recommendations via Multi-Modal Fusion and
+Behaviour Expansion", KDD 2024, arXiv:2407.00056): a SIM ranker (models/sim.py) whose item vectors carry
+the real-time content of each stream segment (MFQ, sec. 3.2, see models/mfq.py) and whose MLP also reads
+the user's interests expanded on the gifting graphs (GIE, sec. 3.3 "Graph-guided Interest Expansion").
+
+- Item vector (target and every history position) = [ItemEncoder(id, streamer, category, dense
+  content), MFQ(segment tokens)]. MFQ runs once per DISTINCT item of the batch (`batch.uniq`, whose
+  token tables the Collator joins) and is gathered to the targets and history positions
+  (`item_pos` / `hist_pos`), so a segment watched by many users is fused once per batch.
+- GIE: the batch carries, per sample, K streamers expanded from the user through U->A->A metapaths
+  (`extra["gie_user"]`, scores `gie_user_w`) and K expanded from the target segment's streamer through
+  A->U->A (`gie_streamer`, `gie_streamer_w`); indices live in the code space of the item categorical
+  feature `streamer_feature` (0 = padding). A streamer table embeds them; a multi-head target
+  attention (query = target item vector [+ user]) pools each sequence, with log(score) added to the
+  attention logits, and both pooled vectors join the MLP input. The streamer table (and the user
+  embedding) start from the GraphCL embeddings in `schema.graph_init` when present: the pre-trained
+  rows, frozen or trainable (`graph_trainable`), then a learned projection to the model's width
+  (identity at the start when the widths agree).
+- `use_mfq: false, use_gie: false` builds exactly the `sim` ranker (same modules, same parameters,
+  same initial values under the same seed).
+
+Deviations from the paper:
+- the ranker is modalrec's SIM (hard/soft GSU + multi-head ESU + DIN short-term attention) rather
+  than Kuaishou's production base model;
+- the expansion scores enter as an additive log-bias on the attention logits instead of the paper's
+  weighting of the expanded behaviours; score 0 is taken as 1e-12, i.e. nearly ignored;
+- GraphCL pre-training itself lives in `modalrec.graph`; here the embeddings are only consumed.
+
+Ablation switches: `use_mfq`, `use_gie`, `modalities` (which token modalities MFQ reads; a dense
+vector modality named here is read as a 1-token sequence) and `use_content` (ItemEncoder's plain dense
+content projections).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..data.batch import Batch
+from ..nn.layers import id_embedding
+from .base import ModelConfig, Schema
+from .mfq import MFQ, Pool
+from .sim import SIM, MultiHeadTargetAttention
+
+GIE_KEYS = ("gie_user", "gie_streamer")
+
+
+class PretrainedEmbedding(nn.Module):
+    """Rows of a pre-trained table (n, d_src) -> Linear(d_src -> dim) (B, ..., dim).
+
+    Frozen rows are a buffer, so neither the optimizer nor `reinitialise` touches them; trainable rows
+    are a parameter. Row 0 (padding / unknown) is zero and gets no gradient. The projection starts as
+    the identity when d_src == dim, so the model starts from exactly the pre-trained embedding."""
+
+    def __init__(self, table: np.ndarray, dim: int, trainable: bool):
+        super().__init__()
+        weight = torch.as_tensor(np.asarray(table, dtype=np.float32)).clone()
+        weight[0] = 0.0
+        if trainable:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("weight", weight)
+        self.proj = nn.Linear(weight.shape[1], dim, bias=False)
+        if weight.shape[1] == dim:
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.embedding(ids, self.weight, padding_idx=0))
+
+
+class MMBee(SIM):
+    name: ClassVar[str] = "mmbee"
+    tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
+    inputs: ClassVar[frozenset[str]] = SIM.inputs | frozenset({"uniq", "uniq_side", "uniq_presence", "extra"})
+
+    class Config(SIM.Config):
+        use_mfq: bool = True
+        use_gie: bool = True
+        modalities: list[str] | None = Field(
+            None, description="MFQ inputs: token modalities, or dense vectors read as 1 token (None: every token "
+            "modality of the schema)")
+        streamer_feature: str = Field("streamer_id", description="item categorical feature naming the streamer")
+        mfq_dim: int = Field(32, ge=1)
+        mfq_queries: int = Field(4, ge=1)
+        mfq_heads: int = Field(2, ge=1)
+        mfq_layers: int = Field(1, ge=0)
+        mfq_pool: Pool = "flatten"
+        mfq_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        decorrelate: bool = True
+        streamer_conditioned: bool = True  # MFQ queries + MLP(streamer embedding)
+        gie_dim: int = Field(32, ge=1)
+        gie_heads: int = Field(2, ge=1)
+        gie_query_user: bool = True  # GIE attention query = [target, user] instead of the target alone
+        graph_trainable: bool = True  # fine-tune the pre-trained graph embeddings (False: frozen)
+
+    def __init__(self, schema: Schema, config: ModelConfig | None = None):
+        cfg = config or self.Config()
+        token_names, dense_names = self._mfq_modalities(schema, cfg) if cfg.use_mfq else ([], [])
+        content_dim = MFQ.output_dim(cfg.mfq_dim, cfg.mfq_queries, cfg.mfq_pool) if cfg.use_mfq else 0
+        gie_dim = 2 * cfg.gie_dim if cfg.use_gie else 0
+        super().__init__(schema, cfg, item_extra_dim=content_dim, mlp_extra_dim=gie_dim)
+        needs_streamer = cfg.use_gie or (cfg.use_mfq and cfg.streamer_conditioned)
+        if needs_streamer and cfg.streamer_feature not in schema.item_categorical:
+            raise ValueError(
+                f"mmbee: streamer_feature '{cfg.streamer_feature}' is not an item categorical feature (schema has "
+                f"{sorted(schema.item_categorical)}); GIE and streamer-conditioned queries need it "
+                "(or set use_gie: false, streamer_conditioned: false)")
+        self.token_names, self.dense_names = token_names, dense_names
+        self.mfq: MFQ | None = None
+        if cfg.use_mfq:
+            dims = {n: schema.item_tokens[n][1] for n in token_names} | {n: schema.item_dense[n] for n in dense_names}
+            max_t = max([schema.item_tokens[n][0] for n in token_names] + [1])
+            self.mfq = MFQ(dims, cfg.mfq_dim, cfg.mfq_queries, cfg.mfq_heads, cfg.mfq_layers,
+                           cfg.streamer_conditioned, cfg.mfq_dropout, max_tokens=max_t,
+                           streamer_dim=cfg.embed_dim, decorrelate=cfg.decorrelate, pool=cfg.mfq_pool)
+        self.streamers: nn.Module | None = None
+        if cfg.use_gie:
+            n_codes = schema.item_categorical[cfg.streamer_feature]
+            init = schema.graph_init
+            self.streamers = self._graph_table(init.get("streamer"), "streamer", n_codes, cfg)
+            if init.get("user") is not None:
+                self.user = self._graph_table(init["user"], "user", schema.n_users, cfg, dim=cfg.embed_dim)
+            d = self.items.out_dim + content_dim
+            query = d + (cfg.embed_dim if cfg.gie_query_user else 0)
+            self.gie_user = MultiHeadTargetAttention(query, cfg.gie_dim, cfg.gie_dim, cfg.gie_heads)
+            self.gie_streamer = MultiHeadTargetAttention(query, cfg.gie_dim, cfg.gie_dim, cfg.gie_heads)
+
+    @staticmethod
+    def _mfq_modalities(schema: Schema, cfg) -> tuple[list[str], list[str]]:
+        names = list(schema.item_tokens) if cfg.modalities is None else list(cfg.modalities)
+        unknown = [n for n in names if n not in schema.item_tokens and n not in schema.item_dense]
+        if unknown:
+            raise ValueError(
+                f"mmbee: modalities {unknown} are neither token modalities {sorted(schema.item_tokens)} nor dense "
+                f"vectors {sorted(schema.item_dense)} of this task")
+        if not names:
+            raise ValueError(
+                "mmbee: MFQ has no modality to read: the task has no token modalities (multi-valued item vector "
+                "content, e.g. frames_emb after content encoding; see task.token_modalities). Name dense ones in "
+                "`modalities` or set use_mfq: false")
+        return [n for n in names if n in schema.item_tokens], [n for n in names if n not in schema.item_tokens]
+
+    @staticmethod
+    def _graph_table(table: np.ndarray | None, key: str, n: int, cfg, dim: int | None = None) -> nn.Module:
+        dim = dim or cfg.gie_dim
+        if table is None:
+            return id_embedding(n, dim)
+        table = np.asarray(table)
+        if table.ndim != 2 or table.shape[0] != n or not np.isfinite(table).all():
+            raise ValueError(
+                f"mmbee: schema.graph_init['{key}'] has shape {table.shape}; expected ({n}, d) finite values, one row "
+                f"per {'streamer code' if key == 'streamer' else 'user index'} (row 0 = padding)")
+        return PretrainedEmbedding(table, dim, cfg.graph_trainable)
+
+    # ------------------------------------------------------------------------------------ forward
+    def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mfq is None:
+            return self.items.encode(batch)
+        if batch.uniq is None:
+            raise ValueError("mmbee: MFQ reads the token tables of the batch's distinct items (batch.uniq, "
+                             "uniq_side); build batches with the task's Collator")
+        side = batch.uniq_side
+        table = self.items(batch.uniq, side, batch.uniq_presence, "uniq_side")
+        tokens, masks = {}, {}
+        needed = [k for n in self.token_names for k in (n, f"{n}:mask")] + self.dense_names
+        missing = [k for k in needed if k not in side]
+        if missing:
+            raise KeyError(f"mmbee: batch.uniq_side lacks {missing} that MFQ reads (it has {sorted(side)}); "
+                           "are they in task.token_modalities / task.vector_modalities?")
+        for name in self.token_names:
+            tokens[name], masks[name] = side[name], side[f"{name}:mask"]
+        for name in self.dense_names:
+            x = side[name]
+            present = batch.uniq_presence.get(name)
+            present = torch.isfinite(x).all(-1) if present is None else present.to(torch.bool)
+            tokens[name], masks[name] = x.unsqueeze(1), present.unsqueeze(1)
+        streamer = None
+        if self.mfq.condition is not None:
+            streamer = self.items.categorical[self.config.streamer_feature](side[self.config.streamer_feature])
+        table = torch.cat([table, self.mfq(tokens, masks, streamer)], dim=-1)
+        return table[batch.item_pos], table[batch.hist_pos]
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        target, hist = self.item_vectors(batch)
+        parts = self.interests(batch, target, hist)
+        if self.streamers is not None:
+            # parts[0] is the user vector (`SIM.interests` lists [user, target, long-term, short-term])
+            query = torch.cat([target, parts[0]], dim=-1) if self.config.gie_query_user else target
+            for key, attention in (("gie_user", self.gie_user), ("gie_streamer", self.gie_streamer)):
+                idx, bias, mask = self._expansion(batch, key)
+                parts.append(attention(query, self.streamers(idx), mask, key_bias=bias))
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def _expansion(self, batch: Batch, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Streamer indices (B, K), log-score bias (B, K) and mask (B, K) of one expanded sequence."""
+        if key not in batch.extra or f"{key}_w" not in batch.extra:
+            raise ValueError(
+                f"mmbee: use_gie needs the graph-expanded streamers batch.extra['{key}'] and ['{key}_w'], which "
+                f"this batch does not have (it has {sorted(batch.extra) or 'no extras'}); enable the task's graph "
+                "expansion (task.graph.enabled: true) or set model.params.use_gie: false")
+        idx, w = batch.extra[key], batch.extra[f"{key}_w"]
+        B = batch.size
+        if idx.dim() != 2 or idx.shape[0] != B or w.shape != idx.shape:
+            raise ValueError(f"mmbee: batch.extra['{key}'] {tuple(idx.shape)} and ['{key}_w'] {tuple(w.shape)}; "
+                             f"expected both (B={B}, K)")
+        idx = idx.long()
+        n_codes = self.schema.item_categorical[self.config.streamer_feature]
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_codes):
+            raise ValueError(f"mmbee: batch.extra['{key}'] holds streamer index {int(idx.max())} or "
+                             f"{int(idx.min())}; expected 0 (padding) .. {n_codes - 1}, the codes of item feature "
+                             f"'{self.config.streamer_feature}'")
+        mask = idx > 0
+        if not bool(torch.isfinite(w[mask]).all()):
+            raise ValueError(f"mmbee: batch.extra['{key}_w'] holds NaN or infinite scores at real (non-padding) slots")
+        one = torch.ones((), dtype=w.dtype, device=w.device)
+        # Padded slots carry arbitrary weights (0, NaN): they are replaced before the log, so nothing leaks.
+        bias = torch.log(torch.where(mask, w, one).clamp(min=1e-12)).to(torch.float32)
+        return idx, bias, mask
