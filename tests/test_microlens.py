@@ -193,8 +193,9 @@ def test_qin_config_end_to_end_train_and_submission(tmp_path):
     `modalrec predict --format microlens` (a valid ID,Task2 file with one row per test.parquet row)."""
     from pathlib import Path
 
-    from modalrec.cli import app
     from typer.testing import CliRunner
+
+    from modalrec.cli import app
 
     root = _write(tmp_path / "ml", train=_split(60, 1), valid=_split(20, 2), test=_split(9, 3, label="null"))
     config = Path(__file__).resolve().parents[1] / "configs" / "qin_microlens.yaml"
