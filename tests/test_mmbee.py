@@ -518,3 +518,31 @@ def test_modalrec_train_runs_mmbee(tmp_path):
     })
     metrics = train_run(cfg, tmp_path / "run", data=data, report=False)
     assert metrics["model"] == "mmbee" and metrics["test"]["logloss"]["mean"] is not None
+
+
+def test_target_scope_fuses_only_the_targets(task):
+    """mfq_scope 'target': the targets' content is fused exactly as with scope 'all'; history positions that
+    are not targets carry the learned 'unfused' vector, so their stored tokens change nothing."""
+    torch.manual_seed(0)
+    full = build_model("mmbee", task.schema, params()).eval()
+    torch.manual_seed(0)
+    tgt = build_model("mmbee", task.schema, params(mfq_scope="target")).eval()
+    tgt.load_state_dict(full.state_dict(), strict=False)
+    s = task.splits["train"]
+    late = s.take(np.argsort(s.cut)[-4:])  # a few samples with long histories: most positions are not targets
+    batch = add_gie(task.collate(late, train=True), task)
+    with torch.no_grad():
+        t_all, _ = full.item_vectors(batch)
+        t_tgt, h_tgt = tgt.item_vectors(batch)
+        torch.testing.assert_close(t_tgt, t_all, rtol=0, atol=1e-6)
+        only_hist = ~torch.isin(batch.hist_pos, batch.item_pos) & batch.hist_mask
+        assert only_hist.any()
+        d = tgt.items.out_dim
+        assert torch.equal(h_tgt[only_hist][:, d:], tgt.unfused.expand(int(only_hist.sum()), -1))
+        changed = copy.deepcopy(batch)
+        not_target = ~torch.isin(torch.arange(len(changed.uniq)), changed.item_pos)
+        changed.uniq_side["frames_emb"][not_target] += 5.0
+        torch.testing.assert_close(tgt(changed), tgt(batch), rtol=0, atol=1e-6)
+    out = tgt.train()(batch)
+    out.sum().backward()
+    assert tgt.unfused.grad is not None and tgt.unfused.grad.abs().sum() > 0

@@ -33,7 +33,7 @@ content projections).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -94,6 +94,10 @@ class MMBee(SIM):
         mfq_dropout: float = Field(0.0, ge=0.0, lt=1.0)
         decorrelate: bool = True
         streamer_conditioned: bool = True  # MFQ queries + MLP(streamer embedding)
+        mfq_scope: Literal["all", "target"] = Field(
+            "all", description="MFQ on every distinct item of the batch (targets and history), or on the targets "
+            "only (the segment being watched, as the paper fuses it); history positions then carry a learned "
+            "'content not fused' vector, and a batch costs about B instead of U (~10x more) fusions")
         gie_dim: int = Field(32, ge=1)
         gie_heads: int = Field(2, ge=1)
         gie_query_user: bool = True  # GIE attention query = [target, user] instead of the target alone
@@ -119,6 +123,8 @@ class MMBee(SIM):
             self.mfq = MFQ(dims, cfg.mfq_dim, cfg.mfq_queries, cfg.mfq_heads, cfg.mfq_layers,
                            cfg.streamer_conditioned, cfg.mfq_dropout, max_tokens=max_t,
                            streamer_dim=cfg.embed_dim, decorrelate=cfg.decorrelate, pool=cfg.mfq_pool)
+        if cfg.use_mfq and cfg.mfq_scope == "target":  # history positions: content not fused
+            self.unfused = nn.Parameter(torch.zeros(content_dim))
         self.streamers: nn.Module | None = None
         if cfg.use_gie:
             n_codes = schema.item_categorical[cfg.streamer_feature]
@@ -183,7 +189,15 @@ class MMBee(SIM):
         streamer = None
         if self.mfq.condition is not None:
             streamer = self.items.categorical[self.config.streamer_feature](side[self.config.streamer_feature])
-        table = torch.cat([table, self.mfq(tokens, masks, streamer)], dim=-1)
+        if self.config.mfq_scope == "target":
+            rows = torch.unique(batch.item_pos)
+            fused = self.mfq({k: v[rows] for k, v in tokens.items()}, {k: v[rows] for k, v in masks.items()},
+                             None if streamer is None else streamer[rows])
+            content = self.unfused.to(fused.dtype).expand(table.shape[0], -1).clone()
+            content[rows] = fused
+        else:
+            content = self.mfq(tokens, masks, streamer)
+        table = torch.cat([table, content], dim=-1)
         return table[batch.item_pos], table[batch.hist_pos]
 
     def forward(self, batch: Batch) -> torch.Tensor:
