@@ -202,18 +202,30 @@ def test_bad_multi_vectors_are_errors_naming_the_row(case, message):
         CTRTask(make_data(frames=frames), task_config())
 
 
-def test_collator_places_tokens_on_the_distinct_items_only(task):
+def test_collator_places_tokens_on_the_distinct_items_and_targets_only(task):
     batch = task.collate(task.splits["train"], train=True)
     side = task.collator.item_side
     uniq = batch.uniq.numpy()
+    targets = batch.item.numpy()
     for name, (T, dim) in task.schema.item_tokens.items():
         tok, mask = batch.uniq_side[name], batch.uniq_side[f"{name}:mask"]
         assert tok.dtype == torch.float32 and tok.shape == (len(uniq), T, dim)
         assert mask.dtype == torch.bool and mask.shape == (len(uniq), T)
         np.testing.assert_array_equal(tok.numpy(), side.tokens[name][uniq].astype(np.float32))
         np.testing.assert_array_equal(mask.numpy(), side.token_mask[name][uniq])
-        for where in (batch.item_side, batch.hist_side, batch.presence, batch.hist_presence, batch.uniq_presence):
+        # the targets' own tables (what an mfq_scope 'target' model reads)
+        np.testing.assert_array_equal(batch.item_side[name].numpy(), side.tokens[name][targets].astype(np.float32))
+        np.testing.assert_array_equal(batch.item_side[f"{name}:mask"].numpy(), side.token_mask[name][targets])
+        for where in (batch.hist_side, batch.presence, batch.hist_presence, batch.uniq_presence):
             assert name not in where and f"{name}:mask" not in where
+    # token_scope 'target': the history's distinct items carry no token tables at all
+    task.collator.token_scope = "target"
+    try:
+        lean = task.collate(task.splits["train"], train=True)
+    finally:
+        task.collator.token_scope = "all"
+    assert not any(name in lean.uniq_side for name in task.schema.item_tokens)
+    assert all(torch.equal(lean.item_side[n], batch.item_side[n]) for n in task.schema.item_tokens)
     # the distinct items cover every target and history position
     assert torch.equal(batch.uniq[batch.item_pos], batch.item)
     assert torch.equal(batch.uniq[batch.hist_pos][batch.hist_mask], batch.hist[batch.hist_mask])
@@ -521,28 +533,46 @@ def test_modalrec_train_runs_mmbee(tmp_path):
 
 
 def test_target_scope_fuses_only_the_targets(task):
-    """mfq_scope 'target': the targets' content is fused exactly as with scope 'all'; history positions that
-    are not targets carry the learned 'unfused' vector, so their stored tokens change nothing."""
-    torch.manual_seed(0)
-    full = build_model("mmbee", task.schema, params()).eval()
+    """mfq_scope 'target': MFQ reads the targets' own token tables (item_side) and its vector joins the MLP;
+    history items stay content-free, so the history's token tables change nothing and need not be built."""
     torch.manual_seed(0)
     tgt = build_model("mmbee", task.schema, params(mfq_scope="target")).eval()
-    tgt.load_state_dict(full.state_dict(), strict=False)
+    torch.manual_seed(0)
+    sim = build_model("sim", task.schema, {k: v for k, v in SMALL.items() if not k.startswith(("mfq", "gie"))})
+    assert tgt.items.out_dim == sim.items.out_dim  # the attention stays as narrow as SIM's
     s = task.splits["train"]
     late = s.take(np.argsort(s.cut)[-4:])  # a few samples with long histories: most positions are not targets
     batch = add_gie(task.collate(late, train=True), task)
     with torch.no_grad():
-        t_all, _ = full.item_vectors(batch)
-        t_tgt, h_tgt = tgt.item_vectors(batch)
-        torch.testing.assert_close(t_tgt, t_all, rtol=0, atol=1e-6)
-        only_hist = ~torch.isin(batch.hist_pos, batch.item_pos) & batch.hist_mask
-        assert only_hist.any()
-        d = tgt.items.out_dim
-        assert torch.equal(h_tgt[only_hist][:, d:], tgt.unfused.expand(int(only_hist.sum()), -1))
+        ref = tgt(batch)
+        fused = tgt.fused_targets(batch)
+        assert fused.shape[0] == batch.size
+        # the same segments fused with uniq tables: identical content vectors
+        rows = batch.item_pos
+        same = tgt.mfq({n: batch.uniq_side[n][rows] for n in tgt.token_names},
+                       {n: batch.uniq_side[f"{n}:mask"][rows] for n in tgt.token_names}
+                       | {n: batch.uniq_presence[n][rows].unsqueeze(1) for n in tgt.dense_names},
+                       tgt._streamer({k: v[rows] for k, v in batch.uniq_side.items()}))
+        if not tgt.dense_names:
+            torch.testing.assert_close(fused, same, rtol=0, atol=1e-6)
         changed = copy.deepcopy(batch)
         not_target = ~torch.isin(torch.arange(len(changed.uniq)), changed.item_pos)
+        assert not_target.any()
         changed.uniq_side["frames_emb"][not_target] += 5.0
-        torch.testing.assert_close(tgt(changed), tgt(batch), rtol=0, atol=1e-6)
-    out = tgt.train()(batch)
+        torch.testing.assert_close(tgt(changed), ref, rtol=0, atol=1e-6)
+        # with task.token_scope 'target' the history's token tables are not even built: same output
+        task.collator.token_scope = "target"
+        try:
+            lean = add_gie(task.collate(late, train=True), task)
+        finally:
+            task.collator.token_scope = "all"
+        assert "frames_emb" not in lean.uniq_side
+        torch.testing.assert_close(tgt(lean), ref, rtol=0, atol=1e-6)
+        # ... while the targets' own content matters
+        moved = copy.deepcopy(lean)
+        m = moved.item_side["frames_emb:mask"]
+        moved.item_side["frames_emb"][m] += 1.0
+        assert (tgt(moved) - ref).abs().max() > 1e-5
+    out = tgt.train()(lean)
     out.sum().backward()
-    assert tgt.unfused.grad is not None and tgt.unfused.grad.abs().sum() > 0
+    assert tgt.mfq.queries.grad is not None and tgt.mfq.queries.grad.abs().sum() > 0

@@ -173,11 +173,13 @@ def data_import(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where to write the demo runs."),
     epochs: int = typer.Option(4, help="Epochs per model."),
+    world: str = typer.Option("livestream", help="livestream (gift prediction: SIM vs MMBee on a simulated "
+                              "platform with frames, speech and comments) or ctr (click prediction on text items)."),
 ) -> None:
-    """Generate a small built-in world (no downloads), train several models, and write a report."""
+    """Simulate a small built-in world (no downloads), train its models, write a report and a serving bundle."""
     from .demo import run_demo
 
-    path = _guard(run_demo, out, epochs)
+    path = _guard(run_demo, out, epochs, world)
     typer.echo(f"demo report: {path}")
 
 

@@ -73,6 +73,9 @@ class TaskConfig(_Strict):
         "(None: all of them); a multi-valued one left out is joined as dense content (the mean of its vectors)")
     max_tokens: int = Field(8, ge=1, description="tokens kept per item and token modality (the first ones); a "
                             "token table is as wide as its longest list, up to this")
+    token_scope: Literal["all", "target"] = Field(
+        "all", description="token tables joined for every distinct item of a batch (all) or for the targets only "
+        "(target: for models that fuse only the watched item's content, e.g. mmbee with mfq_scope target)")
     graph: GraphTaskConfig = Field(default_factory=GraphTaskConfig)
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
     train_negatives: int = Field(

@@ -153,6 +153,10 @@ class Collator:
     item_side: ItemSide
     max_history: int
     with_time: bool = False
+    # token tables of multi-valued content: the targets always get theirs (`item_side[name]`, (B, T, dim));
+    # "all" also joins them on every distinct item (`uniq_side`), "target" leaves the history without them
+    # (a model that fuses only the watched segment's content then never pays for U x T x dim copies)
+    token_scope: str = "all"
 
     def __call__(
         self,
@@ -163,12 +167,12 @@ class Collator:
         labels: np.ndarray | None = None,
     ) -> Batch:
         hist, mask, pos = self.history.window(users, cut, self.max_history)
-        tgt_side, tgt_pres = self.item_side.gather(items)
+        tgt_side, tgt_pres = self.item_side.gather(items, tokens=True)
         # history: ids and small categorical features per position; content vectors only per
         # distinct item (a (B, L, D) float copy would dominate memory and time for text embeddings)
         h_side, _ = self.item_side.gather(hist, dense=False)
         uniq, inv = np.unique(np.concatenate([items, hist.ravel()]), return_inverse=True)
-        u_side, u_pres = self.item_side.gather(uniq, tokens=True)
+        u_side, u_pres = self.item_side.gather(uniq, tokens=self.token_scope == "all")
         h_pres = {name: torch.from_numpy(arr[hist]) for name, arr in self.item_side.presence.items()}
         b = len(items)
         hist_time = None

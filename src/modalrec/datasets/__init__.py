@@ -19,7 +19,7 @@ from ..data.errors import DataError, Problem
 from ..data.importer import import_dataset
 from ..data.interaction import InteractionData
 from ..sim import demo
-from . import insurance, kuailive, microlens, movielens
+from . import insurance, kuailive, microlens, movielens, taobao
 
 
 def _default_structure() -> Path:
@@ -149,6 +149,8 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "movielens_mm": movielens.load_multimodal,
     "microlens": microlens.load_events,
     "kuailive": kuailive.load,
+    "taobao": taobao.load,
+    "movielens_multichannel": movielens.load_multichannel,
     "demo": demo.generate,
     "insurance": insurance.load,
     "insurance_sim": insurance_simulated,
@@ -168,7 +170,12 @@ def load_dataset(source: str | os.PathLike, path: str | os.PathLike | None = Non
             if path is None:
                 raise DataError(Problem(f"dataset '{name}'", None, "data.path", "the folder of the downloaded files "
                                         f"(see modalrec.datasets.{loader.__module__.rsplit('.', 1)[-1]})", "none"))
-            return loader(path, **params)
+            out = loader(path, **params)
+            if not isinstance(out, InteractionData):  # e.g. skip_bad_rows without rejected_file
+                raise DataError(Problem(f"dataset '{name}'", None, "data.params", "parameters under which the "
+                                        "loader returns the data alone (with skip_bad_rows, give rejected_file)",
+                                        type(out).__name__))
+            return out
         if path is not None:
             raise DataError(Problem(f"dataset '{name}'", None, "data.path", "no path (it is generated)",
                                     repr(str(path))))

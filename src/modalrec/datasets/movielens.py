@@ -22,12 +22,16 @@ What comes out:
 
 `min_rating_count` keeps only movies with at least that many ratings (their tags, items rows and
 content too). Research use only, no commercial use; cite Harper & Konstan (2015), see `CITATION`.
+
+`load_multichannel` is the view of the `multilabel` task: ratings and tags as two touchpoint channels
+before each liked rating, whose labels are the movie's genres.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -194,4 +198,144 @@ def load_multimodal(path: str | os.PathLike, cache: str | os.PathLike | None = N
     encoder = TextEncoder(backend=backend, cache_dir=root / "text")
     for name in modalities:
         data = encode_modality(data, name, encoder)
+    return data
+
+
+LIKED = "liked"
+GENRE_PREFIX = "genre:"
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case words of a tag or a genre name, in order, each once: "Sci-Fi" and the tag "sci-fi"
+    become the same token, which is what lets the two channels share one token vocabulary."""
+    return list(dict.fromkeys(_WORD.findall(text.lower())))
+
+
+def _token_lists(lists: list[list[str]]) -> pa.Array:
+    return pa.array(lists, pa.list_(pa.string()))
+
+
+def load_multichannel(path: str | os.PathLike, min_rating_count: int = 0, like_threshold: float = 4.0,
+                      sample_share: float = 1.0, seed: int = 0, min_word_count: int = 1,
+                      tag_vectors: bool = False, cache: str | os.PathLike | None = None,
+                      backend: str = "auto") -> InteractionData:
+    """MovieLens as two touchpoint channels for the `multilabel` task (configs/shared_space/movielens_*.yaml).
+
+    - Samples, channel ``liked``: every rating >= `like_threshold`; one row per genre of the rated movie
+      (item ``genre:<Genre>``, the rows of one rating sharing an `event_id`), so a sample's labels are
+      the movie's genres: 19 genre items flagged `is_product` (movies without genres are no sample).
+      The movie is in the event column `movie_id`. `sample_share` < 1 keeps that share of the liked
+      ratings, drawn with `seed` (the touchpoints all stay): the one way this view is subsampled, so
+      that a benchmark can afford every model while each sample keeps its full history.
+    - Touchpoints, channel ``rating``: EVERY rating (those >= the threshold too, as history of later
+      samples; the task takes a user's events strictly before a sample's time), with modality
+      ``rating_tokens`` (event, tokens): the words of the movie's genres and ``rating:<stars>``.
+    - Touchpoints, channel ``tag``: every tag application, with ``tag_tokens`` (event, tokens): the
+      words of the tag that at least `min_word_count` tag applications use (a word seen once can be
+      learnt from by no model, and it widens every touchpoint's bag; a tag left without words has no
+      row: a missing modality) and ``tag_text``
+      (event, text); `tag_vectors=True` adds ``tag_text_emb`` (event, 384-d MiniLM vector of the tag
+      text, cached under `cache`, default $MODALREC_CACHE or ~/.cache/modalrec, + /text; needs the
+      `text` extra). Genre words and tag words share tokens ("sci-fi").
+    Items: the movies of `load` (features genres and year) plus the genre items; the item text
+    modalities of `load` are left out (they hold every tag, including those written after a sample).
+    Event ids: ``r<n>`` (n-th rating), ``t<n>`` (n-th tag), ``l<n>`` (the sample of rating n)."""
+    if not 0.0 < sample_share <= 1.0:
+        raise ValueError(f"sample_share must be in (0, 1], got {sample_share}")
+    base = load(path, min_rating_count=min_rating_count)
+    ev = base.events
+    channel = ev["channel"].to_numpy(zero_copy_only=False)
+    is_r = channel == "rating"
+    r_idx, t_idx = np.flatnonzero(is_r), np.flatnonzero(channel == "tag")
+    user = ev["user_id"].to_numpy(zero_copy_only=False)
+    movie = ev["item_id"].to_numpy(zero_copy_only=False)
+    time = ev["time"].to_numpy(zero_copy_only=False)
+    value = ev["value"].to_numpy(zero_copy_only=False)
+    tag = np.asarray(ev["tag"].to_pylist(), dtype=object)
+
+    items = base.items
+    genres_of = dict(zip(items["item_id"].to_pylist(), items["genres"].to_pylist()))
+    all_genres = sorted({g for gs in genres_of.values() for g in gs})
+    r_ids = np.char.add("r", np.arange(1, len(r_idx) + 1).astype(str)).astype(object)
+    t_ids = np.char.add("t", np.arange(1, len(t_idx) + 1).astype(str)).astype(object)
+
+    # samples: liked ratings of movies with genres, one row per genre
+    liked = np.flatnonzero((value[r_idx] >= like_threshold)
+                           & np.array([bool(genres_of[m]) for m in movie[r_idx]], bool))
+    if sample_share < 1.0:
+        rng = np.random.default_rng(seed)
+        liked = np.sort(rng.choice(liked, size=round(len(liked) * sample_share), replace=False))
+    n_gen = np.array([len(genres_of[m]) for m in movie[r_idx[liked]]], np.int64)
+    s_rows = np.repeat(r_idx[liked], n_gen)
+    s_genre = np.array([GENRE_PREFIX + g for m in movie[r_idx[liked]] for g in genres_of[m]], dtype=object)
+    s_ids = np.repeat(np.char.add("l", (liked + 1).astype(str)).astype(object), n_gen)
+
+    n_r, n_t, n_s = len(r_idx), len(t_idx), len(s_rows)
+    events = pa.table({
+        "user_id": pa.array(np.concatenate([user[r_idx], user[t_idx], user[s_rows]]), pa.string()),
+        "item_id": pa.array(np.concatenate([movie[r_idx], movie[t_idx], s_genre]), pa.string()),
+        "time": pa.array(np.concatenate([time[r_idx], time[t_idx], time[s_rows]]), pa.int64()),
+        "channel": pa.array(["rating"] * n_r + ["tag"] * n_t + [LIKED] * n_s, pa.string()),
+        "value": pa.array(np.concatenate([value[r_idx], value[t_idx], value[s_rows]]), pa.float64()),
+        "event_id": pa.array(np.concatenate([r_ids, t_ids, s_ids]), pa.string()),
+        "tag": pa.array(np.concatenate([np.full(n_r, None, object), tag[t_idx], np.full(n_s, None, object)]),
+                        pa.string()),
+        "movie_id": pa.array(np.concatenate([np.full(n_r + n_t, None, object), movie[s_rows]]), pa.string()),
+    })
+
+    genre_words = {g: _words(g) for g in all_genres}
+    rating_tokens = [[w for g in genres_of[m] for w in genre_words[g]] + [f"rating:{v:g}"]
+                     for m, v in zip(movie[r_idx], value[r_idx])]
+    tag_words = [_words(t) for t in tag[t_idx]]
+    if min_word_count > 1:
+        counts = Counter(w for ws in tag_words for w in ws)
+        tag_words = [[w for w in ws if counts[w] >= min_word_count] for ws in tag_words]
+    has_words = np.array([bool(w) for w in tag_words], bool)
+    tag_text = [t.strip() for t in tag[t_idx]]
+    has_text = np.array([bool(t) for t in tag_text], bool)
+    content = {
+        "rating_tokens": pa.table({"entity_id": pa.array(r_ids, pa.string()),
+                                   "tokens": _token_lists(rating_tokens)}),
+        "tag_tokens": pa.table({"entity_id": pa.array(t_ids[has_words], pa.string()),
+                                "tokens": _token_lists([w for w, h in zip(tag_words, has_words) if h])}),
+        "tag_text": pa.table({"entity_id": pa.array(t_ids[has_text], pa.string()),
+                              "text": pa.array([t for t, h in zip(tag_text, has_text) if h], pa.string())}),
+    }
+
+    n_g = len(all_genres)
+    genre_items = {"item_id": pa.array([GENRE_PREFIX + g for g in all_genres], pa.string()),
+                   "title": pa.array(all_genres, pa.string()),
+                   "genres": pa.array([[g] for g in all_genres], pa.list_(pa.string()))}
+    parts = [items.append_column("is_product", pa.array(np.zeros(items.num_rows, bool)))]
+    extra = {name: genre_items.get(name, pa.nulls(n_g, items.schema.field(name).type))
+             for name in items.column_names}
+    extra["is_product"] = pa.array(np.ones(n_g, bool))
+    parts.append(pa.table(extra, schema=parts[0].schema))
+    spec = DatasetSpec(
+        name="movielens-latest-small-multichannel",
+        description=f"MovieLens latest-small as touchpoints (ratings, tags) before liked ratings "
+        f"(>= {like_threshold:g} stars, labels = the movie's genres)"
+        + (f"; {sample_share:.0%} of the liked ratings (seed {seed})" if sample_share < 1.0 else "")
+        + (f"; movies with >= {min_rating_count} ratings" if min_rating_count > 0 else ""),
+        channels=["rating", "tag", LIKED],
+        item_features=[FeatureSpec(name="genres", kind="multi_categorical"),
+                       FeatureSpec(name="year", kind="numeric")],
+        modalities=[
+            ModalitySpec(name="rating_tokens", entity="event", kind="tokens",
+                         description="words of the rated movie's genres and rating:<stars>"),
+            ModalitySpec(name="tag_tokens", entity="event", kind="tokens", description="words of the tag"),
+            ModalitySpec(name="tag_text", entity="event", kind="text", description="the tag as written"),
+        ],
+        event_columns=["event_id", "tag", "movie_id"],
+        source=SOURCE,
+        citation=CITATION,
+    )
+    data = InteractionData(spec, events, pa.concat_tables(parts), None, content).validate(str(path))
+    if tag_vectors:
+        from ..encoders.text import TextEncoder, encode_modality
+
+        root = Path(cache) if cache is not None else Path(os.environ.get("MODALREC_CACHE",
+                                                                         Path.home() / ".cache" / "modalrec"))
+        data = encode_modality(data, "tag_text", TextEncoder(backend=backend, cache_dir=root / "text"))
     return data

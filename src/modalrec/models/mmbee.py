@@ -95,9 +95,11 @@ class MMBee(SIM):
         decorrelate: bool = True
         streamer_conditioned: bool = True  # MFQ queries + MLP(streamer embedding)
         mfq_scope: Literal["all", "target"] = Field(
-            "all", description="MFQ on every distinct item of the batch (targets and history), or on the targets "
-            "only (the segment being watched, as the paper fuses it); history positions then carry a learned "
-            "'content not fused' vector, and a batch costs about B instead of U (~10x more) fusions")
+            "all", description="all: MFQ on every distinct item of the batch, its vector joins the item vector of the "
+            "target and every history position. target: MFQ on the watched segment only (as the paper fuses the "
+            "live segment); its vector joins the MLP input and the GIE query, history items stay content-free, "
+            "so a batch costs B fusions instead of U (~10x more) and the attention stays as narrow as SIM's "
+            "(use task.token_scope: target)")
         gie_dim: int = Field(32, ge=1)
         gie_heads: int = Field(2, ge=1)
         gie_query_user: bool = True  # GIE attention query = [target, user] instead of the target alone
@@ -108,7 +110,9 @@ class MMBee(SIM):
         token_names, dense_names = self._mfq_modalities(schema, cfg) if cfg.use_mfq else ([], [])
         content_dim = MFQ.output_dim(cfg.mfq_dim, cfg.mfq_queries, cfg.mfq_pool) if cfg.use_mfq else 0
         gie_dim = 2 * cfg.gie_dim if cfg.use_gie else 0
-        super().__init__(schema, cfg, item_extra_dim=content_dim, mlp_extra_dim=gie_dim)
+        target_scope = cfg.use_mfq and cfg.mfq_scope == "target"
+        super().__init__(schema, cfg, item_extra_dim=0 if target_scope else content_dim,
+                         mlp_extra_dim=gie_dim + (content_dim if target_scope else 0))
         needs_streamer = cfg.use_gie or (cfg.use_mfq and cfg.streamer_conditioned)
         if needs_streamer and cfg.streamer_feature not in schema.item_categorical:
             raise ValueError(
@@ -123,8 +127,6 @@ class MMBee(SIM):
             self.mfq = MFQ(dims, cfg.mfq_dim, cfg.mfq_queries, cfg.mfq_heads, cfg.mfq_layers,
                            cfg.streamer_conditioned, cfg.mfq_dropout, max_tokens=max_t,
                            streamer_dim=cfg.embed_dim, decorrelate=cfg.decorrelate, pool=cfg.mfq_pool)
-        if cfg.use_mfq and cfg.mfq_scope == "target":  # history positions: content not fused
-            self.unfused = nn.Parameter(torch.zeros(content_dim))
         self.streamers: nn.Module | None = None
         if cfg.use_gie:
             n_codes = schema.item_categorical[cfg.streamer_feature]
@@ -166,43 +168,54 @@ class MMBee(SIM):
 
     # ------------------------------------------------------------------------------------ forward
     def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mfq is None:
+        """(target (B, d), history (B, L, d)) item vectors; with mfq_scope 'all' they carry MFQ's content."""
+        if self.mfq is None or self.config.mfq_scope == "target":
             return self.items.encode(batch)
         if batch.uniq is None:
             raise ValueError("mmbee: MFQ reads the token tables of the batch's distinct items (batch.uniq, "
                              "uniq_side); build batches with the task's Collator")
         side = batch.uniq_side
         table = self.items(batch.uniq, side, batch.uniq_presence, "uniq_side")
+        tokens, masks = self._mfq_inputs(side, batch.uniq_presence, "uniq_side")
+        table = torch.cat([table, self.mfq(tokens, masks, self._streamer(side))], dim=-1)
+        return table[batch.item_pos], table[batch.hist_pos]
+
+    def fused_targets(self, batch: Batch) -> torch.Tensor:
+        """mfq_scope 'target': MFQ over each sample's target segment (B, content_dim); the collate always
+        joins the targets' token tables in `item_side`."""
+        side = batch.item_side
+        tokens, masks = self._mfq_inputs(side, batch.presence, "item_side")
+        return self.mfq(tokens, masks, self._streamer(side))
+
+    def _streamer(self, side: dict) -> torch.Tensor | None:
+        if self.mfq.condition is None:
+            return None
+        return self.items.categorical[self.config.streamer_feature](side[self.config.streamer_feature])
+
+    def _mfq_inputs(self, side: dict, presence: dict, where: str) -> tuple[dict, dict]:
         tokens, masks = {}, {}
         needed = [k for n in self.token_names for k in (n, f"{n}:mask")] + self.dense_names
         missing = [k for k in needed if k not in side]
         if missing:
-            raise KeyError(f"mmbee: batch.uniq_side lacks {missing} that MFQ reads (it has {sorted(side)}); "
-                           "are they in task.token_modalities / task.vector_modalities?")
+            raise KeyError(f"mmbee: batch.{where} lacks {missing} that MFQ reads (it has {sorted(side)}); are they "
+                           "in task.token_modalities / task.vector_modalities (and task.token_scope 'all' for "
+                           "mfq_scope 'all')?")
         for name in self.token_names:
             tokens[name], masks[name] = side[name], side[f"{name}:mask"]
         for name in self.dense_names:
             x = side[name]
-            present = batch.uniq_presence.get(name)
+            present = presence.get(name)
             present = torch.isfinite(x).all(-1) if present is None else present.to(torch.bool)
             tokens[name], masks[name] = x.unsqueeze(1), present.unsqueeze(1)
-        streamer = None
-        if self.mfq.condition is not None:
-            streamer = self.items.categorical[self.config.streamer_feature](side[self.config.streamer_feature])
-        if self.config.mfq_scope == "target":
-            rows = torch.unique(batch.item_pos)
-            fused = self.mfq({k: v[rows] for k, v in tokens.items()}, {k: v[rows] for k, v in masks.items()},
-                             None if streamer is None else streamer[rows])
-            content = self.unfused.to(fused.dtype).expand(table.shape[0], -1).clone()
-            content[rows] = fused
-        else:
-            content = self.mfq(tokens, masks, streamer)
-        table = torch.cat([table, content], dim=-1)
-        return table[batch.item_pos], table[batch.hist_pos]
+        return tokens, masks
 
     def forward(self, batch: Batch) -> torch.Tensor:
         target, hist = self.item_vectors(batch)
         parts = self.interests(batch, target, hist)
+        if self.mfq is not None and self.config.mfq_scope == "target":
+            fused = self.fused_targets(batch)
+            parts.append(fused)
+            target = torch.cat([target, fused], dim=-1)  # the GIE query sees the segment's content too
         if self.streamers is not None:
             # parts[0] is the user vector (`SIM.interests` lists [user, target, long-term, short-term])
             query = torch.cat([target, parts[0]], dim=-1) if self.config.gie_query_user else target

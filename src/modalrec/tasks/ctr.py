@@ -119,7 +119,7 @@ class CTRTask(PreparedTask):
         schema.user_counts = np.bincount(tr.users, minlength=n_users).astype(np.float64)
         schema.item_positive_rate = (pos + 20 * prior) / (counts + 20)
         self.schema = schema
-        self.collator = Collator(self.history, side, cfg.max_history, with_time=True)
+        self.collator = Collator(self.history, side, cfg.max_history, with_time=True, token_scope=cfg.token_scope)
         self.group_names = {}
         self.gie = None
         if cfg.graph.enabled:

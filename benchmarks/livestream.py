@@ -1,0 +1,358 @@
+"""Live-streaming gift prediction: SIM vs MMBee (MFQ + GIE) and its ablations on the simulator.
+
+Data: `modalrec.sim.livestream` (preset `bench` by default: ~341k watch events, 9.6k users, 400+
+streamers), raw content encoded once by the frozen encoders of configs/livestream/mmbee.yaml
+(`data.encode`, cached). Task: GTR of each watch (label = a gift during the watch), one global
+time cut 70/10/20, histories of the user's earlier watches (at most 50).
+
+Runs, each through `modalrec.train.run.train_run` (the path of `modalrec train`):
+- `sim` and `mmbee` over `--seeds` (default 0,1,2);
+- ablations over `--ablation-seeds` (default 0): `mmbee-no-mfq`, `mmbee-no-gie`, and MMBee with one
+  content modality at a time (`mmbee-frames`, `mmbee-speech`, `mmbee-comments`).
+
+Analyses on the test split (the best checkpoint of every seed, logits averaged over seeds):
+- AUC, UAUC, GAUC, logloss of every run, and of the simulator's ground-truth probabilities
+  `p_true` on the same samples (the ceiling no model can pass in expectation);
+- per user-activity bucket by gifts in the training period: cold (0 gifts), sparse (1-2), heavy (>= 3);
+- missing content: MMBee (seed 0) with every content modality removed from a growing share of the
+  test segments (their token masks cleared: the model sees an absent modality, never a zero vector);
+- top-K streamers: for up to `--topk-users` test users who gifted in the test period, every streamer
+  live in the test period is scored at its first test segment (history cut at the test start);
+  Recall@10, Precision@10, NDCG@10 against the streamers each user gifted.
+
+Writes benchmarks/results/livestream.json, livestream.md and plots, plus an HTML report of the runs.
+Run: .venv/bin/python benchmarks/livestream.py [--preset bench] [--seeds 0,1,2] [--epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from modalrec.config import load_config
+from modalrec.eval.metrics import ctr_metrics
+from modalrec.eval.report import write_report
+from modalrec.models import build_model
+from modalrec.tasks import prepare_task
+from modalrec.tasks.base import SampleSet
+from modalrec.train.checkpoint import load_checkpoint
+from modalrec.train.run import load_data, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "livestream"
+TOKENS = ["frames_emb", "speech_emb", "comments_emb"]
+VARIANTS = {  # name -> (config file, model params overrides, graph enabled)
+    "sim": ("sim.yaml", {}, False),
+    "mmbee": ("mmbee.yaml", {}, True),
+    "mmbee-no-mfq": ("mmbee.yaml", {"use_mfq": False}, True),
+    "mmbee-no-gie": ("mmbee.yaml", {"use_gie": False}, False),
+    "mmbee-frames": ("mmbee.yaml", {"modalities": ["frames_emb"]}, True),
+    "mmbee-speech": ("mmbee.yaml", {"modalities": ["speech_emb", "speech_mfcc"]}, True),
+    "mmbee-comments": ("mmbee.yaml", {"modalities": ["comments_emb"]}, True),
+}
+MAIN = ("sim", "mmbee")
+KEYS = ("auc", "uauc", "gauc", "logloss")
+
+
+def fmt(d: dict | None) -> str:
+    if not d or d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:.4f} ± {d['std']:.4f}" if d.get("std") else f"{d['mean']:.4f}"
+
+
+def config_for(variant: str, args, seeds: list[int]):
+    file, params, graph = VARIANTS[variant]
+    cfg = load_config(CONFIGS / file, [
+        f"name=live-{variant}", f"seeds={json.dumps(seeds)}", f"train.epochs={args.epochs}",
+        "train.progress=false", f"train.num_threads={args.threads}",
+        f"data.params={json.dumps(data_params(args))}", f"task.graph.enabled={json.dumps(graph)}"])
+    cfg.model.params.update(params)
+    return cfg
+
+
+def data_params(args) -> dict:
+    p = {"preset": args.preset}
+    if args.users:
+        p["n_users"] = args.users
+    return p
+
+
+def test_logits(cfg, task, run_dir: Path) -> np.ndarray:
+    """Test logits of the run's best checkpoints, averaged over its seeds."""
+    out = []
+    for seed in cfg.seeds:
+        model = build_model(cfg.model.name, task.schema, cfg.model.params)
+        load_checkpoint(run_dir / "checkpoints" / f"seed_{seed}", "best", model, restore_rng=False)
+        out.append(task.predict(model.eval(), "test", 4096))
+    return np.mean(out, axis=0)
+
+
+def model_of(cfg, task, run_dir: Path, seed: int):
+    model = build_model(cfg.model.name, task.schema, cfg.model.params)
+    load_checkpoint(run_dir / "checkpoints" / f"seed_{seed}", "best", model, restore_rng=False)
+    return model.eval()
+
+
+def buckets(data, task) -> dict[str, np.ndarray]:
+    """Test-sample masks by the user's gifts in the training period (before the first valid sample)."""
+    ev = data.events
+    ch = np.asarray(ev["channel"].to_numpy(zero_copy_only=False), dtype=object)
+    t = ev["time"].to_numpy(zero_copy_only=False).astype(np.int64)
+    cutoff = int(task.splits["valid"].times.min())
+    gifts = ev.filter(pa.array((ch == "gift") & (t < cutoff)))
+    uidx = task.user_vocab.lookup(gifts["user_id"])
+    n_gifts = np.bincount(uidx, minlength=len(task.user_vocab))[task.splits["test"].users]
+    return {"cold (0 gifts)": n_gifts == 0, "sparse (1-2 gifts)": (n_gifts >= 1) & (n_gifts <= 2),
+            "heavy (>=3 gifts)": n_gifts >= 3}
+
+
+def bucket_metrics(labels, logits, users, masks: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for name, m in masks.items():
+        if m.sum() and 0 < labels[m].sum() < m.sum():
+            r = ctr_metrics(labels[m], logits[m], users[m])
+            out[name] = {k: r[k] for k in KEYS} | {"n": int(m.sum()), "positives": int(labels[m].sum())}
+    return out
+
+
+@torch.no_grad()
+def missing_content_curve(cfg, task, run_dir: Path, shares=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0) -> list:
+    """MMBee's test metrics with every content modality absent on a share of the test segments."""
+    model = model_of(cfg, task, run_dir, cfg.seeds[0])
+    side = task.collator.item_side
+    s = task.splits["test"]
+    items = np.unique(s.items)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(items)
+    saved = {n: side.token_mask[n].copy() for n in side.token_mask}
+    saved_p = {n: side.presence[n].copy() for n in side.presence}
+    out = []
+    try:
+        for share in shares:
+            gone = order[: round(share * len(order))]
+            for n in side.token_mask:
+                side.token_mask[n][:] = saved[n]
+                side.token_mask[n][gone] = False
+            for n in side.presence:
+                side.presence[n][:] = saved_p[n]
+                side.presence[n][gone] = False
+            logits = task.predict(model, "test", 4096)
+            r = ctr_metrics(s.labels, logits, s.users)
+            out.append({"share_without_content": share} | {k: r[k] for k in KEYS})
+    finally:
+        for n in side.token_mask:
+            side.token_mask[n][:] = saved[n]
+        for n in side.presence:
+            side.presence[n][:] = saved_p[n]
+    return out
+
+
+@torch.no_grad()
+def topk_streamers(data, task, models: dict, n_users: int, k: int = 10, seed: int = 0) -> dict:
+    """Recall/Precision/NDCG@k of ranking every streamer live in the test period for test gifters."""
+    t0 = int(task.splits["test"].times.min())
+    streamer = task.collator.item_side.categorical["streamer_id"]
+    items = data.items
+    seg_idx = task.item_vocab.lookup(items["item_id"])
+    start = items["start_time"].to_numpy(zero_copy_only=False).astype(np.int64)
+    live = (seg_idx > 0) & (start >= t0)
+    # each streamer's first segment of the test period
+    cand_items = {}
+    for i in np.argsort(start[live], kind="stable"):
+        it = int(seg_idx[live][i])
+        cand_items.setdefault(int(streamer[it]), it)
+    codes = np.array(sorted(cand_items), dtype=np.int64)
+    cands = np.array([cand_items[c] for c in codes], dtype=np.int64)
+    ev = data.events
+    ch = np.asarray(ev["channel"].to_numpy(zero_copy_only=False), dtype=object)
+    t = ev["time"].to_numpy(zero_copy_only=False).astype(np.int64)
+    g = ev.filter(pa.array((ch == "gift") & (t >= t0)))
+    gu = task.user_vocab.lookup(g["user_id"])
+    gs = streamer[task.item_vocab.lookup(g["item_id"])]
+    relevant: dict[int, set] = {}
+    for u, a in zip(gu.tolist(), gs.tolist(), strict=True):
+        if u > 0 and a in cand_items:
+            relevant.setdefault(u, set()).add(a)
+    users = np.array(sorted(relevant), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if len(users) > n_users:
+        users = np.sort(rng.choice(users, n_users, replace=False))
+    cut = task.history.cut_before(users, np.full(len(users), t0, np.int64))
+    res = {}
+    for name, model in models.items():
+        hits = {"recall": [], "precision": [], "ndcg": []}
+        for u, c in zip(users, cut, strict=True):
+            n = len(cands)
+            s = SampleSet(np.full(n, u), cands, np.full(n, t0, np.int64), np.full(n, c), np.zeros(n, np.float32))
+            scores = model(task.collate(s, train=False)).numpy()
+            top = codes[np.argsort(-scores, kind="stable")[:k]]
+            rel = relevant[int(u)]
+            gain = np.array([1.0 if a in rel else 0.0 for a in top])
+            ideal = np.sum(1.0 / np.log2(np.arange(2, min(len(rel), k) + 2)))
+            hits["recall"].append(gain.sum() / len(rel))
+            hits["precision"].append(gain.sum() / k)
+            hits["ndcg"].append(float(np.sum(gain / np.log2(np.arange(2, k + 2)))) / ideal)
+        res[name] = {f"{m}@{k}": float(np.mean(v)) for m, v in hits.items()}
+    res["setting"] = {"users": len(users), "candidate_streamers": len(cands), "k": k}
+    return res
+
+
+def plots(results: dict, out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    curve = results.get("missing_content")
+    if curve:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        x = [c["share_without_content"] for c in curve]
+        for key in ("auc", "gauc"):
+            ax.plot(x, [c[key] for c in curve], marker="o", label=f"MMBee {key.upper()}")
+        sim = results["runs"]["sim"]["test"]
+        ax.axhline(sim["auc"]["mean"], ls="--", c="gray", label="SIM AUC (no content)")
+        ax.set_xlabel("share of test segments without content")
+        ax.set_ylabel("test metric")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / "livestream_missing_content.png", dpi=120)
+        files.append("livestream_missing_content.png")
+    b = results.get("buckets")
+    if b:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        names = [n for n in ("sim", "mmbee-no-gie", "mmbee-no-mfq", "mmbee") if n in b]
+        groups = list(next(iter(b.values())))
+        w = 0.8 / max(len(names), 1)
+        for i, n in enumerate(names):
+            ax.bar(np.arange(len(groups)) + i * w, [b[n].get(gp, {}).get("gauc", np.nan) for gp in groups], w,
+                   label=n)
+        ax.set_xticks(np.arange(len(groups)) + w * (len(names) - 1) / 2, groups, fontsize=8)
+        ax.set_ylabel("test GAUC")
+        lo = np.nanmin([b[n][gp]["gauc"] for n in names for gp in groups if gp in b[n]])
+        ax.set_ylim(max(0.0, lo - 0.05), None)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "livestream_buckets.png", dpi=120)
+        files.append("livestream_buckets.png")
+    return files
+
+
+def markdown(results: dict) -> str:
+    lines = ["| model | seeds | AUC | UAUC | GAUC | logloss | train samples/s |", "|---|---|---|---|---|---|---|"]
+    for name, r in results["runs"].items():
+        t = r["test"]
+        lines.append(f"| {name} | {len(r['seeds'])} | {fmt(t.get('auc'))} | {fmt(t.get('uauc'))} | "
+                     f"{fmt(t.get('gauc'))} | {fmt(t.get('logloss'))} | "
+                     f"{r['timing']['train_samples_per_s']['mean']:,.0f} |")
+    gt = results.get("ground_truth")
+    if gt:
+        lines.append(f"| ground truth p_true (ceiling) | - | {gt['auc']:.4f} | {gt['uauc']:.4f} | {gt['gauc']:.4f} | "
+                     f"{gt['logloss']:.4f} | - |")
+    b = results.get("buckets")
+    if b:
+        groups = list(next(iter(b.values())))
+        lines += ["", "| model | " + " | ".join(f"GAUC {g}" for g in groups) + " |",
+                  "|---|" + "---|" * len(groups)]
+        for name, r in b.items():
+            lines.append(f"| {name} | " + " | ".join(f"{r[g]['gauc']:.4f}" if g in r else "-" for g in groups) + " |")
+    c = results.get("missing_content")
+    if c:
+        lines += ["", "| share of test segments without content | AUC | GAUC |", "|---|---|---|"]
+        lines += [f"| {x['share_without_content']:.2f} | {x['auc']:.4f} | {x['gauc']:.4f} |" for x in c]
+    k = results.get("topk")
+    if k:
+        s = k["setting"]
+        lines += ["", f"Top-{s['k']} streamers ({s['users']} test gifters, {s['candidate_streamers']} live streamers):",
+                  "", "| model | Recall@10 | Precision@10 | NDCG@10 |", "|---|---|---|---|"]
+        for name, r in k.items():
+            if name != "setting":
+                lines.append(f"| {name} | {r['recall@10']:.4f} | {r['precision@10']:.4f} | {r['ndcg@10']:.4f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="bench")
+    ap.add_argument("--users", type=int, default=0, help="override the preset's number of users")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--ablation-seeds", default="0")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--topk-users", type=int, default=300)
+    ap.add_argument("--work", default=str(ROOT / "benchmarks/.work/livestream"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/livestream.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
+    work, out = Path(args.work), Path(args.out)
+    variants = [v for v in args.variants.split(",") if v]
+    results: dict = {"benchmark": "livestream", "started": datetime.now(UTC).isoformat(),
+                     "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                                 "torch_threads": args.threads},
+                     "data_params": data_params(args), "epochs": args.epochs, "runs": {}}
+    t0 = time.perf_counter()
+    base = config_for("mmbee", args, seeds)
+    data = load_data(base)
+    results["data"] = data.summary()
+    results["data_seconds"] = time.perf_counter() - t0
+    print(f"data + content: {results['data']} ({results['data_seconds']:.0f}s)", flush=True)
+
+    tasks, cfgs, run_dirs, logits = {}, {}, [], {}
+    for v in variants:
+        cfg = config_for(v, args, seeds if v in MAIN else ablation_seeds)
+        t1 = time.perf_counter()
+        m = train_run(cfg, work / v, data=data, report=False)
+        run_dirs.append(work / v)
+        cfgs[v] = cfg
+        results["runs"][v] = {"seeds": cfg.seeds, "test": m["test"], "valid": m["valid"], "timing": m["timing"],
+                              "best_epoch": m["best_epoch"], "wall_seconds": time.perf_counter() - t1}
+        print(f"{v:15s} " + "  ".join(f"{k}={fmt(m['test'].get(k))}" for k in KEYS)
+              + f"  ({time.perf_counter() - t1:.0f}s)", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+
+    # ---- analyses on the test split
+    graph_key = lambda v: VARIANTS[v][2]
+    for g in {graph_key(v) for v in variants}:
+        tasks[g] = prepare_task(data, cfgs[next(v for v in variants if graph_key(v) == g)].task)
+    any_task = next(iter(tasks.values()))
+    s = any_task.splits["test"]
+    rows = any_task.events.take(any_task.split_rows["test"])
+    p_true = np.clip(rows["p_true"].to_numpy(zero_copy_only=False).astype(np.float64), 1e-9, 1 - 1e-9)
+    gt = ctr_metrics(s.labels, np.log(p_true / (1 - p_true)), s.users)
+    results["ground_truth"] = {k: gt[k] for k in KEYS}
+    masks = buckets(data, any_task)
+    results["bucket_sizes"] = {k: int(m.sum()) for k, m in masks.items()}
+    results["buckets"] = {"ground truth": bucket_metrics(s.labels, np.log(p_true / (1 - p_true)), s.users, masks)}
+    for v in variants:
+        task = tasks[graph_key(v)]
+        logits[v] = test_logits(cfgs[v], task, work / v)
+        results["buckets"][v] = bucket_metrics(s.labels, logits[v], s.users, masks)
+    if "mmbee" in variants:
+        results["missing_content"] = missing_content_curve(cfgs["mmbee"], tasks[True], work / "mmbee")
+    models = {v: model_of(cfgs[v], tasks[graph_key(v)], work / v, cfgs[v].seeds[0]) for v in MAIN if v in variants}
+    if models and args.topk_users > 0:
+        task = tasks.get(True, any_task)
+        results["topk"] = topk_streamers(data, task, models, args.topk_users)
+    results["finished"] = datetime.now(UTC).isoformat()
+    results["plots"] = plots(results, out.parent)
+    out.write_text(json.dumps(results, indent=2))
+    md = markdown(results)
+    out.with_suffix(".md").write_text(md + "\n")
+    write_report(run_dirs, work / "report.html", title="Live-streaming gift prediction: SIM vs MMBee")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
