@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modalrec-installed
-EXTRAS ?= dev,text,serve
+EXTRAS ?= dev,text,serve,image,audio
 
 .PHONY: demo test test-all lint bench clean
 
