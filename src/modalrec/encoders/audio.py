@@ -40,7 +40,6 @@ import io
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,7 +49,7 @@ import numpy as np
 
 from ..data.errors import DataError, Problem
 from .image import FileVectorEncoder, Unusable, file_digest
-from .text import Backend, TextEncoder
+from .text import Backend, TextEncoder, _atomic_write_bytes
 
 SAMPLE_RATE = 16000
 ASR_NAME = "pocketsphinx-en-us"
@@ -181,12 +180,7 @@ class _JsonStore:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_write_bytes(path, text.encode())
 
 
 class SpeechRecognizer:

@@ -65,6 +65,20 @@ def _words(text: str | None) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1]
 
 
+def _put_dense(side: ItemSide, dims: dict[str, int], name: str, n: int, rows: np.ndarray,
+               values: np.ndarray) -> None:
+    """One dense content modality: `values[i]` belongs to item index `rows[i]` (0 = unknown, skipped);
+    items without a row are absent (presence False), their stored zeros never read as data."""
+    arr = np.zeros((n, values.shape[1]), dtype=np.float32)
+    pres = np.zeros(n, dtype=bool)
+    keep = rows > 0
+    arr[rows[keep]] = values[keep]
+    pres[rows[keep]] = True
+    side.dense[name] = arr
+    side.presence[name] = pres
+    dims[name] = values.shape[1]
+
+
 def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tuple[ItemSide, Schema]:
     """Side features per item index: categorical, multi-valued, text as bag of words, dense vectors."""
     n = len(items)
@@ -141,26 +155,12 @@ def build_item_side(data: InteractionData, items: Vocab, cfg: TaskConfig) -> tup
             vectors, counts, dim = _vector_lists(table, f"content/{m.name}.parquet", m.dim)
             starts = np.cumsum(counts) - counts
             mean = np.add.reduceat(vectors, starts, axis=0) / counts[:, None] if len(counts) else vectors
-            arr = np.zeros((n, dim), dtype=np.float32)
-            pres = np.zeros(n, dtype=bool)
-            keep = rows > 0
-            arr[rows[keep]] = mean[keep]
-            pres[rows[keep]] = True
-            side.dense[m.name] = arr
-            side.presence[m.name] = pres
-            dense_dims[m.name] = dim
+            _put_dense(side, dense_dims, m.name, n, rows, mean)
         elif m.kind == "vector" and (cfg.vector_modalities is None or m.name in cfg.vector_modalities):
             vecs = table["vector"]
             dim = m.dim or len(vecs[0].as_py())
             flat = pc.list_flatten(vecs).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-            arr = np.zeros((n, dim), dtype=np.float32)
-            pres = np.zeros(n, dtype=bool)
-            keep = rows > 0
-            arr[rows[keep]] = flat[keep]
-            pres[rows[keep]] = True
-            side.dense[m.name] = arr
-            side.presence[m.name] = pres
-            dense_dims[m.name] = dim
+            _put_dense(side, dense_dims, m.name, n, rows, flat)
     schema = Schema(
         task=cfg.kind, n_users=0, n_items=n, max_history=cfg.max_history,
         item_categorical=cat_sizes, item_multi=multi_sizes, item_dense=dense_dims, item_tokens=token_dims,

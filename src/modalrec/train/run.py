@@ -168,6 +168,18 @@ def _fit_seed(cfg: RunConfig, task: PreparedTask, out: Path, seed: int, resume: 
     return fit, valid, test, groups, eval_s
 
 
+def best_model(cfg: RunConfig, task: PreparedTask, run_dir: Path, seed: int) -> torch.nn.Module:
+    """The model of `run_dir` with the best checkpoint of `seed` loaded (a model without trainable
+    parameters, e.g. Popularity, needs none)."""
+    model = build_model(cfg.model.name, task.schema, cfg.model.params)
+    ckpt = run_dir / "checkpoints" / f"seed_{seed}"
+    if has_checkpoint(ckpt, "best"):
+        load_checkpoint(ckpt, "best", model, restore_rng=False)
+    elif model.trainable:
+        raise FileNotFoundError(f"{ckpt}/best.safetensors: no trained weights for seed {seed}")
+    return model
+
+
 def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | None = None,
                  drop_modality: str | None = None, rate: float = 0.5, drop_seed: int = 0) -> dict:
     """Re-evaluates the best checkpoint of every seed of a finished run (no training).
@@ -191,12 +203,7 @@ def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | Non
         dropped = task.drop_modality(drop_modality, rate, split=split, seed=drop_seed)
     per_seed, per_seed_groups = [], []
     for seed in cfg.seeds:
-        model = build_model(cfg.model.name, task.schema, cfg.model.params)
-        ckpt = run_dir / "checkpoints" / f"seed_{seed}"
-        if has_checkpoint(ckpt, "best"):
-            load_checkpoint(ckpt, "best", model, restore_rng=False)
-        elif model.trainable:
-            raise FileNotFoundError(f"{ckpt}/best.safetensors: no trained weights for seed {seed}")
+        model = best_model(cfg, task, run_dir, seed)
         metrics, groups = task.evaluate(model, split, cfg.train.eval_batch_size)
         per_seed.append(metrics)
         per_seed_groups.append(groups)
@@ -233,12 +240,7 @@ def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv",
         raise ValueError(f"unknown split '{split}' (have {sorted(task.splits)})")
     probs = []
     for seed in cfg.seeds:
-        model = build_model(cfg.model.name, task.schema, cfg.model.params)
-        ckpt = run_dir / "checkpoints" / f"seed_{seed}"
-        if has_checkpoint(ckpt, "best"):
-            load_checkpoint(ckpt, "best", model, restore_rng=False)
-        elif model.trainable:
-            raise FileNotFoundError(f"{ckpt}/best.safetensors: no trained weights for seed {seed}")
+        model = best_model(cfg, task, run_dir, seed)
         logits = task.predict(model, split, cfg.train.eval_batch_size)
         probs.append(1.0 / (1.0 + np.exp(-logits)))
     p = np.mean(probs, axis=0) if probs else np.zeros(0)
