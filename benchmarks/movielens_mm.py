@@ -10,8 +10,10 @@ Two arms per model, identical except for one input:
 - `+text`:   the same plus the 384-d MiniLM vector of the item text (a dense modality, projected).
 (`task.vector_modalities: []` vs `null`.) DIN, DCNv2, SIM, SDIM, TIN and QIN, each over 3 seeds,
 each through `modalrec.train.run.train_run` (the path of `modalrec train`). QIN keeps the paper's
-architecture defaults (embedding 128, L=4, R=4, lr 2e-3) but the batch size of the others (1024:
-the paper's 8192 leaves MovieLens's 80k training samples ten steps an epoch).
+architecture (L=4 QNN layers of R=4 rows, dropout 0.1, lr 2e-3) but the embedding size (32) and batch
+size (1024) of the others: the paper's 8192 leaves MovieLens's 80k training samples ten steps an epoch,
+and at embedding 128 (item vectors of 5 x 128) one epoch took over 25 minutes on this shared 2-core
+machine.
 
 Writes benchmarks/results/movielens_mm.json and prints the README table.
 Run: .venv/bin/python benchmarks/movielens_mm.py [--seeds 0,1,2] [--models din,qin] [--threads 1]
@@ -43,7 +45,7 @@ MODELS = {
     "sim": ({"embed_dim": 32}, {}),
     "sdim": ({"embed_dim": 32}, {}),
     "tin": ({"embed_dim": 32}, {}),
-    "qin": ({"embed_dim": 128, "num_layers": 4, "num_rows": 4, "dropout": 0.1}, {"lr": 0.002}),
+    "qin": ({"embed_dim": 32, "num_layers": 4, "num_rows": 4, "dropout": 0.1}, {"lr": 0.002}),
 }
 ARMS = {"id+side": [], "+text": None}
 
