@@ -156,8 +156,10 @@ def missing_content_curve(cfg, task, run_dir: Path, shares=(0.0, 0.25, 0.5, 0.75
 
 
 @torch.no_grad()
-def topk_streamers(data, task, models: dict, n_users: int, k: int = 10, seed: int = 0) -> dict:
-    """Recall/Precision/NDCG@k of ranking every streamer live in the test period for test gifters."""
+def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0) -> dict:
+    """Recall/Precision/NDCG@k of ranking every streamer live in the test period for test gifters.
+    `models`: name -> (model, its task); the tasks share vocabularies and splits (same data and split)."""
+    task = next(iter(models.values()))[1]
     t0 = int(task.splits["test"].times.min())
     streamer = task.collator.item_side.categorical["streamer_id"]
     items = data.items
@@ -187,12 +189,12 @@ def topk_streamers(data, task, models: dict, n_users: int, k: int = 10, seed: in
         users = np.sort(rng.choice(users, n_users, replace=False))
     cut = task.history.cut_before(users, np.full(len(users), t0, np.int64))
     res = {}
-    for name, model in models.items():
+    for name, (model, mtask) in models.items():
         hits = {"recall": [], "precision": [], "ndcg": []}
         for u, c in zip(users, cut, strict=True):
             n = len(cands)
             s = SampleSet(np.full(n, u), cands, np.full(n, t0, np.int64), np.full(n, c), np.zeros(n, np.float32))
-            scores = model(task.collate(s, train=False)).numpy()
+            scores = model(mtask.collate(s, train=False)).numpy()
             top = codes[np.argsort(-scores, kind="stable")[:k]]
             rel = relevant[int(u)]
             gain = np.array([1.0 if a in rel else 0.0 for a in top])
@@ -289,6 +291,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--topk-users", type=int, default=300)
+    ap.add_argument("--reuse", action="store_true", help="keep runs of the work folder that finished with the same seeds")
     ap.add_argument("--work", default=str(ROOT / "benchmarks/.work/livestream"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/livestream.json"))
     args = ap.parse_args()
@@ -312,7 +315,11 @@ def main() -> None:
     for v in variants:
         cfg = config_for(v, args, seeds if v in MAIN else ablation_seeds)
         t1 = time.perf_counter()
-        m = train_run(cfg, work / v, data=data, report=False)
+        done = work / v / "metrics.json"
+        if args.reuse and done.exists() and json.loads(done.read_text()).get("seeds") == cfg.seeds:
+            m = json.loads(done.read_text())  # a finished run of an earlier invocation (--reuse)
+        else:
+            m = train_run(cfg, work / v, data=data, report=False)
         run_dirs.append(work / v)
         cfgs[v] = cfg
         results["runs"][v] = {"seeds": cfg.seeds, "test": m["test"], "valid": m["valid"], "timing": m["timing"],
@@ -323,10 +330,13 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=2))
 
     # ---- analyses on the test split
-    graph_key = lambda v: VARIANTS[v][2]
-    for g in {graph_key(v) for v in variants}:
-        tasks[g] = prepare_task(data, cfgs[next(v for v in variants if graph_key(v) == g)].task)
-    any_task = next(iter(tasks.values()))
+    def task_of(v: str):  # one prepared task per distinct task config (variants share most of them)
+        key = cfgs[v].task.model_dump_json()
+        if key not in tasks:
+            tasks[key] = prepare_task(data, cfgs[v].task)
+        return tasks[key]
+
+    any_task = task_of(variants[0])
     s = any_task.splits["test"]
     rows = any_task.events.take(any_task.split_rows["test"])
     p_true = np.clip(rows["p_true"].to_numpy(zero_copy_only=False).astype(np.float64), 1e-9, 1 - 1e-9)
@@ -336,15 +346,14 @@ def main() -> None:
     results["bucket_sizes"] = {k: int(m.sum()) for k, m in masks.items()}
     results["buckets"] = {"ground truth": bucket_metrics(s.labels, np.log(p_true / (1 - p_true)), s.users, masks)}
     for v in variants:
-        task = tasks[graph_key(v)]
-        logits[v] = test_logits(cfgs[v], task, work / v)
+        logits[v] = test_logits(cfgs[v], task_of(v), work / v)
         results["buckets"][v] = bucket_metrics(s.labels, logits[v], s.users, masks)
     if "mmbee" in variants:
-        results["missing_content"] = missing_content_curve(cfgs["mmbee"], tasks[True], work / "mmbee")
-    models = {v: model_of(cfgs[v], tasks[graph_key(v)], work / v, cfgs[v].seeds[0]) for v in MAIN if v in variants}
-    if models and args.topk_users > 0:
-        task = tasks.get(True, any_task)
-        results["topk"] = topk_streamers(data, task, models, args.topk_users)
+        results["missing_content"] = missing_content_curve(cfgs["mmbee"], task_of("mmbee"), work / "mmbee")
+    if args.topk_users > 0 and all(v in variants for v in MAIN):
+        # both models score the same (user, streamer) pairs; each reads its own task's side tables
+        results["topk"] = topk_streamers(data, {v: (model_of(cfgs[v], task_of(v), work / v, cfgs[v].seeds[0]),
+                                                    task_of(v)) for v in MAIN}, args.topk_users)
     results["finished"] = datetime.now(UTC).isoformat()
     results["plots"] = plots(results, out.parent)
     out.write_text(json.dumps(results, indent=2))
