@@ -172,7 +172,7 @@ def data_import(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where to write the demo runs."),
-    epochs: int = typer.Option(4, help="Epochs per model."),
+    epochs: int = typer.Option(3, help="Epochs per model."),
     world: str = typer.Option("livestream", help="livestream (gift prediction: SIM vs MMBee on a simulated "
                               "platform with frames, speech and comments) or ctr (click prediction on text items)."),
 ) -> None:

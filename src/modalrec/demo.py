@@ -1,6 +1,7 @@
 """`modalrec demo` / `make demo`: the main job on built-in data, no downloads, minutes on 2 cores.
 
-The default world is the simulated live-streaming platform (`sim.livestream`, preset `demo`): streams
+The default world is the simulated live-streaming platform (`sim.livestream`, preset `demo` with 2,000
+users: ~35k watches, ~700 gifts, 40 streamers): streams
 split into segments with real frames (photos + overlays), espeak-ng speech and viewer comments; users
 watch, comment, like and sometimes send gifts. The demo
 1. simulates it (cached under $MODALREC_CACHE or ~/.cache/modalrec; ~30 s the first time),
@@ -32,7 +33,10 @@ CTR_MODELS = ("popularity", "lr", "dcnv2", "din")
 LIVE_ENCODE = {"image": "efficientnet", "audio": ["mfcc"], "text": "minilm"}
 
 
-def live_config(model: str, epochs: int, preset: str = "demo") -> RunConfig:
+DEMO_USERS = 2000  # the demo preset's 40 streamers with 2,000 viewers: ~35k watches, ~700 gifts
+
+
+def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | None = DEMO_USERS) -> RunConfig:
     """configs/livestream/{sim,mmbee}.yaml for the demo (speech as MFCC statistics only)."""
     mmbee = model == "mmbee"
     task = {"kind": "ctr", "label_column": "label", "sample_channels": ["watch"], "history_channels": ["watch"],
@@ -48,9 +52,10 @@ def live_config(model: str, epochs: int, preset: str = "demo") -> RunConfig:
         params = {"embed_dim": 32, "use_content": False, "top_k": 20, "short_len": 20}
     return RunConfig.model_validate({
         "name": f"demo-live-{model}",
-        "data": {"source": "livestream", "params": {"preset": preset}, "encode": LIVE_ENCODE},
+        "data": {"source": "livestream", "params": {"preset": preset} | ({"n_users": n_users} if n_users else {}),
+                 "encode": LIVE_ENCODE},
         "task": task, "model": {"name": model, "params": params},
-        "train": {"epochs": epochs, "batch_size": 512, "lr": 2e-3, "patience": 1},
+        "train": {"epochs": epochs, "batch_size": 1024, "lr": 2e-3, "patience": 1},
         "seeds": [0],
     })
 
@@ -77,7 +82,7 @@ def _export(run_dir: Path, out: Path, data) -> None:
         warnings.warn(f"serving bundle not written ({e}): install the serving extras, pip install 'modalrec[serve]'")
 
 
-def run_demo(out: Path = Path("runs/demo"), epochs: int = 4, world: str = "livestream") -> Path:
+def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "livestream") -> Path:
     out = Path(out)
     if world == "ctr":
         from .sim.demo import generate
