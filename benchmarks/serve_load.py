@@ -11,9 +11,10 @@ Latency is measured by the client from the request's scheduled start (so time a 
 free connection counts: no coordinated omission) to the end of the response. The clients run on the
 same machine as the service and share its cores.
 
-Bundles: `--bundle PATH` (default runs/demo/bundle, from `make demo`; the demo model reads 30 history
-events), or `--build MODEL` to train MODEL on the demo world with `--max-history` (default 100) for
-`--epochs` and export it under benchmarks/.work/serve_load/ first.
+Bundles: `--bundle PATH` (default runs/demo/bundle, from `make demo`: the live-streaming world's SIM
+ranker, 50 history events), or `--build MODEL` to train MODEL on the click-through demo world
+(`modalrec demo --world ctr`'s data) with `--max-history` (default 100) for `--epochs` and export it
+under benchmarks/.work/serve_load/ first.
 
 Writes benchmarks/results/serve_load.json and prints p50/p99/throughput.
 Run: .venv/bin/python benchmarks/serve_load.py --build din --rate 50 --duration 20
@@ -45,14 +46,14 @@ KEY = "serve-load-benchmark"
 
 
 def build_bundle(model: str, max_history: int, epochs: int) -> Path:
-    from modalrec.demo import demo_config
+    from modalrec.demo import ctr_config
     from modalrec.serve.bundle import export_bundle
     from modalrec.sim.demo import generate
     from modalrec.train.run import train_run
 
     run = WORK / f"run-{model}-h{max_history}"
     bundle = WORK / f"bundle-{model}-h{max_history}"
-    cfg = demo_config(model, epochs).model_copy(deep=True)
+    cfg = ctr_config(model, epochs).model_copy(deep=True)
     cfg.task.max_history = max_history
     cfg.train.progress = False
     cfg.train.num_threads = 1
