@@ -539,3 +539,25 @@ def test_service_on_redis(served, redis_server):
         assert r.json()["accepted"] == 3
         after = c.post("/recommend", json={"user": "rnew", "k": 5}).json()
         assert after["history_length"] == 3 and after["items"] != before["items"]
+
+
+def test_retrieval_brings_the_groups_of_recent_items_first(served, tmp_path):
+    """Group retrieval: items sharing the first item categorical feature with the user's recent items (the
+    streamer of a watched segment, say) come first, most popular first, then ANN and popular items."""
+    from modalrec.serve.bundle import load_bundle
+    from modalrec.serve.service import Scorer
+    from modalrec.serve.state import open_state
+
+    bundle = load_bundle(served["bundle"])
+    scorer = Scorer(bundle, open_state(f"sqlite:///{tmp_path / 's.sqlite'}"))
+    assert scorer.group is not None
+    group = scorer.group
+    item = int(np.flatnonzero(group > 0)[0])
+    cand, n_hist = scorer.retrieve(np.array([item]), 12, exclude={item})
+    same = [int(i) for i in bundle.popular if group[i] == group[item] and i != item]
+    head = cand[: len(same[:3])].tolist()
+    assert head == same[: len(head)] and len(head) > 0  # the group's most popular members lead
+    assert item not in cand.tolist() and n_hist >= len(head) and len(cand) == 12
+    # no history: popular items only
+    cold, n0 = scorer.retrieve(np.zeros(0, np.int64), 5, exclude=set())
+    assert n0 == 0 and cold.tolist() == [int(i) for i in bundle.popular[:5]]

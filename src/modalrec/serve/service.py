@@ -139,6 +139,10 @@ class Scorer:
                                   "with_time": bundle.with_time}
         self.n_items = bundle.schema.n_items
         self.fast_paths = with_serving_fast_paths(bundle.model) if fast_paths else 0
+        # group retrieval: items sharing the first item categorical feature (the streamer of a live segment, a
+        # movie's category; SIM's hard-search key) with the user's recent items, most popular first
+        cats = bundle.item_side.categorical
+        self.group = next(iter(cats.values())) if cats else None
 
     # ids
     def user_index(self, user: str) -> int:
@@ -222,12 +226,23 @@ class Scorer:
 
     # retrieval
     def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
-        """Up to `n` candidates: nearest items to the recent items' mean vector, then popular ones."""
+        """Up to `n` candidates: a quarter from the groups of the recent items (same first categorical
+        feature, e.g. the streamers the user just watched or gifted: their other segments), then the nearest
+        items to the recent items' mean vector, then popular ones. Returns (candidates, how many came from
+        the user's history: group + ANN)."""
         b = self.bundle
         out: list[int] = []
         seen = set(exclude)
         seen.add(0)
         n = min(n, self.n_items - 1)
+        if self.group is not None and len(query_items):
+            codes = set(self.group[query_items[-self.retrieval_history:]].tolist()) - {0}
+            if codes:
+                same = b.popular[np.isin(self.group[b.popular], list(codes))]
+                for item in same[: max(1, n // 4)].tolist():
+                    if item not in seen:
+                        out.append(int(item))
+                        seen.add(int(item))
         n_ann = 0
         if b.index is not None and b.item_vectors is not None and len(query_items):
             recent = query_items[-self.retrieval_history:]
@@ -246,6 +261,7 @@ class Scorer:
                         if len(out) >= want:
                             break
                 n_ann = len(out)
+        n_ann = max(n_ann, len(out))
         for item in b.popular:
             if len(out) >= n:
                 break
