@@ -104,7 +104,12 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "lives
     runs = []
     for model in ("sim", "mmbee"):
         run_dir = out if model == "mmbee" else out / "compare" / model
-        train_run(live_config(model, epochs), run_dir, data=data, report=False)
+        cfg = live_config(model, epochs)
+        if model == "mmbee":  # without espeak-ng the speech is a transcript: speech_emb instead of speech_mfcc
+            have = {m.name for m in data.spec.modalities}
+            cfg.model.params["modalities"] = [m for m in ("frames_emb", "comments_emb", "speech_mfcc", "speech_emb")
+                                              if m in have]
+        train_run(cfg, run_dir, data=data, report=False)
         runs.append(run_dir)
     (out / "ground_truth.json").write_text(json.dumps(_ceiling(data, live_config("sim", epochs)), indent=2))
     report = write_report(runs, out / "report.html",
