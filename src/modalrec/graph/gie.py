@@ -41,6 +41,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data.errors import DataError, Problem
+from ..train.checkpoint import _atomic_write_bytes
 from .graphcl import GraphCLParams, pretrain_graphcl
 from .swing import CSR, U2AGraph, build_u2a, gather_rows, swing, topk_rows
 
@@ -270,9 +271,9 @@ class GraphExpansion:
             tensors["user_emb"], tensors["streamer_emb"] = self.user_emb, self.streamer_emb
         meta = {"format": FORMAT, "version": VERSION, "n_users": self.n_users, "n_streamers": self.n_streamers,
                 "config": self.cfg.model_dump(mode="json"), "stats": self.stats}
-        _atomic_write(directory / TENSORS_FILE,
+        _atomic_write_bytes(directory / TENSORS_FILE,
                       lambda p: save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(p)))
-        _atomic_write(directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
+        _atomic_write_bytes(directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
         return directory
 
     @classmethod
@@ -329,9 +330,3 @@ def _indices(name: str, idx: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
     return a
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
