@@ -73,7 +73,8 @@ def config_for(variant: str, args, seeds: list[int]):
     cfg = load_config(CONFIGS / file, [
         f"name=live-{variant}", f"seeds={json.dumps(seeds)}", f"train.epochs={args.epochs}",
         "train.progress=false", f"train.num_threads={args.threads}",
-        f"data.params={json.dumps(data_params(args))}", f"task.graph.enabled={json.dumps(graph)}"])
+        f"data.params={json.dumps(data_params(args))}", f"task.graph.enabled={json.dumps(graph)}"]
+        + [o for o in args.set if variant != "sim" or not o.startswith("model.")])
     cfg.model.params.update(params)
     return cfg
 
@@ -220,8 +221,9 @@ def plots(results: dict, out_dir: Path) -> list[str]:
         x = [c["share_without_content"] for c in curve]
         for key in ("auc", "gauc"):
             ax.plot(x, [c[key] for c in curve], marker="o", label=f"MMBee {key.upper()}")
-        sim = results["runs"]["sim"]["test"]
-        ax.axhline(sim["auc"]["mean"], ls="--", c="gray", label="SIM AUC (no content)")
+        if "sim" in results["runs"]:
+            sim = results["runs"]["sim"]["test"]
+            ax.axhline(sim["auc"]["mean"], ls="--", c="gray", label="SIM AUC (no content)")
         ax.set_xlabel("share of test segments without content")
         ax.set_ylabel("test metric")
         ax.legend(fontsize=8)
@@ -268,8 +270,9 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{r[g]['gauc']:.4f}" if g in r else "-" for g in groups) + " |")
     c = results.get("missing_content")
     if c:
-        lines += ["", "| share of test segments without content | AUC | GAUC |", "|---|---|---|"]
-        lines += [f"| {x['share_without_content']:.2f} | {x['auc']:.4f} | {x['gauc']:.4f} |" for x in c]
+        lines += ["", "| share of test segments without content | AUC | GAUC | logloss |", "|---|---|---|---|"]
+        lines += [f"| {x['share_without_content']:.2f} | {x['auc']:.4f} | {x['gauc']:.4f} | {x['logloss']:.4f} |"
+                  for x in c]
     k = results.get("topk")
     if k:
         s = k["setting"]
@@ -291,6 +294,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--topk-users", type=int, default=300)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every variant (model.* ones skip the SIM baseline), e.g. "
+                    "--set model.params.modality_dropout=0.1")
     ap.add_argument("--reuse", action="store_true", help="keep runs of the work folder that finished with the same seeds")
     ap.add_argument("--work", default=str(ROOT / "benchmarks/.work/livestream"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/livestream.json"))

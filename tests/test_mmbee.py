@@ -576,3 +576,33 @@ def test_target_scope_fuses_only_the_targets(task):
     out = tgt.train()(lean)
     out.sum().backward()
     assert tgt.mfq.queries.grad is not None and tgt.mfq.queries.grad.abs().sum() > 0
+
+
+def test_modality_and_segment_dropout_act_in_training_only(task):
+    """modality_dropout / segment_dropout clear token masks of random segments while training (drawn from torch's
+    seeded generator), leave evaluation untouched, and at 0 change nothing."""
+    batch = train_batch(task)
+    torch.manual_seed(0)
+    plain = build_model("mmbee", task.schema, params(use_gie=False))
+    torch.manual_seed(0)
+    drop = build_model("mmbee", task.schema, params(use_gie=False, modality_dropout=0.5, segment_dropout=0.3))
+    drop.load_state_dict(plain.state_dict())
+    plain.eval(), drop.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(drop(batch), plain(batch), rtol=0, atol=0)  # evaluation: no dropout
+    masks = {n: batch.uniq_side[f"{n}:mask"] for n in drop.token_names}
+    drop.train()
+    torch.manual_seed(1)
+    a = drop._drop(masks)
+    torch.manual_seed(1)
+    assert all(torch.equal(a[n], b) for n, b in drop._drop(masks).items())  # seeded: reproducible
+    for n, m in masks.items():
+        assert not (a[n] & ~m).any()  # never turns padding into a token
+        kept = a[n].any(1)[m.any(1)].float().mean()
+        assert 0.1 < float(kept) < 0.6  # ~ (1 - 0.3) * (1 - 0.5) = 0.35 of the present segments keep it
+    # whole segments: some segments lose every modality at once while training
+    present = torch.stack([m.any(1) for m in masks.values()], 1).any(1)
+    left = torch.stack([m.any(1) for m in a.values()], 1).any(1)
+    assert (present & ~left).any()
+    plain.train()
+    assert plain._drop(masks) is masks  # 0 / 0: identity

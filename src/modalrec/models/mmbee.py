@@ -92,6 +92,13 @@ class MMBee(SIM):
         mfq_layers: int = Field(1, ge=0)
         mfq_pool: Pool = "flatten"
         mfq_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        modality_dropout: float = Field(
+            0.0, ge=0.0, lt=1.0, description="training only: each content modality of each fused segment is made "
+            "absent with this probability (its token mask cleared), so the model learns to score segments that lack "
+            "it instead of meeting that situation first at serving time")
+        segment_dropout: float = Field(
+            0.0, ge=0.0, lt=1.0, description="training only: every content modality of a fused segment is made absent "
+            "at once with this probability (it gets MFQ's learned 'no content' vector)")
         decorrelate: bool = True
         streamer_conditioned: bool = True  # MFQ queries + MLP(streamer embedding)
         mfq_scope: Literal["all", "target"] = Field(
@@ -207,7 +214,22 @@ class MMBee(SIM):
             present = presence.get(name)
             present = torch.isfinite(x).all(-1) if present is None else present.to(torch.bool)
             tokens[name], masks[name] = x.unsqueeze(1), present.unsqueeze(1)
-        return tokens, masks
+        return tokens, self._drop(masks)
+
+    def _drop(self, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training-time modality / segment dropout (`modality_dropout`, `segment_dropout`): clears token masks of
+        randomly chosen segments, drawn from torch's generator (so seeded runs and --resume stay exact)."""
+        p_mod, p_seg = self.config.modality_dropout, self.config.segment_dropout
+        if not self.training or not masks or (p_mod == 0.0 and p_seg == 0.0):
+            return masks
+        first = next(iter(masks.values()))
+        n, device = first.shape[0], first.device
+        keep_segment = torch.rand(n, 1, device=device) >= p_seg
+        out = {}
+        for name, m in masks.items():
+            keep = keep_segment & (torch.rand(n, 1, device=device) >= p_mod) if p_mod > 0.0 else keep_segment
+            out[name] = m & keep
+        return out
 
     def forward(self, batch: Batch) -> torch.Tensor:
         target, hist = self.item_vectors(batch)
