@@ -166,7 +166,15 @@ class Collator:
         times: np.ndarray | None = None,
         labels: np.ndarray | None = None,
     ) -> Batch:
-        hist, mask, pos = self.history.window(users, cut, self.max_history)
+        b = len(items)
+        # One shared sequence (a service request: one user's history against C candidates at one time):
+        # the history is windowed, gathered and deduplicated ONCE and every (B, L, ...) history tensor is a
+        # stride-0 view of that row (`torch.expand`), identical in value to B copies. ItemEncoder.encode and
+        # the serving attention fast path see the zero stride and do the per-history work once.
+        shared = (b > 1 and bool((users == users[0]).all()) and bool((cut == cut[0]).all())
+                  and (times is None or bool((times == times[0]).all())))
+        rows = 1 if shared else b
+        hist, mask, pos = self.history.window(users[:rows], cut[:rows], self.max_history)
         tgt_side, tgt_pres = self.item_side.gather(items, tokens=True)
         # history: ids and small categorical features per position; content vectors only per
         # distinct item (a (B, L, D) float copy would dominate memory and time for text embeddings)
@@ -174,27 +182,30 @@ class Collator:
         uniq, inv = np.unique(np.concatenate([items, hist.ravel()]), return_inverse=True)
         u_side, u_pres = self.item_side.gather(uniq, tokens=self.token_scope == "all")
         h_pres = {name: torch.from_numpy(arr[hist]) for name, arr in self.item_side.presence.items()}
-        b = len(items)
         hist_time = None
         if self.with_time and times is not None:
-            dt = times[:, None] - self.history.times[pos]
+            dt = times[:rows, None] - self.history.times[pos]
             hist_time = torch.from_numpy(np.where(mask, dt, 0).astype(np.float32))
+
+        def rows_of(t: Tensor) -> Tensor:
+            return t.expand(b, *t.shape[1:]) if shared else t
+
         u = torch.from_numpy(users.astype(np.int64))
         return Batch(
             user=u,
             item=torch.from_numpy(items.astype(np.int64)),
-            hist=torch.from_numpy(hist),
-            hist_mask=torch.from_numpy(mask),
+            hist=rows_of(torch.from_numpy(hist)),
+            hist_mask=rows_of(torch.from_numpy(mask)),
             item_side=tgt_side,
-            hist_side=h_side,
+            hist_side={k: rows_of(v) for k, v in h_side.items()},
             presence=tgt_pres,
-            hist_presence=h_pres,
-            hist_time=hist_time,
+            hist_presence={k: rows_of(v) for k, v in h_pres.items()},
+            hist_time=None if hist_time is None else rows_of(hist_time),
             label=None if labels is None else torch.from_numpy(labels.astype(np.float32)),
             group=u,
             uniq=torch.from_numpy(uniq.astype(np.int64)),
             uniq_side=u_side,
             uniq_presence=u_pres,
             item_pos=torch.from_numpy(inv[:b].astype(np.int64)),
-            hist_pos=torch.from_numpy(inv[b:].reshape(hist.shape).astype(np.int64)),
+            hist_pos=rows_of(torch.from_numpy(inv[b:].reshape(hist.shape).astype(np.int64))),
         )

@@ -98,7 +98,14 @@ class ItemEncoder(nn.Module):
         if batch.uniq is None:
             return self.target(batch), self.history(batch)
         table = self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
-        return table[batch.item_pos], table[batch.hist_pos]
+        return table[batch.item_pos], self._gather_history(table, batch.hist_pos)
+
+    @staticmethod
+    def _gather_history(table: torch.Tensor, hist_pos: torch.Tensor) -> torch.Tensor:
+        """table[hist_pos]; a shared history (the collate's stride-0 rows) is gathered once and expanded."""
+        if hist_pos.dim() == 2 and hist_pos.shape[0] > 1 and hist_pos.stride(0) == 0:
+            return table[hist_pos[:1]].expand(hist_pos.shape[0], -1, -1)
+        return table[hist_pos]
 
     def target(self, batch: Batch) -> torch.Tensor:
         """(B, out_dim) for the target items `batch.item` (their side features are always in the batch,
@@ -108,5 +115,6 @@ class ItemEncoder(nn.Module):
     def history(self, batch: Batch) -> torch.Tensor:
         """(B, L, out_dim) for every history position; padded positions hold arbitrary values."""
         if batch.uniq is not None:
-            return self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")[batch.hist_pos]
+            return self._gather_history(self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side"),
+                                        batch.hist_pos)
         return self(batch.hist, batch.hist_side, batch.hist_presence, "hist_side")
