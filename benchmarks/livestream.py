@@ -7,8 +7,10 @@ time cut 70/10/20, histories of the user's earlier watches (at most 50).
 
 Runs, each through `modalrec.train.run.train_run` (the path of `modalrec train`):
 - `sim` and `mmbee` over `--seeds` (default 0,1,2);
-- ablations over `--ablation-seeds` (default 0): `mmbee-no-mfq`, `mmbee-no-gie`, and MMBee with one
-  content modality at a time (`mmbee-frames`, `mmbee-speech`, `mmbee-comments`).
+- ablations over `--ablation-seeds` (default 0): `mmbee-no-mfq`, `mmbee-no-gie`; MMBee with one content
+  modality at a time (`mmbee-frames`, `mmbee-speech`, `mmbee-comments`) over `--modality-seeds` (default 0).
+- `--variants` picks a subset; processes given disjoint subsets and one `--work` folder can train in
+  parallel, and a last one with `--reuse` and every variant collects them and runs the analyses.
 
 Analyses on the test split (the best checkpoint of every seed, logits averaged over seeds):
 - AUC, UAUC, GAUC, logloss of every run, and of the simulator's ground-truth probabilities
@@ -59,6 +61,7 @@ VARIANTS = {  # name -> (config file, model params overrides, graph enabled)
     "mmbee-comments": ("mmbee.yaml", {"modalities": ["comments_emb"]}, True),
 }
 MAIN = ("sim", "mmbee")
+ABLATIONS = ("mmbee-no-mfq", "mmbee-no-gie")
 KEYS = ("auc", "uauc", "gauc", "logloss")
 
 
@@ -289,7 +292,8 @@ def main() -> None:
     ap.add_argument("--preset", default="bench")
     ap.add_argument("--users", type=int, default=0, help="override the preset's number of users")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--ablation-seeds", default="0")
+    ap.add_argument("--ablation-seeds", default="0", help="seeds of mmbee-no-mfq and mmbee-no-gie")
+    ap.add_argument("--modality-seeds", default="0", help="seeds of the one-modality variants")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
@@ -304,6 +308,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
+    modality_seeds = [int(s) for s in args.modality_seeds.split(",")]
     work, out = Path(args.work), Path(args.out)
     variants = [v for v in args.variants.split(",") if v]
     results: dict = {"benchmark": "livestream", "started": datetime.now(UTC).isoformat(),
@@ -319,7 +324,7 @@ def main() -> None:
 
     tasks, cfgs, run_dirs, logits = {}, {}, [], {}
     for v in variants:
-        cfg = config_for(v, args, seeds if v in MAIN else ablation_seeds)
+        cfg = config_for(v, args, seeds if v in MAIN else ablation_seeds if v in ABLATIONS else modality_seeds)
         t1 = time.perf_counter()
         done = work / v / "metrics.json"
         if args.reuse and done.exists() and json.loads(done.read_text()).get("seeds") == cfg.seeds:
