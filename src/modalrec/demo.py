@@ -12,7 +12,9 @@ watch, comment, like and sometimes send gifts. The demo
 3. trains the SIM base ranker and MMBee (SIM + MFQ over the watched segment's content + GIE over the
    gifting graphs) on gift-through-rate, and writes runs/demo (MMBee), runs/demo/compare/sim, and
    runs/demo/report.html with both side by side next to the ground-truth ceiling;
-4. exports runs/demo/bundle: the serving bundle of the SIM run (`modalrec serve runs/demo/bundle`).
+4. exports runs/demo/bundle: the serving bundle of the MMBee run, token tables and gifting graphs
+   included, so a gift sent to the service changes that user's expansion at the next request
+   (`modalrec serve runs/demo/bundle`).
 
 `world="ctr"` runs the earlier click-through demo instead (text items, Popularity/LR/DCNv2/DIN).
 """
@@ -46,7 +48,8 @@ def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | No
         task |= {"token_modalities": ["frames_emb", "comments_emb"], "max_tokens": 8, "token_scope": "target",
                  "graph": {"enabled": True, "gie": {"pretrain_epochs": 10, "progress": False}}}
         params = {"embed_dim": 32, "use_content": False, "modalities": ["frames_emb", "comments_emb", "speech_mfcc"],
-                  "mfq_scope": "target", "top_k": 20, "short_len": 20}
+                  "mfq_scope": "target", "top_k": 20, "short_len": 20,
+                  "modality_dropout": 0.15, "segment_dropout": 0.1}  # as configs/livestream/mmbee.yaml
     else:
         task |= {"vector_modalities": [], "token_modalities": []}
         params = {"embed_dim": 32, "use_content": False, "top_k": 20, "short_len": 20}
@@ -114,7 +117,7 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "lives
     (out / "ground_truth.json").write_text(json.dumps(_ceiling(data, live_config("sim", epochs)), indent=2))
     report = write_report(runs, out / "report.html",
                           title="modalrec demo: live-stream gift prediction, SIM vs MMBee (simulated platform)")
-    _export(out / "compare" / "sim", out / "bundle", data)
+    _export(out, out / "bundle", data)
     return report
 
 

@@ -330,3 +330,87 @@ def _indices(name: str, idx: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
     return a
 
 
+
+
+# ------------------------------------------------------------------------------------ online (serving)
+
+
+def gift_totals(users: np.ndarray, streamers: np.ndarray, weights: np.ndarray | None, n_users: int,
+                n_streamers: int, mode: str) -> CSR:
+    """The U2A graph before its weighting: per (user, streamer) pair, the number of gifts (weight modes
+    'count' and 'binary') or the sum of their weights ('value'); rows are users. `build_u2a` of these
+    totals (as 'value' triples, or 'binary') is the graph `GraphExpansion.fit` builds from the triples,
+    and a user's new gifts are added to their row (`OnlineExpansion`)."""
+    if mode == "value":
+        if weights is None:
+            raise ValueError("weight mode 'value' needs weights (e.g. gift prices), got None")
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    else:
+        w = np.ones(len(users), dtype=np.float64)
+    return CSR.from_coo(users, streamers, w, n_users, n_streamers)
+
+
+def u2a_of_totals(totals: CSR, mode: str, log_scale: bool) -> U2AGraph:
+    """`build_u2a` over per-pair totals (`gift_totals`): the same edges and weights, to the bit, as
+    `build_u2a` over the gift triples they sum."""
+    return build_u2a(totals.rows_of_entries(), totals.indices, totals.data, totals.n_rows, totals.n_cols,
+                     "binary" if mode == "binary" else "value", log_scale)
+
+
+class OnlineExpansion:
+    """U->A->A of one user recomputed at serving time: the user's training-period gift totals (the
+    rows of `totals`) plus gifts the service received since, walked through the fitted A2A (Swing)
+    graph with exactly `expand_users`' weighting, normalisation and top-K. The A2A graph itself stays
+    as fitted (it describes the streamers' audiences, which one user's new gifts barely move).
+
+    A user's row of `two_hop` depends only on that user's entries (in their order), so a user without
+    new gifts gets their offline row bit for bit; `matches_offline` checks that for every user."""
+
+    def __init__(self, expansion: GraphExpansion, totals: CSR):
+        if totals.n_rows != expansion.n_users or totals.n_cols != expansion.n_streamers:
+            raise ValueError(f"gift totals of shape ({totals.n_rows}, {totals.n_cols}); expected "
+                             f"({expansion.n_users}, {expansion.n_streamers}) as the expansion")
+        self.expansion = expansion
+        self.totals = totals
+        self.cfg = expansion.cfg
+        self._second = _row_normalised(expansion.a2a)
+
+    @property
+    def n_streamers(self) -> int:
+        return self.expansion.n_streamers
+
+    def offline(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted (K,) row of a user index (0 or out of range: padding)."""
+        e = self.expansion
+        if 0 < user < e.n_users:
+            return e.user_seq[user], e.user_w[user]
+        return np.zeros(e.expansion_length, np.int64), np.zeros(e.expansion_length, np.float32)
+
+    def expand(self, user: int, streamers: np.ndarray, amounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K,) streamer codes and scores of user index `user` (0: a user unknown to the graph) after new
+        gifts to `streamers` (codes; 0 = unknown, ignored) of `amounts` each (1 per gift, or its value
+        with weight mode 'value'; negative or non-finite amounts count 0)."""
+        t = self.totals
+        s0, a0 = t.row(user) if 0 < user < t.n_rows else (np.zeros(0, np.int64), np.zeros(0))
+        new_s = np.asarray(streamers, dtype=np.int64).reshape(-1)
+        new_a = np.asarray(amounts, dtype=np.float64).reshape(-1)
+        new_a = np.where(np.isfinite(new_a) & (new_a > 0), new_a, 0.0)
+        ok = (new_s > 0) & (new_s < self.n_streamers)
+        s = np.concatenate([s0, new_s[ok]])
+        a = np.concatenate([a0.astype(np.float64), new_a[ok]])
+        k = self.expansion.expansion_length
+        if not len(s):
+            return np.zeros(k, np.int64), np.zeros(k, np.float32)
+        # a two-row graph: row 0 is the padding user, row 1 this one
+        one = CSR.from_coo(np.ones(len(s), np.int64), s, a, 2, self.n_streamers)
+        graph = u2a_of_totals(one, self.cfg.weight_mode, self.cfg.log_scale)
+        seq, w = two_hop(_row_normalised(graph.by_user), self._second, k,
+                         exclude=graph.by_user if self.cfg.exclude_gifted else None)
+        return seq[1], w[1]
+
+    def matches_offline(self) -> bool:
+        """Whether the totals reproduce the fitted U->A->A table exactly (every user, no new gifts)."""
+        graph = u2a_of_totals(self.totals, self.cfg.weight_mode, self.cfg.log_scale)
+        seq, w = two_hop(_row_normalised(graph.by_user), self._second, self.expansion.expansion_length,
+                         exclude=graph.by_user if self.cfg.exclude_gifted else None)
+        return bool(np.array_equal(seq, self.expansion.user_seq) and np.array_equal(w, self.expansion.user_w))

@@ -6,21 +6,30 @@ checkpoint and writes:
 
     manifest.json              format version, provenance, retrieval settings, sha256 + size of every file
     config.yaml                the run's fully resolved config
-    schema.json                model Schema (plain fields), collator settings, history channels
-    schema.safetensors         Schema arrays (item_counts, item_positive_rate, user_counts, ...)
+    schema.json                model Schema (plain fields; item_tokens as [T, dim] lists), collator settings
+                               (max_history, with_time, token_scope), history channels, graph settings
+    schema.safetensors         Schema arrays (item_counts, item_positive_rate, user_counts, ...) and array
+                               dicts as `field.key` (graph_init.streamer, graph_init.user)
     model.safetensors          model weights (state_dict)
     vocab_users.json           raw user ids; the id at position i has index i + 1 (0 = unknown)
     vocab_items.json           raw item ids, same convention
     item_side.safetensors      the ItemSide arrays: categorical.*, multi.*, dense.* (the content
-                               vectors), presence.* (True where a modality is present)
+                               vectors), presence.* (True where a modality is present), tokens.* and
+                               token_mask.* (the token tables of multi-valued content, dtype kept)
     history.safetensors        seed state: every known user's last max_history history events (CSR:
                                ptr, items, times), so known users are not cold at first start
     item_vectors.safetensors   one retrieval vector per item index (row 0 = padding, zero)
     items.faiss                faiss inner-product index over the L2-normalised vectors of rows 1..n-1
                                (faiss' own binary format, written by faiss.write_index; no pickle)
+    graph/gie.safetensors      with task.graph.enabled (MMBee's GIE): the fitted GraphExpansion
+    graph/gie.json             (GraphExpansion.save: expansions, Swing A2A graph, embeddings; config)
+    graph/gifts.safetensors    the training-period gift totals per (user, streamer) (CSR by user: indptr,
+                               streamers, totals), from which the service recomputes a user's U->A->A
+                               expansion when new gifts arrive (`graph.gie.OnlineExpansion`)
 
 `load_bundle(path)` verifies every hash first and names the file that does not match; then it reads
-only safetensors, JSON, YAML (safe_load) and the faiss index.
+only safetensors, JSON, YAML (safe_load) and the faiss index. Format version 2 added the token tables,
+item_tokens / graph_init, token_scope and graph/; version-1 bundles (which have none of them) still load.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -47,13 +56,18 @@ from .. import __version__
 from ..config import RunConfig, dump_config
 from ..data.batch import History, ItemSide
 from ..data.errors import DataError, Problem
+from ..graph.gie import GraphExpansion, OnlineExpansion, gift_totals
+from ..graph.swing import CSR
 from ..models import build_model
 from ..models.base import Model, Schema
 from ..nn.item_encoder import ItemEncoder
 from ..tasks.base import Vocab
 
 FORMAT = "modalrec-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+GRAPH_DIR = "graph"
+GIFTS_FILE = "gifts.safetensors"
 SERVABLE_TASKS = ("ctr", "topk")
 # Flat exact search up to this many items (a few ms at 1M x 64 would already be too slow); HNSW above.
 FLAT_INDEX_MAX_ITEMS = 200_000
@@ -83,6 +97,8 @@ class Bundle:
     item_vectors: np.ndarray | None  # (n_items, d) float32, L2-normalised rows, row 0 zero
     index: object | None  # faiss index over rows 1..n-1 (faiss id = item index - 1)
     popular: np.ndarray  # item indices, most popular first (cold-start candidates)
+    token_scope: str = "all"  # the Collator's: which items get their token tables joined
+    graph: ServingGraph | None = None  # MMBee's GIE (task.graph.enabled), else None
 
     @property
     def task(self) -> str:
@@ -91,6 +107,22 @@ class Bundle:
     @property
     def model_name(self) -> str:
         return self.config.model.name
+
+
+@dataclass
+class ServingGraph:
+    """What the service needs of the task's graph expansion: the fitted tables (the batch fields gie_*),
+    the online U->A->A recomputation, and how gift events map onto the graph."""
+
+    online: OnlineExpansion
+    channel: str  # events of this channel are gifts (the U2A edges)
+    streamer_feature: str
+    streamer_code: np.ndarray  # (n_items,) int64: streamer code of every item index (0 = none)
+    gifts_before: int  # the graph holds every gift before this time; later ones are new
+
+    @property
+    def expansion(self) -> GraphExpansion:
+        return self.online.expansion
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -119,8 +151,15 @@ def _schema_parts(schema: Schema) -> tuple[dict, dict[str, np.ndarray]]:
             arrays[f.name] = np.ascontiguousarray(value)
         elif value is None or isinstance(value, (str, int, float, bool, np.generic)):
             plain[f.name] = value.item() if isinstance(value, np.generic) else value
-        elif isinstance(value, dict) and all(isinstance(v, (int, float, str)) for v in value.values()):
+        elif isinstance(value, dict) and all(isinstance(v, (int, float, str, np.generic)) for v in value.values()):
             plain[f.name] = {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in value.items()}
+        elif isinstance(value, dict) and all(isinstance(v, (tuple, list)) and all(isinstance(x, (int, float, np.generic))
+                                                                                  for x in v) for v in value.values()):
+            # item_tokens: name -> (T, dim); JSON has no tuples, `_schema_from` turns the lists back
+            plain[f.name] = {str(k): [x.item() if isinstance(x, np.generic) else x for x in v] for k, v in value.items()}
+        elif isinstance(value, dict) and all(isinstance(v, np.ndarray) for v in value.values()):
+            for k, v in value.items():  # graph_init: name -> array, as `field.name` tensors
+                arrays[f"{f.name}.{k}"] = np.ascontiguousarray(v)
         else:
             raise BundleError("schema", f"Schema.{f.name} as an array or plain value",
                               f"{type(value).__name__}: this task's schema cannot be served")
@@ -129,22 +168,41 @@ def _schema_parts(schema: Schema) -> tuple[dict, dict[str, np.ndarray]]:
 
 def _schema_from(plain: dict, arrays: dict[str, np.ndarray]) -> Schema:
     known = {f.name for f in dataclasses.fields(Schema)}
-    return Schema(**{k: v for k, v in {**plain, **arrays}.items() if k in known})
+    values: dict = {}
+    for k, v in plain.items():
+        if isinstance(v, dict):
+            v = {name: tuple(x) if isinstance(x, list) else x for name, x in v.items()}
+        values[k] = v
+    for key, arr in arrays.items():
+        name, dot, sub = key.partition(".")
+        if dot:
+            values.setdefault(name, {})[sub] = arr
+        else:
+            values[key] = arr
+    return Schema(**{k: v for k, v in values.items() if k in known})
+
+
+SIDE_GROUPS = ("categorical", "multi", "dense", "presence", "tokens", "token_mask")
 
 
 def _side_arrays(side: ItemSide) -> dict[str, np.ndarray]:
     out = {}
-    for group in ("categorical", "multi", "dense", "presence"):
+    for group in SIDE_GROUPS:
         for name, arr in getattr(side, group).items():
             out[f"{group}.{name}"] = np.ascontiguousarray(np.asarray(arr))  # a float16 memmap becomes memory
     return out
 
 
-def _side_from(arrays: dict[str, np.ndarray]) -> ItemSide:
+def _side_from(arrays: dict[str, np.ndarray], file: Path) -> ItemSide:
     side = ItemSide()
     for key, arr in arrays.items():
-        group, name = key.split(".", 1)
+        group, _, name = key.partition(".")
+        if group not in SIDE_GROUPS or not name:
+            raise BundleError(file, f"tensors named GROUP.NAME with GROUP among {', '.join(SIDE_GROUPS)}", repr(key))
         getattr(side, group)[name] = arr
+    missing = set(side.tokens) ^ set(side.token_mask)
+    if missing:
+        raise BundleError(file, "a tokens.NAME and a token_mask.NAME tensor per token table", f"{sorted(missing)} alone")
     return side
 
 
@@ -225,6 +283,49 @@ def popularity_order(schema: Schema) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ export
 
 
+def _training_gifts(task, data, cfg: RunConfig) -> tuple[CSR, int]:
+    """The gift totals per (user, streamer) of the graph `task.gie` was fitted on, and the time before
+    which the graph holds every gift (later gifts are new to it).
+
+    The task keeps its fitted tables but not the gift triples, so they are selected again here as
+    `CTRTask._build_graph` selects them (channel, training period, weight column); the export then
+    checks that these totals reproduce the task's U->A->A table exactly, so a drift between the two
+    selections fails loudly instead of serving another graph."""
+    from ..tasks.base import encode_events
+
+    g = cfg.task.graph
+    enc = encode_events(data)
+    cutoff = task.graph_cutoff if task.graph_cutoff is not None else np.iinfo(np.int64).max
+    is_gift = (enc.channels == g.channel) & (enc.times < cutoff)
+    weights = None
+    if g.weight_column is not None:
+        weights = np.nan_to_num(enc.table[g.weight_column].to_numpy(zero_copy_only=False)
+                                .astype(np.float64)[is_gift])
+    gie = task.gie
+    totals = gift_totals(enc.users[is_gift], task.streamer_code[enc.items[is_gift]], weights, gie.n_users,
+                         gie.n_streamers, gie.cfg.weight_mode)
+    if task.graph_cutoff is not None:
+        before = int(task.graph_cutoff)
+    else:  # no later split: every gift of the data is in the graph
+        before = int(enc.times[is_gift].max()) + 1 if is_gift.any() else int(np.iinfo(np.int64).min)
+    return totals, before
+
+
+def _write_graph(task, data, cfg: RunConfig, folder: Path) -> dict:
+    """graph/: the fitted GraphExpansion and the gift totals; returns the schema.json settings."""
+    totals, before = _training_gifts(task, data, cfg)
+    online = OnlineExpansion(task.gie, totals)
+    if not online.matches_offline():
+        raise BundleError(folder.name, "gift totals that reproduce the task's U->A->A expansion exactly "
+                          "(the export selects the training gifts as CTRTask._build_graph does)",
+                          "another expansion: the two selections of gift events disagree")
+    task.gie.save(folder)
+    save_np({"indptr": totals.indptr, "streamers": totals.indices, "totals": totals.data.astype(np.float64)},
+            str(folder / GIFTS_FILE))
+    g = cfg.task.graph
+    return {"dir": GRAPH_DIR, "channel": g.channel, "streamer_feature": g.streamer_feature, "gifts_before": before}
+
+
 def _read_run_config(run_dir: Path) -> RunConfig:
     path = run_dir / "config.yaml"
     if not path.exists():
@@ -279,10 +380,15 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, 
     try:
         (tmp / "config.yaml").write_text(dump_config(cfg))
         plain, arrays = _schema_parts(schema)
+        graph = None
+        if getattr(task, "gie", None) is not None:
+            graph = _write_graph(task, data, cfg, tmp / GRAPH_DIR)
         _write_json(tmp / "schema.json", {
             "schema": plain,
-            "collator": {"max_history": int(collator.max_history), "with_time": bool(collator.with_time)},
+            "collator": {"max_history": int(collator.max_history), "with_time": bool(collator.with_time),
+                         "token_scope": str(collator.token_scope)},
             "history_channels": _history_channels(cfg),
+            "graph": graph,
         })
         save_np(arrays, str(tmp / "schema.safetensors"))
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
@@ -305,10 +411,12 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, 
             retrieval.update(index=type(index).__name__, dim=int(vectors.shape[1]))
         mask = os.umask(0)
         os.umask(mask)
-        for p in tmp.iterdir():  # mkdtemp and safetensors create private files; a bundle is for sharing
-            os.chmod(p, 0o666 & ~mask)
+        paths = sorted(tmp.rglob("*"))
+        for p in paths:  # mkdtemp and safetensors create private files; a bundle is for sharing
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
         os.chmod(tmp, 0o777 & ~mask)
-        files = {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+                 for p in paths if p.is_file()}
         _write_json(tmp / "manifest.json", {
             "format": FORMAT, "format_version": FORMAT_VERSION, "modalrec_version": __version__,
             "created": datetime.now(UTC).isoformat(), "run_dir": str(run_dir.resolve()),
@@ -328,6 +436,16 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, 
 # -------------------------------------------------------------------------------------------- load
 
 
+def _inside(name: str, nested: bool) -> bool:
+    """A manifest file name that stays inside the bundle: `a.json`, or (version 2) `graph/a.json`."""
+    p = PurePosixPath(name)
+    if not name or "\\" in name or p.is_absolute() or p.as_posix() != name:
+        return False
+    if any(part in ("", ".", "..") for part in p.parts):
+        return False
+    return nested or len(p.parts) == 1
+
+
 def verify_bundle(path: Path) -> dict:
     """Checks the manifest and the sha256 of every file it lists; returns the manifest."""
     path = Path(path)
@@ -338,13 +456,13 @@ def verify_bundle(path: Path) -> dict:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as e:
         raise BundleError(mpath, "valid JSON", str(e)) from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(mpath, f"format {FORMAT} version {FORMAT_VERSION}",
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
+        raise BundleError(mpath, f"format {FORMAT} version {' or '.join(map(str, READABLE_VERSIONS))}",
                           f"{manifest.get('format')} version {manifest.get('format_version')}")
     for name, meta in manifest.get("files", {}).items():
         f = path / name
-        if Path(name).name != name:
-            raise BundleError(mpath, "plain file names in 'files'", repr(name))
+        if not _inside(name, nested=manifest["format_version"] >= 2):
+            raise BundleError(mpath, "relative file names inside the bundle in 'files'", repr(name))
         if not f.exists():
             raise BundleError(f, "a file listed in manifest.json", "no such file")
         digest = sha256_of(f)
@@ -378,7 +496,13 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
     if len(items) != schema.n_items or len(users) != schema.n_users:
         raise BundleError(path / "schema.json", f"{len(users)} users and {len(items)} items as in the vocabularies",
                           f"{schema.n_users} and {schema.n_items}")
-    side = _side_from(load_np(str(path / "item_side.safetensors")))
+    side = _side_from(load_np(str(path / "item_side.safetensors")), path / "item_side.safetensors")
+    for name, (t, dim) in schema.item_tokens.items():
+        tokens, tmask = side.tokens.get(name), side.token_mask.get(name)
+        if tokens is None or tokens.shape[1:] != (t, dim) or tmask.shape != tokens.shape[:2]:
+            raise BundleError(path / "item_side.safetensors", f"token table '{name}' of shape (n, {t}, {dim}) with "
+                              "its mask (schema.json item_tokens)",
+                              "none" if tokens is None else f"{tokens.shape} and {tmask.shape}")
     h = load_np(str(path / "history.safetensors"))
     history = History(h["ptr"].astype(np.int64), h["items"].astype(np.int64), h["times"].astype(np.int64))
     vectors, index = None, None
@@ -391,9 +515,40 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
             if index.ntotal != len(vectors) - 1:
                 raise BundleError(path / "items.faiss", f"{len(vectors) - 1} vectors", str(index.ntotal))
     col = meta["collator"]
+    graph = _load_graph(path, meta.get("graph"), files, side, schema) if meta.get("graph") else None
     return Bundle(
         path=path, manifest=manifest, config=cfg, schema=schema, model=model, user_vocab=users,
         item_vocab=items, item_side=side, history=history, max_history=int(col["max_history"]),
         with_time=bool(col["with_time"]), history_channels=meta.get("history_channels"),
         item_vectors=vectors, index=index, popular=popularity_order(schema),
+        token_scope=str(col.get("token_scope", "all")), graph=graph,
     )
+
+
+def _load_graph(path: Path, settings: dict, files: dict, side: ItemSide, schema: Schema) -> ServingGraph:
+    folder = path / settings["dir"]
+    for name in ("gie.safetensors", "gie.json", GIFTS_FILE):
+        rel = f"{settings['dir']}/{name}"
+        if rel not in files:
+            raise BundleError(path / "manifest.json", f"'{rel}' among the bundle files (schema.json has a graph)",
+                              "not listed")
+    try:
+        expansion = GraphExpansion.load(folder)
+    except DataError as e:
+        raise BundleError(folder, "the graph expansion written by `modalrec export`", str(e)) from None
+    feature = settings["streamer_feature"]
+    code = side.categorical.get(feature)
+    if code is None or schema.item_categorical.get(feature) != expansion.n_streamers:
+        raise BundleError(folder / "gie.json", f"{expansion.n_streamers} streamers, the codes of item feature "
+                          f"'{feature}'", f"item features {sorted(side.categorical)}")
+    if expansion.n_users != schema.n_users:
+        raise BundleError(folder / "gie.json", f"{schema.n_users} users as the vocabulary", str(expansion.n_users))
+    t = load_np(str(folder / GIFTS_FILE))
+    try:
+        totals = CSR(t["indptr"].astype(np.int64), t["streamers"].astype(np.int64), t["totals"].astype(np.float64),
+                     expansion.n_streamers)
+        online = OnlineExpansion(expansion, totals)
+    except (KeyError, ValueError) as e:
+        raise BundleError(folder / GIFTS_FILE, "indptr, streamers and totals of the gift graph", str(e)) from None
+    return ServingGraph(online=online, channel=settings["channel"], streamer_feature=feature,
+                        streamer_code=np.asarray(code, dtype=np.int64), gifts_before=int(settings["gifts_before"]))

@@ -9,6 +9,14 @@ Train/serve parity: `Scorer.score` builds the model's `Batch` with the offline `
 the bundle's `ItemSide` arrays and a one-user `History` holding the served sequence, so a (user, item,
 history, time) gets the same tensors, and the same score, as in training and evaluation.
 
+Graph-guided interest expansion (MMBee's GIE, bundles of runs with task.graph.enabled): the batch carries,
+as offline, the user's U->A->A expansion (`gie_user`) and each candidate's streamer A->U->A expansion
+(`gie_streamer`). The offline U->A->A table holds the training period's gifts; it is served as is for a
+user without new gifts (parity), and recomputed online (`graph.gie.OnlineExpansion`: the user's
+training gift totals plus the stored gift-channel events at or after the graph's end, strictly before
+`context.time` when given, through the same Swing graph and weighting) for a user who has gifted since,
+so a new gift changes the next /recommend. A gift counts 1 (weight mode 'value': the event's `value`).
+
 History semantics: with `context.time` given, the ranker reads the events strictly before that time
 (the offline leakage rule, for replay and what-if requests); without it, every stored event (the
 request happens now, after them). Events of channels the model was not trained to read as history
@@ -84,7 +92,7 @@ class SharedHistoryAttention(torch.nn.Module):
     def forward(self, query, keys, mask, values=None):
         att = self.att
         if (not self.ok or query.dim() != 2 or keys.dim() != 3 or len(query) < 2
-                or not torch.equal(mask, mask[:1].expand_as(mask)) or not torch.equal(keys, keys[:1].expand_as(keys))):
+                or not self._shared(mask) or not self._shared(keys)):
             return att(query, keys, mask, values)
         lin, rest = att.mlp.net[0], att.mlp.net[1:]
         d = query.shape[-1]
@@ -94,12 +102,11 @@ class SharedHistoryAttention(torch.nn.Module):
         m = mask[0]
         kr = keys[0][m]  # (n, d) real positions
         c, n, h = len(query), len(kr), lin.out_features
-        hq = torch.addmm(lin.bias, query, (wq + wd).T)  # (C, h)
-        hk = kr @ (wk - wd).T  # (n, h)
-        # Wm (q * k) for every (candidate, position) pair as one product: q (C, d) @ (k (x) Wm)^T (d, n h)
-        pre = (query @ (kr.unsqueeze(1) * wm.unsqueeze(0)).reshape(n * h, d).T).view(c, n, h)
-        pre += hq.unsqueeze(1)
-        pre += hk.unsqueeze(0)
+        # every (candidate, position) pair in ONE product: pre[c, i] = q_c (Wq + Wd + Wm diag(k_i)) + (Wk - Wd) k_i + b,
+        # i.e. q (C, d) @ [(k_i (x) Wm) + (Wq + Wd)]^T (d, n h) with the per-position term as the addmm bias row
+        hk = torch.addmm(lin.bias, kr, (wk - wd).T)  # (n, h)
+        mixed = torch.addcmul((wq + wd).unsqueeze(0), kr.unsqueeze(1), wm.unsqueeze(0))  # (n, h, d)
+        pre = torch.addmm(hk.reshape(1, n * h), query, mixed.reshape(n * h, d).T)
         real = rest(pre.view(c * n, h)).view(c, n)
         scores = torch.zeros(mask.shape, dtype=real.dtype, device=keys.device)
         scores[:, m] = real
@@ -112,6 +119,12 @@ class SharedHistoryAttention(torch.nn.Module):
             return scores @ v0
         v = torch.where(mask.unsqueeze(-1), values, torch.zeros((), dtype=values.dtype, device=values.device))
         return torch.einsum("bl,bld->bd", scores, v)
+
+
+    @staticmethod
+    def _shared(t: torch.Tensor) -> bool:
+        """Every row equal to row 0: by construction (the collate's stride-0 shared history) or by value."""
+        return t.stride(0) == 0 or torch.equal(t, t[:1].expand_as(t))
 
 
 def with_serving_fast_paths(model: torch.nn.Module) -> int:
@@ -136,7 +149,8 @@ class Scorer:
         self.retrieval_history = retrieval_history
         self.channels = None if bundle.history_channels is None else set(bundle.history_channels)
         self.collator_template = {"item_side": bundle.item_side, "max_history": bundle.max_history,
-                                  "with_time": bundle.with_time}
+                                  "with_time": bundle.with_time, "token_scope": bundle.token_scope}
+        self.graph = bundle.graph
         self.n_items = bundle.schema.n_items
         self.fast_paths = with_serving_fast_paths(bundle.model) if fast_paths else 0
         # group retrieval: items sharing the first item categorical feature (the streamer of a live segment, a
@@ -200,11 +214,56 @@ class Scorer:
         times = np.concatenate([s_times[-n:], o_times[known]])
         return items[np.argsort(times, kind="stable")][-n:]
 
+    # graph-guided interest expansion
+    MAX_GIFTS = 10_000  # the latest gift events a user's online expansion reads
+
+    def new_gifts(self, user: str, before: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(streamer codes, amounts) of the user's stored gift events the bundle's graph has not seen (at
+        or after its end, strictly before `before`); None when there are none."""
+        g = self.graph
+        if g is None:
+            return None
+        c = self.state.counters(user).get(g.channel)
+        if not c or c["n"] <= 0 or c["last_time"] < g.gifts_before:  # one cheap read for most users
+            return None
+        events = self.state.recent(user, min(int(c["n"]), self.MAX_GIFTS), channels=[g.channel], before=before)
+        events = [e for e in events if e.time >= g.gifts_before and e.item is not None]
+        if not events:
+            return None
+        codes = g.streamer_code[self.item_index([e.item for e in events])]
+        if g.online.cfg.weight_mode == "value":
+            amounts = np.array([e.value if e.value is not None else 0.0 for e in events], dtype=np.float64)
+        else:
+            amounts = np.ones(len(events), dtype=np.float64)
+        keep = codes > 0  # gifts to items unknown to the bundle (or without a streamer) are not edges
+        return (codes[keep], amounts[keep]) if keep.any() else None
+
+    def user_expansion(self, user: str | None, uidx: int, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The user's U->A->A expansion, (K,) streamer codes and (K,) scores: the offline row, or the
+        online recomputation when the user has gifted since the graph was built."""
+        online = self.graph.online
+        new = self.new_gifts(user, before) if user is not None else None
+        if new is None:
+            return online.offline(uidx)
+        return online.expand(uidx, *new)
+
+    def gie_extras(self, user: str | None, uidx: int, before: int | None, candidates: np.ndarray) -> dict:
+        """batch.extra gie_* for C candidates of one user, as `CTRTask.collate` builds them."""
+        g = self.graph
+        seq, w = self.user_expansion(user, uidx, before)
+        c = len(candidates)
+        extra = g.expansion.lookup(np.zeros(c, np.int64), g.streamer_code[candidates])
+        extra["gie_user"] = torch.from_numpy(np.repeat(seq[None, :], c, axis=0))
+        extra["gie_user_w"] = torch.from_numpy(np.repeat(w[None, :], c, axis=0))
+        return extra
+
     # the ranker
     @torch.inference_mode()
     def score(self, uidx: int, hist_items: np.ndarray, hist_times: np.ndarray, t: int,
-              candidates: np.ndarray) -> np.ndarray:
-        """Logits (ctr) or scores (topk) of `candidates` for a user with this sequence at time `t`."""
+              candidates: np.ndarray, user: str | None = None, before: int | None = None) -> np.ndarray:
+        """Logits (ctr) or scores (topk) of `candidates` for a user with this sequence at time `t`.
+        `user` (the raw id) and `before` (context.time) select the online gifts a graph expansion reads;
+        without `user` the expansion is the bundle's offline one."""
         n = len(hist_items)
         h_items, h_times = hist_items.astype(np.int64), hist_times.astype(np.int64)
         if n == 0:  # one padding event beyond the cut: the window masks it, as offline for a user's first sample
@@ -216,6 +275,8 @@ class Scorer:
             c = len(cand)
             batch = collate(np.zeros(c, np.int64), cand, np.full(c, n, np.int64), np.full(c, t, np.int64))
             batch.user = batch.group = torch.full((c,), uidx, dtype=torch.long)
+            if self.graph is not None:
+                batch.extra.update(self.gie_extras(user, uidx, before, cand))
             out = self.bundle.model(batch)
         else:  # topk: one sequence, the candidates as a (1, C) slate
             batch = collate(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([n]), np.array([t]))
@@ -733,7 +794,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         if len(cand) == 0:
             return RecommendResponse(user=req.user, cold_start=uidx == 0, history_length=len(items), items=[],
                                      retrieved=retrieved, model=bundle.model_name)
-        logits = scorer.score(uidx, items, times, t, cand)
+        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before)
         top = np.argsort(-logits, kind="stable")[: req.k]
         stage("rank", t0)
         if uidx == 0:
@@ -747,10 +808,10 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     def score(req: ScoreRequest) -> ScoreResponse:
         t0 = time.perf_counter()
         uidx = scorer.user_index(req.user)
-        items, times, t, _ = sequence(req.user, uidx, req.context, req.history)
+        items, times, t, before = sequence(req.user, uidx, req.context, req.history)
         t0 = stage("state", t0)
         cand = scorer.item_index(req.items)
-        logits = scorer.score(uidx, items, times, t, cand)
+        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before)
         stage("rank", t0)
         if uidx == 0:
             metrics.inc("modalrec_cold_starts_total", "kind", "score_user")

@@ -1,0 +1,413 @@
+"""Serving MMBee: the bundle carries the token tables, item_tokens / graph_init and the fitted graph
+expansion; the service builds the offline batch (target token tables, gie_* extras) and recomputes a
+user's U->A->A expansion when new gifts arrive.
+
+The data is a hand-built live-stream world (the content helpers of test_mmbee): 20 segments of 5
+streamers, 24 users in two gifting communities (users 0-11 gift streamers 0-2, users 12-23 streamers
+2-4), so the Swing graph links the streamers of a community.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient
+
+from modalrec.config import RunConfig
+from modalrec.data.interaction import DatasetSpec, FeatureSpec, InteractionData, ModalitySpec
+from modalrec.graph import build_u2a, expand_users
+from modalrec.models import build_model
+from modalrec.serve.bundle import BundleError, export_bundle, load_bundle
+from modalrec.serve.service import create_app
+from modalrec.tasks import prepare_task
+from modalrec.train.checkpoint import load_checkpoint
+from modalrec.train.run import train_run
+
+from .test_mmbee import D_COMMENT, D_FRAME, D_MFCC, SMALL, comment_vectors, frame_vectors
+from .test_serve import redis_server  # noqa: F401 - a fixture
+
+KEY = "test-key"
+AUTH = {"X-API-Key": KEY}
+N_SEG, N_STREAMERS, N_USERS = 20, 5, 24
+COMMUNITY = {0: [0, 1, 2], 1: [2, 3, 4]}  # streamers each half of the users gifts
+FRAMES_ABSENT, COMMENTS_ABSENT, MFCC_ABSENT = {2, 7}, {3, 7, 11}, {5, 7}
+T_END = 10**6  # every event of the data is earlier
+NOW = {"time": 4_000_000_000}  # requests "now": later than the gifts the tests post (at the wall-clock time)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def seg_id(i: int) -> str:
+    return f"a{i % N_STREAMERS}/g{i}"
+
+
+def user_id(u: int) -> str:
+    return f"u{u:03d}"
+
+
+def segments_of(streamer: int) -> list[int]:
+    return [i for i in range(N_SEG) if i % N_STREAMERS == streamer]
+
+
+def make_live_data(seed: int = 0, n_watches: int = 700, n_gifts: int = 160) -> InteractionData:
+    rng = np.random.default_rng(seed)
+    w_users = rng.integers(0, N_USERS, n_watches)
+    w_segs = rng.integers(0, N_SEG, n_watches)
+    g_users = rng.integers(0, N_USERS, n_gifts)
+    g_streamers = np.array([rng.choice(COMMUNITY[int(u >= N_USERS // 2)]) for u in g_users])
+    g_segs = np.array([rng.choice(segments_of(int(s))) for s in g_streamers])
+    users = np.concatenate([w_users, g_users])
+    segs = np.concatenate([w_segs, g_segs])
+    times = rng.integers(0, T_END, len(users))
+    channel = ["watch"] * n_watches + ["gift"] * n_gifts
+    label = np.concatenate([(rng.random(n_watches) < 0.3).astype(np.float64), np.ones(n_gifts)])
+    order = np.argsort(times, kind="stable")
+    events = pa.table({
+        "user_id": [user_id(int(u)) for u in users[order]], "item_id": [seg_id(int(s)) for s in segs[order]],
+        "time": pa.array(times[order], pa.int64()), "channel": [channel[i] for i in order], "label": label[order],
+    })
+    items = pa.table({
+        "item_id": [seg_id(i) for i in range(N_SEG)],
+        "streamer_id": [f"a{i % N_STREAMERS}" for i in range(N_SEG)],
+        "category": [["gaming", "singing", "chatting"][i % 3] for i in range(N_SEG)],
+    })
+    vec_list = pa.list_(pa.list_(pa.float32()))
+    keep = [i for i in range(N_SEG) if i not in FRAMES_ABSENT]
+    frames = pa.table({"entity_id": [seg_id(i) for i in keep],
+                       "vector": pa.array([frame_vectors(i).tolist() for i in keep], vec_list)})
+    keep = [i for i in range(N_SEG) if i not in COMMENTS_ABSENT]
+    comments = pa.table({"entity_id": [seg_id(i) for i in keep],
+                         "vector": pa.array([comment_vectors(i).tolist() for i in keep], vec_list)})
+    keep = [i for i in range(N_SEG) if i not in MFCC_ABSENT]
+    mfcc = pa.table({"entity_id": [seg_id(i) for i in keep],
+                     "vector": pa.array([list(np.full(D_MFCC, i / 10, np.float32)) for i in keep],
+                                        pa.list_(pa.float32()))})
+    spec = DatasetSpec(
+        name="tiny_live_gifts", channels=["watch", "gift"],
+        item_features=[FeatureSpec(name="streamer_id", kind="categorical"),
+                       FeatureSpec(name="category", kind="categorical")],
+        modalities=[ModalitySpec(name="frames_emb", kind="vector", dim=D_FRAME, multi=True),
+                    ModalitySpec(name="comments_emb", kind="vector", dim=D_COMMENT, multi=True),
+                    ModalitySpec(name="speech_mfcc", kind="vector", dim=D_MFCC)],
+        event_columns=["label"],
+    )
+    return InteractionData(spec, events, items, None,
+                           {"frames_emb": frames, "comments_emb": comments, "speech_mfcc": mfcc}).validate()
+
+
+def mmbee_config(source: str, scope: str = "target") -> RunConfig:
+    return RunConfig.model_validate({
+        "name": f"tiny-mmbee-{scope}", "data": {"source": source},
+        "task": {"kind": "ctr", "sample_channels": ["watch"], "history_channels": ["watch"], "max_history": 8,
+                 "split": {"method": "global_time", "valid": 0.1, "test": 0.2},
+                 "token_modalities": ["frames_emb", "comments_emb"], "max_tokens": 4, "token_scope": scope,
+                 "graph": {"enabled": True, "gie": {"k_neighbours": 3, "expansion_length": 4, "pretrain_epochs": 2,
+                                                    "dim": 8, "batch_size": 64, "cl_nodes": 16,
+                                                    "progress": False}}},
+        "model": {"name": "mmbee", "params": {**SMALL, "modalities": ["frames_emb", "comments_emb", "speech_mfcc"],
+                                             "mfq_scope": scope}},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "progress": False, "num_threads": 1},
+        "seeds": [0],
+    })
+
+
+def _trained(root, data, scope: str) -> dict:
+    cfg = mmbee_config(str(root / "data"), scope)
+    run = root / f"run-{scope}"
+    train_run(cfg, run, data=data, report=False)
+    export_bundle(run, root / f"bundle-{scope}", data=data)
+    task = prepare_task(data, cfg.task)
+    model = build_model("mmbee", task.schema, cfg.model.params)
+    load_checkpoint(run / "checkpoints" / "seed_0", "best", model, restore_rng=False)
+    model.eval()
+    return {"root": root, "data": data, "cfg": cfg, "task": task, "model": model, "run": run,
+            "bundle": root / f"bundle-{scope}"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A 1-epoch MMBee run (MFQ on the watched segment, GIE) on the saved toy world, and its bundle."""
+    root = tmp_path_factory.mktemp("serve_mmbee")
+    data = make_live_data()
+    data.save(root / "data")
+    return _trained(root, data, "target")
+
+
+@pytest.fixture
+def client(served, tmp_path):
+    app = create_app(served["bundle"], f"sqlite:///{tmp_path / 'state.sqlite'}", api_key=KEY)
+    with TestClient(app) as c:
+        yield c
+
+
+def _hist_events(task, u: int, cut: int) -> list[dict]:
+    lo = task.history.ptr[u]
+    return [{"item": task.item_vocab.id_of(int(i)), "time": int(t)}
+            for i, t in zip(task.history.items[lo:lo + cut], task.history.times[lo:lo + cut])]
+
+
+def _gifts(user: str, streamer: int, n: int, t0: int | None = None) -> list[dict]:
+    segs = segments_of(streamer)
+    return [{"user": user, "item": seg_id(segs[j % len(segs)]), "channel": "gift", "value": 1.0}
+            | ({} if t0 is None else {"time": t0 + j}) for j in range(n)]
+
+
+# ------------------------------------------------------------------------------------------- bundle
+
+
+def test_export_round_trips_tokens_graph_init_and_graph(served):
+    b, task = served["bundle"], served["task"]
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["model"] == "mmbee"
+    graph_files = {"graph/gie.safetensors", "graph/gie.json", "graph/gifts.safetensors"}
+    assert graph_files <= set(manifest["files"])
+    on_disk = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
+    assert on_disk == set(manifest["files"]) | {"manifest.json"}
+
+    bundle = load_bundle(b)
+    schema, want = bundle.schema, task.schema
+    assert schema.item_tokens == want.item_tokens and schema.item_tokens  # {name: (T, dim)} tuples again
+    assert all(isinstance(v, tuple) for v in schema.item_tokens.values())
+    assert set(schema.graph_init) == set(want.graph_init) == {"streamer", "user"}
+    for k, v in want.graph_init.items():
+        got = schema.graph_init[k]
+        assert got.dtype == v.dtype and np.array_equal(got, v)
+    for name in ("item_counts", "item_positive_rate", "user_counts"):
+        assert np.array_equal(getattr(schema, name), getattr(want, name))
+    side, want_side = bundle.item_side, task.collator.item_side
+    for group in ("categorical", "multi", "dense", "presence", "tokens", "token_mask"):
+        w, g = getattr(want_side, group), getattr(side, group)
+        assert set(w) == set(g), group
+        for k in w:
+            assert g[k].dtype == np.asarray(w[k]).dtype and np.array_equal(g[k], np.asarray(w[k])), (group, k)
+    absent = int(task.item_vocab.lookup([seg_id(7)])[0])  # a segment without frames: an all-False mask row
+    assert side.tokens["frames_emb"].dtype == np.float16 and not side.token_mask["frames_emb"][absent].any()
+    assert bundle.token_scope == "target"
+
+    e, want_e = bundle.graph.expansion, task.gie
+    for name in ("user_seq", "user_w", "streamer_seq", "streamer_w", "user_emb", "streamer_emb"):
+        assert np.array_equal(getattr(e, name), getattr(want_e, name)), name
+        assert getattr(e, name).dtype == getattr(want_e, name).dtype
+    for name in ("indptr", "indices", "data"):
+        assert np.array_equal(getattr(e.a2a, name), getattr(want_e.a2a, name))
+    assert e.cfg == want_e.cfg
+    assert bundle.graph.gifts_before == task.graph_cutoff
+    assert np.array_equal(bundle.graph.streamer_code, want_side.categorical["streamer_id"])
+    # the model restored from the bundle is the run's model
+    got_w, want_w = bundle.model.state_dict(), served["model"].state_dict()
+    assert set(got_w) == set(want_w) and all(torch.equal(got_w[k], want_w[k]) for k in want_w)
+
+
+def test_cli_export_and_the_gift_totals_reproduce_the_offline_expansion(served, tmp_path):
+    from typer.testing import CliRunner
+
+    from modalrec.cli import app
+
+    res = CliRunner().invoke(app, ["export", str(served["run"]), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(tmp_path / "b")
+    online = bundle.graph.online
+    assert online.matches_offline()
+    e = online.expansion
+    for u in range(e.n_users):  # no new gifts: every user's recomputation is the offline row, bit for bit
+        seq, w = online.expand(u, np.zeros(0, np.int64), np.zeros(0))
+        assert np.array_equal(seq, e.user_seq[u]) and np.array_equal(w, e.user_w[u]), u
+
+
+def test_tampered_or_missing_graph_files_are_named(served, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(served["bundle"], bad)
+    f = bad / "graph" / "gie.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"graph/gie\.safetensors.*sha256"):
+        load_bundle(bad)
+    shutil.copy(served["bundle"] / "graph" / "gie.safetensors", f)
+    load_bundle(bad)
+    (bad / "graph" / "gifts.safetensors").unlink()
+    with pytest.raises(BundleError, match=r"graph/gifts\.safetensors.*no such file"):
+        load_bundle(bad)
+    # a manifest naming a file outside the bundle is refused before anything is read
+    manifest = json.loads((served["bundle"] / "manifest.json").read_text())
+    manifest["files"]["../escape.json"] = manifest["files"].pop("graph/gifts.safetensors")
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"escape\.json"):
+        load_bundle(bad)
+
+
+# ------------------------------------------------------------------------------------------ parity
+
+
+def _parity(served, client) -> float:
+    """Worst |service - offline| logit over requests of several candidates each, offline = task.predict."""
+    task, model = served["task"], served["model"]
+    offline = task.predict(model, "test", 256)
+    s = task.splits["test"]
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for r in range(len(s)):
+        groups.setdefault((int(s.users[r]), int(s.times[r]), int(s.cut[r])), []).append(r)
+    keys = sorted(groups, key=lambda k: (-len(groups[k]), k))[:10]
+    keys.append(max(groups, key=lambda k: k[2]))
+    assert max(k[2] for k in keys) > served["cfg"].task.max_history  # a history longer than the model reads
+    users_with_gie = 0
+    worst = 0.0
+    for u, t, cut in keys:
+        rows = groups[(u, t, cut)]
+        users_with_gie += int(task.gie.user_seq[u, 0] > 0)
+        resp = client.post("/score", json={
+            "user": task.user_vocab.id_of(u), "items": [task.item_vocab.id_of(int(s.items[r])) for r in rows],
+            "context": {"time": t}, "history": _hist_events(task, u, cut)})
+        assert resp.status_code == 200, resp.text
+        got = np.array([x["score"] for x in resp.json()["scores"]])
+        worst = max(worst, float(np.abs(got - offline[rows]).max()))
+        p = np.array([x["probability"] for x in resp.json()["scores"]])
+        assert np.allclose(p, 1 / (1 + np.exp(-offline[rows])), atol=1e-5)
+    assert users_with_gie > 0  # the requests do read expansions
+    return worst
+
+
+def test_parity_with_offline_predict(served, client):
+    assert _parity(served, client) <= 1e-5
+
+
+def test_the_service_builds_the_offline_batch(served, client):
+    """Beyond the scores: the ranker's batch holds the offline tensors (target token tables, gie_* extras)."""
+    task = served["task"]
+    scorer = client.app.state.scorer
+    seen = []
+    model = scorer.bundle.model
+    scorer.bundle.model = lambda batch: seen.append(batch) or model(batch)
+    try:
+        s = task.splits["test"]
+        u = int(s.users[np.argmax(task.gie.user_seq[s.users, 0] > 0)])  # a user with an expansion
+        rows = np.flatnonzero(s.users == u)[:4]
+        rows = rows[s.times[rows] == s.times[rows[0]]]
+        t, cut = int(s.times[rows[0]]), int(s.cut[rows[0]])
+        _scores(client, task.user_vocab.id_of(u), [task.item_vocab.id_of(int(i)) for i in s.items[rows]],
+                context={"time": t}, history=_hist_events(task, u, cut))
+    finally:
+        scorer.bundle.model = model
+    got, want = seen[-1], task.collate(s.take(rows), train=False)
+    assert set(got.extra) == set(want.extra) == {"gie_user", "gie_user_w", "gie_streamer", "gie_streamer_w"}
+    for k in want.extra:
+        assert got.extra[k].dtype == want.extra[k].dtype and torch.equal(got.extra[k], want.extra[k]), k
+    assert got.extra["gie_user"].gt(0).any() and got.extra["gie_streamer"].gt(0).any()
+    assert {"frames_emb", "frames_emb:mask", "comments_emb", "comments_emb:mask"} <= set(want.item_side)
+    for field in ("item_side", "presence"):
+        w, g = getattr(want, field), getattr(got, field)
+        assert set(w) == set(g) and all(torch.equal(w[k], g[k]) for k in w), field
+    for field in ("user", "item", "hist", "hist_mask", "hist_time"):
+        assert torch.equal(getattr(got, field), getattr(want, field)), field
+    assert not got.uniq_side.keys() & {"frames_emb", "comments_emb"}  # token_scope target: targets only
+
+
+def test_parity_when_mfq_reads_every_item(served, tmp_path):
+    """mfq_scope / token_scope 'all': the token tables of every distinct item (history too) reach MFQ."""
+    root = tmp_path / "all"
+    root.mkdir()
+    shutil.copytree(served["root"] / "data", root / "data")
+    other = _trained(root, served["data"], "all")
+    assert load_bundle(other["bundle"]).token_scope == "all"
+    app = create_app(other["bundle"], f"sqlite:///{tmp_path / 'state.sqlite'}", api_key=KEY)
+    with TestClient(app) as c:
+        assert _parity(other, c) <= 1e-5
+
+
+# ----------------------------------------------------------------------------------- online graph
+
+
+def _scores(client, user: str, items: list[str], **extra) -> np.ndarray:
+    resp = client.post("/score", json={"user": user, "items": items, **extra})
+    assert resp.status_code == 200, resp.text
+    return np.array([x["score"] for x in resp.json()["scores"]])
+
+
+def _expansion(client, user: str) -> tuple[np.ndarray, np.ndarray]:
+    scorer = client.app.state.scorer
+    return scorer.user_expansion(user, scorer.user_index(user))
+
+
+def _check_new_gifts_change_only_the_gifter(served, client):
+    task = served["task"]
+    online = client.app.state.scorer.graph.online
+    e = online.expansion
+    # a user of community 0 with an offline expansion, another one as the control
+    gifters = [u for u in range(1, e.n_users) if e.user_seq[u, 0] > 0 and int(task.user_vocab.id_of(u)[1:]) < 12]
+    a, b = gifters[0], gifters[1]
+    ua, ub = task.user_vocab.id_of(a), task.user_vocab.id_of(b)
+    items = [seg_id(i) for i in range(N_SEG)]
+    before_a, before_b = _scores(client, ua, items, context=NOW), _scores(client, ub, items, context=NOW)
+    assert np.array_equal(_expansion(client, ua)[0], e.user_seq[a])
+    rec_before = client.post("/recommend", json={"user": ua, "k": 5, "context": NOW}).json()
+
+    # replayed training-period gifts are already in the graph: nothing changes
+    old = _gifts(ua, 4, 3, t0=10)
+    assert client.post("/events", json={"events": old}, headers=AUTH).json()["accepted"] == 3
+    seq, w = _expansion(client, ua)
+    assert np.array_equal(seq, e.user_seq[a]) and np.array_equal(w, e.user_w[a])
+
+    # new gifts (now) to the other community's streamers 3 and 4
+    new = _gifts(ua, 3, 2) + _gifts(ua, 4, 3)
+    assert client.post("/events", json={"events": new}, headers=AUTH).json()["accepted"] == 5
+    seq, w = _expansion(client, ua)
+    assert not (np.array_equal(seq, e.user_seq[a]) and np.array_equal(w, e.user_w[a]))
+    # the same scoring as a refit of the whole U->A->A table with these gifts in the graph
+    stream_code = task.streamer_code
+    gift_items = task.item_vocab.lookup([g["item"] for g in new])
+    totals = online.totals
+    rows = np.concatenate([totals.rows_of_entries(), np.full(len(new), a)])
+    cols = np.concatenate([totals.indices, stream_code[gift_items]])
+    vals = np.concatenate([totals.data, np.ones(len(new))])
+    graph = build_u2a(rows, cols, vals, e.n_users, e.n_streamers, "value", e.cfg.log_scale)
+    ref_seq, ref_w = expand_users(graph, e.a2a, e.expansion_length, e.cfg.exclude_gifted)
+    assert np.array_equal(seq, ref_seq[a]) and np.allclose(w, ref_w[a], rtol=1e-6)
+
+    after_a, after_b = _scores(client, ua, items, context=NOW), _scores(client, ub, items, context=NOW)
+    assert not np.array_equal(after_a, before_a)  # the gifter's scores move (little: a 1-epoch model)
+    assert np.array_equal(after_b, before_b)  # nobody else's
+    assert np.array_equal(_expansion(client, ub)[0], e.user_seq[b])
+    rec_after = client.post("/recommend", json={"user": ua, "k": 5, "context": NOW}).json()
+    assert [(x["item"], x["score"]) for x in rec_after["items"]] != [(x["item"], x["score"])
+                                                                     for x in rec_before["items"]]
+    # a replay at a time before the new gifts reads the graph as it was
+    t = int(task.splits["test"].times[0])
+    assert np.array_equal(_scores(client, ua, items, context={"time": t}), _scores_offline_like(client, ua, items, t))
+    # a user unknown to the bundle who gifts gets an expansion from those gifts alone
+    assert not _expansion(client, "newcomer")[0].any()
+    client.post("/events", json={"events": _gifts("newcomer", 0, 2)}, headers=AUTH)
+    assert _expansion(client, "newcomer")[0].any()
+
+
+def _scores_offline_like(client, user: str, items: list[str], t: int) -> np.ndarray:
+    """The scores with the offline expansion (Scorer.score without the raw user id) at time t."""
+    scorer = client.app.state.scorer
+    uidx = scorer.user_index(user)
+    hist, times = scorer.history(user, uidx, t)
+    return scorer.score(uidx, hist, times, t, scorer.item_index(items))
+
+
+def test_new_gifts_change_the_gifters_expansion_only(served, client):
+    _check_new_gifts_change_only_the_gifter(served, client)
+
+
+def test_new_gifts_on_redis(served, redis_server):  # noqa: F811 - the fixture
+    app = create_app(served["bundle"], redis_server["url"], api_key=KEY)
+    with TestClient(app) as c:
+        assert c.get("/healthz").json()["state"] == "redis"
+        _check_new_gifts_change_only_the_gifter(served, c)
