@@ -561,3 +561,47 @@ def test_retrieval_brings_the_groups_of_recent_items_first(served, tmp_path):
     # no history: popular items only
     cold, n0 = scorer.retrieve(np.zeros(0, np.int64), 5, exclude=set())
     assert n0 == 0 and cold.tolist() == [int(i) for i in bundle.popular[:5]]
+
+
+def test_rate_limiter_token_bucket():
+    from modalrec.serve.service import RateLimiter
+
+    now = [0.0]
+    lim = RateLimiter(rate=2.0, burst=3, max_clients=2, clock=lambda: now[0])
+    assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
+    assert lim.take("a") == pytest.approx(0.5)  # empty: one token every 0.5 s
+    assert lim.take("b") == 0.0  # other clients have their own bucket
+    now[0] += 0.5
+    assert lim.take("a") == 0.0 and lim.take("a") > 0.0
+    now[0] += 10.0
+    lim.take("c")
+    lim.take("d")  # over max_clients: idle (refilled) buckets are forgotten, the state stays bounded
+    assert len(lim._buckets) <= 2
+    assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]  # a forgotten client starts full
+    with pytest.raises(ValueError, match="rate limit"):
+        RateLimiter(0)
+
+
+def test_rate_limit_answers_429_with_retry_after(served, tmp_path):
+    app = create_app(served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}", api_key=KEY, rate_limit=0.5,
+                     rate_burst=2)
+    with TestClient(app) as c:
+        codes = [c.post("/recommend", json={"user": "u1", "k": 3}).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        r = c.post("/events", json={"events": [{"user": "u1", "item": "i1", "channel": "click"}]}, headers=AUTH)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "0.5 requests/s" in r.json()["message"]
+        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200  # probes exempt
+        assert 'route="rate limited",method="POST",status="429"} 2' in c.get("/metrics").text
+        assert c.get("/users/u1?n=5", headers=AUTH).status_code == 429
+    st = open_state(f"sqlite:///{tmp_path / 's.sqlite'}")
+    try:
+        assert st.recent("u1", 10) == []  # the refused write stored nothing
+    finally:
+        st.close()
+
+
+def test_user_ids_with_slashes(client):
+    ev = {"user": "tenant/a b/42", "item": "i1", "channel": "click", "time": 5000}
+    assert client.post("/events", json={"events": [ev]}, headers=AUTH).json()["accepted"] == 1
+    st = client.get("/users/tenant/a%20b/42", headers=AUTH).json()
+    assert st["user"] == "tenant/a b/42" and [e["item"] for e in st["events"]] == ["i1"]

@@ -209,6 +209,10 @@ def serve(
     api_key: str | None = typer.Option(None, envvar="MODALREC_API_KEY", show_envvar=True,
                                           help="Key the write endpoints require (default: a random key, printed)."),
     threads: int = typer.Option(1, help="Torch threads per request."),
+    rate_limit: float | None = typer.Option(None, min=0.001, help="Requests per second per client address "
+                                            "(429 with Retry-After above it; /healthz and /metrics exempt). "
+                                            "Default: no limit."),
+    rate_burst: float | None = typer.Option(None, min=1, help="Burst size of --rate-limit (default: twice the rate)."),
 ) -> None:
     """Serve a bundle over HTTP: POST /events, /recommend, /score; GET /healthz, /metrics, /docs."""
     import secrets
@@ -222,7 +226,8 @@ def serve(
         api_key = secrets.token_urlsafe(24)
         typer.echo(f"no MODALREC_API_KEY set; write endpoints need this key: X-API-Key: {api_key}", err=True)
     try:
-        _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads)
+        _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads,
+               rate_limit=rate_limit, rate_burst=rate_burst)
     except StateURLError as e:
         _fail(str(e))
 

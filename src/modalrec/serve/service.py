@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import hmac
+import json
 import logging
 import math
 import os
@@ -407,19 +408,69 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-class _Limits:
-    """Pure ASGI middleware: body size limit (413) and per-request metrics."""
+class RateLimiter:
+    """Token buckets per client (its address): `rate` requests per second on average, bursts up to `burst`.
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+    `take(client)` spends one token and returns 0.0, or returns the seconds until a token is available
+    (the request is refused, nothing spent). Buckets of clients idle long enough to be full again are
+    forgotten once more than `max_clients` are held, so memory stays bounded under many addresses."""
+
+    def __init__(self, rate: float, burst: float | None = None, max_clients: int = 10_000,
+                 clock=time.monotonic):
+        if not rate > 0:
+            raise ValueError(f"rate limit must be > 0 requests/s, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = max(1.0, float(burst if burst is not None else 2 * rate))
+        self.max_clients = max_clients
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last time)
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> float:
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                wait = 0.0
+            else:
+                self._buckets[client] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate
+            if len(self._buckets) > self.max_clients:
+                full = (self.burst - 1.0) / self.rate  # idle this long: refilled, forgetting it changes nothing
+                self._buckets = {c: v for c, v in self._buckets.items() if now - v[1] < full or c == client}
+        return wait
+
+
+class _Limits:
+    """Pure ASGI middleware: per-client rate limit (429), body size limit (413) and per-request metrics.
+
+    The operations routes (/healthz, /metrics) are never rate limited: probes must see an overloaded
+    service as alive."""
+
+    UNLIMITED = ("/healthz", "/metrics")
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, limiter: RateLimiter | None = None):
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.limiter = limiter
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = {"code": 500}
+        if self.limiter is not None and scope.get("path") not in self.UNLIMITED:
+            client = (scope.get("client") or ("unknown", 0))[0]
+            wait = self.limiter.take(str(client))
+            if wait > 0.0:
+                status["code"] = 429
+                try:
+                    return await self._too_many(send, wait)
+                finally:
+                    self.metrics.request("rate limited", scope.get("method", ""), 429, time.perf_counter() - t0)
 
         async def send_wrapped(message):
             if message["type"] == "http.response.start":
@@ -456,6 +507,16 @@ class _Limits:
             route = scope.get("route")
             path = getattr(route, "path", None) or "other"
             self.metrics.request(path, scope.get("method", ""), status["code"], time.perf_counter() - t0)
+
+    async def _too_many(self, send, wait: float):
+        retry = max(1, math.ceil(wait))
+        msg = (f"rate limit of {self.limiter.rate:g} requests/s per client (bursts of {self.limiter.burst:g}) "
+               f"exceeded; retry after {retry} s")
+        body = json.dumps({"detail": msg, "message": msg}).encode()
+        await send({"type": "http.response.start", "status": 429,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", str(retry).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     async def _too_large(self, send):
         body = (f'{{"detail":"request body larger than {self.max_body} bytes",'
@@ -623,9 +684,12 @@ def default_state_url(bundle_dir: Path) -> str:
 
 
 def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: str | None = None, *,
-               max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None):
+               max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
+               rate_burst: float | None = None):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
-    bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403."""
+    bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
+    `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
+    with Retry-After above it; None: no limit."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
@@ -665,7 +729,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     )
     app.state.scorer = scorer
     app.state.metrics = metrics
-    app.add_middleware(_Limits, metrics=metrics, max_body_bytes=max_body_bytes)
+    limiter = RateLimiter(rate_limit, rate_burst) if rate_limit else None
+    app.add_middleware(_Limits, metrics=metrics, max_body_bytes=max_body_bytes, limiter=limiter)
 
     header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
     bearer = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
@@ -821,7 +886,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         return ScoreResponse(user=req.user, cold_start=uidx == 0, history_length=len(items),
                              scores=scored(list(req.items), cand, logits), model=bundle.model_name)
 
-    @app.get("/users/{user}", response_model=UserState, tags=["events"], dependencies=[Depends(require_key)],
+    @app.get("/users/{user:path}", response_model=UserState, tags=["events"], dependencies=[Depends(require_key)],
              summary="A user's stored online events (oldest first) and counters")
     def user_state(user: str, n: int = Query(100, ge=1, le=10_000)) -> UserState:
         return UserState(user=user, known=scorer.user_index(user) > 0,
@@ -831,9 +896,10 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
 
 
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,
-          api_key: str | None = None, threads: int | None = 1, log_level: str = "info") -> None:
+          api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
+          rate_limit: float | None = None, rate_burst: float | None = None) -> None:
     """Runs the service with uvicorn (one process; request handlers run in its thread pool)."""
     import uvicorn
 
-    app = create_app(bundle_dir, state_url, api_key, threads=threads)
+    app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
