@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .data.errors import DataError, Problem
 from .encoders.content import ContentEncodingConfig
@@ -77,10 +77,32 @@ class TaskConfig(_Strict):
         "all", description="token tables joined for every distinct item of a batch (all) or for the targets only "
         "(target: for models that fuse only the watched item's content, e.g. mmbee with mfq_scope target)")
     graph: GraphTaskConfig = Field(default_factory=GraphTaskConfig)
+    context_features: list[str] = Field(
+        default_factory=list, description="ctr: event columns read as categorical features of the SAMPLE (not of "
+        "the item or the history), e.g. MicroLens' likes_level / views_level (an item's popularity level at "
+        "impression time). Strings or integers; the vocabulary comes from the training samples only: an empty "
+        "value or one first seen at validation/test is code 0 (unknown)")
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
     train_negatives: int = Field(
         0, ge=0, description="topk: 0 = full softmax over every item; N = N uniformly sampled negatives per batch")
     min_user_events: int = Field(3, ge=1, description="topk: users with fewer events are train-only")
+
+    @model_validator(mode="after")
+    def _check_context_features(self) -> TaskConfig:
+        names = self.context_features
+        if names and self.kind != "ctr":
+            raise ValueError(f"context_features {names}: only the ctr task reads per-sample context features, "
+                             f"not '{self.kind}'")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"context_features lists {dup} more than once")
+        for n in names:
+            if not n or "." in n:
+                raise ValueError(f"context_features: {n!r} is not usable as a feature name (empty or with '.')")
+            if n == self.label_column:
+                raise ValueError(f"context_features: '{n}' is the label column (task.label_column); "
+                                 "a feature must not be the label")
+        return self
 
 
 class InitConfig(_Strict):

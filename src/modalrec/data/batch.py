@@ -45,6 +45,9 @@ class Batch:
     item_pos: Tensor | None = None  # (B,) long: row of each target in `uniq`
     hist_pos: Tensor | None = None  # (B, L) long: row of each history position in `uniq`
     extra: dict[str, Tensor] = field(default_factory=dict)
+    # ctr: categorical features of the sample itself (`task.context_features`, e.g. an item's popularity
+    # level at impression time): name -> (B,) long codes, 0 = empty or unknown (`Schema.context_categorical`)
+    context: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:

@@ -80,6 +80,9 @@ class Schema:
     # pre-trained graph embeddings (GraphCL): "streamer" (n_streamer_codes, d), rows in the index space of the
     # item categorical feature `streamer_id`; "user" (n_users, d), rows aligned with the user index
     graph_init: dict[str, np.ndarray] = field(default_factory=dict)
+    # ctr: per-sample categorical context features (`task.context_features`) -> vocab size incl. 0 = unknown,
+    # in `Batch.context[name]` (B,) long; read by the models through `nn.layers.ContextEmbedding`
+    context_categorical: dict[str, int] = field(default_factory=dict)
 
 
 class ModelConfig(BaseModel):

@@ -1,7 +1,8 @@
 """DCN-V2 (Wang et al., "DCN V2: Improved Deep & Cross Network and Practical Lessons for Web-scale
 Learning to Rank Systems", WWW 2021), full-rank cross layers.
 
-x0 = [user embedding, target item vector, mean of the history item vectors] feeds
+x0 = [user embedding, target item vector, mean of the history item vectors, context feature embeddings
+(`task.context_features`, if any)] feeds
 - `parallel` (the paper's fig. 1b): a cross network and a DNN side by side, their outputs
   concatenated -> Linear -> logit;
 - `stacked` (fig. 1a): cross network -> DNN -> Linear -> logit.
@@ -22,7 +23,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, CrossNetV2, id_embedding
+from ..nn.layers import MLP, Activation, CrossNetV2, context_embedding, id_embedding
 from ..nn.sequence import masked_mean
 from .base import Model, ModelConfig, Schema
 
@@ -31,7 +32,7 @@ class DCNv2(Model):
     name: ClassVar[str] = "dcnv2"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "context"}
     )
 
     class Config(ModelConfig):
@@ -52,7 +53,9 @@ class DCNv2(Model):
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
         self.register_id_counts()
         self.user = id_embedding(schema.n_users, cfg.embed_dim)
+        self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         x0_dim = cfg.embed_dim + self.items.out_dim * (2 if cfg.use_history else 1)
+        x0_dim += self.context.out_dim if self.context else 0
         self.cross = CrossNetV2(x0_dim, cfg.cross_layers)
         self.dnn = MLP(x0_dim, cfg.dnn_hidden, cfg.activation, cfg.dropout, cfg.batch_norm)
         head_in = self.dnn.out_dim + (x0_dim if cfg.structure == "parallel" else 0)
@@ -64,6 +67,8 @@ class DCNv2(Model):
             parts = [self.user(batch.user), target, masked_mean(hist, batch.hist_mask)]
         else:
             parts = [self.user(batch.user), self.items.target(batch)]
+        if self.context is not None:
+            parts.append(self.context(batch))
         x0 = torch.cat(parts, dim=-1)
         if self.config.structure == "parallel":
             out = torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)

@@ -4,7 +4,8 @@ Prediction", KDD 2018).
 The target item and every history item go through the same `ItemEncoder` (shared embeddings, as
 in the paper). A local activation unit scores each history item against the target and the user
 interest is the score-weighted sum of the history (no softmax, as in the paper). The MLP reads
-[user, target, interest, target * interest] and outputs the click logit.
+[user, target, interest, target * interest] (and one embedding per `task.context_features` column)
+and outputs the click logit.
 
 Deviations from the paper, each a switch:
 - item vectors may include dense content (text/image/audio projections with a learned "missing"
@@ -24,7 +25,7 @@ from pydantic import Field
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, id_embedding
+from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
 
@@ -33,7 +34,7 @@ class DIN(Model):
     name: ClassVar[str] = "din"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "context"}
     )
 
     class Config(ModelConfig):
@@ -58,7 +59,8 @@ class DIN(Model):
         self.attention = TargetAttention(
             d, cfg.attention_hidden, activation=cfg.attention_activation, softmax=cfg.attention_softmax
         )
-        in_dim = cfg.embed_dim + d * (3 if cfg.use_product else 2)
+        self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
+        in_dim = cfg.embed_dim + d * (3 if cfg.use_product else 2) + (self.context.out_dim if self.context else 0)
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -67,6 +69,8 @@ class DIN(Model):
         parts = [self.user(batch.user), target, interest]
         if self.config.use_product:
             parts.append(target * interest)
+        if self.context is not None:
+            parts.append(self.context(batch))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor | None:

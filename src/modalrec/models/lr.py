@@ -1,7 +1,8 @@
 """Logistic regression over one-hot ids: the floor for CTR (as in the CTR benchmarks of the field).
 
 logit = bias + w_user + w_item + sum over categorical target features of w_value
-        + sum over multi-valued target features of the weights of every tag present.
+        + sum over multi-valued target features of the weights of every tag present
+        + sum over the sample's context features (`task.context_features`) of w_value.
 A multi-valued feature is a multi-hot vector, so its tags are summed (not averaged): that is what a
 linear model over the one-hot encoding computes. No history, no dense content, no interactions.
 """
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from ..data.batch import Batch
+from ..nn.layers import context_codes
 from .base import Model, ModelConfig, Schema
 
 
@@ -28,7 +30,7 @@ def _weights(n: int) -> nn.Embedding:
 class LogisticRegression(Model):
     name: ClassVar[str] = "lr"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset({"user", "item", "item_side"})
+    inputs: ClassVar[frozenset[str]] = frozenset({"user", "item", "item_side", "context"})
 
     class Config(ModelConfig):
         pass
@@ -39,6 +41,9 @@ class LogisticRegression(Model):
         self.item = _weights(schema.n_items)
         self.categorical = nn.ModuleDict({k: _weights(n) for k, n in schema.item_categorical.items()})
         self.multi = nn.ModuleDict({k: _weights(n) for k, n in schema.item_multi.items()})
+        # only with context features: a model without them keeps exactly its parameters
+        self.context = (nn.ModuleDict({k: _weights(n) for k, n in schema.context_categorical.items()})
+                        if schema.context_categorical else None)
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -47,4 +52,7 @@ class LogisticRegression(Model):
             logit = logit + w(batch.item_side[name]).squeeze(-1)
         for name, w in self.multi.items():
             logit = logit + w(batch.item_side[name]).squeeze(-1).sum(-1)
+        if self.context is not None:
+            for name, w in self.context.items():
+                logit = logit + w(context_codes(batch, name)).squeeze(-1)
         return logit

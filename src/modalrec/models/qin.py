@@ -22,8 +22,8 @@ Notes and deviations:
   training, where each row gets its own dropout mask before the sum, as in the authors' code.
   `num_rows` therefore acts as a regulariser, not as extra capacity;
 - the authors' attention dimension is twice the item vector size (`attention_dim: null`);
-- x0 holds no per-event fields: a `Batch` carries none (the challenge's likes/views levels stay
-  event columns); item categorical features reach x0 through x_t and o;
+- per-sample fields (the challenge's likes/views levels, `task.context_features`) join x0 as
+  embeddings after o, as in the challenge's baselines; item categorical features reach x0 through x_t and o;
 - with `batch_norm` in training mode a batch of one row is normalised with the running
   statistics instead of failing.
 
@@ -43,7 +43,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import id_embedding
+from ..nn.layers import context_embedding, id_embedding
 from .base import Model, ModelConfig, Schema
 
 
@@ -98,7 +98,7 @@ class QIN(Model):
     name: ClassVar[str] = "qin"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "context"}
     )
 
     class Config(ModelConfig):
@@ -118,7 +118,8 @@ class QIN(Model):
         self.user = id_embedding(schema.n_users, cfg.embed_dim) if cfg.use_user else None
         d = self.items.out_dim
         self.attention = SparseTargetAttention(d, cfg.attention_dim or 2 * d)
-        x_dim = 2 * d + (cfg.embed_dim if cfg.use_user else 0)
+        self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
+        x_dim = 2 * d + (cfg.embed_dim if cfg.use_user else 0) + (self.context.out_dim if self.context else 0)
         self.qnn = nn.ModuleList(
             QuadraticLayer(x_dim, cfg.num_rows, cfg.dropout, cfg.batch_norm) for _ in range(cfg.num_layers)
         )
@@ -129,6 +130,8 @@ class QIN(Model):
         parts = [target, self.attention(target, hist, batch.hist_mask)]
         if self.user is not None:
             parts.insert(0, self.user(batch.user))
+        if self.context is not None:
+            parts.append(self.context(batch))
         x = torch.cat(parts, dim=-1)
         for layer in self.qnn:
             x = layer(x)

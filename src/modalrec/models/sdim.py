@@ -14,7 +14,7 @@ so two models built with the same seed hash identically and checkpoints carry th
 has no gradient; the embeddings still learn through the gathered sums.
 
 Short-term interest: multi-head target attention (masked softmax) over the most recent
-`short_len` behaviours; [user, target, long-term, short-term] -> MLP -> logit.
+`short_len` behaviours; [user, target, long-term, short-term, context features (if any)] -> MLP -> logit.
 
 Deviations from the paper:
 - the paper precomputes behaviour hashes in a separate server (BSE) and looks the target's buckets
@@ -34,7 +34,7 @@ from pydantic import Field
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, id_embedding
+from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from .base import Model, ModelConfig, Schema
 from .sim import MultiHeadTargetAttention, recent_mask
 
@@ -43,7 +43,7 @@ class SDIM(Model):
     name: ClassVar[str] = "sdim"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "context"}
     )
 
     class Config(ModelConfig):
@@ -68,7 +68,9 @@ class SDIM(Model):
         self.register_buffer("hyperplanes", torch.randn(d, cfg.n_hashes * cfg.hash_bits, generator=g))
         self.register_buffer("bit_weights", 2 ** torch.arange(cfg.hash_bits), persistent=False)
         self.short = MultiHeadTargetAttention(d, d, d, cfg.n_heads) if cfg.short_len > 0 else None
+        self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2)
+        in_dim += self.context.out_dim if self.context else 0
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     @torch.no_grad()
@@ -95,4 +97,6 @@ class SDIM(Model):
         parts = [self.user(batch.user), target, self.long_term(target, hist, mask)]
         if self.short is not None:
             parts.append(self.short(target, hist, recent_mask(mask, self.config.short_len)))
+        if self.context is not None:
+            parts.append(self.context(batch))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

@@ -10,7 +10,8 @@ Two cascaded stages read the long history (everything in `batch.hist`):
   retrieved behaviours, each represented as z_j = [e_j, t_j] where t_j embeds the bucketised
   log-seconds between the behaviour and the sample (`hist_time`).
 Next to it a DIN-style attention (local activation unit, `nn.TargetAttention`) reads the most
-recent `short_len` behaviours, and [user, target, long-term, short-term] -> MLP -> logit.
+recent `short_len` behaviours, and [user, target, long-term, short-term, context features (if any)] -> MLP
+-> logit.
 
 Both searches are vectorised over the batch: hard search scores position j as
 `match_j * 2L + j` (a matching behaviour always outranks a non-matching one, ties broken by
@@ -44,7 +45,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, id_embedding
+from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
 
@@ -117,7 +118,8 @@ class SIM(Model):
     name: ClassVar[str] = "sim"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_time"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_time",
+         "context"}
     )
 
     class Config(ModelConfig):
@@ -173,7 +175,9 @@ class SIM(Model):
             TargetAttention(d, cfg.attention_hidden, activation=cfg.attention_activation)
             if cfg.short_len > 0 else None
         )
+        self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2) + mlp_extra_dim
+        in_dim += self.context.out_dim if self.context else 0
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def general_search(
@@ -208,7 +212,8 @@ class SIM(Model):
         return self.items.encode(batch)
 
     def interests(self, batch: Batch, target: torch.Tensor, hist: torch.Tensor) -> list[torch.Tensor]:
-        """The MLP inputs [user, target, long-term (ESU over the GSU's top-k), short-term]."""
+        """The MLP inputs [user, target, long-term (ESU over the GSU's top-k), short-term, context features
+        (with task.context_features)]."""
         cfg = self.config
         mask = batch.hist_mask
         idx, valid, soft = self.general_search(batch, target, hist)
@@ -220,4 +225,6 @@ class SIM(Model):
         parts = [self.user(batch.user), target, self.esu(target, retrieved, valid, key_bias=bias)]
         if self.short is not None:
             parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len)))
+        if self.context is not None:
+            parts.append(self.context(batch))
         return parts

@@ -14,7 +14,7 @@ time p_t), with three parts:
   <ẽ_k, ṽ_t> = <e_k, v_t> + <e_k, p_t> + <p_k, v_t> + <p_k, p_t>: all four correlations.
 - Target-aware Representation (TR): u = Σ_k α_k (ẽ_k ⊙ ṽ_t), so the pooled representation also
   carries the 4 products e⊙v, e⊙p_t, p_k⊙v, p_k⊙p_t.
-[user, target v_t, u] -> MLP -> logit.
+[user, target v_t, u, context features (`task.context_features`, if any)] -> MLP -> logit.
 
 Notes and deviations:
 - since ṽ_t does not depend on k, u = (Σ_k α_k ẽ_k) ⊙ ṽ_t; it is computed that way (O(L d)).
@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import MLP, Activation, id_embedding
+from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from .base import Model, ModelConfig, Schema
 from .sim import log_time_buckets
 
@@ -43,7 +43,8 @@ class TIN(Model):
     name: ClassVar[str] = "tin"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_time"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_time",
+         "context"}
     )
 
     class Config(ModelConfig):
@@ -67,7 +68,9 @@ class TIN(Model):
         self.temporal = nn.Embedding(n_codes, d)
         nn.init.normal_(self.temporal.weight, std=0.05)
         self.scale = math.sqrt(d)
-        self.mlp = MLP(cfg.embed_dim + 2 * d, cfg.mlp_hidden, activation=cfg.activation,
+        self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
+        ctx_dim = self.context.out_dim if self.context else 0
+        self.mlp = MLP(cfg.embed_dim + 2 * d + ctx_dim, cfg.mlp_hidden, activation=cfg.activation,
                        dropout=cfg.dropout, out_dim=1)
 
     def temporal_codes(self, batch: Batch) -> torch.Tensor:
@@ -101,4 +104,7 @@ class TIN(Model):
     def forward(self, batch: Batch) -> torch.Tensor:
         target, hist = self.items.encode(batch)
         u = self.interest(target, hist, batch)
-        return self.mlp(torch.cat([self.user(batch.user), target, u], dim=-1)).squeeze(-1)
+        parts = [self.user(batch.user), target, u]
+        if self.context is not None:
+            parts.append(self.context(batch))
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

@@ -167,3 +167,38 @@ def reinitialise(module: nn.Module, scheme: str = "model", embedding_std: float 
                 nn.init.xavier_normal_(m.weight)
                 if m.bias is not None:
                     m.bias.zero_()
+
+
+class ContextEmbedding(nn.Module):
+    """The per-sample categorical context features of a ctr batch (`Schema.context_categorical`,
+    `Batch.context[name]` (B,) long): one `id_embedding` of `dim` per feature (code 0, empty or unknown,
+    is the zero vector), concatenated in schema order -> (B, dim * n_features).
+
+    Models build it only where the schema has context features (`context_embedding`), so a model without
+    any keeps exactly its parameters and initialisation order."""
+
+    def __init__(self, sizes: dict[str, int], dim: int):
+        super().__init__()
+        if not sizes:
+            raise ValueError("ContextEmbedding needs at least one context feature")
+        self.tables = nn.ModuleDict({name: id_embedding(n, dim) for name, n in sizes.items()})
+        self.out_dim = dim * len(sizes)
+
+    def forward(self, batch) -> torch.Tensor:
+        return torch.cat([table(context_codes(batch, name)) for name, table in self.tables.items()], dim=-1)
+
+
+def context_codes(batch, name: str) -> torch.Tensor:
+    """`batch.context[name]`, or an error naming the feature the model was trained with."""
+    try:
+        return batch.context[name]
+    except KeyError:
+        have = sorted(batch.context) or "none"
+        raise KeyError(f"the model reads the context feature '{name}' (task.context_features) but the batch has "
+                       f"{have}; pass the sample's context codes in Batch.context") from None
+
+
+def context_embedding(schema, dim: int) -> ContextEmbedding | None:
+    """A `ContextEmbedding` of `dim` per feature when `schema` has context features, else None."""
+    sizes = getattr(schema, "context_categorical", None) or {}
+    return ContextEmbedding(sizes, dim) if sizes else None

@@ -292,6 +292,8 @@ class SampleSet:
     cut: np.ndarray  # how many history events of the user precede the sample
     labels: np.ndarray | None = None
     groups: np.ndarray | None = None  # optional per-sample group label for breakdowns
+    # ctr: per-sample categorical context codes (name -> (n,) int64, 0 = unknown), see `CTRTask`
+    context: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -301,6 +303,7 @@ class SampleSet:
             self.users[idx], self.items[idx], self.times[idx], self.cut[idx],
             None if self.labels is None else self.labels[idx],
             None if self.groups is None else self.groups[idx],
+            {name: codes[idx] for name, codes in self.context.items()},
         )
 
 

@@ -11,11 +11,20 @@ Split protocols (both chronological, both with the leakage guard):
   release. Test labels may then be hidden (null): the test split is predicted, not scored
   (`modalrec predict`), and its metrics are left out.
 A sample's history holds only the user's events strictly before the sample's time (`History.cut_before`).
+
+Context features (`task.context_features`): event columns read as categorical features of the sample
+itself (MicroLens' likes_level / views_level: the item's popularity level at impression time). Each is
+coded per sample once, here (`SampleSet.context`), and reaches the model as `Batch.context[name]` (B,)
+long with its vocabulary size in `Schema.context_categorical`. The vocabulary holds the TRAINING samples'
+values only: an empty value, or one first seen at validation/test, is code 0 (unknown), so nothing of the
+evaluated samples leaks into the model's tables.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +33,7 @@ from ..data.batch import Collator, History
 from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..eval.metrics import ctr_metrics
-from .base import PreparedTask, SampleSet, build_item_side, channel_mask, encode_events
+from .base import PreparedTask, SampleSet, Vocab, build_item_side, channel_mask, encode_events
 
 
 def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: str, valid: float,
@@ -51,6 +60,59 @@ def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: st
     t_valid = np.minimum(boundary(n_test + n_valid), t_test)
     tt, tv = t_test[users], t_valid[users]
     return np.where(times >= tt, 2, np.where(times >= tv, 1, 0)).astype(np.int8)
+
+
+def _context_strings(col: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    """An event column as the strings its categorical codes are looked up by (nulls stay null): integers
+    as their decimal digits, floats only when every value is a whole number (an integer column that a
+    null turned into floats), booleans as true / false."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    typ = arr.type
+    if pa.types.is_dictionary(typ):
+        arr = arr.cast(typ.value_type)
+        typ = arr.type
+    if pa.types.is_null(typ):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_floating(typ):
+        vals = arr.to_numpy(zero_copy_only=False).astype(np.float64)
+        real = vals[~np.isnan(vals)] if len(vals) else vals
+        bad = ~np.isfinite(real) | (real != np.round(real))
+        if bad.any():
+            raise DataError(Problem("events", None, name, "a categorical context feature: strings or whole "
+                                    "numbers (task.context_features)", f"the number {real[bad][0]!r}"))
+        return pc.cast(pc.cast(arr, pa.int64()), pa.string())
+    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return pc.cast(arr, pa.string())
+    raise DataError(Problem("events", None, name, "a categorical context feature: strings, integers or "
+                            "booleans (task.context_features)", str(typ)))
+
+
+def context_codes(table: pa.Table, names: list[str], rows: np.ndarray,
+                  train: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Vocab]]:
+    """Per-sample codes of the context features `names`: (name -> (len(rows),) int64, name -> Vocab).
+
+    `rows`: the samples' rows of `table`; `train`: (len(rows),) bool, the training samples. The vocabulary
+    holds the values of the training samples only (integers in numeric order, other values sorted as
+    strings); an empty value or one the training samples never hold is 0."""
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise DataError([Problem("events", None, n, "an event column for task.context_features",
+                                 f"no such column; the events have {table.column_names}") for n in missing])
+    codes: dict[str, np.ndarray] = {}
+    vocabs: dict[str, Vocab] = {}
+    take = pa.array(rows, pa.int64())
+    for name in names:
+        col = table[name]
+        numeric = pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+        values = _context_strings(col.take(take), name)
+        seen = pc.unique(pc.drop_null(values.filter(pa.array(train, pa.bool_())))).to_pylist()
+        seen = sorted(seen, key=int) if numeric else sorted(seen)
+        vocab = Vocab(seen)
+        codes[name] = vocab.lookup(values)
+        vocabs[name] = vocab
+    return codes, vocabs
 
 
 class CTRTask(PreparedTask):
@@ -100,12 +162,13 @@ class CTRTask(PreparedTask):
         else:
             split = assign_splits(users, times, n_users, cfg.split.method, cfg.split.valid, cfg.split.test)
         cut = self.history.cut_before(users, times)
-        full = SampleSet(users, items, times, cut, labels)
+        sample_rows = np.flatnonzero(is_sample)
+        context, self.context_vocab = context_codes(enc.table, cfg.context_features, sample_rows, split == 0)
+        full = SampleSet(users, items, times, cut, labels, context=context)
         self.splits = {name: full.take(np.flatnonzero(split == code))
                        for code, name in enumerate(("train", "valid", "test"))}
         # each split's samples as rows of `events` (the sorted event table): `modalrec predict` writes
         # predictions next to the samples' own columns (ids, time, a challenge's row id)
-        sample_rows = np.flatnonzero(is_sample)
         self.events = enc.table
         self.split_rows = {name: sample_rows[split == code] for code, name in enumerate(("train", "valid", "test"))}
         side, schema = build_item_side(data, self.item_vocab, cfg)
@@ -118,6 +181,7 @@ class CTRTask(PreparedTask):
         schema.item_counts = counts
         schema.user_counts = np.bincount(tr.users, minlength=n_users).astype(np.float64)
         schema.item_positive_rate = (pos + 20 * prior) / (counts + 20)
+        schema.context_categorical = {name: len(v) for name, v in self.context_vocab.items()}
         self.schema = schema
         self.collator = Collator(self.history, side, cfg.max_history, with_time=True, token_scope=cfg.token_scope)
         self.group_names = {}
@@ -154,6 +218,7 @@ class CTRTask(PreparedTask):
 
     def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
         batch = self.collator(s.users, s.items, s.cut, s.times, s.labels)
+        batch.context = {name: torch.from_numpy(codes) for name, codes in s.context.items()}
         if self.gie is not None:
             batch.extra.update(self.gie.lookup(s.users, self.streamer_code[s.items]))
         return batch
