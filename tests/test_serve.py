@@ -605,3 +605,47 @@ def test_user_ids_with_slashes(client):
     assert client.post("/events", json={"events": [ev]}, headers=AUTH).json()["accepted"] == 1
     st = client.get("/users/tenant/a%20b/42", headers=AUTH).json()
     assert st["user"] == "tenant/a b/42" and [e["item"] for e in st["events"]] == ["i1"]
+
+
+def test_context_features_served_like_offline(tmp_path):
+    """A model reading per-sample context features (task.context_features): the bundle keeps their vocabularies,
+    /score takes them per request or per candidate, and equals the offline logits; unknown names get 422."""
+    from .test_context_features import make_data as context_data
+
+    data = context_data()
+    data.save(tmp_path / "data")
+    cfg = RunConfig.model_validate({
+        "name": "ctx-din", "data": {"source": str(tmp_path / "data")},
+        "task": {"kind": "ctr", "max_history": 8, "split": {"method": "column", "column": "split"},
+                 "context_features": ["level", "mood"]},
+        "model": {"name": "din", "params": {"embed_dim": 8}},
+        "train": {"epochs": 1, "batch_size": 32, "progress": False, "num_threads": 1}, "seeds": [0]})
+    train_run(cfg, tmp_path / "run", data=data, report=False)
+    export_bundle(tmp_path / "run", tmp_path / "bundle", data=data)
+    assert json.loads((tmp_path / "bundle" / "vocab_context.json").read_text()) == {
+        "level": ["2", "3", "10"], "mood": ["calm", "wild"]}
+    task = prepare_task(data, cfg.task)
+    model = build_model("din", task.schema, cfg.model.params)
+    load_checkpoint(tmp_path / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
+    offline = task.predict(model.eval(), "test", 64)
+    s = task.splits["test"]
+    rows = task.events.take(task.split_rows["test"])
+    level, mood = rows["level"].to_pylist(), rows["mood"].to_pylist()
+    app = create_app(tmp_path / "bundle", f"sqlite:///{tmp_path / 's.sqlite'}", api_key=KEY)
+    worst, varied = 0.0, set()
+    with TestClient(app) as c:
+        for r in range(len(s)):
+            u, item = task.user_vocab.id_of(int(s.users[r])), task.item_vocab.id_of(int(s.items[r]))
+            feats = {k: v for k, v in (("level", level[r]), ("mood", mood[r])) if v is not None}
+            body = {"user": u, "items": [item], "history": _hist_events(task, int(s.users[r]), int(s.cut[r])),
+                    "context": {"time": int(s.times[r])}}
+            # alternate the two ways of passing them: per request, per candidate
+            body["context"]["features" if r % 2 else "item_features"] = feats if r % 2 else {item: feats}
+            resp = c.post("/score", json=body)
+            assert resp.status_code == 200, resp.text
+            worst = max(worst, abs(resp.json()["scores"][0]["score"] - offline[r]))
+            varied.add(tuple(sorted(feats.items())))
+        assert worst <= 1e-5 and len(varied) > 3
+        bad = c.post("/score", json={"user": "u", "items": ["x"], "context": {"features": {"weather": "rain"}}})
+        assert bad.status_code == 422 and "context.features.weather" in bad.json()["message"]
+        assert "level" in bad.json()["message"]

@@ -13,6 +13,7 @@ checkpoint and writes:
     model.safetensors          model weights (state_dict)
     vocab_users.json           raw user ids; the id at position i has index i + 1 (0 = unknown)
     vocab_items.json           raw item ids, same convention
+    vocab_context.json         (models with per-sample context features) each feature's raw values, code i + 1
     item_side.safetensors      the ItemSide arrays: categorical.*, multi.*, dense.* (the content
                                vectors), presence.* (True where a modality is present), tokens.* and
                                token_mask.* (the token tables of multi-valued content, dtype kept)
@@ -98,6 +99,8 @@ class Bundle:
     index: object | None  # faiss index over rows 1..n-1 (faiss id = item index - 1)
     popular: np.ndarray  # item indices, most popular first (cold-start candidates)
     token_scope: str = "all"  # the Collator's: which items get their token tables joined
+    # per-sample context features (task.context_features): raw value (as a string) -> code, per feature
+    context_vocab: dict[str, Vocab] = dataclasses.field(default_factory=dict)
     graph: ServingGraph | None = None  # MMBee's GIE (task.graph.enabled), else None
 
     @property
@@ -395,6 +398,9 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, 
         save_pt(state, str(tmp / "model.safetensors"))
         _write_json(tmp / "vocab_users.json", [str(v) for v in task.user_vocab.ids])
         _write_json(tmp / "vocab_items.json", [str(v) for v in task.item_vocab.ids])
+        context_vocab = getattr(task, "context_vocab", None) or {}
+        if context_vocab:
+            _write_json(tmp / "vocab_context.json", {n: [str(v) for v in voc.ids] for n, voc in context_vocab.items()})
         save_np(_side_arrays(collator.item_side), str(tmp / "item_side.safetensors"))
         seed_h = seed_history(collator.history, int(collator.max_history))
         save_np({"ptr": seed_h.ptr, "items": seed_h.items, "times": seed_h.times}, str(tmp / "history.safetensors"))
@@ -514,6 +520,17 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
             index = faiss.read_index(str(path / "items.faiss"))
             if index.ntotal != len(vectors) - 1:
                 raise BundleError(path / "items.faiss", f"{len(vectors) - 1} vectors", str(index.ntotal))
+    context_vocab = {}
+    if schema.context_categorical:
+        if "vocab_context.json" not in files:
+            raise BundleError(path / "manifest.json", "'vocab_context.json' (the model reads context features "
+                              f"{sorted(schema.context_categorical)})", "not listed")
+        raw = json.loads((path / "vocab_context.json").read_text())
+        for name, size in schema.context_categorical.items():
+            if name not in raw or len(raw[name]) + 1 != size:
+                raise BundleError(path / "vocab_context.json", f"{size - 1} values of context feature '{name}'",
+                                  "none" if name not in raw else str(len(raw[name])))
+            context_vocab[name] = Vocab([str(v) for v in raw[name]])
     col = meta["collator"]
     graph = _load_graph(path, meta.get("graph"), files, side, schema) if meta.get("graph") else None
     return Bundle(
@@ -521,7 +538,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         item_vocab=items, item_side=side, history=history, max_history=int(col["max_history"]),
         with_time=bool(col["with_time"]), history_channels=meta.get("history_channels"),
         item_vectors=vectors, index=index, popular=popularity_order(schema),
-        token_scope=str(col.get("token_scope", "all")), graph=graph,
+        token_scope=str(col.get("token_scope", "all")), graph=graph, context_vocab=context_vocab,
     )
 
 

@@ -259,12 +259,33 @@ class Scorer:
         return extra
 
     # the ranker
+    def context_codes(self, features: dict, item_features: dict, names: list[str]) -> dict[str, np.ndarray]:
+        """(C,) codes of each context feature of the bundle for candidates `names`: the candidate's own value
+        (`item_features`), else the request's (`features`), else 0 (unknown), as offline for unseen values."""
+        out = {}
+        for name, voc in self.bundle.context_vocab.items():
+            values = [str(item_features.get(n, {}).get(name, features.get(name, ""))) for n in names]
+            out[name] = voc.lookup(values).astype(np.int64)
+        return out
+
+    def check_context(self, features: dict, item_features: dict) -> list[dict]:
+        """Validation errors (422) for context feature names the model does not read."""
+        known = set(self.bundle.context_vocab)
+        errors = [{"loc": ("body", "context", "features", n), "msg": f"unknown context feature; the model reads "
+                   f"{sorted(known) or 'none'}", "type": "value_error"} for n in features if n not in known]
+        for item, feats in item_features.items():
+            errors += [{"loc": ("body", "context", "item_features", item, n), "msg": "unknown context feature; the "
+                        f"model reads {sorted(known) or 'none'}", "type": "value_error"} for n in feats if n not in known]
+        return errors
+
     @torch.inference_mode()
     def score(self, uidx: int, hist_items: np.ndarray, hist_times: np.ndarray, t: int,
-              candidates: np.ndarray, user: str | None = None, before: int | None = None) -> np.ndarray:
+              candidates: np.ndarray, user: str | None = None, before: int | None = None,
+              context: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Logits (ctr) or scores (topk) of `candidates` for a user with this sequence at time `t`.
         `user` (the raw id) and `before` (context.time) select the online gifts a graph expansion reads;
-        without `user` the expansion is the bundle's offline one."""
+        without `user` the expansion is the bundle's offline one. `context`: (C,) codes per context feature
+        (`context_codes`); features it lacks are unknown (0)."""
         n = len(hist_items)
         h_items, h_times = hist_items.astype(np.int64), hist_times.astype(np.int64)
         if n == 0:  # one padding event beyond the cut: the window masks it, as offline for a user's first sample
@@ -276,6 +297,9 @@ class Scorer:
             c = len(cand)
             batch = collate(np.zeros(c, np.int64), cand, np.full(c, n, np.int64), np.full(c, t, np.int64))
             batch.user = batch.group = torch.full((c,), uidx, dtype=torch.long)
+            context = context or {}
+            batch.context = {name: torch.from_numpy(np.asarray(context.get(name, np.zeros(c, np.int64)), np.int64))
+                             for name in self.bundle.context_vocab}
             if self.graph is not None:
                 batch.extra.update(self.gie_extras(user, uidx, before, cand))
             out = self.bundle.model(batch)
@@ -603,6 +627,13 @@ class Context(_Strict):
     time: Time | None = Field(None, description="score as of this time: only events strictly before it are read "
                                                 "(default: now, every stored event)")
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_ITEMS, description="items never to recommend")
+    features: dict[str, str | int] = Field(
+        default_factory=dict, max_length=64, description="per-sample context features the model reads "
+        "(task.context_features, e.g. {\"views_level\": 3}) for every candidate; a feature left out, or a value "
+        "not seen in training, is read as unknown")
+    item_features: dict[Id, dict[str, str | int]] = Field(
+        default_factory=dict, max_length=MAX_ITEMS, description="per-candidate context features (item id -> "
+        "{feature: value}), over `features`, e.g. an item's likes_level at this impression")
 
 
 class RecommendRequest(_Strict):
@@ -837,6 +868,10 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     @app.post("/recommend", response_model=RecommendResponse, tags=["recommend"],
               summary="Top-K items for a user: ANN retrieval over item vectors, then the ranker")
     def recommend(req: RecommendRequest) -> RecommendResponse:
+        if req.context.features or req.context.item_features:
+            errors = scorer.check_context(req.context.features, req.context.item_features)
+            if errors:
+                raise _Invalid(errors)
         t0 = time.perf_counter()
         uidx = scorer.user_index(req.user)
         items, times, t, before = sequence(req.user, uidx, req.context, None)
@@ -859,7 +894,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         if len(cand) == 0:
             return RecommendResponse(user=req.user, cold_start=uidx == 0, history_length=len(items), items=[],
                                      retrieved=retrieved, model=bundle.model_name)
-        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before)
+        ctx = scorer.context_codes(req.context.features, req.context.item_features, names)
+        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before, context=ctx)
         top = np.argsort(-logits, kind="stable")[: req.k]
         stage("rank", t0)
         if uidx == 0:
@@ -871,12 +907,17 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     @app.post("/score", response_model=ScoreResponse, tags=["recommend"],
               summary="Scores (ctr: click probabilities) of given items for a user")
     def score(req: ScoreRequest) -> ScoreResponse:
+        if req.context.features or req.context.item_features:
+            errors = scorer.check_context(req.context.features, req.context.item_features)
+            if errors:
+                raise _Invalid(errors)
         t0 = time.perf_counter()
         uidx = scorer.user_index(req.user)
         items, times, t, before = sequence(req.user, uidx, req.context, req.history)
         t0 = stage("state", t0)
         cand = scorer.item_index(req.items)
-        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before)
+        ctx = scorer.context_codes(req.context.features, req.context.item_features, list(req.items))
+        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before, context=ctx)
         stage("rank", t0)
         if uidx == 0:
             metrics.inc("modalrec_cold_starts_total", "kind", "score_user")
