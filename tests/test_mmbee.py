@@ -10,6 +10,7 @@ without any content.
 from __future__ import annotations
 
 import copy
+from unittest.mock import patch
 
 import numpy as np
 import pyarrow as pa
@@ -606,3 +607,24 @@ def test_modality_and_segment_dropout_act_in_training_only(task):
     assert (present & ~left).any()
     plain.train()
     assert plain._drop(masks) is masks  # 0 / 0: identity
+
+
+def test_content_cache_serves_the_same_vectors(task):
+    """cache_content (serving): each target segment is fused once and memoised; eval outputs are unchanged,
+    later batches read the memo, and training or autograd always fuse afresh."""
+    torch.manual_seed(0)
+    model = build_model("mmbee", task.schema, params(mfq_scope="target")).eval()
+    batch = train_batch(task)
+    with torch.no_grad():
+        ref = model(batch)
+        model.cache_content(max_items=10_000)
+        torch.testing.assert_close(model(batch), ref, rtol=0, atol=1e-6)
+        cached = dict(model._content_cache)
+        assert set(cached) == set(batch.item.tolist())
+        with patch.object(model.mfq, "forward", side_effect=AssertionError("MFQ ran again")):
+            torch.testing.assert_close(model(batch), ref, rtol=0, atol=1e-6)  # every segment from the memo
+        model.cache_content(max_items=2)  # a bound smaller than one batch: it starts over, still exact
+        torch.testing.assert_close(model(batch), ref, rtol=0, atol=1e-6)
+    out = model(batch)  # autograd on: fused afresh, gradients reach MFQ
+    out.sum().backward()
+    assert model.mfq.queries.grad is not None

@@ -127,6 +127,8 @@ class MMBee(SIM):
                 f"{sorted(schema.item_categorical)}); GIE and streamer-conditioned queries need it "
                 "(or set use_gie: false, streamer_conditioned: false)")
         self.token_names, self.dense_names = token_names, dense_names
+        self._content_cache: dict[int, torch.Tensor] | None = None  # see cache_content (serving)
+        self._content_cache_max = 0
         self.mfq: MFQ | None = None
         if cfg.use_mfq:
             dims = {n: schema.item_tokens[n][1] for n in token_names} | {n: schema.item_dense[n] for n in dense_names}
@@ -189,10 +191,36 @@ class MMBee(SIM):
 
     def fused_targets(self, batch: Batch) -> torch.Tensor:
         """mfq_scope 'target': MFQ over each sample's target segment (B, content_dim); the collate always
-        joins the targets' token tables in `item_side`."""
-        side = batch.item_side
-        tokens, masks = self._mfq_inputs(side, batch.presence, "item_side")
+        joins the targets' token tables in `item_side`. With `cache_content()` (serving) each distinct
+        segment is fused once and its vector memoised."""
+        if self._content_cache is None or self.training or torch.is_grad_enabled():
+            return self._fuse(batch.item_side, batch.presence)
+        cache = self._content_cache
+        items = batch.item.tolist()
+        first: dict[int, int] = {}
+        for row, i in enumerate(items):
+            if i not in cache and i not in first:
+                first[i] = row
+        if first:
+            rows = torch.tensor(list(first.values()), dtype=torch.long, device=batch.item.device)
+            fused = self._fuse({k: v[rows] for k, v in batch.item_side.items()},
+                               {k: v[rows] for k, v in batch.presence.items()})
+            if len(cache) + len(first) > self._content_cache_max:
+                cache.clear()
+            cache.update(zip(first, fused))
+        return torch.stack([cache[i] for i in items])
+
+    def _fuse(self, side: dict, presence: dict) -> torch.Tensor:
+        tokens, masks = self._mfq_inputs(side, presence, "item_side")
         return self.mfq(tokens, masks, self._streamer(side))
+
+    def cache_content(self, max_items: int = 200_000) -> None:
+        """Serving: memoise MFQ's vector of every target segment it fuses (at most `max_items`, then start
+        over). A segment's vector depends only on its own content and streamer, which a served model never
+        changes, so a request pays MFQ only for segments it is the first to score. Used only in eval mode
+        without autograd; training and gradients always fuse afresh."""
+        self._content_cache = {}
+        self._content_cache_max = int(max_items)
 
     def _streamer(self, side: dict) -> torch.Tensor | None:
         if self.mfq.condition is None:
@@ -243,7 +271,12 @@ class MMBee(SIM):
             query = torch.cat([target, parts[0]], dim=-1) if self.config.gie_query_user else target
             for key, attention in (("gie_user", self.gie_user), ("gie_streamer", self.gie_streamer)):
                 idx, bias, mask = self._expansion(batch, key)
-                parts.append(attention(query, self.streamers(idx), mask, key_bias=bias))
+                if idx.shape[0] > 1 and idx.stride(0) == 0:  # one expansion for every row (a served user's)
+                    keys = self.streamers(idx[:1])
+                    k, v = attention.k(keys).expand(idx.shape[0], -1, -1), attention.v(keys).expand(idx.shape[0], -1, -1)
+                    parts.append(attention.attend(query, k, v, mask, key_bias=bias))
+                else:
+                    parts.append(attention(query, self.streamers(idx), mask, key_bias=bias))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def _expansion(self, batch: Batch, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

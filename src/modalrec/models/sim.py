@@ -69,6 +69,12 @@ def recent_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     return mask & (pos >= length - n)
 
 
+def _shared_rows(*tensors: torch.Tensor | None) -> bool:
+    """Every given (B, ...) tensor is one row expanded with stride 0 (the collate's shared history), B > 1."""
+    real = [t for t in tensors if t is not None]
+    return all(t.dim() >= 2 and t.shape[0] > 1 and t.stride(0) == 0 for t in real)
+
+
 class MultiHeadTargetAttention(nn.Module):
     """Target attention with `n_heads` scaled dot-product heads and a masked softmax.
 
@@ -94,14 +100,20 @@ class MultiHeadTargetAttention(nn.Module):
         key_bias: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, K, _ = keys.shape
-        H = self.n_heads
         zero = torch.zeros((), dtype=keys.dtype, device=keys.device)
         keys = torch.where(mask.unsqueeze(-1), keys, zero)
         values = keys if values is None else torch.where(mask.unsqueeze(-1), values, zero)
+        return self.attend(query, self.k(keys), self.v(values), mask, key_bias)
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+               key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention on keys and values already projected by `self.k` / `self.v` (B, K, dim): lets a
+        caller project each distinct key once and gather (a history shared by every row of a batch)."""
+        B, K, _ = k.shape
+        H = self.n_heads
         q = self.q(query).view(B, H, -1)
-        k = self.k(keys).view(B, K, H, -1)
-        v = self.v(values).view(B, K, H, -1)
+        k = k.reshape(B, K, H, -1)
+        v = v.reshape(B, K, H, -1)
         scores = torch.einsum("bhd,bkhd->bhk", q, k) / math.sqrt(q.shape[-1])
         if key_bias is not None:
             zb = torch.zeros((), dtype=key_bias.dtype, device=key_bias.device)
@@ -217,12 +229,20 @@ class SIM(Model):
         cfg = self.config
         mask = batch.hist_mask
         idx, valid, soft = self.general_search(batch, target, hist)
-        retrieved = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
-        if self.time is not None:
-            buckets = log_time_buckets(batch.hist_time, mask, cfg.time_buckets)
-            retrieved = torch.cat([retrieved, self.time(buckets.gather(1, idx))], dim=-1)  # z_j = [e_j, t_j]
         bias = soft if (soft is not None and cfg.soft_bias) else None
-        parts = [self.user(batch.user), target, self.esu(target, retrieved, valid, key_bias=bias)]
+        if _shared_rows(hist, mask, batch.hist_time if self.time is not None else None):
+            # one history for every row (a service request): project each position once, then gather
+            z = hist[0]
+            if self.time is not None:
+                z = torch.cat([z, self.time(log_time_buckets(batch.hist_time[:1], mask[:1], cfg.time_buckets)[0])], -1)
+            long_term = self.esu.attend(target, self.esu.k(z)[idx], self.esu.v(z)[idx], valid, key_bias=bias)
+        else:
+            retrieved = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
+            if self.time is not None:
+                buckets = log_time_buckets(batch.hist_time, mask, cfg.time_buckets)
+                retrieved = torch.cat([retrieved, self.time(buckets.gather(1, idx))], dim=-1)  # z_j = [e_j, t_j]
+            long_term = self.esu(target, retrieved, valid, key_bias=bias)
+        parts = [self.user(batch.user), target, long_term]
         if self.short is not None:
             parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len)))
         if self.context is not None:

@@ -154,6 +154,8 @@ class Scorer:
         self.graph = bundle.graph
         self.n_items = bundle.schema.n_items
         self.fast_paths = with_serving_fast_paths(bundle.model) if fast_paths else 0
+        if fast_paths and hasattr(bundle.model, "cache_content"):  # MMBee: fuse each segment's content once
+            bundle.model.cache_content()
         # group retrieval: items sharing the first item categorical feature (the streamer of a live segment, a
         # movie's category; SIM's hard-search key) with the user's recent items, most popular first
         cats = bundle.item_side.categorical
@@ -254,8 +256,9 @@ class Scorer:
         seq, w = self.user_expansion(user, uidx, before)
         c = len(candidates)
         extra = g.expansion.lookup(np.zeros(c, np.int64), g.streamer_code[candidates])
-        extra["gie_user"] = torch.from_numpy(np.repeat(seq[None, :], c, axis=0))
-        extra["gie_user_w"] = torch.from_numpy(np.repeat(w[None, :], c, axis=0))
+        # the user's expansion is the same for every candidate: stride-0 rows, attended to once by MMBee
+        extra["gie_user"] = torch.from_numpy(np.ascontiguousarray(seq)).unsqueeze(0).expand(c, -1)
+        extra["gie_user_w"] = torch.from_numpy(np.ascontiguousarray(w)).unsqueeze(0).expand(c, -1)
         return extra
 
     # the ranker
