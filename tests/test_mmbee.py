@@ -628,3 +628,22 @@ def test_content_cache_serves_the_same_vectors(task):
     out = model(batch)  # autograd on: fused afresh, gradients reach MFQ
     out.sum().backward()
     assert model.mfq.queries.grad is not None
+
+
+@pytest.mark.parametrize("name", ["sim", "mmbee"])
+def test_without_item_id_items_are_their_features(task, name):
+    """use_item_id: false (segments that never recur): no id table; two items with the same side features
+    and content get the same vector, and the model still trains."""
+    torch.manual_seed(0)
+    p = params() if name == "mmbee" else {k: v for k, v in SMALL.items() if not k.startswith(("mfq", "gie"))}
+    model = build_model(name, task.schema, p | {"use_item_id": False})
+    assert model.items.id is None and not any(n.startswith("items.id") for n, _ in model.named_parameters())
+    batch = train_batch(task)
+    out = model(batch)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    with torch.no_grad():
+        side = {k: v[:1].expand(2, *v.shape[1:]) for k, v in batch.item_side.items()}
+        pres = {k: v[:1].expand(2) for k, v in batch.presence.items()}
+        vec = model.items(torch.tensor([3, 5]), side, pres)
+        torch.testing.assert_close(vec[0], vec[1], rtol=0, atol=0)

@@ -151,6 +151,8 @@ class SIM(Model):
         activation: Activation = "prelu"
         dropout: float = Field(0.1, ge=0.0, lt=1.0)
         use_content: bool = True
+        use_item_id: bool = Field(True, description="embed the item id (False: items are described by their side "
+                                  "features and content only, for items that never recur such as stream segments)")
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None, *, item_extra_dim: int = 0,
                  mlp_extra_dim: int = 0):
@@ -159,7 +161,7 @@ class SIM(Model):
         override `item_vectors` / `forward` to supply them."""
         super().__init__(schema, config or self.Config())
         cfg = self.config
-        self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
+        self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content, use_id=cfg.use_item_id)
         self.user = id_embedding(schema.n_users, cfg.embed_dim)
         d = self.items.out_dim + item_extra_dim
         self.search = cfg.search

@@ -38,13 +38,17 @@ class ItemEncoder(nn.Module):
     """Encodes items of a `Batch`: `target(batch) -> (B, out_dim)`, `history(batch) -> (B, L, out_dim)`.
 
     `use_content=False` leaves the dense modalities out entirely (for with/without-content ablations).
+    `use_id=False` leaves the id embedding out: for items that never come back, such as the 5-minute
+    segments of a live stream (every test segment is new, so its id row would be untrained noise while the
+    training rows memorise labels); the side features (streamer, category, content) then carry the item.
     """
 
-    def __init__(self, schema: Schema, embed_dim: int, use_content: bool = True, init_std: float = 0.05):
+    def __init__(self, schema: Schema, embed_dim: int, use_content: bool = True, init_std: float = 0.05,
+                 use_id: bool = True):
         super().__init__()
         self.embed_dim = embed_dim
         self.use_content = use_content
-        self.id = nn.Embedding(schema.n_items, embed_dim, padding_idx=0)
+        self.id = nn.Embedding(schema.n_items, embed_dim, padding_idx=0) if use_id else None
         self.categorical = nn.ModuleDict(
             {name: nn.Embedding(n, embed_dim, padding_idx=0) for name, n in schema.item_categorical.items()}
         )
@@ -54,13 +58,17 @@ class ItemEncoder(nn.Module):
         dense = schema.item_dense if use_content else {}
         self.dense = nn.ModuleDict({name: nn.Linear(dim, embed_dim) for name, dim in dense.items()})
         self.missing = nn.ParameterDict({name: nn.Parameter(torch.empty(embed_dim)) for name in dense})
-        for emb in [self.id, *self.categorical.values(), *self.multi.values()]:
+        for emb in [*([self.id] if self.id is not None else []), *self.categorical.values(), *self.multi.values()]:
             nn.init.normal_(emb.weight, std=init_std)
             with torch.no_grad():
                 emb.weight[0].zero_()
         for p in self.missing.values():
             nn.init.normal_(p, std=init_std)
-        self.out_dim = embed_dim * (1 + len(self.categorical) + len(self.multi) + len(self.dense))
+        n_parts = (self.id is not None) + len(self.categorical) + len(self.multi) + len(self.dense)
+        if n_parts == 0:
+            raise ValueError("ItemEncoder: use_id=False needs at least one item side feature or content modality "
+                             "(the schema has none): nothing would describe an item")
+        self.out_dim = embed_dim * n_parts
 
     def forward(
         self,
@@ -70,7 +78,7 @@ class ItemEncoder(nn.Module):
         where: str = "item_side",
     ) -> torch.Tensor:
         """ids (*S) with side features (*S), (*S, K) or (*S, D) and presence (*S) -> (*S, out_dim)."""
-        parts = [self.id(ids)]
+        parts = [self.id(ids)] if self.id is not None else []
         for name, emb in self.categorical.items():
             parts.append(emb(_feature(side, name, where)))
         for name, emb in self.multi.items():
