@@ -38,7 +38,8 @@ LIVE_ENCODE = {"image": "efficientnet", "audio": ["mfcc"], "text": "minilm"}
 DEMO_USERS = 2000  # the demo preset's 40 streamers with 2,000 viewers: ~35k watches, ~700 gifts
 
 
-def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | None = DEMO_USERS) -> RunConfig:
+def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | None = DEMO_USERS,
+                espeak: bool | None = None) -> RunConfig:
     """configs/livestream/{sim,mmbee}.yaml for the demo (speech as MFCC statistics only)."""
     mmbee = model == "mmbee"
     task = {"kind": "ctr", "label_column": "label", "sample_channels": ["watch"], "history_channels": ["watch"],
@@ -47,15 +48,16 @@ def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | No
     if mmbee:
         task |= {"token_modalities": ["frames_emb", "comments_emb"], "max_tokens": 8, "token_scope": "target",
                  "graph": {"enabled": True, "gie": {"pretrain_epochs": 10, "progress": False}}}
-        params = {"embed_dim": 32, "use_content": False, "modalities": ["frames_emb", "comments_emb", "speech_mfcc"],
+        params = {"embed_dim": 32, "use_content": False, "use_item_id": False, "modalities": ["frames_emb", "comments_emb", "speech_mfcc"],
                   "mfq_scope": "target", "top_k": 20, "short_len": 20,
                   "modality_dropout": 0.15, "segment_dropout": 0.1}  # as configs/livestream/mmbee.yaml
     else:
         task |= {"vector_modalities": [], "token_modalities": []}
-        params = {"embed_dim": 32, "use_content": False, "top_k": 20, "short_len": 20}
+        params = {"embed_dim": 32, "use_content": False, "use_item_id": False, "top_k": 20, "short_len": 20}
     return RunConfig.model_validate({
         "name": f"demo-live-{model}",
-        "data": {"source": "livestream", "params": {"preset": preset} | ({"n_users": n_users} if n_users else {}),
+        "data": {"source": "livestream", "params": {"preset": preset} | ({"n_users": n_users} if n_users else {})
+                 | ({"espeak": espeak} if espeak is not None else {}),
                  "encode": LIVE_ENCODE},
         "task": task, "model": {"name": model, "params": params},
         "train": {"epochs": epochs, "batch_size": 1024, "lr": 2e-3, "patience": 1},
@@ -85,7 +87,10 @@ def _export(run_dir: Path, out: Path, data) -> None:
         warnings.warn(f"serving bundle not written ({e}): install the serving extras, pip install 'modalrec[serve]'")
 
 
-def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "livestream") -> Path:
+def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "livestream", *, preset: str = "demo",
+             n_users: int | None = DEMO_USERS, espeak: bool | None = None) -> Path:
+    """The demo job; `preset` / `n_users` size the simulated platform and `espeak` (None: use espeak-ng when
+    installed, False: speech as transcripts) chooses the speech modality."""
     out = Path(out)
     if world == "ctr":
         from .sim.demo import generate
@@ -103,18 +108,21 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "lives
         raise ValueError(f"unknown demo world '{world}' (livestream or ctr)")
     from .train.run import load_data
 
-    data = load_data(live_config("mmbee", epochs))  # simulate (cached) + encode the content (cached)
+    def live(model: str) -> RunConfig:
+        return live_config(model, epochs, preset, n_users, espeak)
+
+    data = load_data(live("mmbee"))  # simulate (cached) + encode the content (cached)
     runs = []
     for model in ("sim", "mmbee"):
         run_dir = out if model == "mmbee" else out / "compare" / model
-        cfg = live_config(model, epochs)
+        cfg = live(model)
         if model == "mmbee":  # without espeak-ng the speech is a transcript: speech_emb instead of speech_mfcc
             have = {m.name for m in data.spec.modalities}
             cfg.model.params["modalities"] = [m for m in ("frames_emb", "comments_emb", "speech_mfcc", "speech_emb")
                                               if m in have]
         train_run(cfg, run_dir, data=data, report=False)
         runs.append(run_dir)
-    (out / "ground_truth.json").write_text(json.dumps(_ceiling(data, live_config("sim", epochs)), indent=2))
+    (out / "ground_truth.json").write_text(json.dumps(_ceiling(data, live("sim")), indent=2))
     report = write_report(runs, out / "report.html",
                           title="modalrec demo: live-stream gift prediction, SIM vs MMBee (simulated platform)")
     _export(out, out / "bundle", data)
