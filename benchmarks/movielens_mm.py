@@ -78,6 +78,10 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--arms", default=",".join(ARMS), help="which arms: id+side, +text")
+    ap.add_argument("--params", default="{}", help="JSON model params merged over the table's (a sweep)")
+    ap.add_argument("--train", default="{}", help="JSON train overrides merged over the table's")
+    ap.add_argument("--tag", default="", help="suffix of the result key and work folder (e.g. '[lr=1e-3]')")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/movielens_mm.json"))
     ap.add_argument("--work", default=str(ROOT / "benchmarks/.work/movielens_mm"))
     args = ap.parse_args()
@@ -97,19 +101,21 @@ def main() -> None:
     runs = []
     for model in models:
         params, train = MODELS[model]
-        for arm, vectors in ARMS.items():
+        params = params | json.loads(args.params)
+        train = train | json.loads(args.train)
+        for arm, vectors in ((a, ARMS[a]) for a in args.arms.split(",") if a):
             overrides = [f"name=ml-mm-{model}-{arm}", f"model.name={model}", f"model.params={json.dumps(params)}",
                          f"task.vector_modalities={json.dumps(vectors)}", f"seeds={json.dumps(seeds)}",
                          f"train.epochs={args.epochs}", "train.progress=false", f"train.num_threads={args.threads}"]
             overrides += [f"train.{k}={json.dumps(v)}" for k, v in train.items()]
             cfg = load_config(CONFIG, overrides)
             t1 = time.perf_counter()
-            run_dir = Path(args.work) / f"{model}-{arm.replace('+', 'plus-')}"
+            run_dir = Path(args.work) / f"{model}{args.tag}-{arm.replace('+', 'plus-')}"
             m = train_run(cfg, run_dir, data=data, report=False)
             runs.append(run_dir)
-            results["models"].setdefault(model, {})[arm] = {
+            results["models"].setdefault(model + args.tag, {})[arm] = {
                 "test": m["test"], "valid": m["valid"], "timing": m["timing"], "best_epoch": m["best_epoch"],
-                "wall_seconds": time.perf_counter() - t1}
+                "wall_seconds": time.perf_counter() - t1, "params": params, "train": train}
             print(f"{model:6s} {arm:8s} auc={fmt(m['test']['auc'])} gauc={fmt(m['test']['gauc'])} "
                   f"({time.perf_counter() - t1:.0f}s)", flush=True)
             results["finished"] = datetime.now(UTC).isoformat()
