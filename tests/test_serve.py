@@ -85,7 +85,7 @@ def test_bundle_layout_hashes_and_no_pickle(served, monkeypatch, tmp_path):
     manifest = json.loads((b / "manifest.json").read_text())
     expected = {"config.yaml", "schema.json", "schema.safetensors", "model.safetensors", "vocab_users.json",
                 "vocab_items.json", "item_side.safetensors", "history.safetensors", "item_vectors.safetensors",
-                "items.faiss"}
+                "items.faiss", "vocab_item_features.json"}
     assert set(manifest["files"]) == expected
     assert {p.name for p in b.iterdir()} == expected | {"manifest.json"}
     assert manifest["model"] == "din" and manifest["retrieval"]["source"] == "item_encoder"

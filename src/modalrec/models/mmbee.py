@@ -222,6 +222,13 @@ class MMBee(SIM):
         self._content_cache = {}
         self._content_cache_max = int(max_items)
 
+    def forget(self, items) -> None:
+        """Serving: drops the memoised MFQ vectors (`cache_content`) of these target item indices, whose content
+        the service replaced (an item re-registered through POST /items); their next request fuses them afresh."""
+        if self._content_cache is not None:
+            for i in items:
+                self._content_cache.pop(int(i), None)
+
     def _streamer(self, side: dict) -> torch.Tensor | None:
         if self.mfq.condition is None:
             return None

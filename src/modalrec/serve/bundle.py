@@ -14,6 +14,11 @@ checkpoint and writes:
     vocab_users.json           raw user ids; the id at position i has index i + 1 (0 = unknown)
     vocab_items.json           raw item ids, same convention
     vocab_context.json         (models with per-sample context features) each feature's raw values, code i + 1
+    vocab_item_features.json   (items with side features) how raw item feature values become the codes of
+                               item_side: "categorical" feature -> raw values (code i + 1), "numeric" feature
+                               -> quantile bucket edges (code searchsorted(edges, v, right) + 1, null: every
+                               code 0), "multi" feature -> raw values or words (code i + 1), "text" modality
+                               -> its bag-of-words multi feature; what `POST /items` maps new items through
     item_side.safetensors      the ItemSide arrays: categorical.*, multi.*, dense.* (the content
                                vectors), presence.* (True where a modality is present), tokens.* and
                                token_mask.* (the token tables of multi-valued content, dtype kept)
@@ -31,6 +36,8 @@ checkpoint and writes:
 `load_bundle(path)` verifies every hash first and names the file that does not match; then it reads
 only safetensors, JSON, YAML (safe_load) and the faiss index. Format version 2 added the token tables,
 item_tokens / graph_init, token_scope and graph/; version-1 bundles (which have none of them) still load.
+vocab_item_features.json is optional (bundles exported before it load, and serve everything but the
+categorical and multi-valued features of items registered through `POST /items`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -46,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from safetensors.numpy import load_file as load_np
@@ -64,11 +74,13 @@ from ..models.base import Model, Schema
 from ..nn.item_encoder import ItemEncoder
 from ..tasks.base import Vocab
 
+log = logging.getLogger("modalrec.serve")
 FORMAT = "modalrec-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 GRAPH_DIR = "graph"
 GIFTS_FILE = "gifts.safetensors"
+ITEM_FEATURES_FILE = "vocab_item_features.json"
 SERVABLE_TASKS = ("ctr", "topk")
 # Flat exact search up to this many items (a few ms at 1M x 64 would already be too slow); HNSW above.
 FLAT_INDEX_MAX_ITEMS = 200_000
@@ -102,6 +114,8 @@ class Bundle:
     # per-sample context features (task.context_features): raw value (as a string) -> code, per feature
     context_vocab: dict[str, Vocab] = dataclasses.field(default_factory=dict)
     graph: ServingGraph | None = None  # MMBee's GIE (task.graph.enabled), else None
+    # raw item feature values -> item_side codes (vocab_item_features.json); None: a bundle exported before it
+    item_features: ItemFeatureVocab | None = None
 
     @property
     def task(self) -> str:
@@ -126,6 +140,157 @@ class ServingGraph:
     @property
     def expansion(self) -> GraphExpansion:
         return self.online.expansion
+
+
+@dataclass
+class ItemFeatureVocab:
+    """How the task turned raw item feature values into the codes of `ItemSide` (`tasks.base.build_item_side`),
+    for items that appear after export. Index 0 is unknown everywhere, as offline."""
+
+    categorical: dict[str, Vocab] = dataclasses.field(default_factory=dict)  # str(raw value) -> code
+    numeric: dict[str, np.ndarray | None] = dataclasses.field(default_factory=dict)  # quantile bucket edges
+    multi: dict[str, Vocab] = dataclasses.field(default_factory=dict)  # str(raw value) or word -> code
+    text: dict[str, str] = dataclasses.field(default_factory=dict)  # text modality -> its bag-of-words feature
+
+    def categorical_code(self, name: str, value) -> int:
+        """The code of one raw value of a categorical or numeric feature (0: missing or unseen)."""
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return 0
+        if name in self.numeric:
+            edges = self.numeric[name]
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                return 0
+            if edges is None or not math.isfinite(v):
+                return 0
+            return int(np.searchsorted(edges, v, side="right")) + 1
+        return int(self.categorical[name].lookup([value])[0])
+
+    def multi_codes(self, name: str, values, k: int, dedupe: bool = False) -> np.ndarray:
+        """(k,) codes of a multi-valued feature: unseen values dropped (offline they would be 0, an empty slot),
+        the first k kept; `dedupe` (bags of words) keeps each code's first occurrence, as offline."""
+        codes = [int(c) for c in self.multi[name].lookup([str(v) for v in values]) if c > 0]
+        if dedupe:
+            codes = list(dict.fromkeys(codes))
+        out = np.zeros(k, dtype=np.int64)
+        codes = codes[:k]
+        out[: len(codes)] = codes
+        return out
+
+    def to_json(self) -> dict:
+        return {"categorical": {n: [str(v) for v in voc.ids] for n, voc in self.categorical.items()},
+                "numeric": {n: None if e is None else [float(x) for x in e] for n, e in self.numeric.items()},
+                "multi": {n: [str(v) for v in voc.ids] for n, voc in self.multi.items()},
+                "text": dict(self.text)}
+
+    def __bool__(self) -> bool:
+        return bool(self.categorical or self.numeric or self.multi)
+
+
+def _is_na(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def item_feature_vocab(data, items: Vocab, side: ItemSide) -> ItemFeatureVocab:
+    """The raw value -> code maps of the item side features, rebuilt from the data as
+    `tasks.base.build_item_side` builds the codes (pandas factorize order, quantile edges, first-seen order
+    of multi values, the sorted word vocabulary of texts). Each map is checked against the task's own codes
+    of every item; a feature whose rebuilt codes differ (e.g. raw values whose string forms collide) is left
+    out with a warning, so POST /items refuses it instead of serving wrong codes."""
+    from ..tasks.base import _words
+
+    out = ItemFeatureVocab()
+
+    def agrees(name: str, want: np.ndarray, got: np.ndarray) -> bool:
+        if np.array_equal(want, got):
+            return True
+        log.warning("export: the raw values of item feature '%s' do not reproduce the task's codes; it is left out "
+                    "of %s (POST /items will refuse it)", name, ITEM_FEATURES_FILE)
+        return False
+
+    if data.items is not None:
+        row_idx = items.lookup(data.items["item_id"])
+        for f in data.spec.item_features:
+            if f.name not in data.items.column_names:
+                continue
+            col = data.items[f.name].to_pylist()
+            if f.kind == "categorical" and f.name in side.categorical:
+                _, uniq = pd.factorize(pd.Series(col, dtype=object), use_na_sentinel=True)
+                voc = Vocab([str(v) for v in uniq])
+                got = voc.lookup(col)
+                got[np.array([_is_na(v) for v in col], dtype=bool)] = 0
+                if agrees(f.name, side.categorical[f.name][row_idx], got):
+                    out.categorical[f.name] = voc
+            elif f.kind == "numeric" and f.name in side.categorical:
+                vals = pd.to_numeric(pd.Series(col), errors="coerce").to_numpy(dtype=np.float64)
+                ok = np.isfinite(vals)
+                edges = np.unique(np.quantile(vals[ok], np.linspace(0, 1, 11)[1:-1])) if ok.any() else None
+                out.numeric[f.name] = edges
+                got = np.zeros(len(vals), dtype=np.int64)
+                if edges is not None:
+                    got[ok] = np.searchsorted(edges, vals[ok], side="right") + 1
+                if not agrees(f.name, side.categorical[f.name][row_idx], got):
+                    del out.numeric[f.name]
+            elif f.kind == "multi_categorical" and f.name in side.multi:
+                first: dict[str, int] = {}
+                for lst in col:
+                    for v in lst or []:
+                        first.setdefault(str(v), len(first) + 1)
+                voc = Vocab(list(first))
+                out.multi[f.name] = voc
+                k = side.multi[f.name].shape[1]
+                got = np.stack([out.multi_codes(f.name, lst or [], k) for lst in col]) if col else np.zeros((0, k))
+                if not agrees(f.name, side.multi[f.name][row_idx], got):
+                    del out.multi[f.name]
+    for m in data.spec.modalities:
+        name = f"{m.name}_words"
+        if m.entity != "item" or m.kind != "text" or m.name not in data.content or name not in side.multi:
+            continue
+        table = data.content[m.name]
+        rows = items.lookup(table["entity_id"])
+        texts = table["text"].to_pylist()
+        if m.multi:
+            texts = [" ".join(t for t in (ts or []) if t) for ts in texts]
+        tokenised = [_words(t) for t in texts]
+        counts: dict[str, int] = {}
+        for ws in tokenised:
+            for w in set(ws):
+                counts[w] = counts.get(w, 0) + 1
+        out.multi[name] = Vocab(sorted(w for w, c in counts.items() if c >= 2))
+        k = side.multi[name].shape[1]
+        keep = rows > 0
+        got = np.stack([out.multi_codes(name, ws, k, dedupe=True) for ws in tokenised]) if tokenised else None
+        if got is not None and agrees(name, side.multi[name][rows[keep]], got[keep]):
+            out.text[m.name] = name
+        else:
+            out.multi.pop(name, None)
+    return out
+
+
+def _load_item_features(path: Path, schema: Schema) -> ItemFeatureVocab:
+    file = path / ITEM_FEATURES_FILE
+    try:
+        raw = json.loads(file.read_text())
+        out = ItemFeatureVocab(
+            categorical={n: Vocab([str(v) for v in vs]) for n, vs in raw.get("categorical", {}).items()},
+            numeric={n: None if e is None else np.asarray(e, dtype=np.float64) for n, e in raw.get("numeric", {}).items()},
+            multi={n: Vocab([str(v) for v in vs]) for n, vs in raw.get("multi", {}).items()},
+            text={str(m): str(f) for m, f in raw.get("text", {}).items()})
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
+        raise BundleError(file, "categorical, numeric, multi and text maps of item feature values", str(e)) from None
+    for group, sizes in (("categorical", schema.item_categorical), ("multi", schema.item_multi)):
+        for name, voc in getattr(out, group).items():
+            if sizes.get(name) != len(voc):
+                raise BundleError(file, f"{(sizes.get(name) or 1) - 1} values of {group} item feature '{name}' "
+                                  "(schema.json)", str(len(voc) - 1))
+    for name in out.numeric:
+        if name not in schema.item_categorical:
+            raise BundleError(file, f"numeric item features among {sorted(schema.item_categorical)}", repr(name))
+    for modality, feature in out.text.items():
+        if feature not in out.multi:
+            raise BundleError(file, f"the words of text modality '{modality}' under multi.{feature}", "none")
+    return out
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -402,6 +567,9 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, 
         if context_vocab:
             _write_json(tmp / "vocab_context.json", {n: [str(v) for v in voc.ids] for n, voc in context_vocab.items()})
         save_np(_side_arrays(collator.item_side), str(tmp / "item_side.safetensors"))
+        feature_vocab = item_feature_vocab(data, task.item_vocab, collator.item_side)
+        if feature_vocab:
+            _write_json(tmp / ITEM_FEATURES_FILE, feature_vocab.to_json())
         seed_h = seed_history(collator.history, int(collator.max_history))
         save_np({"ptr": seed_h.ptr, "items": seed_h.items, "times": seed_h.times}, str(tmp / "history.safetensors"))
         vectors, source = item_vectors(model, collator.item_side, schema.n_items)
@@ -531,6 +699,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                 raise BundleError(path / "vocab_context.json", f"{size - 1} values of context feature '{name}'",
                                   "none" if name not in raw else str(len(raw[name])))
             context_vocab[name] = Vocab([str(v) for v in raw[name]])
+    item_features = _load_item_features(path, schema) if ITEM_FEATURES_FILE in files else None
     col = meta["collator"]
     graph = _load_graph(path, meta.get("graph"), files, side, schema) if meta.get("graph") else None
     return Bundle(
@@ -539,6 +708,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         with_time=bool(col["with_time"]), history_channels=meta.get("history_channels"),
         item_vectors=vectors, index=index, popular=popularity_order(schema),
         token_scope=str(col.get("token_scope", "all")), graph=graph, context_vocab=context_vocab,
+        item_features=item_features,
     )
 
 

@@ -21,11 +21,21 @@ History semantics: with `context.time` given, the ranker reads the events strict
 (the offline leakage rule, for replay and what-if requests); without it, every stored event (the
 request happens now, after them). Events of channels the model was not trained to read as history
 (`history_channels` of the run) are kept and counted but not fed to the ranker; retrieval uses the
-items of every channel. Events of items unknown to the bundle are cold: stored and counted, left out of
-the model's sequence (the model has nothing learnt about them).
+items of every channel. Events of items unknown to the bundle (and not registered through POST /items)
+are cold: stored and counted, left out of the model's sequence (the model has nothing learnt about them).
 
-Writes (`POST /events`, and reading a user's stored state) need the API key: header `X-API-Key: KEY`
-or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403.
+Items that appear after export (a live stream's new 5-minute segment, a new product) are registered
+through `POST /items` with their raw side features (mapped through the bundle's feature vocabularies,
+vocab_item_features.json) and precomputed content (dense vectors, token tables). The Scorer appends a
+row to its item tables and an id to its vocabulary, so /score, /recommend and the histories /events
+builds read the item's features from then on. The model's id tables have only the bundle's rows: a
+registered item reaches the model with id index 0 (unknown, as offline for an item the model never saw)
+and its own side features and content. Registered items are kept in the state store and replayed at
+startup; retrieval gets their vectors from the model's ItemEncoder (as the bundle's index was built) and
+their group (first categorical feature: a new segment's streamer).
+
+Writes (`POST /events`, `POST /items`, and reading a user's stored state) need the API key: header
+`X-API-Key: KEY` or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403.
 """
 
 from __future__ import annotations
@@ -38,17 +48,26 @@ import math
 import os
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from ..data.batch import Collator, History
-from .bundle import Bundle, load_bundle
+from ..tasks.base import _words
+from .bundle import SIDE_GROUPS, Bundle, _item_encoder, load_bundle, normalise
 from .state import StateStore, StoredEvent, open_state
 
 log = logging.getLogger("modalrec.serve")
@@ -57,6 +76,7 @@ API_KEY_ENV = "MODALREC_API_KEY"
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS = 1000
 MAX_ITEMS = 5000
+MAX_NEW_ITEMS = 1000  # items per POST /items
 MAX_TIME = 1 << 40
 
 
@@ -141,8 +161,139 @@ def with_serving_fast_paths(model: torch.nn.Module) -> int:
     return n
 
 
+class AppendableRows:
+    """An item table (one row per item index) that grows: the bundle's array, never copied, then rows of
+    registered items in a second buffer whose capacity doubles (amortised O(1) per appended row).
+
+    `rows[idx]` for an index array of any shape returns a new array as numpy fancy indexing does; indices
+    within the bundle's rows read the bundle's array directly."""
+
+    def __init__(self, base: np.ndarray):
+        self.base = base
+        self.n_base = len(base)
+        self.extra = np.zeros((0, *base.shape[1:]), dtype=base.dtype)
+        self.n_extra = 0
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.n_base + self.n_extra, *self.base.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    def __len__(self) -> int:
+        return self.n_base + self.n_extra
+
+    def reserve(self, n_extra: int) -> None:
+        """Room for `n_extra` appended rows (reallocates, doubling, only when the buffer is full)."""
+        if n_extra > len(self.extra):
+            grown = np.zeros((max(n_extra, 2 * len(self.extra), 16), *self.base.shape[1:]), dtype=self.dtype)
+            grown[: self.n_extra] = self.extra[: self.n_extra]
+            self.extra = grown
+        self.n_extra = max(self.n_extra, n_extra)
+
+    def __setitem__(self, index: int, value) -> None:
+        if index < self.n_base:
+            raise IndexError(f"row {index} belongs to the bundle's table, which stays as trained")
+        self.extra[index - self.n_base] = value
+
+    def __getitem__(self, idx):
+        idx = np.asarray(idx)
+        if idx.size == 0 or int(idx.max()) < self.n_base:
+            return self.base[idx]
+        out = np.empty((*idx.shape, *self.base.shape[1:]), dtype=self.dtype)
+        old = idx < self.n_base
+        out[old] = self.base[idx[old]]
+        out[~old] = self.extra[idx[~old] - self.n_base]
+        return out
+
+
+class ItemIds:
+    """The service's item vocabulary: the bundle's ids (indices 1 .. n-1, as trained), then the ids registered
+    through POST /items (n, n + 1, ...). Index 0 stays unknown."""
+
+    def __init__(self, base):
+        self.base = base
+        self.n_base = len(base)
+        self.extra: dict[str, int] = {}
+        self.extra_ids: list[str] = []
+
+    def __len__(self) -> int:
+        return self.n_base + len(self.extra_ids)
+
+    def lookup(self, values) -> np.ndarray:
+        idx = self.base.lookup(values)
+        if self.extra:
+            for j in np.flatnonzero(idx == 0):
+                idx[j] = self.extra.get(str(values[j]), 0)
+        return idx
+
+    def id_of(self, index: int) -> str | None:
+        if index < self.n_base:
+            return self.base.id_of(index)
+        j = index - self.n_base
+        return self.extra_ids[j] if j < len(self.extra_ids) else None
+
+    def add(self, item: str) -> int:
+        """A new id's index; published (visible to `lookup`) only after its rows are written."""
+        index = self.n_base + len(self.extra_ids)
+        self.extra_ids.append(item)
+        self.extra[item] = index
+        return index
+
+
+class ReadWriteLock:
+    """Many readers (requests scoring with the item tables) or one writer (POST /items appending or replacing
+    rows); a waiting writer holds back new readers, so registrations are not starved under load."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting = 0
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writer or self._waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 class Scorer:
-    """The model side of the service, without HTTP: histories, retrieval and scores."""
+    """The model side of the service, without HTTP: histories, retrieval and scores.
+
+    Items registered after export (`register`) get indices n_items, n_items + 1, ... in the Scorer's
+    vocabulary (`ids`) and rows appended to its item tables (`side`, retrieval vectors); every batch
+    reaches the model with those indices replaced by 0 (`model_ids`), the model's id tables having only
+    the bundle's rows."""
 
     def __init__(self, bundle: Bundle, state: StateStore, retrieval_history: int = 20, fast_paths: bool = True):
         self.bundle = bundle
@@ -152,21 +303,294 @@ class Scorer:
         self.collator_template = {"item_side": bundle.item_side, "max_history": bundle.max_history,
                                   "with_time": bundle.with_time, "token_scope": bundle.token_scope}
         self.graph = bundle.graph
-        self.n_items = bundle.schema.n_items
+        self.n_items = bundle.schema.n_items  # rows of the model's item id tables
+        self.model = bundle.model
         self.fast_paths = with_serving_fast_paths(bundle.model) if fast_paths else 0
-        if fast_paths and hasattr(bundle.model, "cache_content"):  # MMBee: fuse each segment's content once
+        # MMBee memoises MFQ's vector per target item index (batch.item), its only read of batch.item when the
+        # batch has `uniq`: batch.item then keeps the registered items' own indices (distinct memo keys), and a
+        # replaced item's memo is dropped (`forget`); every other model gets 0 there too
+        self.memo = bool(fast_paths and hasattr(bundle.model, "cache_content"))
+        if self.memo:  # MMBee: fuse each segment's content once
             bundle.model.cache_content()
         # group retrieval: items sharing the first item categorical feature (the streamer of a live segment, a
         # movie's category; SIM's hard-search key) with the user's recent items, most popular first
         cats = bundle.item_side.categorical
-        self.group = next(iter(cats.values())) if cats else None
+        self.group_feature = next(iter(cats), None)
+        self.group = cats[self.group_feature] if cats else None
+        self.streamer_code = None if self.graph is None else self.graph.streamer_code
+        self.vectors = bundle.item_vectors  # (n, d) retrieval vectors, rows appended for registered items
+        self.has_vector: AppendableRows | None = None  # registered items with a retrieval vector
+        source = str((bundle.manifest.get("retrieval") or {}).get("source") or "")
+        self.vector_source = source
+        self.encoder = _item_encoder(bundle.model) if source == "item_encoder" else None
+        # registered items (POST /items)
+        self.ids = ItemIds(bundle.item_vocab)
+        self.side = bundle.item_side  # the Collator's table: its arrays become AppendableRows at the first item
+        self._growable = False
+        self._rw = ReadWriteLock()
+        self._registering = threading.Lock()  # one registration at a time: store order = memory order
+        self.replayed = self.replay()
 
     # ids
     def user_index(self, user: str) -> int:
         return int(self.bundle.user_vocab.lookup([user])[0])
 
     def item_index(self, items: list[str]) -> np.ndarray:
-        return self.bundle.item_vocab.lookup(items)
+        return self.ids.lookup(items)
+
+    @property
+    def n_registered(self) -> int:
+        return len(self.ids.extra_ids)
+
+    def model_ids(self, batch) -> None:
+        """Item indices of registered items (>= n_items, beyond the model's id tables) become 0, unknown, in
+        the batch's id tensors; their side features and content, gathered by index, stay theirs."""
+        n = self.n_items
+        if len(self.ids) <= n:
+            return
+
+        def unknown(t):
+            return t.masked_fill(t >= n, 0) if t is not None and bool((t >= n).any()) else t
+
+        h = batch.hist
+        if h.dim() == 2 and h.shape[0] > 1 and h.stride(0) == 0:  # the collate's shared history: keep it shared
+            batch.hist = unknown(h[:1]).expand_as(h)
+        else:
+            batch.hist = unknown(h)
+        batch.uniq = unknown(batch.uniq)
+        batch.candidates = unknown(batch.candidates)
+        if not self.memo:
+            batch.item = unknown(batch.item)
+
+    # items registered after export
+    def prepare(self, item: NewItem, where: tuple) -> tuple[dict | None, list[dict]]:
+        """The item table rows of a request item (group -> name -> value, every feature of the bundle's
+        side table; what the request leaves out is unknown / absent), or validation errors (422) located
+        at `where` (e.g. ("items", 3)) for unknown names, wrong dimensions and too many tokens."""
+        side, fv = self.side, self.bundle.item_features
+        errors: list[dict] = []
+
+        def bad(loc: tuple, msg: str, kind: str = "value_error") -> None:
+            errors.append({"loc": ("body", *where, *loc), "msg": msg, "type": kind})
+
+        row: dict[str, dict] = {g: {} for g in SIDE_GROUPS}
+        for name in side.categorical:
+            row["categorical"][name] = 0
+        for name, arr in side.multi.items():
+            row["multi"][name] = np.zeros(arr.shape[1], dtype=arr.dtype)
+        for name, arr in side.dense.items():
+            row["dense"][name] = np.zeros(arr.shape[1], dtype=arr.dtype)
+            row["presence"][name] = False
+        for name, arr in side.tokens.items():
+            row["tokens"][name] = np.zeros(arr.shape[1:], dtype=arr.dtype)
+            row["token_mask"][name] = np.zeros(arr.shape[1], dtype=bool)
+        no_vocab = ("the bundle has no raw value map for this feature (vocab_item_features.json; bundles exported "
+                    "before it have none: export the run again)")
+        for name, value in item.categorical.items():
+            if name not in side.categorical:
+                bad(("categorical", name), f"unknown item categorical feature; the model reads "
+                    f"{sorted(side.categorical) or 'none'}")
+            elif fv is None or (name not in fv.categorical and name not in fv.numeric):
+                bad(("categorical", name), no_vocab)
+            else:
+                row["categorical"][name] = fv.categorical_code(name, value)
+        texts = {} if fv is None else fv.text
+        words_of = {f: m for m, f in texts.items()}
+        for name, values in item.multi.items():
+            if name not in side.multi:
+                bad(("multi", name), f"unknown item multi-valued feature; the model reads {sorted(side.multi) or 'none'}")
+            elif fv is None or name not in fv.multi:
+                bad(("multi", name), no_vocab)
+            elif words_of.get(name) in item.text:
+                bad(("multi", name), f"given twice: as words here and as text '{words_of[name]}'")
+            else:
+                row["multi"][name] = fv.multi_codes(name, values, len(row["multi"][name]), dedupe=name in words_of)
+        for modality, text in item.text.items():
+            if modality not in texts:
+                bad(("text", modality), f"unknown text modality; the model reads the words of {sorted(texts) or 'none'}"
+                    + ("" if fv is not None else f" ({no_vocab})"))
+                continue
+            name = texts[modality]
+            row["multi"][name] = fv.multi_codes(name, _words(text), len(row["multi"][name]), dedupe=True)
+        for name, vec in item.vectors.items():
+            if name not in side.dense:
+                bad(("vectors", name), f"unknown dense content modality; the model reads {sorted(side.dense) or 'none'}"
+                    + (f" (token modalities {sorted(side.tokens)} go under 'tokens')" if side.tokens else ""))
+                continue
+            dim = len(row["dense"][name])
+            if len(vec) != dim:
+                bad(("vectors", name), f"expected {dim} values for modality '{name}', found {len(vec)}",
+                    "vector_dimension")
+                continue
+            v = np.asarray(vec, dtype=np.float64)
+            dtype = row["dense"][name].dtype
+            if np.abs(v).max() > np.finfo(dtype).max:
+                bad(("vectors", name), f"values beyond the range of the modality's {dtype} table "
+                    f"(+-{float(np.finfo(dtype).max):.4g})")
+                continue
+            row["dense"][name], row["presence"][name] = v.astype(dtype), True
+        for name, toks in item.tokens.items():
+            if name not in side.tokens:
+                bad(("tokens", name), f"unknown token modality; the model reads {sorted(side.tokens) or 'none'}"
+                    + (f" (dense modalities {sorted(side.dense)} go under 'vectors')" if side.dense else ""))
+                continue
+            t_max, dim = row["tokens"][name].shape
+            if len(toks) > t_max:
+                bad(("tokens", name), f"at most {t_max} tokens of modality '{name}' (the model's token table), "
+                    f"found {len(toks)}", "too_many_tokens")
+                continue
+            wrong = [j for j, tok in enumerate(toks) if len(tok) != dim]
+            for j in wrong:
+                bad(("tokens", name, j), f"expected {dim} values per token of modality '{name}', found "
+                    f"{len(toks[j])}", "vector_dimension")
+            if wrong or not toks:
+                continue
+            v = np.asarray(toks, dtype=np.float64)
+            dtype = row["tokens"][name].dtype
+            if np.abs(v).max() > np.finfo(dtype).max:
+                bad(("tokens", name), f"values beyond the range of the modality's {dtype} token table "
+                    f"(+-{float(np.finfo(dtype).max):.4g})")
+                continue
+            row["tokens"][name][: len(toks)] = v.astype(dtype)
+            row["token_mask"][name][: len(toks)] = True
+        return (None if errors else row), errors
+
+    def register(self, items: list[NewItem]) -> tuple[dict | None, list[dict]]:
+        """Validates every item (nothing is stored when one is invalid: the errors are returned), stores the
+        new ones durably in the state store, then adds them to the item tables. An id known to the bundle
+        changes nothing (its tables stay as trained); an id registered before is replaced. Returns counts."""
+        rows, errors = [], []
+        for i, item in enumerate(items):
+            row, errs = self.prepare(item, ("items", i))
+            rows.append(row)
+            errors += errs
+        if errors:
+            return None, errors
+        in_bundle = self.bundle.item_vocab.lookup([it.id for it in items]) > 0
+        known = [it.id for it, k in zip(items, in_bundle) if k]
+        entries = [(it.id, row) for it, row, k in zip(items, rows, in_bundle) if not k]
+        with self._registering:
+            self.state.put_items([(it.id, it.model_dump_json(exclude_defaults=True))
+                                  for it, k in zip(items, in_bundle) if not k])
+            registered, replaced = self._apply(entries)
+        return {"registered": registered, "replaced": replaced, "known_to_bundle": len(known),
+                "known_ids": known, "items": self.n_registered}, []
+
+    def replay(self) -> int:
+        """Registers the items stored by earlier runs (startup). Items that no longer fit the bundle (another
+        bundle served on the same state: an id it now knows, a changed dimension) are skipped with a warning."""
+        load = getattr(self.state, "load_items", None)
+        docs = load() if load is not None else []
+        if not docs:
+            return 0
+        entries, skipped, known = [], 0, 0
+        for item_id, body in docs:
+            try:
+                item = NewItem.model_validate_json(body)
+            except ValidationError as e:
+                log.warning("stored item %r is not a valid item (%s); skipped", item_id, str(e).splitlines()[0])
+                skipped += 1
+                continue
+            if self.bundle.item_vocab.lookup([item.id])[0] > 0:
+                known += 1
+                continue
+            row, errs = self.prepare(item, ("stored item", item.id))
+            if errs:
+                log.warning("stored item %r does not fit this bundle (%s); skipped", item.id, errs[0]["msg"])
+                skipped += 1
+                continue
+            entries.append((item.id, row))
+        self._apply(entries)
+        log.info("replayed %d registered items from the state store (%d now known to the bundle, %d skipped)",
+                 len(entries), known, skipped)
+        return len(entries)
+
+    def _tables(self) -> list[AppendableRows]:
+        out = [arr for group in SIDE_GROUPS for arr in getattr(self.side, group).values()]
+        return out + [t for t in (self.vectors, self.has_vector) if t is not None]
+
+    def _make_growable(self) -> None:
+        """At the first registered item: every item table becomes an AppendableRows over the bundle's array
+        (the bundle's arrays are neither copied nor changed). Under the write lock."""
+        if self._growable:
+            return
+        for group in SIDE_GROUPS:
+            table = getattr(self.side, group)
+            for name in list(table):
+                table[name] = AppendableRows(np.asarray(table[name]))
+        if self.group_feature is not None:
+            self.group = self.side.categorical[self.group_feature]
+        if self.graph is not None:
+            self.streamer_code = self.side.categorical[self.graph.streamer_feature]
+        if self.vectors is not None:
+            self.vectors = AppendableRows(self.vectors)
+            self.has_vector = AppendableRows(np.zeros(self.n_items, dtype=bool))
+        self._growable = True
+
+    @torch.inference_mode()
+    def _retrieval_vectors(self, rows: list[dict]) -> np.ndarray | None:
+        """(k, d) L2-normalised retrieval vectors of new rows, as the bundle's were computed (bundle.item_vectors:
+        the ItemEncoder output, here with id 0; or a dense content modality); zero rows where there is none."""
+        if self.vectors is None or not rows:
+            return None
+        d = self.vectors.shape[1]
+        if self.encoder is not None:
+            feats = {}
+            for group in ("categorical", "multi", "dense"):
+                for name in getattr(self.side, group):
+                    feats[name] = torch.from_numpy(np.stack([np.asarray(r[group][name]) for r in rows]))
+            for name in self.side.dense:
+                feats[name] = feats[name].float()
+            pres = {name: torch.from_numpy(np.array([r["presence"][name] for r in rows], dtype=bool))
+                    for name in self.side.presence}
+            vec = self.encoder(torch.zeros(len(rows), dtype=torch.long), feats, pres).float().numpy()
+        elif self.vector_source.startswith("content:") and self.vector_source[8:] in self.side.dense:
+            name = self.vector_source[8:]
+            vec = np.stack([r["dense"][name].astype(np.float32) if r["presence"][name] else np.zeros(d, np.float32)
+                            for r in rows])
+        else:  # an id embedding: a new item has no row in it
+            return np.zeros((len(rows), d), dtype=np.float32)
+        return normalise(vec) if vec.shape[1] == d else np.zeros((len(rows), d), dtype=np.float32)
+
+    def _apply(self, entries: list[tuple[str, dict]]) -> tuple[int, int]:
+        """Adds (id, rows) to the item tables and the vocabulary, latest wins; returns (new ids, replaced)."""
+        if not entries:
+            return 0, 0
+        latest: dict[str, dict] = {}
+        registered = replaced = 0
+        for item_id, row in entries:
+            if item_id in latest or item_id in self.ids.extra:
+                replaced += 1
+            else:
+                registered += 1
+            latest[item_id] = row
+        vectors = self._retrieval_vectors(list(latest.values()))
+        with self._rw.write():
+            self._make_growable()
+            fresh = [i for i in latest if i not in self.ids.extra]
+            total = self.n_registered + len(fresh)
+            for table in self._tables():
+                table.reserve(total)
+            again: list[int] = []
+            next_index = len(self.ids)
+            for j, (item_id, row) in enumerate(latest.items()):
+                index = self.ids.extra.get(item_id)
+                if index is None:
+                    index, next_index = next_index, next_index + 1
+                else:
+                    again.append(index)
+                for group in SIDE_GROUPS:
+                    for name, value in row[group].items():
+                        getattr(self.side, group)[name][index] = value
+                if vectors is not None:
+                    self.vectors[index] = vectors[j]
+                    self.has_vector[index] = bool(np.any(vectors[j]))
+                if item_id not in self.ids.extra:
+                    added = self.ids.add(item_id)  # rows first, then the id: a lookup never finds a half-written item
+                    assert added == index, (added, index)
+            if again and self.memo and hasattr(self.model, "forget"):
+                self.model.forget(again)  # MMBee's memoised MFQ vectors of replaced content
+        return registered, replaced
 
     # histories
     def seed(self, uidx: int, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +657,7 @@ class Scorer:
         events = [e for e in events if e.time >= g.gifts_before and e.item is not None]
         if not events:
             return None
-        codes = g.streamer_code[self.item_index([e.item for e in events])]
+        codes = self.streamer_code[self.item_index([e.item for e in events])]
         if g.online.cfg.weight_mode == "value":
             amounts = np.array([e.value if e.value is not None else 0.0 for e in events], dtype=np.float64)
         else:
@@ -255,7 +679,7 @@ class Scorer:
         g = self.graph
         seq, w = self.user_expansion(user, uidx, before)
         c = len(candidates)
-        extra = g.expansion.lookup(np.zeros(c, np.int64), g.streamer_code[candidates])
+        extra = g.expansion.lookup(np.zeros(c, np.int64), self.streamer_code[candidates])
         # the user's expansion is the same for every candidate: stride-0 rows, attended to once by MMBee
         extra["gie_user"] = torch.from_numpy(np.ascontiguousarray(seq)).unsqueeze(0).expand(c, -1)
         extra["gie_user_w"] = torch.from_numpy(np.ascontiguousarray(w)).unsqueeze(0).expand(c, -1)
@@ -289,6 +713,10 @@ class Scorer:
         `user` (the raw id) and `before` (context.time) select the online gifts a graph expansion reads;
         without `user` the expansion is the bundle's offline one. `context`: (C,) codes per context feature
         (`context_codes`); features it lacks are unknown (0)."""
+        with self._rw.read():  # a registration does not change the item tables under a request
+            return self._score(uidx, hist_items, hist_times, t, candidates, user, before, context)
+
+    def _score(self, uidx, hist_items, hist_times, t, candidates, user, before, context) -> np.ndarray:
         n = len(hist_items)
         h_items, h_times = hist_items.astype(np.int64), hist_times.astype(np.int64)
         if n == 0:  # one padding event beyond the cut: the window masks it, as offline for a user's first sample
@@ -305,46 +733,66 @@ class Scorer:
                              for name in self.bundle.context_vocab}
             if self.graph is not None:
                 batch.extra.update(self.gie_extras(user, uidx, before, cand))
+            self.model_ids(batch)
             out = self.bundle.model(batch)
         else:  # topk: one sequence, the candidates as a (1, C) slate
             batch = collate(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([n]), np.array([t]))
             batch.user = batch.group = torch.full((1,), uidx, dtype=torch.long)
             batch.candidates = torch.from_numpy(cand).view(1, -1)
+            self.model_ids(batch)
             out = self.bundle.model(batch).view(-1)
         return out.float().numpy().astype(np.float64)
 
     # retrieval
     def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
         """Up to `n` candidates: a quarter from the groups of the recent items (same first categorical
-        feature, e.g. the streamers the user just watched or gifted: their other segments), then the nearest
-        items to the recent items' mean vector, then popular ones. Returns (candidates, how many came from
-        the user's history: group + ANN)."""
+        feature, e.g. the streamers the user just watched or gifted: their registered segments, latest
+        first, then their other segments, most popular first), then the nearest items to the recent items'
+        mean vector (the bundle's faiss index and an exact search over the registered items' vectors,
+        merged by similarity), then popular ones. Returns (candidates, how many came from the user's
+        history: group + ANN)."""
+        with self._rw.read():
+            return self._retrieve(query_items, n, exclude)
+
+    def _retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
         b = self.bundle
         out: list[int] = []
         seen = set(exclude)
         seen.add(0)
-        n = min(n, self.n_items - 1)
+        n = min(n, len(self.ids) - 1)
+        m = self.n_registered
         if self.group is not None and len(query_items):
             codes = set(self.group[query_items[-self.retrieval_history:]].tolist()) - {0}
             if codes:
                 same = b.popular[np.isin(self.group[b.popular], list(codes))]
+                if m:
+                    new = np.flatnonzero(np.isin(self.group.extra[:m], list(codes)))[::-1] + self.n_items
+                    same = np.concatenate([new, same])
                 for item in same[: max(1, n // 4)].tolist():
                     if item not in seen:
                         out.append(int(item))
                         seen.add(int(item))
         n_ann = 0
-        if b.index is not None and b.item_vectors is not None and len(query_items):
+        if b.index is not None and self.vectors is not None and len(query_items):
             recent = query_items[-self.retrieval_history:]
             w = 0.9 ** np.arange(len(recent))[::-1]  # the latest items weigh most
-            q = (b.item_vectors[recent] * w[:, None]).sum(0)
+            q = (self.vectors[recent] * w[:, None]).sum(0)
             norm = np.linalg.norm(q)
             if norm > 0:
                 want = n - n // 4  # a quarter stays for popular items: exploration beyond the history's neighbours
+                q = (q / norm).astype(np.float32)
                 k = min(b.index.ntotal, want + len(seen))
-                _, ids = b.index.search((q / norm).astype(np.float32)[None, :], k)
-                for i in ids[0]:
-                    item = int(i) + 1
-                    if i >= 0 and item not in seen:
+                sims, ids = b.index.search(q[None, :], k)
+                found = [(float(s), int(i) + 1) for s, i in zip(sims[0], ids[0]) if i >= 0]
+                if m and self.has_vector is not None:
+                    sim = self.vectors.extra[:m] @ q
+                    sim[~self.has_vector.extra[:m]] = -np.inf
+                    top = min(m, want + len(seen))
+                    best = np.argpartition(-sim, top - 1)[:top] if top < m else np.arange(m)
+                    found += [(float(sim[j]), self.n_items + int(j)) for j in best if np.isfinite(sim[j])]
+                    found.sort(key=lambda x: -x[0])  # stable: the bundle's neighbours first on ties
+                for _, item in found:
+                    if item not in seen:
                         out.append(item)
                         seen.add(item)
                         if len(out) >= want:
@@ -426,6 +874,8 @@ class Metrics:
                     lines.append(f'{name}_sum{{{label}="{e(value)}"}} {h[-2]:.9f}')
                     lines.append(f'{name}_count{{{label}="{e(value)}"}} {h[-1]}')
             helps = {"modalrec_events_total": "Events received by /events, by result (accepted, duplicate).",
+                     "modalrec_items_total": "Items received by /items, by result (registered, replaced, "
+                                             "known_to_bundle).",
                      "modalrec_cold_starts_total": "Requests or events about users/items unknown to the bundle."}
             for name, help_ in helps.items():
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
@@ -626,6 +1076,50 @@ class EventsResponse(BaseModel):
     cold_item_events: int = Field(..., description="events of items the bundle does not know (cold starts)")
 
 
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Vector = Annotated[list[Finite], Field(min_length=1, max_length=8192)]
+
+
+class NewItem(_Strict):
+    """An item that appeared after export, described as the model's side table describes items."""
+
+    id: Id
+    categorical: dict[Name, str | int | float | None] = Field(
+        default_factory=dict, max_length=256, description="item categorical (or numeric) feature -> raw value, "
+        "as in the training data (e.g. {\"streamer_id\": \"s7\"}); a value not seen in training, a null or a "
+        "feature left out is unknown (code 0), as offline")
+    multi: dict[Name, Annotated[list[str | int], Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=256, description="multi-valued feature -> raw values (e.g. "
+        "{\"tags\": [\"a\", \"b\"]}); values not seen in training are dropped")
+    text: dict[Name, Annotated[str, StringConstraints(max_length=100_000)]] = Field(
+        default_factory=dict, max_length=64, description="text modality -> its text, read as the model reads it "
+        "(a bag of the words seen in training)")
+    vectors: dict[Name, Vector] = Field(
+        default_factory=dict, max_length=64, description="dense content modality -> its precomputed vector, of "
+        "the dimension the model reads (e.g. an audio embedding)")
+    tokens: dict[Name, Annotated[list[Vector], Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64, description="token modality -> its precomputed token vectors (frames, "
+        "comments), at most the model's token count T, each of its dimension; [] or left out: absent")
+
+
+class ItemsRequest(_Strict):
+    items: list[NewItem] = Field(..., min_length=1, max_length=MAX_NEW_ITEMS)
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
+        {"id": "seg-123", "categorical": {"streamer_id": "s7"}, "vectors": {"speech_mfcc": [0.1, -0.3, 0.7]},
+         "tokens": {"frames_emb": [[0.2, 0.1, -0.4], [0.0, 0.3, 0.1]], "comments_emb": [[0.5, -0.1, 0.2]]}},
+    ]}]})
+
+
+class ItemsResponse(BaseModel):
+    registered: int = Field(..., description="new ids, scoreable from now on (durable when this response is sent)")
+    replaced: int = Field(..., description="ids registered before: their features are replaced (the latest wins)")
+    known_to_bundle: int = Field(..., description="ids the bundle knows: nothing changed, its tables stay as trained")
+    known_ids: list[str] = Field(..., description="those ids")
+    items: int = Field(..., description="items registered with the service in all")
+
+
 class Context(_Strict):
     time: Time | None = Field(None, description="score as of this time: only events strictly before it are read "
                                                 "(default: now, every stored event)")
@@ -655,7 +1149,8 @@ class ScoredItem(BaseModel):
     item: str
     score: float = Field(..., description="the model's logit (ctr) or score (topk)")
     probability: float | None = Field(None, description="ctr: sigmoid(score), the predicted probability")
-    known: bool = Field(..., description="False: an item the bundle does not know, scored as a cold start")
+    known: bool = Field(..., description="False: an item neither the bundle knows nor POST /items registered, "
+                                         "scored as a cold start")
 
 
 class RecommendResponse(BaseModel):
@@ -819,7 +1314,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         except Exception as e:  # noqa: BLE001 - any store failure is reported by the probe, not raised
             return JSONResponse({"status": "error", "state": state.kind, "error": str(e)}, status_code=503)
         return {"status": "ok" if ok else "error", "model": bundle.model_name, "task": bundle.task,
-                "state": state.kind, "users": len(bundle.user_vocab) - 1, "items": len(bundle.item_vocab) - 1}
+                "state": state.kind, "users": len(bundle.user_vocab) - 1, "items": len(bundle.item_vocab) - 1,
+                "registered_items": scorer.n_registered}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
              summary="Prometheus metrics: request counts, latency histograms, events, cold starts")
@@ -848,7 +1344,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         stage("write", t0)
         cold_user_events = int((bundle.user_vocab.lookup([e.user for e in stored]) == 0).sum())
         with_item = [e.item for e in stored if e.item is not None]
-        cold_item_events = int((bundle.item_vocab.lookup(with_item) == 0).sum()) if with_item else 0
+        cold_item_events = int((scorer.item_index(with_item) == 0).sum()) if with_item else 0
         metrics.inc("modalrec_events_total", "result", "accepted", res.accepted)
         metrics.inc("modalrec_events_total", "result", "duplicate", res.duplicates)
         if cold_user_events:
@@ -857,6 +1353,20 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             metrics.inc("modalrec_cold_starts_total", "kind", "event_item", cold_item_events)
         return EventsResponse(accepted=res.accepted, duplicates=res.duplicates, cold_user_events=cold_user_events,
                               cold_item_events=cold_item_events)
+
+    @app.post("/items", response_model=ItemsResponse, tags=["items"], dependencies=[Depends(require_key)],
+              summary="Register items that appeared after export (a new live segment, a new product): scoreable "
+                      "at once; acknowledged only once durably stored")
+    def post_items(req: ItemsRequest) -> ItemsResponse:
+        t0 = time.perf_counter()
+        res, errors = scorer.register(req.items)
+        if errors:
+            raise _Invalid(errors)
+        stage("items", t0)
+        for result in ("registered", "replaced", "known_to_bundle"):
+            if res[result]:
+                metrics.inc("modalrec_items_total", "result", result, res[result])
+        return ItemsResponse(**res)
 
     def sequence(user: str, uidx: int, ctx: Context, explicit: list[HistoryEvent] | None):
         before = to_seconds(ctx.time)
@@ -891,7 +1401,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             if req.exclude_seen:
                 exclude |= set(query.tolist()) | set(items.tolist())
             cand, n_ann = scorer.retrieve(query, req.n_candidates, exclude)
-            names = [bundle.item_vocab.id_of(int(i)) for i in cand]
+            names = [scorer.ids.id_of(int(i)) for i in cand]
             retrieved = {"ann": n_ann, "popular": len(cand) - n_ann, "given": 0}
         t0 = stage("retrieval", t0)
         if len(cand) == 0:

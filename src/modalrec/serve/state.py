@@ -20,6 +20,11 @@ Two stores behind one protocol (`StateStore`), chosen by URL:
 
 Events of a user are ordered by (time, arrival sequence). An event id, when given, makes the append
 idempotent: a second event with the same (user, event_id) is ignored (counted as a duplicate).
+
+Items registered after export (`POST /items`: a new live segment, a new product) are kept in the same
+store, one JSON document per item id (the validated request item; a later registration of the id
+replaces it), written with the same durability as events and read back at startup: SQLite table
+`items`, Redis hash `PREFIX:items`.
 """
 
 from __future__ import annotations
@@ -80,6 +85,13 @@ class StateStore(Protocol):
     def event_ids(self, user: str) -> set[str]:
         """The event ids stored for a user."""
 
+    def put_items(self, items: list[tuple[str, str]]) -> None:
+        """Stores registered items (id, JSON document) durably before returning; an id stored before is
+        replaced (the latest registration wins), in list order."""
+
+    def load_items(self) -> list[tuple[str, str]]:
+        """Every registered item (id, JSON document), the latest registration of each id."""
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -129,6 +141,11 @@ CREATE TABLE IF NOT EXISTS counters (
     last_time INTEGER NOT NULL,
     PRIMARY KEY (user, channel)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 
@@ -241,6 +258,26 @@ class SQLiteState:
         rows = self._con().execute("SELECT event_id FROM events WHERE user = ? AND event_id IS NOT NULL",
                                    (user,)).fetchall()
         return {r[0] for r in rows}
+
+    def put_items(self, items: list[tuple[str, str]]) -> None:
+        if not items:
+            return
+        con = self._con()
+        now = time.time()
+        with self._write:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany("INSERT INTO items(id, body, updated) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                                "SET body = excluded.body, updated = excluded.updated",
+                                [(i, body, now) for i, body in items])
+                con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as events
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def load_items(self) -> list[tuple[str, str]]:
+        # rowid: first registration order (an upsert keeps the row), so a restart assigns the same order
+        return [(r[0], r[1]) for r in self._con().execute("SELECT id, body FROM items ORDER BY rowid")]
 
     def ping(self) -> bool:
         self._con().execute("SELECT 1").fetchone()
@@ -384,6 +421,17 @@ class RedisState:
 
     def event_ids(self, user: str) -> set[str]:
         return set(self.client.smembers(self._keys(user)[2]))
+
+    def put_items(self, items: list[tuple[str, str]]) -> None:
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=True)  # one MULTI/EXEC: the batch lands whole
+        for i, body in items:
+            pipe.hset(f"{self.prefix}:items", i, body)
+        pipe.execute()
+
+    def load_items(self) -> list[tuple[str, str]]:
+        return sorted(self.client.hscan_iter(f"{self.prefix}:items", count=1000))
 
     def ping(self) -> bool:
         return bool(self.client.ping())

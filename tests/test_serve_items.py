@@ -1,0 +1,442 @@
+"""Items that appear after export (POST /items): a new live segment, a new product, scoreable at once.
+
+A registered item reaches the model with id index 0 (the model's id tables have only the bundle's rows)
+and its own side features and content, mapped through the bundle's feature vocabularies. Both bundles of
+the serving tests are used: the toy DIN (categorical, multi-valued, text and dense item features) and the
+live-stream MMBee (streamer, token tables of frames and comments, MFQ memoised per segment, GIE).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("faiss")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient
+
+from modalrec.data.batch import Collator, History, ItemSide
+from modalrec.serve.bundle import ITEM_FEATURES_FILE, load_bundle, normalise, sha256_of
+from modalrec.serve.service import AppendableRows, ItemIds, create_app
+
+from .test_serve import redis_server  # noqa: F401 - a fixture
+from .test_serve import served as din_served  # noqa: F401 - a fixture (toy DIN run and bundle)
+from .test_serve_mmbee import N_STREAMERS, seg_id, segments_of
+from .test_serve_mmbee import served as mmbee_served  # noqa: F401 - a fixture (toy MMBee run and bundle)
+
+KEY = "test-key"
+AUTH = {"X-API-Key": KEY}
+NOW = 4_000_000_000  # later than every toy event
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _app(bundle, url: str):
+    return TestClient(create_app(bundle, url, api_key=KEY))
+
+
+def _raw_item(served, item_id: str, new_id: str, drop: tuple[str, ...] = ()) -> dict:
+    """The request item describing `item_id` of the training data as raw values (what a producer would send
+    for a new item with the same features and content), for the modalities the bundle's model reads."""
+    data, schema = served["data"], served["task"].schema
+    row = next(r for r in data.items.to_pylist() if r["item_id"] == item_id)
+    out: dict = {"id": new_id, "categorical": {}, "multi": {}, "text": {}, "vectors": {}, "tokens": {}}
+    for f in data.spec.item_features:
+        if f.name in row and f.name not in drop:
+            out["multi" if f.kind == "multi_categorical" else "categorical"][f.name] = row[f.name]
+    for m in data.spec.modalities:
+        if m.name in drop or m.name not in data.content:
+            continue
+        t = data.content[m.name]
+        match = [r for r in t.to_pylist() if r["entity_id"] == item_id]
+        if not match:
+            continue
+        if m.kind == "text" and f"{m.name}_words" in schema.item_multi:
+            out["text"][m.name] = match[0]["text"]
+        elif m.kind == "vector" and m.name in schema.item_tokens:
+            t_max = schema.item_tokens[m.name][0]
+            out["tokens"][m.name] = [list(map(float, v)) for v in match[0]["vector"]][:t_max]
+        elif m.kind == "vector" and m.name in schema.item_dense:
+            out["vectors"][m.name] = list(map(float, match[0]["vector"]))
+    return {k: v for k, v in out.items() if v or k == "id"}
+
+
+def _register(client, items: list[dict], status: int = 200) -> dict:
+    r = client.post("/items", json={"items": items}, headers=AUTH)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def _scores(client, user: str, items: list[str], **extra) -> np.ndarray:
+    resp = client.post("/score", json={"user": user, "items": items, **extra})
+    assert resp.status_code == 200, resp.text
+    return np.array([x["score"] for x in resp.json()["scores"]])
+
+
+def _with_copies(side: ItemSide, rows: list[int]) -> ItemSide:
+    """The task's item table with copies of item indices `rows` appended (offline stand-ins for new items)."""
+    out = ItemSide()
+    for group in ("categorical", "multi", "dense", "presence", "tokens", "token_mask"):
+        for name, arr in getattr(side, group).items():
+            arr = np.asarray(arr)
+            getattr(out, group)[name] = np.concatenate([arr, arr[rows]])
+    return out
+
+
+@torch.no_grad()
+def _offline(served, side: ItemSide, uidx: int, hist: list[int], times: list[int], t: int,
+             cands: list[int]) -> np.ndarray:
+    """The offline model's logits for one user's sequence at time t, every item index beyond the model's
+    id tables (the appended copies) given as id 0 while its side features are the copied originals'."""
+    task, model = served["task"], served["model"]
+    n = task.schema.n_items
+    col = task.collator
+    h_items, h_times = np.array(hist, np.int64), np.array(times, np.int64)
+    if len(hist) == 0:
+        h_items, h_times = np.zeros(1, np.int64), np.full(1, t, np.int64)
+    history = History(np.array([0, len(hist)]), h_items, h_times)
+    collate = Collator(history, side, col.max_history, col.with_time, col.token_scope)
+    c = len(cands)
+    cand = np.array(cands, np.int64)
+    batch = collate(np.zeros(c, np.int64), cand, np.full(c, len(hist)), np.full(c, t))
+    batch.user = batch.group = torch.full((c,), uidx, dtype=torch.long)
+    for name in ("item", "uniq", "hist"):
+        v = getattr(batch, name)
+        setattr(batch, name, v.masked_fill(v >= n, 0))
+    if getattr(task, "gie", None) is not None:
+        codes = side.categorical[served["cfg"].task.graph.streamer_feature]
+        batch.extra.update(task.gie.lookup(np.full(c, uidx), codes[cand]))
+    return model(batch).numpy().astype(np.float64)
+
+
+def _user_with_history(task, min_len: int = 3) -> int:
+    counts = np.diff(task.history.ptr)
+    return int(np.flatnonzero(counts >= min_len)[0])
+
+
+# -------------------------------------------------------------------------------------------- bundle
+
+
+def test_bundle_exports_the_item_feature_vocabularies(din_served):  # noqa: F811 - the fixture
+    """vocab_item_features.json is in the manifest with its hash and reproduces every item's codes."""
+    b, task, data = din_served["bundle"], din_served["task"], din_served["data"]
+    manifest = json.loads((b / "manifest.json").read_text())
+    assert manifest["files"][ITEM_FEATURES_FILE]["sha256"] == sha256_of(b / ITEM_FEATURES_FILE)
+    fv = load_bundle(b).item_features
+    assert set(fv.categorical) == {"brand"} and set(fv.multi) == {"genres", "text_words"}
+    assert fv.text == {"text": "text_words"}
+    side = task.collator.item_side
+    for r in data.items.to_pylist():
+        i = int(task.item_vocab.lookup([r["item_id"]])[0])
+        assert fv.categorical_code("brand", r["brand"]) == side.categorical["brand"][i]
+        k = side.multi["genres"].shape[1]
+        assert np.array_equal(fv.multi_codes("genres", r["genres"], k), side.multi["genres"][i])
+    assert fv.categorical_code("brand", "never-seen") == 0 and fv.categorical_code("brand", None) == 0
+
+
+def test_old_bundles_load_and_take_content(din_served, tmp_path):  # noqa: F811 - the fixture
+    old = tmp_path / "old"
+    shutil.copytree(din_served["bundle"], old)
+    (old / ITEM_FEATURES_FILE).unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"][ITEM_FEATURES_FILE]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert load_bundle(old).item_features is None
+    with _app(old, f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        r = _register(c, [{"id": "n1", "categorical": {"brand": "b1"}}], 422)
+        assert r["detail"][0]["field"] == "items[0].categorical.brand" and "export" in r["message"]
+        assert _register(c, [{"id": "n1", "vectors": {"emb": [0.1, 0.2, 0.3, 0.4]}}])["registered"] == 1
+
+
+# -------------------------------------------------------------------------------------- (a) parity
+
+
+def test_new_item_scores_as_its_twin_with_id_0(din_served, tmp_path):  # noqa: F811 - the fixture
+    """A new item with an existing item's raw features and content scores as the offline model scores that
+    item with id index 0 and its original side features, as a candidate and inside the history (explicit,
+    and from /events); a truly unknown item does not."""
+    task = din_served["task"]
+    n = task.schema.n_items
+    originals = ["i0", "i6", "i1", "i9"]  # text + vector, text + vector, neither, vector only
+    idx = [int(i) for i in task.item_vocab.lookup(originals)]
+    side = _with_copies(task.collator.item_side, idx)
+    with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        res = _register(c, [_raw_item(din_served, o, f"new-{o}") for o in originals])
+        assert res == {"registered": 4, "replaced": 0, "known_to_bundle": 0, "known_ids": [], "items": 4}
+        new = [f"new-{o}" for o in originals]
+        u = _user_with_history(task)
+        user = task.user_vocab.id_of(u)
+        lo = task.history.ptr[u]
+        cut = min(5, int(task.history.ptr[u + 1] - lo))
+        h_items = [int(i) for i in task.history.items[lo:lo + cut]]
+        h_times = [int(t) for t in task.history.times[lo:lo + cut]]
+        t = h_times[-1] + 1
+        history = [{"item": task.item_vocab.id_of(i), "time": tt} for i, tt in zip(h_items, h_times)]
+        known = [task.item_vocab.id_of(i) for i in (2, 3)]
+        got = _scores(c, user, new + known + ["never-registered"], context={"time": t}, history=history)
+        want = _offline(din_served, side, u, h_items, h_times, t, list(range(n, n + 4)) + [2, 3, 0])
+        assert np.abs(got - want).max() <= 1e-5
+        assert np.abs(got[:4] - got[-1]).max() > 1e-4  # the features count: not a cold start
+        resp = c.post("/score", json={"user": user, "items": new[:1] + ["never-registered"]}).json()
+        assert [x["known"] for x in resp["scores"]] == [True, False]
+
+        # a new item inside the history (explicit), its id 0 there too
+        hist2 = history + [{"item": new[0], "time": t}, {"item": new[3], "time": t + 1}]
+        got = _scores(c, user, known, context={"time": t + 2}, history=hist2)
+        want = _offline(din_served, side, u, h_items + [n, n + 3], h_times + [t, t + 1], t + 2, [2, 3])
+        assert np.abs(got - want).max() <= 1e-5
+
+        # ... and from /events of a user the bundle does not know
+        events = [{"user": "newcomer", "item": new[1], "channel": "click", "time": 7000},
+                  {"user": "newcomer", "item": known[0], "channel": "click", "time": 7001},
+                  {"user": "newcomer", "item": new[2], "channel": "click", "time": 7002}]
+        r = c.post("/events", json={"events": events}, headers=AUTH).json()
+        assert r["cold_item_events"] == 0
+        got = _scores(c, "newcomer", known + new, context={"time": 8000})
+        want = _offline(din_served, side, 0, [n + 1, 2, n + 2], [7000, 7001, 7002], 8000,
+                        [2, 3, n, n + 1, n + 2, n + 3])
+        assert np.abs(got - want).max() <= 1e-5
+        assert c.get("/healthz").json()["registered_items"] == 4
+
+
+def test_new_segment_scores_as_its_twin_with_id_0(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """MMBee: streamer, frames and comments tokens and the MFCC vector of a new segment reach MFQ (memoised
+    per item index) and GIE as the offline batch of the copied segment with id 0; scored twice (memo)."""
+    task = mmbee_served["task"]
+    n = task.schema.n_items
+    originals = [seg_id(i) for i in (1, 7, 12)]  # 7: no frames, comments nor MFCC
+    idx = [int(i) for i in task.item_vocab.lookup(originals)]
+    side = _with_copies(task.collator.item_side, idx)
+    with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        assert _register(c, [_raw_item(mmbee_served, o, f"live/{o}") for o in originals])["registered"] == 3
+        new = [f"live/{o}" for o in originals]
+        u = int(np.flatnonzero((np.diff(task.history.ptr) >= 3) & (task.gie.user_seq[:, 0] > 0))[0])
+        user = task.user_vocab.id_of(u)
+        lo = task.history.ptr[u]
+        h_items = [int(i) for i in task.history.items[lo:lo + 3]]
+        h_times = [int(t) for t in task.history.times[lo:lo + 3]]
+        t = h_times[-1] + 1
+        history = [{"item": task.item_vocab.id_of(i), "time": tt} for i, tt in zip(h_items, h_times)]
+        cands = new + originals
+        want = _offline(mmbee_served, side, u, h_items, h_times, t, [n, n + 1, n + 2] + idx)
+        for _ in range(2):  # the second request reads the memoised MFQ vectors
+            got = _scores(c, user, cands, context={"time": t}, history=history)
+            assert np.abs(got - want).max() <= 1e-5
+
+
+# ------------------------------------------------------------------------------ (b) content counts
+
+
+def _hot_segment(served) -> int:
+    """The segment with the most watches + gifts, with frames and comments."""
+    data = served["data"]
+    counts: dict[str, int] = {}
+    for item in data.events["item_id"].to_pylist():
+        counts[item] = counts.get(item, 0) + 1
+    full = [i for i in range(20) if i not in (2, 3, 5, 7, 11)]
+    return max(full, key=lambda i: counts.get(seg_id(i), 0))
+
+
+def test_hot_content_vs_none(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    hot = _hot_segment(mmbee_served)
+    streamer = f"a{hot % N_STREAMERS}"
+    with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        with_content = _raw_item(mmbee_served, seg_id(hot), "seg-hot-copy")
+        bare = {"id": "seg-bare", "categorical": {"streamer_id": streamer}}
+        assert _register(c, [with_content, bare])["registered"] == 2
+        user = mmbee_served["task"].user_vocab.id_of(1)
+        s = _scores(c, user, ["seg-hot-copy", "seg-bare", "unknown-seg"], context={"time": NOW})
+        assert abs(s[0] - s[1]) > 1e-4 and abs(s[1] - s[2]) > 1e-4  # content and streamer both count
+        rec = c.post("/recommend", json={"user": user, "k": 3, "context": {"time": NOW},
+                                         "candidates": ["seg-hot-copy", "seg-bare", "unknown-seg"]}).json()
+        assert {x["item"]: x["score"] for x in rec["items"]} == pytest.approx(
+            dict(zip(["seg-hot-copy", "seg-bare", "unknown-seg"], s)), abs=1e-6)
+        # a gift to a registered segment is a gift to its streamer (GIE's online U->A->A)
+        scorer = c.app.state.scorer
+        c.post("/events", json={"events": [{"user": user, "item": "seg-bare", "channel": "gift", "value": 1.0,
+                                            "time": NOW - 10}]}, headers=AUTH)
+        codes, _ = scorer.new_gifts(user)
+        hot_idx = scorer.item_index([seg_id(hot)])
+        assert codes.tolist() == scorer.side.categorical["streamer_id"][hot_idx].tolist()
+
+
+# ---------------------------------------------------------------------------------- (c) validation
+
+
+def test_invalid_items_get_422(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        ok = {"id": "fine", "categorical": {"streamer_id": "a1"}}
+        cases = [
+            ({"id": "x", "vectors": {"speech_mfcc": [0.1, 0.2]}}, "items[1].vectors.speech_mfcc",
+             "expected 3 values"),
+            ({"id": "x", "tokens": {"frames_emb": [[0.0] * 6] * 4}}, "items[1].tokens.frames_emb", "at most 3 tokens"),
+            ({"id": "x", "tokens": {"comments_emb": [[0.0] * 4, [0.0] * 5]}}, "items[1].tokens.comments_emb[1]",
+             "expected 4 values"),
+            ({"id": "x", "tokens": {"nope_emb": [[0.0] * 4]}}, "items[1].tokens.nope_emb", "unknown token modality"),
+            ({"id": "x", "vectors": {"frames_emb": [0.0] * 6}}, "items[1].vectors.frames_emb", "under 'tokens'"),
+            ({"id": "x", "categorical": {"nope": "v"}}, "items[1].categorical.nope", "unknown item categorical"),
+            ({"id": "x", "multi": {"tags": ["a"]}}, "items[1].multi.tags", "unknown item multi-valued"),
+            ({"id": "x", "text": {"title": "hello"}}, "items[1].text.title", "unknown text modality"),
+            ({"id": "x", "tokens": {"frames_emb": [[1e6] * 6]}}, "items[1].tokens.frames_emb", "float16"),
+            ({"id": "x", "vectors": {"speech_mfcc": [0.1, "a", 0.3]}}, "items[1].vectors.speech_mfcc[1]", ""),
+            ({"id": "x", "colour": "red"}, "items[1].colour", ""),
+        ]
+        for bad, field, msg in cases:
+            r = _register(c, [ok, bad], 422)
+            assert r["detail"][0]["field"] == field, (bad, r)
+            assert msg in r["message"], (bad, r["message"])
+        assert _register(c, [], 422)["detail"][0]["field"] == "items"
+        assert c.get("/healthz").json()["registered_items"] == 0  # a batch with an invalid item stores nothing
+        assert c.post("/items", json={"items": [ok]}).status_code == 401
+        assert c.post("/items", json={"items": [ok]}, headers={"X-API-Key": "wrong"}).status_code == 403
+        # an id the bundle knows changes nothing
+        before = _scores(c, "u001", [seg_id(4)], context={"time": NOW})
+        res = _register(c, [{"id": seg_id(4), "categorical": {"streamer_id": "a0"}}, ok])
+        assert res == {"registered": 1, "replaced": 0, "known_to_bundle": 1, "known_ids": [seg_id(4)], "items": 1}
+        assert np.array_equal(_scores(c, "u001", [seg_id(4)], context={"time": NOW}), before)
+        assert "modalrec_items_total" in c.get("/metrics").text
+
+
+# ------------------------------------------------------------------------------------ (d) restarts
+
+
+def _check_restart(served, url: str) -> None:
+    user = served["task"].user_vocab.id_of(1)
+    items = ["r1", "r2", "r3"]
+    hot = _hot_segment(served)
+    with _app(served["bundle"], url) as c:
+        _register(c, [_raw_item(served, seg_id(hot), "r1"), {"id": "r2", "categorical": {"streamer_id": "a2"}},
+                      {"id": "r3", "categorical": {"streamer_id": "a3"}}])
+        _register(c, [_raw_item(served, seg_id(0), "r3")])  # replaced: the latest wins after a restart too
+        before = _scores(c, user, items, context={"time": NOW})
+    with _app(served["bundle"], url) as c:
+        assert c.get("/healthz").json()["registered_items"] == 3
+        after = _scores(c, user, items, context={"time": NOW})
+        assert np.abs(after - before).max() <= 1e-6
+        assert c.app.state.scorer.replayed == 3
+
+
+def test_registered_items_survive_a_restart_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    _check_restart(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
+
+
+def test_registered_items_survive_a_restart_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
+    _check_restart(mmbee_served, redis_server["url"])
+    redis_server["restart"]()  # kill -9 Redis itself: the AOF (fsync always) keeps the items
+    with _app(mmbee_served["bundle"], redis_server["url"]) as c:
+        h = c.get("/healthz").json()
+        assert h["state"] == "redis" and h["registered_items"] == 3
+
+
+# ------------------------------------------------------------------------------------- (e) replacing
+
+
+def test_replacing_changes_the_score(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    a, b = segments_of(1)[0], segments_of(1)[1]  # two segments of one streamer, both with frames and comments
+    user = mmbee_served["task"].user_vocab.id_of(2)
+    with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        _register(c, [_raw_item(mmbee_served, seg_id(a), "seg-x"), _raw_item(mmbee_served, seg_id(b), "seg-b")])
+        first = _scores(c, user, ["seg-x", "seg-b"], context={"time": NOW})  # MFQ memoises seg-x's content
+        assert abs(first[0] - first[1]) > 1e-4
+        res = _register(c, [_raw_item(mmbee_served, seg_id(b), "seg-x")])
+        assert res["registered"] == 0 and res["replaced"] == 1 and res["items"] == 2
+        again = _scores(c, user, ["seg-x", "seg-b"], context={"time": NOW})
+        assert abs(again[0] - first[0]) > 1e-4 and abs(again[0] - again[1]) <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------ retrieval
+
+
+def test_registered_items_are_retrieved(din_served, tmp_path):  # noqa: F811 - the fixture
+    """Group retrieval brings a new item of a recent item's group; the exact search over the registered items'
+    vectors (the ItemEncoder's, id 0) finds one like the recent item; /recommend returns them."""
+    task = din_served["task"]
+    with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        _register(c, [_raw_item(din_served, "i0", "twin-a"), _raw_item(din_served, "i0", "twin-b")])
+        scorer = c.app.state.scorer
+        a, b = (int(i) for i in scorer.item_index(["twin-a", "twin-b"]))
+        enc = scorer.encoder
+        feats, pres = task.collator.item_side.gather(task.item_vocab.lookup(["i0"]))
+        with torch.no_grad():
+            want = normalise(enc(torch.zeros(1, dtype=torch.long), feats, pres).numpy())
+        assert np.allclose(scorer.vectors[np.array([b])], want, atol=1e-6) and scorer.has_vector[np.array([b])].all()
+        cand, n_hist = scorer.retrieve(np.array([a]), 10, exclude={a})
+        assert cand[0] == b and n_hist >= 1  # its group's newest item first
+        group, scorer.group = scorer.group, None
+        try:
+            cand, _ = scorer.retrieve(np.array([a]), 10, exclude={a})
+            assert cand[0] == b  # the nearest vector: an identical one
+        finally:
+            scorer.group = group
+        c.post("/events", json={"events": [{"user": "fan", "item": "twin-a", "channel": "click", "time": 100}]},
+               headers=AUTH)
+        rec = c.post("/recommend", json={"user": "fan", "k": 20, "n_candidates": 20}).json()
+        assert "twin-b" in [x["item"] for x in rec["items"]] and rec["history_length"] == 1
+
+
+# ----------------------------------------------------------------------------------------- internals
+
+
+def test_appendable_rows_and_ids():
+    base = np.arange(12, dtype=np.int64).reshape(6, 2)
+    rows = AppendableRows(base)
+    rows.reserve(1)
+    rows[6] = [100, 101]
+    cap = len(rows.extra)
+    for k in range(2, 40):  # capacity doubles: few reallocations
+        rows.reserve(k)
+        rows[5 + k] = [100 * k, 100 * k + 1]
+    assert len(rows) == 45 and len(rows.extra) >= 39 and cap == 16
+    idx = np.array([[0, 6], [44, 5]])
+    assert np.array_equal(rows[idx], np.array([[[0, 1], [100, 101]], [[3900, 3901], [10, 11]]]))
+    with pytest.raises(IndexError):
+        rows[3] = [0, 0]
+
+    from modalrec.tasks.base import Vocab
+
+    ids = ItemIds(Vocab(["a", "b"]))
+    assert ids.add("c") == 3 and ids.add("d") == 4
+    assert ids.lookup(["b", "c", "zz", "d"]).tolist() == [2, 3, 0, 4]
+    assert [ids.id_of(i) for i in range(6)] == [None, "a", "b", "c", "d", None]
+
+
+def test_registration_while_scoring(din_served, tmp_path):  # noqa: F811 - the fixture
+    """Requests scoring while items are registered and replaced: no error, every score finite."""
+    with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        scorer = c.app.state.scorer
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def score():
+            try:
+                while not stop.is_set():
+                    ids = [f"live-{k}" for k in range(0, 40, 3)] + ["i1"]
+                    s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
+                    assert np.isfinite(s).all()
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=score) for _ in range(2)]
+        for th in threads:
+            th.start()
+        try:
+            for k in range(40):
+                _register(c, [_raw_item(din_served, f"i{k % 7}", f"live-{k}"), _raw_item(din_served, "i3", "live-0")])
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(30)
+        assert not errors, errors[0]
+        assert scorer.n_registered == 40
