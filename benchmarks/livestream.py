@@ -86,7 +86,7 @@ def data_params(args) -> dict:
     p = {"preset": args.preset}
     if args.users:
         p["n_users"] = args.users
-    return p
+    return p | json.loads(args.world)
 
 
 def test_logits(cfg, task, run_dir: Path) -> np.ndarray:
@@ -291,6 +291,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench")
     ap.add_argument("--users", type=int, default=0, help="override the preset's number of users")
+    ap.add_argument("--world", default="{}", help='JSON of further simulator parameters, e.g. \'{"watch_affinity": 0}\'')
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--ablation-seeds", default="0", help="seeds of mmbee-no-mfq and mmbee-no-gie")
     ap.add_argument("--modality-seeds", default="0", help="seeds of the one-modality variants")

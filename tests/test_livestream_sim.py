@@ -304,3 +304,28 @@ def test_bench_preset_size(tmp_path):
     data = ls.generate(preset="bench", media_dir=tmp_path, espeak=False)
     w = _watches(data)
     assert len(w["label"]) >= 250_000 and 0.01 <= w["label"].mean() <= 0.03
+
+
+def test_watch_affinity_hides_the_gifting_community_from_watching(world, media):
+    """watch_affinity 0: what users watch no longer depends on their community, their gifts still do; the
+    default keeps the cache key it always had."""
+    assert "watch_affinity" not in ls.resolve_params(**TINY)
+    assert ls.cache_key(ls.resolve_params(**TINY)) != ls.cache_key(ls.resolve_params(**TINY, watch_affinity=0.0))
+    blind = ls.generate(**TINY, media_dir=media, watch_affinity=0.0)
+
+    def same_community_share(data):
+        """Share of watches whose streamer is in the community the user gifts most to (users with >= 2 gifts)."""
+        w = _watches(data)
+        comm = _item_column(data, w["item_id"], "gt_community")
+        gifted = w["label"] > 0
+        share, n = 0.0, 0
+        for u in np.unique(w["user_id"][gifted]):
+            mine = w["user_id"] == u
+            if (mine & gifted).sum() < 2:
+                continue
+            top = np.bincount(comm[mine & gifted]).argmax()
+            share += (comm[mine & ~gifted] == top).mean() if (mine & ~gifted).any() else 0.0
+            n += 1
+        return share / max(n, 1)
+
+    assert same_community_share(blind) < same_community_share(world)

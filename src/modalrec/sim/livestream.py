@@ -27,7 +27,8 @@ gift probabilities, labels and prices and nothing else):
   the last 20% of the days and show the observable tier "new"; every user's true tier and join time
   stay in the users table columns `gt_tier` and `gt_join_time` (not declared features).
 - Watching: a user opens the app at a time drawn in proportion to how many rooms are live, picks a
-  live streamer with probability ~ popularity * exp(1.0 interest + 0.5 community affinity) and stays
+  live streamer with probability ~ popularity * exp(1.0 interest + 0.5 community affinity) (0.5 is
+  `watch_affinity`; at 0 what a user watches says nothing about their gifting community) and stays
   for a geometric number of segments (continuing with probability sigmoid(0.2 + 0.9 interest),
   clipped to [0.2, 0.85]; never past the room's end). Every watched segment is a `watch` event
   (the GTR sample) with the seconds watched; one watch per user and segment.
@@ -124,6 +125,7 @@ SPEECH_VARIANTS = 4
 FRAME_SIZE = 224
 SPEECH_RATE = 16_000
 
+WATCH_AFFINITY = 0.5  # default weight of the community affinity in the choice of what to watch
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"n_users": 300, "n_streamers": 20, "days": 4},  # tests: ~2k watches, seconds
     "demo": {"n_users": 1_000, "n_streamers": 40, "days": 12},  # ~20k watches, well under a minute
@@ -238,7 +240,7 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
                    seed: int = 0, preset: str | None = None, missing: dict[str, float] | None = None,
                    content_signal: float = 1.0, hot_rate: float = 0.08, gift_rate: float = 0.02,
                    segment_minutes: int = 5, cold_streamers: float = 0.1, cold_users: float = 0.1,
-                   espeak: bool | None = None) -> dict:
+                   espeak: bool | None = None, watch_affinity: float = WATCH_AFFINITY) -> dict:
     """The full, checked parameter set of `generate` (what its output is a function of, media aside).
 
     `preset` fills in n_users / n_streamers / days that are not given (default preset: demo); `espeak`
@@ -258,7 +260,7 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
                          f"got {segment_minutes}")
     checks = (("content_signal", content_signal, 0.0, 10.0), ("hot_rate", hot_rate, 0.0, 0.6),
               ("gift_rate", gift_rate, 1e-4, 0.5), ("cold_streamers", cold_streamers, 0.0, 0.5),
-              ("cold_users", cold_users, 0.0, 0.5))
+              ("cold_users", cold_users, 0.0, 0.5), ("watch_affinity", watch_affinity, 0.0, 3.0))
     for name, v, lo, hi in checks:
         number = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
         if not number or not lo <= v <= hi:
@@ -277,11 +279,14 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
         raise FileNotFoundError("livestream: espeak=True but espeak-ng is not on PATH (install the Debian "
                                 "package espeak-ng, or pass espeak=None/False to emit the speech transcript "
                                 "as text)")
-    return {"n_users": int(n_users), "n_streamers": int(n_streamers), "days": int(days), "seed": int(seed),
-            "missing": miss, "content_signal": float(content_signal), "hot_rate": float(hot_rate),
+    out = {"n_users": int(n_users), "n_streamers": int(n_streamers), "days": int(days), "seed": int(seed),
+           "missing": miss, "content_signal": float(content_signal), "hot_rate": float(hot_rate),
             "gift_rate": float(gift_rate), "segment_minutes": int(segment_minutes),
             "cold_streamers": float(cold_streamers), "cold_users": float(cold_users), "espeak": bool(espeak),
             "version": SIM_VERSION}
+    if watch_affinity != WATCH_AFFINITY:  # only when changed, so the default keeps the cache keys it had
+        out["watch_affinity"] = float(watch_affinity)
+    return out
 
 
 def cache_key(params: dict) -> str:
@@ -315,16 +320,18 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
              missing: dict[str, float] | None = None, content_signal: float = 1.0, hot_rate: float = 0.08,
              espeak: bool | None = None, progress: bool = False, gift_rate: float = 0.02,
              segment_minutes: int = 5, cold_streamers: float = 0.1,
-             cold_users: float = 0.1) -> InteractionData:
+             cold_users: float = 0.1, watch_affinity: float = 0.5) -> InteractionData:
     """Simulate the live-streaming world of the module docstring.
 
     `preset` ("tiny", "demo", "bench", "large") sets n_users / n_streamers / days that are not given
     (default: demo). `media_dir` receives frames/ and speech/ (default: $MODALREC_CACHE or
     ~/.cache/modalrec, + livestream/<parameter key>/media); files already there are reused.
     `missing`: per-modality rates of segments without that modality (defaults frames 0.05, speech
-    0.25, comments 0.3). `espeak`: None = use espeak-ng when installed; False = transcript as text."""
+    0.25, comments 0.3). `espeak`: None = use espeak-ng when installed; False = transcript as text.
+    `watch_affinity`: weight of the community affinity in the choice of what to watch (default 0.5; 0 makes
+    the gifting communities invisible in what users watch, visible only in who gifts whom)."""
     p = resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal, hot_rate, gift_rate,
-                       segment_minutes, cold_streamers, cold_users, espeak)
+                       segment_minutes, cold_streamers, cold_users, espeak, watch_affinity)
     media = Path(media_dir) if media_dir is not None else cache_root() / "livestream" / cache_key(p) / "media"
     prog = _Progress(progress)
     # world, schedule, users, watches, gifts, events, content: one stream each
@@ -521,7 +528,8 @@ def _watches(p: dict, w: _World, us: _Users, rng: np.random.Generator) -> _Watch
     for lo_i in range(0, len(v_user), 4096):
         sl = slice(lo_i, lo_i + 4096)
         uu = v_user[sl]
-        logit = w.st_logpop[None, :] + 1.0 * us.interest[uu][:, style] + 0.5 * us.affinity[uu][:, group]
+        logit = (w.st_logpop[None, :] + 1.0 * us.interest[uu][:, style]
+                 + p.get("watch_affinity", WATCH_AFFINITY) * us.affinity[uu][:, group])
         segs = w.live_seg[v_slot[sl]]
         wt = np.where(segs >= 0, np.exp(logit - logit.max(axis=1, keepdims=True)), 0.0)
         cw = np.cumsum(wt, axis=1)
