@@ -273,3 +273,59 @@ def test_fit_is_deterministic_for_a_seed():
     other = GraphExpansion.fit(u, s, None, n_u, n_s, cfg.model_copy(update={"seed": 1}))
     assert not np.array_equal(other.user_emb, one.user_emb)
     assert not np.array_equal(other.a2a.data, one.a2a.data)  # the Swing caps sample another subgraph
+
+
+# ------------------------------------------------------------------------------------------ as of time
+
+
+@pytest.mark.parametrize("mode", ["count", "value"])
+def test_as_of_time_expansion_uses_only_earlier_gifts(mode):
+    """lookup(..., times=t): a user's U->A->A from their gifts strictly before t, through the fitted Swing graph
+    with the full expansion's weighting: equal to recomputing it from scratch for every (user, time)."""
+    from modalrec.graph.gie import OnlineExpansion
+    from modalrec.graph.swing import CSR
+
+    u, s, n_u, n_s, _ = planted(users_per=15, gifts=4)
+    rng = np.random.default_rng(3)
+    times = rng.integers(0, 50, len(u)) * 10  # coarse: several gifts of a user share a time
+    price = rng.uniform(1, 9, len(u))
+    cfg = GIEConfig(progress=False, pretrain_epochs=0, expansion_length=6, weight_mode=mode)
+    g = GraphExpansion.fit(u, s, price if mode == "value" else None, n_u, n_s, cfg, times=times)
+    empty = CSR(np.zeros(n_u + 1, np.int64), np.zeros(0, np.int64), np.zeros(0), n_s)
+    online = OnlineExpansion(g, empty)
+    users = np.repeat(np.arange(n_u), 4)
+    at = np.tile([-5, 100, 250, 10_000], n_u)
+    got = g.lookup(users, np.zeros_like(users), times=at)
+    for r, (user, t) in enumerate(zip(users, at)):
+        before = (u == user) & (times < t)
+        want_seq, want_w = online.expand(int(user), s[before], price[before] if mode == "value" else np.ones(before.sum()))
+        np.testing.assert_array_equal(got["gie_user"][r].numpy(), want_seq)
+        np.testing.assert_allclose(got["gie_user_w"][r].numpy(), want_w, rtol=1e-6)
+    # after every gift: the full expansion, bit for bit; before any: padding
+    late = g.lookup(np.arange(n_u), np.zeros(n_u, np.int64), times=np.full(n_u, 10_000))
+    np.testing.assert_array_equal(late["gie_user"].numpy(), g.user_seq)
+    np.testing.assert_array_equal(late["gie_user_w"].numpy(), g.user_w)
+    early = g.lookup(np.arange(n_u), np.zeros(n_u, np.int64), times=np.full(n_u, -1))
+    assert (early["gie_user"].numpy() == 0).all()
+    # a gift at exactly the sample's time is not "before" it
+    user = int(u[0])
+    same = g.lookup(np.array([user]), np.array([0]), times=np.array([times[u == user].min()]))
+    assert (same["gie_user"].numpy() == 0).all()
+
+
+def test_as_of_time_tables_survive_save_load(tmp_path):
+    u, s, n_u, n_s, _ = planted(users_per=10)
+    times = np.arange(len(u)) * 7
+    g = GraphExpansion.fit(u, s, None, n_u, n_s, GIEConfig(progress=False, pretrain_epochs=0, expansion_length=4),
+                           times=times)
+    assert g.prefix_ptr is not None and g.stats["as_of_time_rows"] == len(g.prefix_time)
+    back = GraphExpansion.load(g.save(tmp_path / "gie"))
+    probe = np.repeat(np.arange(n_u), 3), np.tile([0, len(u) * 3, len(u) * 7], n_u)
+    a = g.lookup(probe[0], np.zeros_like(probe[0]), times=probe[1])
+    b = back.lookup(probe[0], np.zeros_like(probe[0]), times=probe[1])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    off = GraphExpansion.fit(u, s, None, n_u, n_s, GIEConfig(progress=False, pretrain_epochs=0, expansion_length=4,
+                                                                as_of_time=False), times=times)
+    assert off.prefix_ptr is None  # as_of_time off: every time reads the full row
+    full = off.lookup(probe[0], np.zeros_like(probe[0]), times=probe[1])
+    assert torch.equal(full["gie_user"], torch.from_numpy(off.user_seq[probe[0]]))

@@ -411,3 +411,21 @@ def test_new_gifts_on_redis(served, redis_server):  # noqa: F811 - the fixture
     with TestClient(app) as c:
         assert c.get("/healthz").json()["state"] == "redis"
         _check_new_gifts_change_only_the_gifter(served, c)
+
+
+def test_training_samples_read_expansions_as_of_their_time(served):
+    """The ctr task hands every sample the U->A->A expansion of the user's gifts strictly before it: a training
+    sample before a user's later gifts sees fewer (never its own gift), evaluation samples see the whole
+    training period's expansion (what the bundle serves)."""
+    task = served["task"]
+    g = task.gie
+    assert g.prefix_ptr is not None
+    tr, te = task.splits["train"], task.splits["test"]
+    b_tr = task.collate(tr, train=False)
+    want = g.lookup(tr.users, task.streamer_code[tr.items], times=tr.times)
+    assert torch.equal(b_tr.extra["gie_user"], want["gie_user"])
+    full = torch.from_numpy(g.user_seq[tr.users])
+    assert not torch.equal(b_tr.extra["gie_user"], full)  # early training samples see less than the full row
+    b_te = task.collate(te, train=False)
+    assert torch.equal(b_te.extra["gie_user"], torch.from_numpy(g.user_seq[te.users]))
+    assert torch.equal(b_te.extra["gie_user_w"], torch.from_numpy(g.user_w[te.users]))

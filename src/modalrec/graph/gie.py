@@ -69,6 +69,10 @@ class GIEConfig(BaseModel):
     # metapath expansion
     expansion_length: int = Field(20, ge=1, description="K: targets kept per user / streamer")
     exclude_gifted: bool = Field(False, description="U->A->A: drop streamers the user already gifted")
+    as_of_time: bool = Field(
+        True, description="U->A->A per sample from the user's gifts strictly BEFORE the sample (given gift times): "
+        "a training sample never reads an expansion built from its own gift, which would leak the label into "
+        "the features it is trained on. False: every sample reads the whole training period's expansion")
     # GraphCL pre-training
     pretrain_epochs: int = Field(20, ge=0, description="GraphCL epochs; 0 = no embeddings")
     dim: int = Field(32, ge=1)
@@ -174,6 +178,13 @@ class GraphExpansion:
     streamer_emb: np.ndarray | None  # (n_streamers, d) float32
     a2a: CSR  # the Swing graph, best neighbour first
     stats: dict[str, Any] = field(default_factory=dict)
+    # as-of-time U->A->A (cfg.as_of_time with gift times): per user the expansions after 0, 1, ... m of their
+    # gifts in time order, rows prefix_ptr[u] .. prefix_ptr[u + 1] - 1 (row 0: all padding, users without
+    # gifts); prefix_time[r] = the time of the gift that made row r (the first row of a user: int64 min)
+    prefix_ptr: np.ndarray | None = None  # (n_users + 1,) int64
+    prefix_time: np.ndarray | None = None  # (n_rows,) int64
+    prefix_seq: np.ndarray | None = None  # (n_rows, K) int64
+    prefix_w: np.ndarray | None = None  # (n_rows, K) float32
 
     @property
     def n_users(self) -> int:
@@ -190,9 +201,10 @@ class GraphExpansion:
     # ------------------------------------------------------------------------------------ fit
     @classmethod
     def fit(cls, users: np.ndarray, streamers: np.ndarray, weights: np.ndarray | None, n_users: int,
-            n_streamers: int, cfg: GIEConfig | None = None) -> GraphExpansion:
+            n_streamers: int, cfg: GIEConfig | None = None, times: np.ndarray | None = None) -> GraphExpansion:
         """Build U2A, Swing A2A, both expansions and (unless pretrain_epochs == 0) the GraphCL embeddings
-        from TRAINING-period gift triples (user index, streamer index, weight)."""
+        from TRAINING-period gift triples (user index, streamer index, weight). With the gifts' `times` (and
+        cfg.as_of_time) also the as-of-time U->A->A rows that `lookup(..., times=...)` reads."""
         cfg = cfg or GIEConfig()
         if n_users < 1 or n_streamers < 1:
             raise ValueError(f"n_users and n_streamers count the padding row, so they are >= 1; got "
@@ -232,19 +244,97 @@ class GraphExpansion:
             "graphcl_history": history,
             "timing": timing,
         }
-        return cls(cfg, user_seq, user_w, streamer_seq, streamer_w, user_emb, streamer_emb, a2a, stats)
+        out = cls(cfg, user_seq, user_w, streamer_seq, streamer_w, user_emb, streamer_emb, a2a, stats)
+        if times is not None and cfg.as_of_time:
+            t = time.perf_counter()
+            out._fit_prefixes(np.asarray(users), np.asarray(streamers), weights, np.asarray(times))
+            timing["as_of_time_s"] = time.perf_counter() - t
+            stats["as_of_time_rows"] = len(out.prefix_time)
+        return out
+
+    def _fit_prefixes(self, users: np.ndarray, streamers: np.ndarray, weights: np.ndarray | None,
+                      times: np.ndarray) -> None:
+        """The U->A->A rows after each prefix of every user's gifts (time order), through the same U2A
+        weighting and two-hop walk as the full expansion, so the last row of a user IS their full row."""
+        cfg, k = self.cfg, self.expansion_length
+        users = users.astype(np.int64)
+        times = times.astype(np.int64)
+        if len(times) != len(users):
+            raise ValueError(f"times must have one value per gift ({len(users)}), got {len(times)}")
+        order = np.lexsort((times, users))
+        u_s, s_s, t_s = users[order], streamers.astype(np.int64)[order], times[order]
+        w_s = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+        m = np.bincount(u_s, minlength=self.n_users)  # gifts per user
+        rows_per_user = np.where(m > 0, m + 1, 0)  # "before any gift", then one row per gift
+        ptr = np.ones(self.n_users + 1, dtype=np.int64)  # global row 0 is the all-padding row
+        np.cumsum(rows_per_user, out=ptr[1:])
+        ptr[1:] += 1
+        n_rows = int(ptr[-1])
+        prefix_time = np.full(n_rows, np.iinfo(np.int64).min, dtype=np.int64)
+        # the j-th gift (1-based, time order) of user u makes row ptr[u] + j
+        starts = np.r_[0, np.cumsum(m)[:-1]]
+        j = np.arange(len(u_s), dtype=np.int64) - starts[u_s] + 1
+        rows_of_gift = ptr[u_s] + j
+        prefix_time[rows_of_gift] = t_s
+        # entries: the j-th gift belongs to rows j, j + 1, ..., m of its user
+        reps = m[u_s] - j + 1
+        e_rows = np.repeat(rows_of_gift, reps) + (np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps))
+        e_streamers = np.repeat(s_s, reps)
+        e_weights = None if w_s is None else np.repeat(w_s, reps)
+        graph = build_u2a(e_rows, e_streamers, e_weights, n_rows, self.n_streamers, cfg.weight_mode, cfg.log_scale)
+        seq, w = two_hop(_row_normalised(graph.by_user), _row_normalised(self.a2a), k,
+                         exclude=graph.by_user if cfg.exclude_gifted else None, desc="U->A->A as of time")
+        self.prefix_ptr, self.prefix_time, self.prefix_seq, self.prefix_w = ptr, prefix_time, seq, w
+
+    def _prefix_keys(self) -> tuple[int, int, np.ndarray]:
+        """(t0, span, keys): one sorted composite key owner * span + (time - t0 + 1) per row (a user's first
+        row: + 0; row 0: -1), so one searchsorted finds every sample's row. Built once."""
+        cached = getattr(self, "_keys", None)
+        if cached is None:
+            ptr, ptime = self.prefix_ptr, self.prefix_time
+            none = np.iinfo(np.int64).min
+            owner = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(ptr))
+            real = ptime[ptime != none]
+            t0 = int(real.min()) if len(real) else 0
+            span = (int(real.max()) - t0 + 3) if len(real) else 3
+            rel = np.where(ptime == none, 0, ptime - t0 + 1)
+            cached = self._keys = (t0, span, np.concatenate([[-1], owner * span + rel[1:]]))
+        return cached
+
+    def _prefix_rows(self, u: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Row of each (user, time): the expansion of the user's gifts strictly before that time."""
+        ptr = self.prefix_ptr
+        start, end = ptr[u], ptr[u + 1]
+        # within a user's rows [start, end) the gift times (rows start+1 ..) are sorted: count those < t
+        row = np.zeros(len(u), dtype=np.int64)
+        has = end > start
+        if has.any():
+            t0, span, keys = self._prefix_keys()
+            q = u[has] * span + np.clip(t[has] - t0 + 1, 1, span - 1)
+            row[has] = np.searchsorted(keys, q, side="left") - 1
+        return row
 
     # --------------------------------------------------------------------------------- lookup
-    def lookup(self, user_idx: np.ndarray | torch.Tensor, streamer_idx: np.ndarray | torch.Tensor
-               ) -> dict[str, torch.Tensor]:
+    def lookup(self, user_idx: np.ndarray | torch.Tensor, streamer_idx: np.ndarray | torch.Tensor,
+               times: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """Batch fields for users `user_idx` and TARGET streamers `streamer_idx` (any equal-or-not
         shapes S1, S2): gie_user (*S1, K) long, gie_user_w (*S1, K) float, gie_streamer (*S2, K)
-        long, gie_streamer_w (*S2, K) float. Index 0 (padding / unknown) gives an all-padding row."""
+        long, gie_streamer_w (*S2, K) float. Index 0 (padding / unknown) gives an all-padding row.
+        `times` (*S1) (with as-of-time rows fitted): each user's expansion from their gifts strictly before
+        that time; a time after the training period gives the full row."""
         u = _indices("user_idx", user_idx, self.n_users)
         s = _indices("streamer_idx", streamer_idx, self.n_streamers)
+        if times is not None and self.prefix_ptr is not None:
+            t = np.asarray(times, dtype=np.int64)
+            if t.shape != u.shape:
+                raise ValueError(f"times of shape {t.shape}; expected one per user index {u.shape}")
+            rows = self._prefix_rows(u.reshape(-1), t.reshape(-1)).reshape(u.shape)
+            user_seq, user_w = self.prefix_seq[rows], self.prefix_w[rows]
+        else:
+            user_seq, user_w = self.user_seq[u], self.user_w[u]
         return {
-            "gie_user": torch.from_numpy(self.user_seq[u]),
-            "gie_user_w": torch.from_numpy(self.user_w[u]),
+            "gie_user": torch.from_numpy(user_seq),
+            "gie_user_w": torch.from_numpy(user_w),
             "gie_streamer": torch.from_numpy(self.streamer_seq[s]),
             "gie_streamer_w": torch.from_numpy(self.streamer_w[s]),
         }
@@ -269,6 +359,9 @@ class GraphExpansion:
         }
         if self.user_emb is not None and self.streamer_emb is not None:
             tensors["user_emb"], tensors["streamer_emb"] = self.user_emb, self.streamer_emb
+        if self.prefix_ptr is not None:
+            tensors |= {"prefix_ptr": self.prefix_ptr, "prefix_time": self.prefix_time,
+                        "prefix_seq": self.prefix_seq, "prefix_w": self.prefix_w}
         meta = {"format": FORMAT, "version": VERSION, "n_users": self.n_users, "n_streamers": self.n_streamers,
                 "config": self.cfg.model_dump(mode="json"), "stats": self.stats}
         _atomic_write_bytes(directory / TENSORS_FILE,
@@ -314,8 +407,17 @@ class GraphExpansion:
                 raise DataError(Problem(str(tensor_file), None, name, f"shape {shape} (from {META_FILE})",
                                         f"shape {tuple(t[name].shape)}"))
         a2a = CSR(t["a2a_indptr"].astype(np.int64), t["a2a_indices"].astype(np.int64), t["a2a_scores"], n_s)
+        prefix = [t.get(n) for n in ("prefix_ptr", "prefix_time", "prefix_seq", "prefix_w")]
+        if any(x is not None for x in prefix):
+            ptr, ptime, pseq, pw = prefix
+            n_rows = None if ptime is None else len(ptime)
+            ok = (all(x is not None for x in prefix) and ptr.shape == (n_u + 1,) and pseq.shape == (n_rows, k)
+                  and pw.shape == (n_rows, k) and int(ptr[-1]) == n_rows)
+            if not ok:
+                raise DataError(Problem(str(tensor_file), None, "prefix_*", "prefix_ptr (n_users + 1), prefix_time "
+                                        "(R), prefix_seq and prefix_w (R, K) with prefix_ptr[-1] == R", "other shapes"))
         return cls(cfg, t["user_seq"], t["user_w"], t["streamer_seq"], t["streamer_w"], t.get("user_emb"),
-                   t.get("streamer_emb"), a2a, meta.get("stats", {}))
+                   t.get("streamer_emb"), a2a, meta.get("stats", {}), *prefix)
 
 
 def _indices(name: str, idx: np.ndarray | torch.Tensor, n: int) -> np.ndarray:

@@ -212,7 +212,8 @@ class CTRTask(PreparedTask):
                                     .astype(np.float64)[is_gift])
         self.streamer_code = side.categorical[g.streamer_feature]
         self.gie = GraphExpansion.fit(enc.users[is_gift], self.streamer_code[enc.items[is_gift]], weights,
-                                      len(self.user_vocab), schema.item_categorical[g.streamer_feature], g.gie)
+                                      len(self.user_vocab), schema.item_categorical[g.streamer_feature], g.gie,
+                                      times=enc.times[is_gift])
         schema.graph_init = self.gie.graph_init()
         self.graph_cutoff = int(cutoff) if later else None
 
@@ -220,7 +221,8 @@ class CTRTask(PreparedTask):
         batch = self.collator(s.users, s.items, s.cut, s.times, s.labels)
         batch.context = {name: torch.from_numpy(codes) for name, codes in s.context.items()}
         if self.gie is not None:
-            batch.extra.update(self.gie.lookup(s.users, self.streamer_code[s.items]))
+            # as of each sample's time: a training sample never reads an expansion built from its own gift
+            batch.extra.update(self.gie.lookup(s.users, self.streamer_code[s.items], times=s.times))
         return batch
 
     test_labels_hidden: bool = False
