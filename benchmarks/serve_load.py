@@ -11,7 +11,7 @@ Latency is measured by the client from the request's scheduled start (so time a 
 free connection counts: no coordinated omission) to the end of the response. The clients run on the
 same machine as the service and share its cores.
 
-Bundles: `--bundle PATH` (default runs/demo/bundle, from `make demo`: the live-streaming world's SIM
+Bundles: `--bundle PATH` (default runs/demo/bundle, from `make demo`: the live-streaming world's MMBee
 ranker, 50 history events), or `--build MODEL` to train MODEL on the click-through demo world
 (`modalrec demo --world ctr`'s data) with `--max-history` (default 100) for `--epochs` and export it
 under benchmarks/.work/serve_load/ first.
