@@ -647,3 +647,25 @@ def test_without_item_id_items_are_their_features(task, name):
         pres = {k: v[:1].expand(2) for k, v in batch.presence.items()}
         vec = model.items(torch.tensor([3, 5]), side, pres)
         torch.testing.assert_close(vec[0], vec[1], rtol=0, atol=0)
+
+
+def test_gie_match_features_are_the_target_score_and_the_overlap(task):
+    torch.manual_seed(0)
+    model = build_model("mmbee", task.schema, params())
+    batch = train_batch(task)
+    target = batch.item_side["streamer_id"].long()
+    B = batch.size
+    other = torch.where(target == 1, torch.full_like(target, 2), torch.ones_like(target))
+    u_idx = torch.stack([target, other, torch.zeros_like(target)], 1)
+    u_w = torch.tensor([[0.5, 0.3, 9.0]]).expand(B, -1).clone()  # the padding slot's junk weight is ignored
+    s_idx = torch.stack([other, torch.zeros_like(target)], 1)
+    s_w = torch.tensor([[0.4, 7.0]]).expand(B, -1).clone()
+    feats = model._match_features(batch, {"gie_user": (u_idx, u_w, u_idx > 0), "gie_streamer": (s_idx, s_w, s_idx > 0)})
+    real = target > 0
+    want_in = torch.where(real, torch.tensor(0.5), torch.tensor(0.0))
+    torch.testing.assert_close(feats[:, 0], torch.log1p(100 * want_in))
+    torch.testing.assert_close(feats[:, 1], (want_in > 0).float())
+    torch.testing.assert_close(feats[:, 2], torch.full((B,), float(np.log1p(100 * 0.3 * 0.4))))
+    assert (feats[:, 3] == 1).all()
+    off = build_model("mmbee", task.schema, params(gie_match=False))
+    assert off.mlp.net[0].in_features == model.mlp.net[0].in_features - 4

@@ -48,6 +48,8 @@ from .mfq import MFQ, Pool
 from .sim import SIM, MultiHeadTargetAttention
 
 GIE_KEYS = ("gie_user", "gie_streamer")
+GIE_MATCH = ("target_in_user_expansion", "target_in_user_expansion_flag", "user_target_overlap",
+             "user_target_overlap_flag")
 
 
 class PretrainedEmbedding(nn.Module):
@@ -110,13 +112,18 @@ class MMBee(SIM):
         gie_dim: int = Field(32, ge=1)
         gie_heads: int = Field(2, ge=1)
         gie_query_user: bool = True  # GIE attention query = [target, user] instead of the target alone
+        gie_match: bool = Field(
+            True, description="also give the MLP how the target streamer relates to the expansions directly: its "
+            "score in the user's U->A->A expansion and the overlap of that expansion with the target's A->U->A one "
+            "(log1p-scaled, with presence flags; 4 inputs). The attention alone must learn to align two embedding "
+            "tables of the same streamers from the gift signal")
         graph_trainable: bool = True  # fine-tune the pre-trained graph embeddings (False: frozen)
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None):
         cfg = config or self.Config()
         token_names, dense_names = self._mfq_modalities(schema, cfg) if cfg.use_mfq else ([], [])
         content_dim = MFQ.output_dim(cfg.mfq_dim, cfg.mfq_queries, cfg.mfq_pool) if cfg.use_mfq else 0
-        gie_dim = 2 * cfg.gie_dim if cfg.use_gie else 0
+        gie_dim = (2 * cfg.gie_dim + (len(GIE_MATCH) if cfg.gie_match else 0)) if cfg.use_gie else 0
         target_scope = cfg.use_mfq and cfg.mfq_scope == "target"
         super().__init__(schema, cfg, item_extra_dim=0 if target_scope else content_dim,
                          mlp_extra_dim=gie_dim + (content_dim if target_scope else 0))
@@ -276,15 +283,35 @@ class MMBee(SIM):
         if self.streamers is not None:
             # parts[0] is the user vector (`SIM.interests` lists [user, target, long-term, short-term])
             query = torch.cat([target, parts[0]], dim=-1) if self.config.gie_query_user else target
+            expansions = {}
             for key, attention in (("gie_user", self.gie_user), ("gie_streamer", self.gie_streamer)):
                 idx, bias, mask = self._expansion(batch, key)
+                expansions[key] = (idx, batch.extra[f"{key}_w"], mask)
                 if idx.shape[0] > 1 and idx.stride(0) == 0:  # one expansion for every row (a served user's)
                     keys = self.streamers(idx[:1])
                     k, v = attention.k(keys).expand(idx.shape[0], -1, -1), attention.v(keys).expand(idx.shape[0], -1, -1)
                     parts.append(attention.attend(query, k, v, mask, key_bias=bias))
                 else:
                     parts.append(attention(query, self.streamers(idx), mask, key_bias=bias))
+            if self.config.gie_match:
+                parts.append(self._match_features(batch, expansions))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def _match_features(self, batch: Batch, expansions: dict) -> torch.Tensor:
+        """(B, 4): the target streamer's score in the user's expansion, and the score mass the user's expansion
+        shares with the target streamer's co-gifting expansion, each as log1p(100 x) and as a 0/1 flag."""
+        u_idx, u_w, u_mask = expansions["gie_user"]
+        s_idx, s_w, s_mask = expansions["gie_streamer"]
+        zero = torch.zeros((), dtype=torch.float32, device=u_idx.device)
+        uw = torch.where(u_mask, u_w.to(torch.float32), zero)
+        sw = torch.where(s_mask, s_w.to(torch.float32), zero)
+        target = batch.item_side[self.config.streamer_feature].long()
+        in_user = (uw * (u_idx == target.unsqueeze(1))).sum(1)
+        same = (u_idx.unsqueeze(2) == s_idx.unsqueeze(1)) & u_mask.unsqueeze(2) & s_mask.unsqueeze(1)
+        overlap = (uw.unsqueeze(2) * sw.unsqueeze(1) * same).sum((1, 2))
+        feats = [torch.log1p(100.0 * in_user), (in_user > 0).float(), torch.log1p(100.0 * overlap),
+                 (overlap > 0).float()]
+        return torch.stack(feats, dim=-1)
 
     def _expansion(self, batch: Batch, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Streamer indices (B, K), log-score bias (B, K) and mask (B, K) of one expanded sequence."""
