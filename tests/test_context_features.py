@@ -34,13 +34,6 @@ N_TRAIN, N_VALID, N_EVENTS = 100, 30, 160
 FIXTURE = Path(__file__).parent / "fixtures" / "ctr_parameters_without_context.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def context_columns(n: int = N_EVENTS) -> dict[str, pa.Array]:
     """Event-order context values: train rows hold levels {2, 3, 10}, moods {calm, wild}; valid/test rows add
@@ -273,38 +266,3 @@ def test_models_without_context_are_bit_identical_under_a_seed():
             with torch.no_grad():
                 outs.append(model(b))
         assert torch.equal(outs[0], outs[1]), name
-
-
-# --- MicroLens end to end ------------------------------------------------------------------------
-
-
-def test_microlens_qin_config_trains_with_the_levels(tmp_path):
-    """configs/qin_microlens.yaml (context_features: likes_level, views_level) through `modalrec train` and
-    `modalrec predict` on the MicroLens fixture: the checkpoint holds one table per level."""
-    from safetensors.torch import load_file
-    from typer.testing import CliRunner
-
-    from modalrec.cli import app
-    from modalrec.config import load_config
-
-    from .test_microlens import _split, _write
-
-    config = Path(__file__).resolve().parents[1] / "configs" / "qin_microlens.yaml"
-    assert load_config(config).task.context_features == ["likes_level", "views_level"]
-    root = _write(tmp_path / "ml", train=_split(60, 1), valid=_split(20, 2), test=_split(9, 3, label="null"))
-    run = tmp_path / "run"
-    runner = CliRunner()
-    res = runner.invoke(app, ["train", str(config), "--out", str(run), "--set", f"data.path={root}",
-                              "--set", "train.epochs=1", "--set", "train.batch_size=16",
-                              "--set", "train.progress=false", "--set", "model.params.embed_dim=8"])
-    assert res.exit_code == 0, res.output
-    m = json.loads((run / "metrics.json").read_text())
-    assert m["samples"] == {"train": 60, "valid": 20, "test": 9} and 0.0 <= m["valid"]["auc"]["mean"] <= 1.0
-    weights = load_file(str(run / "checkpoints" / "seed_0" / "best.safetensors"))
-    levels = sorted(set(_split(60, 1)["likes_level"].to_pylist()))
-    assert tuple(weights["model.context.tables.likes_level.weight"].shape) == (len(levels) + 1, 8)
-    assert "model.context.tables.views_level.weight" in weights
-    sub = tmp_path / "submission.csv"
-    res = runner.invoke(app, ["predict", str(run), "--format", "microlens", "--out", str(sub)])
-    assert res.exit_code == 0, res.output
-    assert len(sub.read_text().splitlines()) == 10

@@ -190,15 +190,19 @@ def test_write_submission(tmp_path):
 
 def test_qin_config_end_to_end_train_and_submission(tmp_path):
     """configs/qin_microlens.yaml through `modalrec train` (release split: valid scored, test hidden) and
-    `modalrec predict --format microlens` (a valid ID,Task2 file with one row per test.parquet row)."""
+    `modalrec predict --format microlens` (a valid ID,Task2 file with one row per test.parquet row). The config
+    reads likes_level / views_level as context features: the checkpoint holds one table per level."""
     from pathlib import Path
 
+    from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from modalrec.cli import app
+    from modalrec.config import load_config
 
-    root = _write(tmp_path / "ml", train=_split(60, 1), valid=_split(20, 2), test=_split(9, 3, label="null"))
     config = Path(__file__).resolve().parents[1] / "configs" / "qin_microlens.yaml"
+    assert load_config(config).task.context_features == ["likes_level", "views_level"]
+    root = _write(tmp_path / "ml", train=_split(60, 1), valid=_split(20, 2), test=_split(9, 3, label="null"))
     run = tmp_path / "run"
     runner = CliRunner()
     res = runner.invoke(app, ["train", str(config), "--out", str(run), "--set", f"data.path={root}",
@@ -210,6 +214,10 @@ def test_qin_config_end_to_end_train_and_submission(tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     assert m["samples"] == {"train": 60, "valid": 20, "test": 9}
     assert 0.0 <= m["valid"]["auc"]["mean"] <= 1.0 and m["test"] == {}
+    weights = load_file(str(run / "checkpoints" / "seed_0" / "best.safetensors"))
+    levels = sorted(set(_split(60, 1)["likes_level"].to_pylist()))
+    assert tuple(weights["model.context.tables.likes_level.weight"].shape) == (len(levels) + 1, 8)
+    assert "model.context.tables.views_level.weight" in weights
     sub = tmp_path / "submission.csv"
     res = runner.invoke(app, ["predict", str(run), "--format", "microlens", "--out", str(sub)])
     assert res.exit_code == 0, res.output

@@ -32,13 +32,6 @@ NO_CONTENT = 7  # absent in every modality
 D_FRAME, D_COMMENT, D_MFCC = 6, 4, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def seg_id(i: int) -> str:
     return f"a{i % N_STREAMERS:04d}/r0/g{i}"
@@ -69,20 +62,32 @@ def make_data(n_events: int = 160, seed: int = 0, frames: pa.Table | None = None
         "category": [["gaming", "singing", "chatting"][i % 3] for i in range(N_SEG)],
         "room_id": ["r0"] * N_SEG, "start_time": pa.array(np.arange(N_SEG) * 60, pa.int64()),
     })
-    vec_list = pa.list_(pa.list_(pa.float32()))
+    return InteractionData(live_spec("tiny_livestream", ["watch"]), events, items, None,
+                           content_tables(N_SEG, seg_id, (FRAMES_ABSENT, COMMENTS_ABSENT, MFCC_ABSENT), frames))
+
+
+def content_tables(n_seg: int, name_of, absent: tuple[set, set, set], frames: pa.Table | None = None
+                   ) -> dict[str, pa.Table]:
+    """frames_emb / comments_emb (lists of vectors) and speech_mfcc of segments 0..n_seg-1 named by `name_of`,
+    leaving out the segments in `absent` (frames, comments, mfcc); `frames` replaces the frame table."""
+    vec, vec_list = pa.list_(pa.float32()), pa.list_(pa.list_(pa.float32()))
+
+    def table(skip: set, vector, kind: pa.DataType) -> pa.Table:
+        keep = [i for i in range(n_seg) if i not in skip]
+        return pa.table({"entity_id": [name_of(i) for i in keep], "vector": pa.array([vector(i) for i in keep], kind)})
+
+    frames_absent, comments_absent, mfcc_absent = absent
     if frames is None:
-        keep = [i for i in range(N_SEG) if i not in FRAMES_ABSENT]
-        frames = pa.table({"entity_id": [seg_id(i) for i in keep],
-                           "vector": pa.array([frame_vectors(i).tolist() for i in keep], vec_list)})
-    keep = [i for i in range(N_SEG) if i not in COMMENTS_ABSENT]
-    comments = pa.table({"entity_id": [seg_id(i) for i in keep],
-                         "vector": pa.array([comment_vectors(i).tolist() for i in keep], vec_list)})
-    keep = [i for i in range(N_SEG) if i not in MFCC_ABSENT]
-    mfcc = pa.table({"entity_id": [seg_id(i) for i in keep],
-                     "vector": pa.array([list(np.full(D_MFCC, i / 10, np.float32)) for i in keep],
-                                        pa.list_(pa.float32()))})
-    spec = DatasetSpec(
-        name="tiny_livestream", channels=["watch"],
+        frames = table(frames_absent, lambda i: frame_vectors(i).tolist(), vec_list)
+    return {"frames_emb": frames,
+            "comments_emb": table(comments_absent, lambda i: comment_vectors(i).tolist(), vec_list),
+            "speech_mfcc": table(mfcc_absent, lambda i: list(np.full(D_MFCC, i / 10, np.float32)), vec)}
+
+
+def live_spec(name: str, channels: list[str]) -> DatasetSpec:
+    """The tiny live-stream spec: streamer and category features, frames / comments (token lists), MFCC."""
+    return DatasetSpec(
+        name=name, channels=channels,
         item_features=[FeatureSpec(name="streamer_id", kind="categorical"),
                        FeatureSpec(name="category", kind="categorical")],
         modalities=[ModalitySpec(name="frames_emb", kind="vector", dim=D_FRAME, multi=True),
@@ -90,8 +95,6 @@ def make_data(n_events: int = 160, seed: int = 0, frames: pa.Table | None = None
                     ModalitySpec(name="speech_mfcc", kind="vector", dim=D_MFCC)],
         event_columns=["label"],
     )
-    return InteractionData(spec, events, items, None,
-                           {"frames_emb": frames, "comments_emb": comments, "speech_mfcc": mfcc})
 
 
 def task_config(**kw) -> TaskConfig:

@@ -39,14 +39,6 @@ SMALL = {"sim": {"embed_dim": 8, "top_k": 3, "short_len": 2},
          "qin": {"embed_dim": 8}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (10x on a shared 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def params(name: str, **extra) -> dict:
     return {**SMALL[name], **extra}

@@ -35,13 +35,6 @@ AUTH = {"X-API-Key": KEY}
 NOW = 4_000_000_000  # later than every toy event
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _app(bundle, url: str):
     return TestClient(create_app(bundle, url, api_key=KEY))

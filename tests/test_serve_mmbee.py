@@ -23,7 +23,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
 from modalrec.config import RunConfig
-from modalrec.data.interaction import DatasetSpec, FeatureSpec, InteractionData, ModalitySpec
+from modalrec.data.interaction import InteractionData
 from modalrec.graph import build_u2a, expand_users
 from modalrec.models import build_model
 from modalrec.serve.bundle import BundleError, export_bundle, load_bundle
@@ -32,7 +32,7 @@ from modalrec.tasks import prepare_task
 from modalrec.train.checkpoint import load_checkpoint
 from modalrec.train.run import train_run
 
-from .test_mmbee import D_COMMENT, D_FRAME, D_MFCC, SMALL, comment_vectors, frame_vectors
+from .test_mmbee import SMALL, content_tables, live_spec
 from .test_serve import redis_server  # noqa: F401 - a fixture
 
 KEY = "test-key"
@@ -43,13 +43,6 @@ FRAMES_ABSENT, COMMENTS_ABSENT, MFCC_ABSENT = {2, 7}, {3, 7, 11}, {5, 7}
 T_END = 10**6  # every event of the data is earlier
 NOW = {"time": 4_000_000_000}  # requests "now": later than the gifts the tests post (at the wall-clock time)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def seg_id(i: int) -> str:
@@ -86,28 +79,8 @@ def make_live_data(seed: int = 0, n_watches: int = 700, n_gifts: int = 160) -> I
         "streamer_id": [f"a{i % N_STREAMERS}" for i in range(N_SEG)],
         "category": [["gaming", "singing", "chatting"][i % 3] for i in range(N_SEG)],
     })
-    vec_list = pa.list_(pa.list_(pa.float32()))
-    keep = [i for i in range(N_SEG) if i not in FRAMES_ABSENT]
-    frames = pa.table({"entity_id": [seg_id(i) for i in keep],
-                       "vector": pa.array([frame_vectors(i).tolist() for i in keep], vec_list)})
-    keep = [i for i in range(N_SEG) if i not in COMMENTS_ABSENT]
-    comments = pa.table({"entity_id": [seg_id(i) for i in keep],
-                         "vector": pa.array([comment_vectors(i).tolist() for i in keep], vec_list)})
-    keep = [i for i in range(N_SEG) if i not in MFCC_ABSENT]
-    mfcc = pa.table({"entity_id": [seg_id(i) for i in keep],
-                     "vector": pa.array([list(np.full(D_MFCC, i / 10, np.float32)) for i in keep],
-                                        pa.list_(pa.float32()))})
-    spec = DatasetSpec(
-        name="tiny_live_gifts", channels=["watch", "gift"],
-        item_features=[FeatureSpec(name="streamer_id", kind="categorical"),
-                       FeatureSpec(name="category", kind="categorical")],
-        modalities=[ModalitySpec(name="frames_emb", kind="vector", dim=D_FRAME, multi=True),
-                    ModalitySpec(name="comments_emb", kind="vector", dim=D_COMMENT, multi=True),
-                    ModalitySpec(name="speech_mfcc", kind="vector", dim=D_MFCC)],
-        event_columns=["label"],
-    )
-    return InteractionData(spec, events, items, None,
-                           {"frames_emb": frames, "comments_emb": comments, "speech_mfcc": mfcc}).validate()
+    return InteractionData(live_spec("tiny_live_gifts", ["watch", "gift"]), events, items, None,
+                           content_tables(N_SEG, seg_id, (FRAMES_ABSENT, COMMENTS_ABSENT, MFCC_ABSENT))).validate()
 
 
 def mmbee_config(source: str, scope: str = "target") -> RunConfig:

@@ -141,7 +141,6 @@ class SharedHistoryAttention(torch.nn.Module):
         v = torch.where(mask.unsqueeze(-1), values, torch.zeros((), dtype=values.dtype, device=values.device))
         return torch.einsum("bl,bld->bd", scores, v)
 
-
     @staticmethod
     def _shared(t: torch.Tensor) -> bool:
         """Every row equal to row 0: by construction (the collate's stride-0 shared history) or by value."""
@@ -698,12 +697,11 @@ class Scorer:
     def check_context(self, features: dict, item_features: dict) -> list[dict]:
         """Validation errors (422) for context feature names the model does not read."""
         known = set(self.bundle.context_vocab)
-        errors = [{"loc": ("body", "context", "features", n), "msg": f"unknown context feature; the model reads "
-                   f"{sorted(known) or 'none'}", "type": "value_error"} for n in features if n not in known]
-        for item, feats in item_features.items():
-            errors += [{"loc": ("body", "context", "item_features", item, n), "msg": "unknown context feature; the "
-                        f"model reads {sorted(known) or 'none'}", "type": "value_error"} for n in feats if n not in known]
-        return errors
+        msg = f"unknown context feature; the model reads {sorted(known) or 'none'}"
+        locs = [("features", n) for n in features] + [("item_features", item, n)
+                                                      for item, feats in item_features.items() for n in feats]
+        return [{"loc": ("body", "context", *loc), "msg": msg, "type": "value_error"}
+                for loc in locs if loc[-1] not in known]
 
     @torch.inference_mode()
     def score(self, uidx: int, hist_items: np.ndarray, hist_times: np.ndarray, t: int,
@@ -987,20 +985,19 @@ class _Limits:
 
     async def _too_many(self, send, wait: float):
         retry = max(1, math.ceil(wait))
-        msg = (f"rate limit of {self.limiter.rate:g} requests/s per client (bursts of {self.limiter.burst:g}) "
-               f"exceeded; retry after {retry} s")
-        body = json.dumps({"detail": msg, "message": msg}).encode()
-        await send({"type": "http.response.start", "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", str(retry).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await self._error(send, 429, f"rate limit of {self.limiter.rate:g} requests/s per client (bursts of "
+                          f"{self.limiter.burst:g}) exceeded; retry after {retry} s", (b"retry-after", str(retry).encode()))
 
     async def _too_large(self, send):
-        body = (f'{{"detail":"request body larger than {self.max_body} bytes",'
-                f'"message":"request body larger than {self.max_body} bytes"}}').encode()
-        await send({"type": "http.response.start", "status": 413,
+        await self._error(send, 413, f"request body larger than {self.max_body} bytes", (b"connection", b"close"))
+
+    @staticmethod
+    async def _error(send, status: int, message: str, header: tuple[bytes, bytes]) -> None:
+        """A JSON error response ({"detail", "message"}) sent before the app sees the request."""
+        body = json.dumps({"detail": message, "message": message}).encode()
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                                header]})
         await send({"type": "http.response.body", "body": body})
 
 
