@@ -116,6 +116,23 @@ def start_service(bundle: Path, state: str, port: int, threads: int) -> subproce
     raise SystemExit("the service did not start within 120 s")
 
 
+def gemm_gflops(seconds: float = 0.5) -> float:
+    """Single-thread float32 matrix-product rate of this machine right now: on a shared virtual machine the
+    same code runs 10-20 % slower at some hours, and the latency figures move with it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        n += 1
+    rate = 2 * 256**3 * n / (time.perf_counter() - t0) / 1e9
+    torch.set_num_threads(threads)
+    return round(rate, 1)
+
+
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
@@ -262,6 +279,7 @@ def main() -> None:
         pool = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(clients)]
         for t in pool:
             t.start()
+        gflops_before = gemm_gflops()
         start = time.perf_counter() + 0.2
         load_before = os.getloadavg()
         for i in range(n_req):
@@ -273,6 +291,7 @@ def main() -> None:
             t.join(duration + 120)
         wall = time.perf_counter() - start
         load_after = os.getloadavg()
+        gflops_after = gemm_gflops()
         metrics_text = Conn(port).get("/metrics")[1].decode()
     finally:
         proc.send_signal(signal.SIGINT)  # graceful stop; then check the store on its own
@@ -295,6 +314,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in load_after],
+                    "gemm_gflops_1_thread_before_after": [gflops_before, gflops_after],
                     "note": "clients run on the same cores as the service; other jobs may share the machine"},
         "bundle": str(bundle), "model": manifest["model"], "task": manifest["task"],
         "model_history": model_history, "state": state.split("?")[0].split("://")[0],

@@ -68,6 +68,10 @@ def test_serving_fast_path_equals_the_activation_unit(task):
         ref = model(batch)
         assert with_serving_fast_paths(model) == 1 and isinstance(model.attention, SharedHistoryAttention)
         torch.testing.assert_close(model(batch), ref, rtol=0, atol=1e-5)
+        # cache blocks of 1, 5 and all positions (12 real ones; the last block of 5 is partial): same scores
+        for block in (1, 5 * 30 * 64, 1 << 30):
+            model.attention.block = block
+            torch.testing.assert_close(model(batch), ref, rtol=0, atol=1e-5)
         # a batch whose rows hold different histories takes the unit's own forward: same numbers as before
         users, items = np.arange(1, 11), np.arange(1, 11)
         rows = task.collator(users, items, np.full(10, 3), np.full(10, 7_000))

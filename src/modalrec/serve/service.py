@@ -41,6 +41,7 @@ Writes (`POST /events`, `POST /items`, and reading a user's stored state) need t
 from __future__ import annotations
 
 import bisect
+import gc
 import hmac
 import json
 import logging
@@ -99,16 +100,17 @@ class SharedHistoryAttention(torch.nn.Module):
 
     The unit's first layer W [q, k, q - k, q * k] splits into (Wq + Wd) q + (Wk - Wd) k + Wm (q * k):
     the q and k terms are computed once per candidate and once per history position instead of once
-    per (candidate, position) pair, and the product term becomes one matrix product, so a request
-    does about a quarter of the work. The rest of the MLP and the pooling are the unit's own layers.
+    per (candidate, position) pair, and the product term becomes matrix products over blocks of positions sized to
+    stay in cache, so a request does about a quarter of the work at about twice the arithmetic rate. The rest of the MLP and the pooling are the unit's own layers.
     Rows that are not bitwise identical (or an MLP of another shape) take the unit's own forward.
     Same function up to float rounding; the parity test holds the service to 1e-5 of offline scores."""
 
-    def __init__(self, att: torch.nn.Module):
+    def __init__(self, att: torch.nn.Module, block: int = 1 << 18):
         super().__init__()
         self.att = att
         first = att.mlp.net[0] if hasattr(att, "mlp") and hasattr(att.mlp, "net") and len(att.mlp.net) else None
         self.ok = isinstance(first, torch.nn.Linear) and first.in_features % 4 == 0
+        self.block = block
 
     def forward(self, query, keys, mask, values=None):
         att = self.att
@@ -123,12 +125,18 @@ class SharedHistoryAttention(torch.nn.Module):
         m = mask[0]
         kr = keys[0][m]  # (n, d) real positions
         c, n, h = len(query), len(kr), lin.out_features
-        # every (candidate, position) pair in ONE product: pre[c, i] = q_c (Wq + Wd + Wm diag(k_i)) + (Wk - Wd) k_i + b,
+        # every (candidate, position) pair by matrix products: pre[c, i] = q_c (Wq + Wd + Wm diag(k_i)) + (Wk - Wd) k_i + b,
         # i.e. q (C, d) @ [(k_i (x) Wm) + (Wq + Wd)]^T (d, n h) with the per-position term as the addmm bias row
         hk = torch.addmm(lin.bias, kr, (wk - wd).T)  # (n, h)
         mixed = torch.addcmul((wq + wd).unsqueeze(0), kr.unsqueeze(1), wm.unsqueeze(0))  # (n, h, d)
-        pre = torch.addmm(hk.reshape(1, n * h), query, mixed.reshape(n * h, d).T)
-        real = rest(pre.view(c * n, h)).view(c, n)
+        # in blocks of P positions whose (C, P h) activations (and the block's (P h, d) weights) stay in the
+        # core's L2 cache: the MLP then runs compute-bound instead of streaming C n h floats through memory
+        # once per layer (2-2.5x faster for 200 candidates x 100 positions)
+        real = torch.empty(c, n, dtype=query.dtype, device=query.device)
+        step = max(1, self.block // max(1, c * h))
+        for p in range(0, n, step):
+            pre = torch.addmm(hk[p:p + step].reshape(1, -1), query, mixed[p:p + step].reshape(-1, d).T)
+            real[:, p:p + step] = rest(pre.view(-1, h)).view(c, -1)
         scores = torch.zeros(mask.shape, dtype=real.dtype, device=keys.device)
         scores[:, m] = real
         if att.softmax:
@@ -1453,4 +1461,8 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
     import uvicorn
 
     app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst)
+    # the bundle's objects live as long as the process: moved out of the collector's generations, a full
+    # collection during a request no longer walks them (tail latency)
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
