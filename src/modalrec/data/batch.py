@@ -160,6 +160,9 @@ class Collator:
     # "all" also joins them on every distinct item (`uniq_side`), "target" leaves the history without them
     # (a model that fuses only the watched segment's content then never pays for U x T x dim copies)
     token_scope: str = "all"
+    # False leaves the targets' token tables out too: for a serving model that memoises each segment's fused
+    # content and loads the tables itself for the few segments it has not fused yet (MMBee.cache_content)
+    target_tokens: bool = True
 
     def __call__(
         self,
@@ -178,7 +181,7 @@ class Collator:
                   and (times is None or bool((times == times[0]).all())))
         rows = 1 if shared else b
         hist, mask, pos = self.history.window(users[:rows], cut[:rows], self.max_history)
-        tgt_side, tgt_pres = self.item_side.gather(items, tokens=True)
+        tgt_side, tgt_pres = self.item_side.gather(items, tokens=self.target_tokens)
         # history: ids and small categorical features per position; content vectors only per
         # distinct item (a (B, L, D) float copy would dominate memory and time for text embeddings)
         h_side, _ = self.item_side.gather(hist, dense=False)

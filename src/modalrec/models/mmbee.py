@@ -135,6 +135,7 @@ class MMBee(SIM):
                 "(or set use_gie: false, streamer_conditioned: false)")
         self.token_names, self.dense_names = token_names, dense_names
         self._content_cache: dict[int, torch.Tensor] | None = None  # see cache_content (serving)
+        self._content_source = None
         self._content_cache_max = 0
         self.mfq: MFQ | None = None
         if cfg.use_mfq:
@@ -209,9 +210,14 @@ class MMBee(SIM):
             if i not in cache and i not in first:
                 first[i] = row
         if first:
-            rows = torch.tensor(list(first.values()), dtype=torch.long, device=batch.item.device)
-            fused = self._fuse({k: v[rows] for k, v in batch.item_side.items()},
-                               {k: v[rows] for k, v in batch.presence.items()})
+            if self._content_source is not None and not any(n in batch.item_side for n in self.token_names):
+                # the batch was collated without the targets' token tables: load those of the new segments only
+                side, presence = self._content_source(np.fromiter(first, dtype=np.int64, count=len(first)))
+            else:
+                rows = torch.tensor(list(first.values()), dtype=torch.long, device=batch.item.device)
+                side = {k: v[rows] for k, v in batch.item_side.items()}
+                presence = {k: v[rows] for k, v in batch.presence.items()}
+            fused = self._fuse(side, presence)
             if len(cache) + len(first) > self._content_cache_max:
                 cache.clear()
             cache.update(zip(first, fused))
@@ -221,13 +227,18 @@ class MMBee(SIM):
         tokens, masks = self._mfq_inputs(side, presence, "item_side")
         return self.mfq(tokens, masks, self._streamer(side))
 
-    def cache_content(self, max_items: int = 200_000) -> None:
+    def cache_content(self, max_items: int = 200_000, source=None) -> None:
         """Serving: memoise MFQ's vector of every target segment it fuses (at most `max_items`, then start
         over). A segment's vector depends only on its own content and streamer, which a served model never
         changes, so a request pays MFQ only for segments it is the first to score. Used only in eval mode
-        without autograd; training and gradients always fuse afresh."""
+        without autograd; training and gradients always fuse afresh.
+
+        `source(items) -> (side, presence)`: the item table rows (token tables included) of these target item
+        indices; with it, batches may come without the targets' token tables (`Collator.target_tokens=False`),
+        which then are read only for the segments not memoised yet instead of for every candidate."""
         self._content_cache = {}
         self._content_cache_max = int(max_items)
+        self._content_source = source
 
     def forget(self, items) -> None:
         """Serving: drops the memoised MFQ vectors (`cache_content`) of these target item indices, whose content

@@ -317,8 +317,9 @@ class Scorer:
         # batch has `uniq`: batch.item then keeps the registered items' own indices (distinct memo keys), and a
         # replaced item's memo is dropped (`forget`); every other model gets 0 there too
         self.memo = bool(fast_paths and hasattr(bundle.model, "cache_content"))
-        if self.memo:  # MMBee: fuse each segment's content once
-            bundle.model.cache_content()
+        if self.memo:  # MMBee: fuse each segment's content once; its token tables are read only for that
+            bundle.model.cache_content(source=lambda items: self.side.gather(items, tokens=True))
+            self.collator_template["target_tokens"] = False
         # group retrieval: items sharing the first item categorical feature (the streamer of a live segment, a
         # movie's category; SIM's hard-search key) with the user's recent items, most popular first
         cats = bundle.item_side.categorical
