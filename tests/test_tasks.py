@@ -80,6 +80,26 @@ def test_ctr_history_is_most_recent_and_chronological():
         assert mask[r].sum() == min(before, 5)
 
 
+def test_ctr_train_recent_trains_on_the_latest_share_only():
+    data = make_data()
+    split = {"method": "global_time", "valid": 0.1, "test": 0.2}
+    full = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=20, split=split))
+    recent = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=20, split=split,
+                                      train_recent=0.3))
+    tr, kept = full.splits["train"], recent.splits["train"]
+    assert abs(len(kept) - 0.3 * len(tr)) <= 0.02 * len(tr)
+    # exactly the latest samples of the period: none dropped is later than one kept
+    assert kept.times.min() >= np.sort(tr.times)[len(tr) - len(kept) - 1]
+    rows = recent.split_rows["train"]  # the kept samples' event rows, a subset of the full period's
+    assert len(rows) == len(kept) and np.isin(rows, full.split_rows["train"]).all()
+    for name in ("valid", "test"):  # evaluation and the history the samples read are unchanged
+        assert np.array_equal(recent.splits[name].items, full.splits[name].items)
+        assert np.array_equal(recent.splits[name].cut, full.splits[name].cut)
+    assert np.array_equal(recent.history.items, full.history.items)
+    with pytest.raises(ValueError, match="train_recent"):
+        TaskConfig(kind="topk", train_recent=0.5)
+
+
 def test_collate_joins_side_tables_for_target_and_history():
     data = make_data()
     task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=8))

@@ -82,6 +82,11 @@ class TaskConfig(_Strict):
         "the item or the history), e.g. MicroLens' likes_level / views_level (an item's popularity level at "
         "impression time). Strings or integers; the vocabulary comes from the training samples only: an empty "
         "value or one first seen at validation/test is code 0 (unknown)")
+    train_recent: float | None = Field(
+        None, gt=0.0, le=1.0, description="ctr: train on the most recent share of the training period's samples "
+        "only (by time; e.g. 0.3 = the last 30%), while histories, item statistics from the history and the "
+        "GIE graphs still read the whole period: a production ranker retrained on recent days whose features "
+        "come from a longer window. None = every training sample")
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20])
     train_negatives: int = Field(
         0, ge=0, description="topk: 0 = full softmax over every item; N = N uniformly sampled negatives per batch")
@@ -93,6 +98,8 @@ class TaskConfig(_Strict):
         if names and self.kind != "ctr":
             raise ValueError(f"context_features {names}: only the ctr task reads per-sample context features, "
                              f"not '{self.kind}'")
+        if self.train_recent is not None and self.kind != "ctr":
+            raise ValueError(f"train_recent {self.train_recent}: only the ctr task reads it, not '{self.kind}'")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"context_features lists {dup} more than once")

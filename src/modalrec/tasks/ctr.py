@@ -171,6 +171,12 @@ class CTRTask(PreparedTask):
         # predictions next to the samples' own columns (ids, time, a challenge's row id)
         self.events = enc.table
         self.split_rows = {name: sample_rows[split == code] for code, name in enumerate(("train", "valid", "test"))}
+        if cfg.train_recent is not None and len(self.splits["train"]):
+            # the ranker learns from the last share of the period; history, graphs and the split stay as they are
+            tr = self.splits["train"]
+            keep = np.flatnonzero(tr.times >= np.quantile(tr.times, 1.0 - cfg.train_recent, method="higher"))
+            self.splits["train"] = tr.take(keep)
+            self.split_rows["train"] = self.split_rows["train"][keep]
         side, schema = build_item_side(data, self.item_vocab, cfg)
         tr = self.splits["train"]
         n_items = schema.n_items
