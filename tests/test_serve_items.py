@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import threading
 
 import numpy as np
@@ -23,7 +24,8 @@ from fastapi.testclient import TestClient
 
 from modalrec.data.batch import Collator, History, ItemSide
 from modalrec.serve.bundle import ITEM_FEATURES_FILE, load_bundle, normalise, sha256_of
-from modalrec.serve.service import AppendableRows, ItemIds, create_app
+from modalrec.serve.service import AppendableRows, ItemIds, Scorer, create_app
+from modalrec.serve.state import SQLiteState, open_state
 
 from .test_serve import redis_server  # noqa: F401 - a fixture
 from .test_serve import served as din_served  # noqa: F401 - a fixture (toy DIN run and bundle)
@@ -36,8 +38,8 @@ NOW = 4_000_000_000  # later than every toy event
 
 
 
-def _app(bundle, url: str):
-    return TestClient(create_app(bundle, url, api_key=KEY))
+def _app(bundle, url: str, **kw):
+    return TestClient(create_app(bundle, url, api_key=KEY, **kw))
 
 
 def _raw_item(served, item_id: str, new_id: str, drop: tuple[str, ...] = ()) -> dict:
@@ -433,3 +435,213 @@ def test_registration_while_scoring(din_served, tmp_path):  # noqa: F811 - the f
                 th.join(30)
         assert not errors, errors[0]
         assert scorer.n_registered == 40
+
+
+# ----------------------------------------------------------------- (f) several processes on one store
+
+
+def _check_item_log(st) -> None:
+    """The store's item sequence: every write a new number, items_since in sequence order, each id once with
+    its latest body, and the current number."""
+    assert st.item_seq() == 0 and st.items_since(0) == ([], 0)
+    st.put_items([("a", '{"id":"a","v":1}'), ("b", '{"id":"b"}')])
+    assert st.item_seq() == 2
+    st.put_items([("a", '{"id":"a","v":2}'), ("a", '{"id":"a","v":3}')])  # in list order: the latest wins
+    assert st.item_seq() == 4
+    assert st.items_since(0) == ([("b", '{"id":"b"}'), ("a", '{"id":"a","v":3}')], 4)
+    assert st.items_since(2) == ([("a", '{"id":"a","v":3}')], 4)
+    assert st.items_since(4) == ([], 4)
+    assert sorted(st.load_items()) == [("a", '{"id":"a","v":3}'), ("b", '{"id":"b"}')]
+
+
+def test_item_sequence_sqlite(tmp_path):
+    st = open_state(f"sqlite:///{tmp_path / 's.sqlite'}")
+    _check_item_log(st)
+    assert [i for i, _ in st.load_items()] == ["a", "b"]  # first-registration order, as before
+    other = open_state(f"sqlite:///{tmp_path / 's.sqlite'}")  # a second process on the file: one sequence
+    other.put_items([("c", "{}")])
+    assert st.items_since(4) == ([("c", "{}")], 5) and st.item_seq() == 5
+    st.close()
+    other.close()
+
+
+def test_item_sequence_redis(redis_server):  # noqa: F811 - the fixture
+    st = open_state(redis_server["url"])
+    _check_item_log(st)
+    redis_server["restart"]()  # kill -9 Redis: the AOF keeps bodies, counter and log together
+    st = open_state(redis_server["url"])
+    assert st.items_since(2) == ([("a", '{"id":"a","v":3}')], 4)
+    st.close()
+
+
+def _check_sync(served, url: str) -> None:
+    """Two service processes (two apps) on one state store, syncing at every request: an item registered on A
+    is scored on B as on A, a replacement on A reaches B, and A does not apply its own writes a second time."""
+    hot = _hot_segment(served)
+    a_seg, b_seg = segments_of(1)[0], segments_of(1)[1]
+    user = served["task"].user_vocab.id_of(2)
+    req = {"user": user, "items": ["shared-x", "shared-y", "unknown-seg"], "context": {"time": NOW}}
+    rec = {"user": user, "k": 3, "context": {"time": NOW}, "candidates": req["items"]}
+    with _app(served["bundle"], url, item_sync_s=0) as a, _app(served["bundle"], url, item_sync_s=0) as b:
+        sa, sb = a.app.state.scorer, b.app.state.scorer
+        forgotten = {"a": [], "b": []}
+        for name, sc in (("a", sa), ("b", sb)):
+            forget = sc.model.forget
+            sc.model.forget = lambda items, _f=forget, _n=name: (forgotten[_n].append(list(items)), _f(items))
+        assert [x["known"] for x in b.post("/score", json=req).json()["scores"]] == [False, False, False]
+
+        _register(a, [_raw_item(served, seg_id(a_seg), "shared-x"),
+                      {"id": "shared-y", "categorical": {"streamer_id": f"a{hot % N_STREAMERS}"}}])
+        on_a = a.post("/score", json=req).json()["scores"]
+        on_b = b.post("/score", json=req).json()["scores"]
+        assert [x["known"] for x in on_b] == [True, True, False]
+        assert np.abs(np.array([x["score"] for x in on_a]) - [x["score"] for x in on_b]).max() <= 1e-5
+        r = b.post("/recommend", json=rec).json()["items"]
+        assert {x["item"]: (x["score"], x["known"]) for x in r} == {
+            x["item"]: (pytest.approx(x["score"], abs=1e-5), x["known"]) for x in on_a}
+        assert sb.items_synced == 2 and sb.n_registered == 2
+
+        # a replacement on A (it drops A's memo of the old content, once) reaches B (B drops its memo too)
+        res = _register(a, [_raw_item(served, seg_id(b_seg), "shared-x")])
+        assert res["replaced"] == 1 and len(forgotten["a"]) == 1
+        new_a = _scores(a, user, req["items"], context={"time": NOW})
+        new_b = _scores(b, user, req["items"], context={"time": NOW})
+        assert abs(new_a[0] - on_a[0]["score"]) > 1e-4  # the content changed the score ...
+        assert np.abs(new_a - new_b).max() <= 1e-5  # ... on B as on A
+        assert len(forgotten["b"]) == 1 and sb.items_synced == 3 and sb.n_registered == 2
+        # A read its own writes back from the store and skipped them: nothing applied twice, no memo dropped
+        for _ in range(2):
+            a.post("/recommend", json=rec)
+        assert sa.items_synced == 0 and len(forgotten["a"]) == 1 and sa.n_registered == 2
+        assert sa._item_seq == sb._item_seq == 3  # both read up to the last write
+
+        # B registers, A gets it; a registration on B of an id A registered counts as a replacement on B
+        res = _register(b, [{"id": "from-b", "categorical": {"streamer_id": "a0"}}])
+        assert res == {"registered": 1, "replaced": 0, "known_to_bundle": 0, "known_ids": [], "items": 3}
+        assert _register(a, [{"id": "shared-y", "categorical": {"streamer_id": "a4"}}])["replaced"] == 1
+        assert _register(b, [{"id": "another", "categorical": {"streamer_id": "a1"}}])["items"] == 4
+        assert sb.n_registered == 4 and sb.items_synced == 4  # shared-y's replacement arrived before /items
+        assert np.abs(_scores(a, user, ["shared-y"], context={"time": NOW})
+                      - _scores(b, user, ["shared-y"], context={"time": NOW})).max() <= 1e-5
+        assert a.get("/healthz").json()["registered_items"] == 4 and sa.items_synced == 2
+        metrics = b.get("/metrics").text
+        assert 'modalrec_items_synced_total{result="registered"} 2' in metrics
+        assert 'modalrec_items_synced_total{result="replaced"} 2' in metrics
+
+
+def test_items_reach_other_processes_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    _check_sync(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
+
+
+def test_items_reach_other_processes_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
+    _check_sync(mmbee_served, redis_server["url"])
+
+
+def test_concurrent_syncs_apply_once(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """Handler threads syncing at once: every stored item is applied once (the others skip or find nothing)."""
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
+        sb = b.app.state.scorer
+        _register(a, [{"id": f"c{k}", "categorical": {"streamer_id": f"a{k % N_STREAMERS}"}} for k in range(20)])
+        got: list[tuple[int, int]] = []
+        barrier = threading.Barrier(6)
+
+        def sync():
+            barrier.wait()
+            got.append(sb.sync_items())
+
+        threads = [threading.Thread(target=sync) for _ in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert sum(r for r, _ in got) + sb.sync_items()[0] == 20 and sum(x for _, x in got) == 0
+        assert sb.n_registered == 20 and sb.items_synced == 20
+
+
+def test_sync_is_throttled(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """With item_sync_s = 60, B looks in the store at its first request, then not before 60 s have passed."""
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    req = {"user": "u001", "items": ["late"], "context": {"time": NOW}}
+    with _app(mmbee_served["bundle"], url, item_sync_s=60) as a, _app(mmbee_served["bundle"], url, item_sync_s=60) as b:
+        sb = b.app.state.scorer
+        clock = [1000.0]
+        sb.clock = lambda: clock[0]
+        assert b.post("/score", json=req).json()["scores"][0]["known"] is False  # synced at t = 1000: nothing
+        _register(a, [{"id": "late", "categorical": {"streamer_id": "a3"}}])
+        queries = []
+        since = sb._items_since  # count the store queries
+        sb._items_since = lambda seq: (queries.append(seq), since(seq))[1]
+        clock[0] = 1059.0
+        for _ in range(3):
+            assert b.post("/score", json=req).json()["scores"][0]["known"] is False
+        assert queries == []  # within the interval: a clock read per request, no store query
+        clock[0] = 1060.0
+        assert b.post("/score", json=req).json()["scores"][0]["known"] is True
+        assert len(queries) == 1 and sb.items_synced == 1
+        b.post("/score", json=req)
+        assert len(queries) == 1
+        assert sb.sync_items(force=True) == (0, 0) and len(queries) == 2
+    with _app(mmbee_served["bundle"], url, item_sync_s=None) as c:  # off: replay only
+        sc = c.app.state.scorer
+        assert sc.item_sync_s is None and sc.replayed == 1
+        with _app(mmbee_served["bundle"], url) as a:
+            _register(a, [{"id": "later", "categorical": {"streamer_id": "a1"}}])
+        assert c.post("/score", json={**req, "items": ["later"]}).json()["scores"][0]["known"] is False
+    with pytest.raises(ValueError, match="item_sync_s"):
+        create_app(mmbee_served["bundle"], url, api_key=KEY, item_sync_s=-1)
+
+
+_OLD_ITEMS_TABLE = "CREATE TABLE items (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"
+
+
+def test_old_sqlite_items_table_is_migrated(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """A state file written before the item sequence (items without a seq column) opens: its items are
+    replayed, new writes get numbers, and a second process gets those (not the old ones, which it loaded)."""
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(_OLD_ITEMS_TABLE)
+    con.executemany("INSERT INTO items VALUES (?, ?, 0)",
+                    [("old-1", '{"id":"old-1","categorical":{"streamer_id":"a1"}}'),
+                     ("old-2", '{"id":"old-2","categorical":{"streamer_id":"a2"}}')])
+    con.commit()
+    con.close()
+    url = f"sqlite:///{path}"
+    with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
+        sa, sb = a.app.state.scorer, b.app.state.scorer
+        assert sa.replayed == sb.replayed == 2 and sa._item_seq == 0
+        _register(a, [{"id": "new-1", "categorical": {"streamer_id": "a3"}},
+                      {"id": "old-1", "categorical": {"streamer_id": "a4"}}])  # an old item replaced
+        scores = b.post("/score", json={"user": "u001", "items": ["old-1", "old-2", "new-1"],
+                                        "context": {"time": NOW}}).json()["scores"]
+        assert [x["known"] for x in scores] == [True, True, True]
+        assert sb.items_synced == 2 and sb.n_registered == 3
+        assert np.abs(_scores(a, "u001", ["old-1", "new-1"], context={"time": NOW})
+                      - [x["score"] for x in (scores[0], scores[2])]).max() <= 1e-5
+    st = SQLiteState(path)  # opening a migrated file again changes nothing
+    assert [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(items)")] == ["id", "body", "updated", "seq"]
+    assert [i for i, _ in st.load_items()] == ["old-1", "old-2", "new-1"]  # first-registration order kept
+    assert st.item_seq() == 2 and [i for i, _ in st.items_since(0)[0]] == ["new-1", "old-1"]
+    st.close()
+
+
+class _NoSyncStore:
+    """A custom store of the protocol before items_since / item_seq existed."""
+
+    def __init__(self, inner):
+        self.inner, self.kind = inner, "custom"
+
+    def __getattr__(self, name):
+        if name in ("items_since", "item_seq"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_a_store_without_items_since_disables_syncing(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    st = SQLiteState(tmp_path / "s.sqlite")
+    st.put_items([("kept", '{"id":"kept","categorical":{"streamer_id":"a1"}}')])
+    scorer = Scorer(load_bundle(mmbee_served["bundle"]), _NoSyncStore(st), item_sync_s=0)
+    assert scorer.item_sync_s is None and scorer.replayed == 1
+    st.put_items([("unseen", '{"id":"unseen"}')])
+    assert scorer.sync_items(force=True) == (0, 0) and scorer.item_index(["unseen"])[0] == 0
+    st.close()

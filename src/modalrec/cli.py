@@ -213,6 +213,10 @@ def serve(
                                             "(429 with Retry-After above it; /healthz and /metrics exempt). "
                                             "Default: no limit."),
     rate_burst: float | None = typer.Option(None, min=1, help="Burst size of --rate-limit (default: twice the rate)."),
+    item_sync: float = typer.Option(1.0, "--item-sync", help="Seconds between looks in the state store for items "
+                                    "registered (POST /items) by other service processes sharing it: they become "
+                                    "scoreable here within this time, without a restart. 0: look at every "
+                                    "request; a negative value: never (they then arrive at a restart)."),
 ) -> None:
     """Serve a bundle over HTTP: POST /events, /recommend, /score; GET /healthz, /metrics, /docs."""
     import secrets
@@ -227,7 +231,7 @@ def serve(
         typer.echo(f"no MODALREC_API_KEY set; write endpoints need this key: X-API-Key: {api_key}", err=True)
     try:
         _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads,
-               rate_limit=rate_limit, rate_burst=rate_burst)
+               rate_limit=rate_limit, rate_burst=rate_burst, item_sync_s=None if item_sync < 0 else item_sync)
     except StateURLError as e:
         _fail(str(e))
 

@@ -300,9 +300,14 @@ class Scorer:
     Items registered after export (`register`) get indices n_items, n_items + 1, ... in the Scorer's
     vocabulary (`ids`) and rows appended to its item tables (`side`, retrieval vectors); every batch
     reaches the model with those indices replaced by 0 (`model_ids`), the model's id tables having only
-    the bundle's rows."""
+    the bundle's rows.
 
-    def __init__(self, bundle: Bundle, state: StateStore, retrieval_history: int = 20, fast_paths: bool = True):
+    Items registered by other processes sharing the state store arrive through `sync_items` (called at the
+    start of requests): at most one store query per `item_sync_s` seconds (0: every call; None: never, items
+    of other processes then arrive at a restart)."""
+
+    def __init__(self, bundle: Bundle, state: StateStore, retrieval_history: int = 20, fast_paths: bool = True,
+                 item_sync_s: float | None = 1.0):
         self.bundle = bundle
         self.state = state
         self.retrieval_history = retrieval_history
@@ -336,7 +341,22 @@ class Scorer:
         self.side = bundle.item_side  # the Collator's table: its arrays become AppendableRows at the first item
         self._growable = False
         self._rw = ReadWriteLock()
-        self._registering = threading.Lock()  # one registration at a time: store order = memory order
+        self._registering = threading.Lock()  # one registration or sync at a time: store order = memory order
+        # items of other processes: the bodies applied here (id -> stored JSON, so an item seen again with the
+        # same body, our own registrations included, is not applied again) and the store's item sequence
+        # number read last; both changed under _registering
+        if item_sync_s is not None and not (item_sync_s >= 0 and math.isfinite(item_sync_s)):
+            raise ValueError(f"item_sync_s must be a number of seconds >= 0, or None (no syncing), not {item_sync_s!r}")
+        self._items_since = getattr(state, "items_since", None)
+        self.item_sync_s = item_sync_s if self._items_since is not None else None
+        if item_sync_s is not None and self._items_since is None:
+            log.warning("the %s state store has no items_since: items registered by other processes reach this "
+                        "one only at a restart", getattr(state, "kind", type(state).__name__))
+        self.clock = time.monotonic  # replaceable (tests)
+        self._next_sync = -math.inf
+        self._applied: dict[str, str] = {}
+        self._item_seq = 0
+        self.items_synced = 0  # items applied from other processes (new + replaced)
         self.replayed = self.replay()
 
     # ids
@@ -477,21 +497,37 @@ class Scorer:
         in_bundle = self.bundle.item_vocab.lookup([it.id for it in items]) > 0
         known = [it.id for it, k in zip(items, in_bundle) if k]
         entries = [(it.id, row) for it, row, k in zip(items, rows, in_bundle) if not k]
+        docs = [(it.id, it.model_dump_json(exclude_defaults=True)) for it, k in zip(items, in_bundle) if not k]
         with self._registering:
-            self.state.put_items([(it.id, it.model_dump_json(exclude_defaults=True))
-                                  for it, k in zip(items, in_bundle) if not k])
+            self.state.put_items(docs)
             registered, replaced = self._apply(entries)
+            self._applied.update(docs)  # read back by sync_items with this body: not applied a second time
         return {"registered": registered, "replaced": replaced, "known_to_bundle": len(known),
                 "known_ids": known, "items": self.n_registered}, []
 
     def replay(self) -> int:
         """Registers the items stored by earlier runs (startup). Items that no longer fit the bundle (another
-        bundle served on the same state: an id it now knows, a changed dimension) are skipped with a warning."""
-        load = getattr(self.state, "load_items", None)
-        docs = load() if load is not None else []
-        if not docs:
-            return 0
-        entries, skipped, known = [], 0, 0
+        bundle served on the same state: an id it now knows, a changed dimension) are skipped with a warning.
+        Records the store's item sequence number read before loading: what is written meanwhile comes again
+        through sync_items (and is skipped there when loaded here with the same body)."""
+        seq_of = getattr(self.state, "item_seq", None)
+        with self._registering:
+            self._item_seq = int(seq_of()) if seq_of is not None and self._items_since is not None else 0
+            load = getattr(self.state, "load_items", None)
+            docs = load() if load is not None else []
+            if not docs:
+                return 0
+            entries, bodies, known, skipped = self._stored_rows(docs)
+            self._apply(entries)
+            self._applied.update(bodies)
+        log.info("replayed %d registered items from the state store (%d now known to the bundle, %d skipped)",
+                 len(entries), known, skipped)
+        return len(entries)
+
+    def _stored_rows(self, docs: list[tuple[str, str]]) -> tuple[list[tuple[str, dict]], dict[str, str], int, int]:
+        """The item table rows of stored items (id, JSON document): (entries for _apply, id -> body of those,
+        ids the bundle knows, items skipped with a warning as invalid or not fitting this bundle)."""
+        entries, bodies, skipped, known = [], {}, 0, 0
         for item_id, body in docs:
             try:
                 item = NewItem.model_validate_json(body)
@@ -508,10 +544,47 @@ class Scorer:
                 skipped += 1
                 continue
             entries.append((item.id, row))
-        self._apply(entries)
-        log.info("replayed %d registered items from the state store (%d now known to the bundle, %d skipped)",
-                 len(entries), known, skipped)
-        return len(entries)
+            bodies[item.id] = body
+        return entries, bodies, known, skipped
+
+    def sync_items(self, force: bool = False) -> tuple[int, int]:
+        """Applies the items other processes sharing the state store wrote since the last sync: returns
+        (new ids, replaced). At most one store query per item_sync_s seconds, unless `force`: between those
+        a call costs a clock read. A call while another thread registers or syncs returns at once (that
+        thread holds the lock; the next call after it catches up) rather than queueing requests behind it.
+        A failing store is logged and the request goes on with the items already known."""
+        if self.item_sync_s is None or (not force and self.clock() < self._next_sync):
+            return 0, 0
+        if not self._registering.acquire(blocking=False):
+            return 0, 0
+        try:
+            now = self.clock()
+            if not force and now < self._next_sync:  # another thread synced while this one got the lock
+                return 0, 0
+            self._next_sync = now + self.item_sync_s
+            try:
+                docs, seq = self._items_since(self._item_seq)
+                if seq < self._item_seq:  # a new or restored store: its numbers start again; read it all
+                    log.warning("the state store's item sequence went back from %d to %d (a new or restored "
+                                "store?): reading every sequenced item again", self._item_seq, seq)
+                    docs, seq = self._items_since(0)
+            except Exception as e:  # noqa: BLE001 - scoring goes on with the items it has; retried next interval
+                log.warning("could not read items registered by other processes from the %s state store: %s",
+                            getattr(self.state, "kind", "?"), e)
+                return 0, 0
+            # own registrations and items seen before come back with the body applied here: not applied again
+            # (a replacement would drop MMBee's memoised content for nothing)
+            changed = [(i, body) for i, body in docs if self._applied.get(i) != body]
+            entries, bodies, _, _ = self._stored_rows(changed)
+            registered, replaced = self._apply(entries)
+            self._applied.update(bodies)
+            self._item_seq = seq
+            self.items_synced += registered + replaced
+        finally:
+            self._registering.release()
+        if registered or replaced:
+            log.info("applied %d new and %d replaced items registered by other processes", registered, replaced)
+        return registered, replaced
 
     def _tables(self) -> list[AppendableRows]:
         out = [arr for group in SIDE_GROUPS for arr in getattr(self.side, group).values()]
@@ -883,6 +956,8 @@ class Metrics:
             helps = {"modalrec_events_total": "Events received by /events, by result (accepted, duplicate).",
                      "modalrec_items_total": "Items received by /items, by result (registered, replaced, "
                                              "known_to_bundle).",
+                     "modalrec_items_synced_total": "Items registered by other processes sharing the state store "
+                                                    "and applied here, by result (registered, replaced).",
                      "modalrec_cold_starts_total": "Requests or events about users/items unknown to the bundle."}
             for name, help_ in helps.items():
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
@@ -1220,11 +1295,13 @@ def default_state_url(bundle_dir: Path) -> str:
 
 def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: str | None = None, *,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
-               rate_burst: float | None = None):
+               rate_burst: float | None = None, item_sync_s: float | None = 1.0):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
     bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
     `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
-    with Retry-After above it; None: no limit."""
+    with Retry-After above it; None: no limit. `item_sync_s`: how often (seconds) /recommend, /score and
+    /items look in the state store for items registered by other processes sharing it (0: at every request;
+    None: never, they then arrive at a restart)."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
@@ -1240,7 +1317,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     except ImportError:  # pragma: no cover
         pass
     state = open_state(state_url or default_state_url(Path(bundle_dir)))
-    scorer = Scorer(bundle, state)
+    scorer = Scorer(bundle, state, item_sync_s=item_sync_s)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     metrics = Metrics()
     metrics.info = {"model": bundle.model_name, "task": bundle.task, "seed": str(bundle.manifest.get("seed")),
@@ -1300,6 +1377,14 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     @app.exception_handler(_Invalid)
     async def _invalid2(request: Request, exc: _Invalid):
         return unprocessable(exc.errors)
+
+    def sync_items() -> None:
+        """Items registered by other processes sharing the state store (throttled: see Scorer.sync_items)."""
+        registered, replaced = scorer.sync_items()
+        if registered:
+            metrics.inc("modalrec_items_synced_total", "result", "registered", registered)
+        if replaced:
+            metrics.inc("modalrec_items_synced_total", "result", "replaced", replaced)
 
     def stage(name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -1364,6 +1449,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
               summary="Register items that appeared after export (a new live segment, a new product): scoreable "
                       "at once; acknowledged only once durably stored")
     def post_items(req: ItemsRequest) -> ItemsResponse:
+        sync_items()  # an id another process registered counts as a replacement here too
         t0 = time.perf_counter()
         res, errors = scorer.register(req.items)
         if errors:
@@ -1387,6 +1473,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     @app.post("/recommend", response_model=RecommendResponse, tags=["recommend"],
               summary="Top-K items for a user: ANN retrieval over item vectors, then the ranker")
     def recommend(req: RecommendRequest) -> RecommendResponse:
+        sync_items()
         if req.context.features or req.context.item_features:
             errors = scorer.check_context(req.context.features, req.context.item_features)
             if errors:
@@ -1426,6 +1513,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     @app.post("/score", response_model=ScoreResponse, tags=["recommend"],
               summary="Scores (ctr: click probabilities) of given items for a user")
     def score(req: ScoreRequest) -> ScoreResponse:
+        sync_items()
         if req.context.features or req.context.item_features:
             errors = scorer.check_context(req.context.features, req.context.item_features)
             if errors:
@@ -1457,11 +1545,14 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
 
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,
           api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
-          rate_limit: float | None = None, rate_burst: float | None = None) -> None:
-    """Runs the service with uvicorn (one process; request handlers run in its thread pool)."""
+          rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0) -> None:
+    """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
+    processes can share one state store: items registered through one reach the others within `item_sync_s`
+    seconds (see create_app)."""
     import uvicorn
 
-    app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst)
+    app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
+                     item_sync_s=item_sync_s)
     # the bundle's objects live as long as the process: moved out of the collector's generations, a full
     # collection during a request no longer walks them (tail latency)
     gc.collect()

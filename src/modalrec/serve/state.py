@@ -25,6 +25,14 @@ Items registered after export (`POST /items`: a new live segment, a new product)
 store, one JSON document per item id (the validated request item; a later registration of the id
 replaces it), written with the same durability as events and read back at startup: SQLite table
 `items`, Redis hash `PREFIX:items`.
+
+Several service processes share one store (one SQLite file, one Redis), so an item registered through one
+must reach the others without a restart: every item write takes the next number of a store-wide item
+sequence, atomically with the write (SQLite: column `items.seq`, the next MAX inside the write
+transaction; Redis: one Lua script HSETs the body, INCRs `{PREFIX:items}:seq` and ZADDs the id to the log
+`{PREFIX:items}:log` scored by that number). A process remembers the last number it applied and asks
+`items_since(n)` for what changed after it. Items written before the sequence existed (older stores)
+carry number 0: `load_items` returns them at startup, `items_since` never does.
 """
 
 from __future__ import annotations
@@ -92,6 +100,13 @@ class StateStore(Protocol):
     def load_items(self) -> list[tuple[str, str]]:
         """Every registered item (id, JSON document), the latest registration of each id."""
 
+    def items_since(self, seq: int) -> tuple[list[tuple[str, str]], int]:
+        """The items (id, latest JSON document) written after item sequence number `seq`, in sequence order,
+        each id once; and the store's current item sequence number (what to ask for next time)."""
+
+    def item_seq(self) -> int:
+        """The store's current item sequence number (0: no item written since the sequence exists)."""
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -144,9 +159,12 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0
 );
 """
+# after the migration of an items table created without seq (the index needs the column)
+_SQLITE_ITEMS_SEQ_INDEX = "CREATE INDEX IF NOT EXISTS items_seq ON items(seq)"
 
 
 class SQLiteState:
@@ -169,6 +187,24 @@ class SQLiteState:
         self._write = threading.Lock()
         con = self._con()
         con.executescript(_SQLITE_SCHEMA)
+        self._migrate_items(con)
+
+    def _migrate_items(self, con: sqlite3.Connection) -> None:
+        """Adds the item sequence column to an items table created before it existed: its rows get seq 0
+        (read at startup by load_items, never returned by items_since). Checked again under the write lock
+        of the file, so two processes opening an old database at once add the column once."""
+        if "seq" not in {r[1] for r in con.execute("PRAGMA table_info(items)")}:
+            with self._write:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    if "seq" not in {r[1] for r in con.execute("PRAGMA table_info(items)")}:
+                        con.execute("ALTER TABLE items ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+                        log.info("%s: added the item sequence column to the items table", self.path)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+        con.execute(_SQLITE_ITEMS_SEQ_INDEX)
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -267,9 +303,12 @@ class SQLiteState:
         with self._write:
             con.execute("BEGIN IMMEDIATE")
             try:
-                con.executemany("INSERT INTO items(id, body, updated) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
-                                "SET body = excluded.body, updated = excluded.updated",
-                                [(i, body, now) for i, body in items])
+                # the file's write lock is held from here to COMMIT (every process): the next numbers are ours.
+                # Rows are never deleted and a rewrite only raises a row's seq, so MAX never goes back
+                base = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+                con.executemany("INSERT INTO items(id, body, updated, seq) VALUES (?, ?, ?, ?) ON CONFLICT(id) "
+                                "DO UPDATE SET body = excluded.body, updated = excluded.updated, seq = excluded.seq",
+                                [(i, body, now, base + k) for k, (i, body) in enumerate(items, 1)])
                 con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as events
             except BaseException:
                 con.execute("ROLLBACK")
@@ -278,6 +317,21 @@ class SQLiteState:
     def load_items(self) -> list[tuple[str, str]]:
         # rowid: first registration order (an upsert keeps the row), so a restart assigns the same order
         return [(r[0], r[1]) for r in self._con().execute("SELECT id, body FROM items ORDER BY rowid")]
+
+    def items_since(self, seq: int) -> tuple[list[tuple[str, str]], int]:
+        con = self._con()
+        # one read transaction: the rows and the current number come from one snapshot of the WAL, so a
+        # write committed in between is neither missed nor counted as read
+        con.execute("BEGIN")
+        try:
+            rows = con.execute("SELECT id, body FROM items WHERE seq > ? ORDER BY seq", (int(seq),)).fetchall()
+            current = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+        finally:
+            con.execute("COMMIT")
+        return [(r[0], r[1]) for r in rows], current
+
+    def item_seq(self) -> int:
+        return int(self._con().execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
 
     def ping(self) -> bool:
         self._con().execute("SELECT 1").fetchone()
@@ -311,6 +365,29 @@ if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[2], 't:' .. ARGV[4], AR
 return seq
 """
 
+# KEYS: items hash, item sequence counter, item log zset (one hash slot: see RedisState._item_keys)
+# ARGV: id1, body1, id2, body2, ... -> the last sequence number given
+_PUT_ITEMS_LUA = """
+local seq = 0
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('ZADD', KEYS[3], seq, ARGV[i])
+end
+return seq
+"""
+
+# KEYS: as _PUT_ITEMS_LUA; ARGV: the sequence number read last -> {current number, id1, body1, ...}
+_ITEMS_SINCE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
+local out = {tonumber(redis.call('GET', KEYS[2]) or '0')}
+for _, id in ipairs(ids) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[1], id) or ''
+end
+return out
+"""
+
 
 class RedisState:
     """Events of a user in a sorted set scored by time; members `<seq:016d>|<json>` so equal times
@@ -332,6 +409,8 @@ class RedisState:
         except redis.RedisError as e:
             raise StateURLError(f"state URL '{url}': cannot reach Redis ({e})") from None
         self._append = self.client.register_script(_APPEND_LUA)
+        self._put_items = self.client.register_script(_PUT_ITEMS_LUA)
+        self._items_since = self.client.register_script(_ITEMS_SINCE_LUA)
         self._warn_durability()
 
     def _warn_durability(self) -> None:
@@ -422,16 +501,30 @@ class RedisState:
     def event_ids(self, user: str) -> set[str]:
         return set(self.client.smembers(self._keys(user)[2]))
 
+    def _item_keys(self) -> list[str]:
+        """The items hash (named as before the sequence existed), the sequence counter and the log (id scored
+        by the number of its latest write). The hash tag of the last two is the hash's whole name, so all
+        three share one hash slot and the scripts stay valid on a Redis Cluster."""
+        items = f"{self.prefix}:items"
+        return [items, f"{{{items}}}:seq", f"{{{items}}}:log"]
+
     def put_items(self, items: list[tuple[str, str]]) -> None:
         if not items:
             return
-        pipe = self.client.pipeline(transaction=True)  # one MULTI/EXEC: the batch lands whole
-        for i, body in items:
-            pipe.hset(f"{self.prefix}:items", i, body)
-        pipe.execute()
+        # one script: bodies, sequence numbers and log land together (a batch is atomic, as MULTI/EXEC was)
+        self._put_items(keys=self._item_keys(), args=[x for i, body in items for x in (i, body)])
 
     def load_items(self) -> list[tuple[str, str]]:
         return sorted(self.client.hscan_iter(f"{self.prefix}:items", count=1000))
+
+    def items_since(self, seq: int) -> tuple[list[tuple[str, str]], int]:
+        res = self._items_since(keys=self._item_keys(), args=[int(seq)])
+        flat = res[1:]
+        # an id in the log whose body was deleted by hand comes back empty: nothing to apply
+        return [(flat[k], flat[k + 1]) for k in range(0, len(flat), 2) if flat[k + 1]], int(res[0])
+
+    def item_seq(self) -> int:
+        return int(self.client.get(self._item_keys()[1]) or 0)
 
     def ping(self) -> bool:
         return bool(self.client.ping())
