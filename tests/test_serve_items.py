@@ -645,3 +645,390 @@ def test_a_store_without_items_since_disables_syncing(mmbee_served, tmp_path):  
     st.put_items([("unseen", '{"id":"unseen"}')])
     assert scorer.sync_items(force=True) == (0, 0) and scorer.item_index(["unseen"])[0] == 0
     st.close()
+
+
+# ------------------------------------------------------------------------------ (g) deletion and expiry
+
+
+def test_item_ids_tombstones():
+    from modalrec.tasks.base import Vocab
+
+    ids = ItemIds(Vocab(["a", "b"]))
+    assert ids.add("c") == 3 and ids.add("d") == 4
+    assert ids.remove("c") == 3 and ids.remove("c") is None and ids.remove("zz") is None
+    assert ids.lookup(["c", "d"]).tolist() == [0, 4] and ids.n_base + len(ids.extra) == 4 and len(ids) == 5
+    assert ids.index_for("c") == 3 and ids.index_for("e") == 5
+    assert ids.add("c") == 3 and ids.lookup(["c"]).tolist() == [3] and not ids.removed  # its row back
+    assert ids.add("e") == 5 and len(ids) == 6
+
+
+def _check_item_deletes(st) -> None:
+    """delete_items: a tombstone in the item sequence (items_since returns the id with None), gone from
+    load_items, ids not stored skipped, the conditional form, and a registration after it."""
+    a, b = '{"id":"a"}', '{"id":"b","v":1}'
+    st.put_items([("a", a), ("b", b)])
+    assert st.delete_items([]) == [] and st.item_seq() == 2
+    assert st.delete_items(["a", "zz", "a"]) == ["a"]  # one tombstone: the second "a" is not stored any more
+    assert st.item_seq() == 3 and st.items_since(2) == ([("a", None)], 3)
+    assert st.load_items() == [("b", b)]
+    assert st.delete_items(["b"], if_body=['{"id":"b","v":0}']) == [] and st.item_seq() == 3  # another body: kept
+    assert st.delete_items(["b", "a"], if_body=[b, a]) == ["b"] and st.item_seq() == 4
+    assert st.items_since(0) == ([("a", None), ("b", None)], 4) and st.load_items() == []
+    st.put_items([("a", '{"id":"a","v":2}')])  # registered again: the tombstone is overwritten
+    assert st.items_since(4) == ([("a", '{"id":"a","v":2}')], 5) and st.load_items() == [("a", '{"id":"a","v":2}')]
+    with pytest.raises(ValueError, match="documents"):
+        st.delete_items(["a"], if_body=[])
+
+
+def test_item_deletes_sqlite(tmp_path):
+    st = open_state(f"sqlite:///{tmp_path / 's.sqlite'}")
+    _check_item_deletes(st)
+    other = open_state(f"sqlite:///{tmp_path / 's.sqlite'}")  # another process: the same sequence
+    assert other.delete_items(["a"]) == ["a"] and st.items_since(5) == ([("a", None)], 6)
+    st.close()
+    other.close()
+
+
+def test_item_deletes_redis(redis_server):  # noqa: F811 - the fixture
+    st = open_state(redis_server["url"])
+    _check_item_deletes(st)
+    assert st.delete_items(["a"]) == ["a"]
+    redis_server["restart"]()  # kill -9 Redis: the tombstone (body gone, id logged) survives in the AOF
+    st = open_state(redis_server["url"])
+    assert st.items_since(5) == ([("a", None)], 6) and st.load_items() == []
+    st.close()
+
+
+def test_deleted_item_is_a_cold_start_and_never_retrieved(din_served, tmp_path):  # noqa: F811 - the fixture
+    """After DELETE /items/ID the id scores as an id never registered (known false, the same score), its events
+    are cold, and neither group retrieval, the exact search over registered vectors nor the popular fill
+    brings it; the other registered item keeps its index. 404 / 409 / 401 / 403 as documented."""
+    with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        _register(c, [_raw_item(din_served, "i0", "twin-a"), _raw_item(din_served, "i0", "twin-b"),
+                      _raw_item(din_served, "i1", "live/seg 1")])
+        scorer = c.app.state.scorer
+        a, b = (int(i) for i in scorer.item_index(["twin-a", "twin-b"]))
+        cand, _ = scorer.retrieve(np.array([a]), 10_000, exclude={a})
+        assert b in cand.tolist()
+        c.post("/events", json={"events": [{"user": "fan", "item": "twin-a", "channel": "click", "time": 100}]},
+               headers=AUTH)
+        rec = {"user": "fan", "k": 20, "n_candidates": 20}
+        assert "twin-b" in [x["item"] for x in c.post("/recommend", json=rec).json()["items"]]
+
+        assert c.delete("/items/twin-b").status_code == 401
+        assert c.delete("/items/twin-b", headers={"X-API-Key": "wrong"}).status_code == 403
+        assert c.post("/items/delete", json={"ids": ["twin-b"]}).status_code == 401
+        assert c.post("/items/delete", json={"ids": ["twin-b"]}, headers={"Authorization": "Bearer no"}).status_code == 403
+        assert scorer.item_index(["twin-b"])[0] == b  # nothing deleted by those
+
+        r = c.delete("/items/twin-b", headers=AUTH)
+        assert r.status_code == 200 and r.json() == {"id": "twin-b", "result": "deleted", "items": 2}
+        assert c.delete("/items/live/seg 1", headers=AUTH).json()["result"] == "deleted"  # an id with a slash
+        req = {"user": "fan", "items": ["twin-b", "never-registered", "twin-a"], "context": {"time": NOW}}
+        scores = c.post("/score", json=req).json()["scores"]
+        assert [x["known"] for x in scores] == [False, False, True]
+        assert scores[0]["score"] == pytest.approx(scores[1]["score"], abs=1e-6)
+        assert scorer.item_index(["twin-a"])[0] == a and not scorer.alive[np.array([b])][0]  # a's index unchanged
+        assert c.get("/healthz").json()["registered_items"] == 1
+
+        for query in (np.array([a]), np.array([a, b])):  # b's own row in the query too
+            cand, _ = scorer.retrieve(query, 10_000, exclude=set())
+            assert b not in cand.tolist() and a in cand.tolist()
+        cand, n_hist = scorer.retrieve(np.zeros(0, np.int64), 10_000, exclude=set())  # popular only
+        assert n_hist == 0 and b not in cand.tolist()
+        group, scorer.group = scorer.group, None  # the exact vector search alone (b's vector is a's: nearest)
+        try:
+            assert b not in scorer.retrieve(np.array([a]), 10_000, exclude={a})[0].tolist()
+        finally:
+            scorer.group = group
+        assert "twin-b" not in [x["item"] for x in c.post("/recommend", json=rec).json()["items"]]
+        ev = c.post("/events", json={"events": [{"user": "fan", "item": "twin-b", "channel": "click"}]},
+                    headers=AUTH).json()
+        assert ev["cold_item_events"] == 1
+
+        r = c.delete("/items/twin-b", headers=AUTH)  # deleted before
+        assert r.status_code == 404 and "'twin-b'" in r.json()["detail"]
+        r = c.delete("/items/never-registered", headers=AUTH)
+        assert r.status_code == 404 and "'never-registered' is not registered" in r.json()["detail"]
+        r = c.delete("/items/i3", headers=AUTH)
+        assert r.status_code == 409 and "'i3'" in r.json()["detail"] and "bundle" in r.json()["detail"]
+        assert c.delete(f"/items/{'x' * 257}", headers=AUTH).status_code == 422
+        assert 'modalrec_items_total{result="deleted"} 2' in c.get("/metrics").text
+
+        paths = c.get("/openapi.json").json()["paths"]
+        assert {"404", "409"} <= set(paths["/items/{item_id}"]["delete"]["responses"])
+        assert paths["/items/delete"]["post"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/DeleteItemsResponse"}
+
+
+def test_batch_delete_reports_each_id(din_served, tmp_path):  # noqa: F811 - the fixture
+    from modalrec.serve.service import MAX_NEW_ITEMS
+
+    with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        _register(c, [{"id": "x", "vectors": {"emb": [0.1, 0.2, 0.3, 0.4]}},
+                      {"id": "y", "vectors": {"emb": [0.4, 0.3, 0.2, 0.1]}}, {"id": "z"}])
+        r = c.post("/items/delete", json={"ids": ["x", "nope", "i1", "x", "y"]}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"deleted": 2, "not_registered": 1, "bundle_items": 1, "items": 1, "results": [
+            {"id": "x", "result": "deleted"}, {"id": "nope", "result": "not_registered"},
+            {"id": "i1", "result": "bundle_item"}, {"id": "y", "result": "deleted"}]}
+        r = c.post("/items/delete", json={"ids": ["x", "z"]}, headers=AUTH).json()
+        assert (r["deleted"], r["not_registered"], r["items"]) == (1, 1, 0)
+        assert c.post("/items/delete", json={"ids": []}, headers=AUTH).status_code == 422
+        too_many = {"ids": [f"n{k}" for k in range(MAX_NEW_ITEMS + 1)]}
+        assert c.post("/items/delete", json=too_many, headers=AUTH).json()["detail"][0]["field"] == "ids"
+        assert c.get("/healthz").json()["registered_items"] == 0
+
+
+def test_registering_a_deleted_id_again(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """A deleted id registered again takes its old row back (the tables do not grow) and scores as a fresh
+    registration of the same content, also when a request scored its old index (memoising the old content in
+    MMBee's MFQ memo) between the deletion and the registration."""
+    a_seg, b_seg = segments_of(1)[0], segments_of(1)[1]
+    user = mmbee_served["task"].user_vocab.id_of(2)
+    with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        scorer = c.app.state.scorer
+        forgotten = []
+        forget = scorer.model.forget
+        scorer.model.forget = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
+        _register(c, [_raw_item(mmbee_served, seg_id(a_seg), "seg-x"), _raw_item(mmbee_served, seg_id(b_seg), "fresh")])
+        old = int(scorer.item_index(["seg-x"])[0])
+        first = _scores(c, user, ["seg-x", "fresh"], context={"time": NOW})
+        assert abs(first[0] - first[1]) > 1e-4
+        assert c.delete("/items/seg-x", headers=AUTH).status_code == 200
+        assert forgotten == [[old]]  # the deleted item's memo is dropped
+        # a request that looked seg-x up before its deletion scores the old index now: MFQ memoises a's content
+        uidx = scorer.user_index(user)
+        scorer.score(uidx, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, np.array([old]), user=user)
+        rows = len(scorer.ids)
+        res = _register(c, [_raw_item(mmbee_served, seg_id(b_seg), "seg-x")])
+        assert res["registered"] == 1 and res["replaced"] == 0 and res["items"] == 2
+        assert int(scorer.item_index(["seg-x"])[0]) == old and len(scorer.ids) == rows  # its row, reused
+        assert forgotten[-1] == [old]  # the reused index's memo is dropped again
+        again = _scores(c, user, ["seg-x", "fresh"], context={"time": NOW})
+        assert abs(again[0] - again[1]) <= 1e-5  # as a fresh registration of b's content
+        assert c.post("/score", json={"user": user, "items": ["seg-x"]}).json()["scores"][0]["known"] is True
+
+
+def _check_delete_restart(served, url: str) -> None:
+    """A deletion survives a restart (replay does not bring the item back); registering the id again does."""
+    user = served["task"].user_vocab.id_of(1)
+    with _app(served["bundle"], url) as c:
+        _register(c, [{"id": "r1", "categorical": {"streamer_id": "a1"}}, {"id": "r2", "categorical": {"streamer_id": "a2"}}])
+        assert c.delete("/items/r1", headers=AUTH).status_code == 200
+    with _app(served["bundle"], url) as c:
+        assert c.app.state.scorer.replayed == 1 and c.get("/healthz").json()["registered_items"] == 1
+        assert [x["known"] for x in c.post("/score", json={"user": user, "items": ["r1", "r2"]}).json()["scores"]] == [
+            False, True]
+        assert c.delete("/items/r1", headers=AUTH).status_code == 404
+        _register(c, [{"id": "r1", "categorical": {"streamer_id": "a3"}}])
+    with _app(served["bundle"], url) as c:
+        assert c.app.state.scorer.replayed == 2
+        assert [x["known"] for x in c.post("/score", json={"user": user, "items": ["r1", "r2"]}).json()["scores"]] == [
+            True, True]
+
+
+def test_deletions_survive_a_restart_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    _check_delete_restart(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
+
+
+def test_deletions_survive_a_restart_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
+    _check_delete_restart(mmbee_served, redis_server["url"])
+
+
+def _check_delete_sync(served, url: str) -> None:
+    """A deletion on A reaches B at its next sync (B drops the item and its memo; it is never retrieved there);
+    registering the id again on A reaches B too; a process that never synced can delete an item another
+    registered (the store decides), and the others follow."""
+    user = served["task"].user_vocab.id_of(2)
+    a_seg = segments_of(1)[0]
+    req = {"user": user, "items": ["sx", "sy", "unknown-seg"], "context": {"time": NOW}}
+    with _app(served["bundle"], url, item_sync_s=0) as a, _app(served["bundle"], url, item_sync_s=0) as b, \
+            _app(served["bundle"], url, item_sync_s=None) as lone:
+        sa, sb = a.app.state.scorer, b.app.state.scorer
+        forgotten = []
+        forget = sb.model.forget
+        sb.model.forget = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
+        _register(a, [_raw_item(served, seg_id(a_seg), "sx"), {"id": "sy", "categorical": {"streamer_id": "a1"}}])
+        on_b = b.post("/score", json=req).json()["scores"]
+        assert [x["known"] for x in on_b] == [True, True, False]
+        sx = int(sb.item_index(["sx"])[0])
+
+        assert a.delete("/items/sx", headers=AUTH).status_code == 200
+        on_b = b.post("/score", json=req).json()["scores"]
+        assert [x["known"] for x in on_b] == [False, True, False]
+        assert on_b[0]["score"] == pytest.approx(on_b[2]["score"], abs=1e-6)
+        assert forgotten == [[sx]] and sb.deletions_synced == 1 and sb.n_registered == 1
+        assert sx not in sb.retrieve(np.array([sx]), 10_000, exclude=set())[0].tolist()
+        assert 'modalrec_items_synced_total{result="deleted"} 1' in b.get("/metrics").text
+        assert sa.deletions_synced == 0  # A read its own tombstone back: nothing to do
+
+        _register(a, [_raw_item(served, seg_id(a_seg), "sx")])  # again, on A
+        assert np.abs(_scores(a, user, req["items"], context={"time": NOW})
+                      - _scores(b, user, req["items"], context={"time": NOW})).max() <= 1e-5
+        assert int(sb.item_index(["sx"])[0]) == sx and forgotten[-1] == [sx]  # B's tombstone row reused
+
+        # `lone` never syncs: it does not know sy, yet deleting it there deletes it in the store
+        r = lone.post("/items/delete", json={"ids": ["sy", "never"]}, headers=AUTH).json()
+        assert [x["result"] for x in r["results"]] == ["deleted", "not_registered"]
+        for c in (a, b):
+            assert [x["known"] for x in c.post("/score", json=req).json()["scores"]] == [True, False, False]
+        assert sa._item_seq == sb._item_seq == sa.state.item_seq()
+
+
+def test_deletions_reach_other_processes_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    _check_delete_sync(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
+
+
+def test_deletions_reach_other_processes_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
+    _check_delete_sync(mmbee_served, redis_server["url"])
+
+
+def _check_ttl(served, url: str) -> None:
+    """Expiry on a fake wall clock: an item's own ttl_s, else the service's item_ttl_s (of the process that
+    registered it: the expiry time is stored with the item), else never. The process whose sweep comes first
+    deletes it in the store, the other drops it at its sync; at most one sweep per second; registering again
+    restarts the TTL, and a sweep on stale knowledge does not delete a newer registration; a restart after the
+    expiry does not serve the item."""
+    wall, mono = [1_000_000.0], [0.0]
+    user = served["task"].user_vocab.id_of(2)
+    req = {"user": user, "items": ["short", "default", "keep", "unknown-seg"], "context": {"time": NOW}}
+
+    def fake_clocks(client):
+        sc = client.app.state.scorer
+        sc.clock, sc.wall_clock = (lambda: mono[0]), (lambda: wall[0])
+        return sc
+
+    def known(client) -> list[bool]:
+        return [x["known"] for x in client.post("/score", json=req).json()["scores"]]
+
+    with _app(served["bundle"], url, item_sync_s=0, item_ttl_s=100) as a, _app(served["bundle"], url, item_sync_s=0) as b:
+        sa, sb = fake_clocks(a), fake_clocks(b)
+        _register(a, [{"id": "short", "categorical": {"streamer_id": "a1"}, "ttl_s": 10},
+                      {"id": "default", "categorical": {"streamer_id": "a2"}}])
+        _register(b, [{"id": "keep", "categorical": {"streamer_id": "a3"}}])  # B has no item_ttl_s: never
+        assert known(a) == known(b) == [True, True, True, False]
+        cold = _scores(b, user, ["unknown-seg"], context={"time": NOW})[0]
+        wall[0], mono[0] = 1_000_009.5, 5.0
+        assert known(a) == known(b) == [True, True, True, False]  # both swept at mono 5: nothing due
+        wall[0] = 1_000_010.0  # short's expiry
+        assert known(b) == [True, True, True, False]  # swept less than a second ago: not yet
+        mono[0] = 6.0
+        assert known(b) == [False, True, True, False]  # B's sweep deletes it (in the store)
+        assert _scores(b, user, ["short"], context={"time": NOW})[0] == pytest.approx(cold, abs=1e-6)
+        assert known(a) == [False, True, True, False]  # A reads the tombstone
+        assert 'modalrec_items_total{result="expired"} 1' in b.get("/metrics").text
+        assert 'modalrec_items_synced_total{result="deleted"} 1' in a.get("/metrics").text
+        wall[0], mono[0] = 1_000_100.0, 7.0  # default's expiry (A's item_ttl_s)
+        assert known(a) == [False, False, True, False] and known(b) == [False, False, True, False]
+        assert [i for i, _ in sa.state.load_items()] == ["keep"]
+
+        # registering again restarts the TTL; B's sweep on its stale copy does not delete A's newer registration
+        _register(b, [{"id": "short", "categorical": {"streamer_id": "a1"}, "ttl_s": 10}])  # until 1_000_110
+        assert known(a)[0] and known(b)[0]
+        wall[0], mono[0] = 1_000_105.0, 8.0
+        _register(a, [{"id": "short", "categorical": {"streamer_id": "a1"}, "ttl_s": 10}])  # until 1_000_115
+        wall[0], mono[0] = 1_000_110.0, 9.0
+        assert sb.expire_items() == (0, 1)  # B had not synced: its copy expires here only, the store keeps A's
+        assert sb.item_index(["short"])[0] == 0
+        assert known(b)[0] and known(a)[0]  # B's sync brings A's registration
+        wall[0], mono[0] = 1_000_115.0, 10.0
+        assert not known(a)[0] and not known(b)[0]
+        assert len(sa._expiry_heap) <= 2 * len(sa._expiry) + 64
+
+        _register(a, [{"id": "late", "categorical": {"streamer_id": "a4"}, "ttl_s": 5}])  # until 1_000_120
+    with _app(served["bundle"], url) as c:  # a restart after the expiry: replayed, swept before the first score
+        assert c.app.state.scorer.replayed == 2
+        fake_clocks(c)
+        wall[0] = 1_000_121.0
+        assert [x["known"] for x in c.post("/score", json={**req, "items": ["late", "keep"]}).json()["scores"]] == [
+            False, True]
+        assert [i for i, _ in c.app.state.scorer.state.load_items()] == ["keep"]
+
+
+def test_items_expire_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    _check_ttl(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
+
+
+def test_items_expire_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
+    _check_ttl(mmbee_served, redis_server["url"])
+
+
+def test_ttl_validation(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    url = f"sqlite:///{tmp_path / 's.sqlite'}"
+    with _app(mmbee_served["bundle"], url) as c:
+        for ttl in (0, -1, "soon"):
+            r = _register(c, [{"id": "x", "ttl_s": ttl}], 422)
+            assert r["detail"][0]["field"] == "items[0].ttl_s", r
+        schema = c.get("/openapi.json").json()["components"]["schemas"]["NewItem"]["properties"]["ttl_s"]
+        assert "expires" in schema["description"]
+    for ttl in (0, -5, float("inf")):
+        with pytest.raises(ValueError, match="item_ttl_s"):
+            create_app(mmbee_served["bundle"], url, api_key=KEY, item_ttl_s=ttl)
+    from typer.testing import CliRunner
+
+    from modalrec.cli import app as cli
+
+    assert "--item-ttl" in CliRunner().invoke(cli, ["serve", "--help"], terminal_width=200).output
+
+
+def test_deleting_from_an_old_sqlite_database(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """A state file from before the item sequence: its items (seq 0) can be deleted, the other process drops
+    them at its sync, and a restart does not replay them."""
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(_OLD_ITEMS_TABLE)
+    con.executemany("INSERT INTO items VALUES (?, ?, 0)",
+                    [("old-1", '{"id":"old-1","categorical":{"streamer_id":"a1"}}'),
+                     ("old-2", '{"id":"old-2","categorical":{"streamer_id":"a2"}}')])
+    con.commit()
+    con.close()
+    url = f"sqlite:///{path}"
+    req = {"user": "u001", "items": ["old-1", "old-2"], "context": {"time": NOW}}
+    with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
+        assert a.app.state.scorer.replayed == b.app.state.scorer.replayed == 2
+        assert a.delete("/items/old-1", headers=AUTH).status_code == 200
+        assert [x["known"] for x in b.post("/score", json=req).json()["scores"]] == [False, True]
+    with _app(mmbee_served["bundle"], url) as c:
+        assert c.app.state.scorer.replayed == 1
+        assert [x["known"] for x in c.post("/score", json=req).json()["scores"]] == [False, True]
+    st = SQLiteState(path)
+    assert st.items_since(0) == ([("old-1", None)], 1) and [i for i, _ in st.load_items()] == ["old-2"]
+    st.close()
+
+
+def test_deletion_while_scoring(din_served, tmp_path):  # noqa: F811 - the fixture
+    """Requests scoring and retrieving while items are registered, deleted and registered again: no error,
+    every score finite, no deleted item retrieved."""
+    with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
+        scorer = c.app.state.scorer
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        _register(c, [_raw_item(din_served, "i0", "anchor")])
+        anchor = int(scorer.item_index(["anchor"])[0])
+
+        def work():
+            try:
+                while not stop.is_set():
+                    ids = [f"live-{k}" for k in range(10)] + ["i1", "anchor"]
+                    s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
+                    assert np.isfinite(s).all()
+                    cand, _ = scorer.retrieve(np.array([anchor]), 50, exclude=set())
+                    assert all(i < scorer.n_items or scorer.alive[np.array([i])][0] for i in cand.tolist())
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for th in threads:
+            th.start()
+        try:
+            for k in range(30):
+                _register(c, [_raw_item(din_served, f"i{k % 7}", f"live-{k % 10}")])
+                if k % 3 == 2:
+                    c.post("/items/delete", json={"ids": [f"live-{j}" for j in range(k % 10)]}, headers=AUTH)
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(30)
+        assert not errors, errors[0]
+        assert len(scorer.ids) <= scorer.n_items + 11  # rows reused: one per distinct id

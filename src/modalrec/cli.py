@@ -217,8 +217,13 @@ def serve(
                                     "registered (POST /items) by other service processes sharing it: they become "
                                     "scoreable here within this time, without a restart. 0: look at every "
                                     "request; a negative value: never (they then arrive at a restart)."),
+    item_ttl: float | None = typer.Option(None, "--item-ttl", metavar="SECONDS", help="Registered items (POST "
+                                          "/items) without their own ttl_s expire this many seconds after their "
+                                          "registration: deleted on every process sharing the state store. "
+                                          "Default: never."),
 ) -> None:
-    """Serve a bundle over HTTP: POST /events, /recommend, /score; GET /healthz, /metrics, /docs."""
+    """Serve a bundle over HTTP: POST /events, /items, /recommend, /score; DELETE /items/ID; GET /healthz,
+    /metrics, /docs."""
     import secrets
 
     try:
@@ -231,7 +236,8 @@ def serve(
         typer.echo(f"no MODALREC_API_KEY set; write endpoints need this key: X-API-Key: {api_key}", err=True)
     try:
         _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads,
-               rate_limit=rate_limit, rate_burst=rate_burst, item_sync_s=None if item_sync < 0 else item_sync)
+               rate_limit=rate_limit, rate_burst=rate_burst, item_sync_s=None if item_sync < 0 else item_sync,
+               item_ttl_s=item_ttl)
     except StateURLError as e:
         _fail(str(e))
 

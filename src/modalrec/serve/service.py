@@ -34,7 +34,14 @@ and its own side features and content. Registered items are kept in the state st
 startup; retrieval gets their vectors from the model's ItemEncoder (as the bundle's index was built) and
 their group (first categorical feature: a new segment's streamer).
 
-Writes (`POST /events`, `POST /items`, and reading a user's stored state) need the API key: header
+Registered items are removed by `DELETE /items/{id}` (or `POST /items/delete` for a batch) or when their TTL
+(`ttl_s` of the item, else the service's --item-ttl) passes: a tombstone in the state store first (the
+response waits for it; other processes drop the item at their next sync, a restart does not replay it), then
+the id is unpublished here. A deleted item is unknown again, a cold start as an id never registered, and never
+retrieved; its table row stays (indices never move) and is reused if the id is registered again. The bundle's
+own items cannot be deleted (409): they are the exported model's.
+
+Writes (`POST /events`, `POST /items`, deleting items, and reading a user's stored state) need the API key: header
 `X-API-Key: KEY` or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403.
 """
 
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import heapq
 import hmac
 import json
 import logging
@@ -52,7 +60,7 @@ import time
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -62,7 +70,6 @@ from pydantic import (
     Field,
     PlainValidator,
     StringConstraints,
-    ValidationError,
     WithJsonSchema,
 )
 
@@ -222,15 +229,22 @@ class AppendableRows:
 
 class ItemIds:
     """The service's item vocabulary: the bundle's ids (indices 1 .. n-1, as trained), then the ids registered
-    through POST /items (n, n + 1, ...). Index 0 stays unknown."""
+    through POST /items (n, n + 1, ...). Index 0 stays unknown.
+
+    A deleted registered id (`remove`) is no longer looked up (index 0, as an id never registered) but keeps its
+    index as a tombstone: the item tables are never compacted (other items' indices stay what requests in flight
+    read), and registering the id again reuses that index and row (`add`), so deleting and re-registering the
+    same ids (a TTL refreshed by registering again) does not grow the tables."""
 
     def __init__(self, base):
         self.base = base
         self.n_base = len(base)
-        self.extra: dict[str, int] = {}
-        self.extra_ids: list[str] = []
+        self.extra: dict[str, int] = {}  # live registered ids
+        self.extra_ids: list[str] = []  # the id of every appended row, tombstones included
+        self.removed: dict[str, int] = {}  # deleted ids -> their tombstone index
 
     def __len__(self) -> int:
+        """Indices in use (bundle rows + appended rows, tombstones included): the item tables' length."""
         return self.n_base + len(self.extra_ids)
 
     def lookup(self, values) -> np.ndarray:
@@ -241,16 +255,34 @@ class ItemIds:
         return idx
 
     def id_of(self, index: int) -> str | None:
+        """The id of a row, a tombstone's too: a request that retrieved an item just before its deletion (the
+        retrieval overlapped the DELETE) still names it, and lookups are what deletion changes."""
         if index < self.n_base:
             return self.base.id_of(index)
         j = index - self.n_base
         return self.extra_ids[j] if j < len(self.extra_ids) else None
 
+    def index_for(self, item: str) -> int:
+        """The index `add(item)` will give: its live or tombstone index, else the next new one."""
+        index = self.extra.get(item, self.removed.get(item))
+        return self.n_base + len(self.extra_ids) if index is None else index
+
     def add(self, item: str) -> int:
-        """A new id's index; published (visible to `lookup`) only after its rows are written."""
-        index = self.n_base + len(self.extra_ids)
-        self.extra_ids.append(item)
+        """A new id's index (its tombstone's when it was deleted); published (visible to `lookup`) only after
+        its rows are written."""
+        index = self.removed.pop(item, None)
+        if index is None:
+            index = self.n_base + len(self.extra_ids)
+            self.extra_ids.append(item)
         self.extra[item] = index
+        return index
+
+    def remove(self, item: str) -> int | None:
+        """Unpublishes a registered id (lookups find 0 from now on); returns its index, now a tombstone, or
+        None when the id is not registered."""
+        index = self.extra.pop(item, None)
+        if index is not None:
+            self.removed[item] = index
         return index
 
 
@@ -304,10 +336,18 @@ class Scorer:
 
     Items registered by other processes sharing the state store arrive through `sync_items` (called at the
     start of requests): at most one store query per `item_sync_s` seconds (0: every call; None: never, items
-    of other processes then arrive at a restart)."""
+    of other processes then arrive at a restart).
+
+    Registered items leave by `delete` (DELETE /items) or when their TTL passes (`ttl_s` of the item, else
+    `item_ttl_s`; the expiry sweep `expire_items` runs at the start of requests, at most once a second). Both
+    write a tombstone to the store first (other processes drop the item at their next sync; a restart does not
+    replay it), then unpublish the id here: it is looked up as 0, a cold start like an id never registered, and
+    retrieval skips its row (`alive`). The row stays (indices never move); registering the id again reuses it."""
+
+    EXPIRY_SWEEP_S = 1.0  # at most one expiry sweep per this many seconds (of `clock`)
 
     def __init__(self, bundle: Bundle, state: StateStore, retrieval_history: int = 20, fast_paths: bool = True,
-                 item_sync_s: float | None = 1.0):
+                 item_sync_s: float | None = 1.0, item_ttl_s: float | None = None):
         self.bundle = bundle
         self.state = state
         self.retrieval_history = retrieval_history
@@ -357,6 +397,20 @@ class Scorer:
         self._applied: dict[str, str] = {}
         self._item_seq = 0
         self.items_synced = 0  # items applied from other processes (new + replaced)
+        self.deletions_synced = 0  # items deleted (or expired) by other processes, dropped here
+        # deletion and expiry
+        if item_ttl_s is not None and not (item_ttl_s > 0 and math.isfinite(item_ttl_s)):
+            raise ValueError(f"item_ttl_s must be a number of seconds > 0, or None (items never expire), "
+                             f"not {item_ttl_s!r}")
+        self.item_ttl_s = item_ttl_s
+        self._delete_items = getattr(state, "delete_items", None)
+        # expiry times are unix seconds, stored in the item's document: every process sharing the store (and a
+        # restart) agrees on them, so they are read on the wall clock, not on `clock` (replaceable: tests)
+        self.wall_clock = time.time
+        self._next_sweep = -math.inf
+        self._expiry: dict[str, float] = {}  # live registered id -> when it expires (unix seconds)
+        self._expiry_heap: list[tuple[float, str]] = []  # (expiry, id); entries no longer in _expiry are stale
+        self.alive: AppendableRows | None = None  # False: a deleted item's row (a tombstone), never retrieved
         self.replayed = self.replay()
 
     # ids
@@ -368,7 +422,8 @@ class Scorer:
 
     @property
     def n_registered(self) -> int:
-        return len(self.ids.extra_ids)
+        """Registered items known now (deleted and expired ones not counted)."""
+        return len(self.ids.extra)
 
     def model_ids(self, batch) -> None:
         """Item indices of registered items (>= n_items, beyond the model's id tables) become 0, unknown, in
@@ -486,7 +541,9 @@ class Scorer:
     def register(self, items: list[NewItem]) -> tuple[dict | None, list[dict]]:
         """Validates every item (nothing is stored when one is invalid: the errors are returned), stores the
         new ones durably in the state store, then adds them to the item tables. An id known to the bundle
-        changes nothing (its tables stay as trained); an id registered before is replaced. Returns counts."""
+        changes nothing (its tables stay as trained); an id registered before is replaced; a deleted or expired
+        id is registered afresh (in its old row). An item's expiry (`ttl_s`, else the service's `item_ttl_s`,
+        from now) is stored with it. Returns counts."""
         rows, errors = [], []
         for i, item in enumerate(items):
             row, errs = self.prepare(item, ("items", i))
@@ -496,8 +553,15 @@ class Scorer:
             return None, errors
         in_bundle = self.bundle.item_vocab.lookup([it.id for it in items]) > 0
         known = [it.id for it, k in zip(items, in_bundle) if k]
-        entries = [(it.id, row) for it, row, k in zip(items, rows, in_bundle) if not k]
-        docs = [(it.id, it.model_dump_json(exclude_defaults=True)) for it, k in zip(items, in_bundle) if not k]
+        now = self.wall_clock()
+        entries, docs = [], []
+        for it, row, k in zip(items, rows, in_bundle):
+            if k:
+                continue
+            ttl = it.ttl_s if it.ttl_s is not None else self.item_ttl_s
+            expires = None if ttl is None else now + ttl  # registering again restarts the TTL
+            entries.append((it.id, row, expires))
+            docs.append((it.id, _item_doc(it, expires)))
         with self._registering:
             self.state.put_items(docs)
             registered, replaced = self._apply(entries)
@@ -509,12 +573,13 @@ class Scorer:
         """Registers the items stored by earlier runs (startup). Items that no longer fit the bundle (another
         bundle served on the same state: an id it now knows, a changed dimension) are skipped with a warning.
         Records the store's item sequence number read before loading: what is written meanwhile comes again
-        through sync_items (and is skipped there when loaded here with the same body)."""
+        through sync_items (and is skipped there when loaded here with the same body). Items whose expiry passed
+        while no process ran are loaded too: the first request's expiry sweep deletes them before it scores."""
         seq_of = getattr(self.state, "item_seq", None)
         with self._registering:
             self._item_seq = int(seq_of()) if seq_of is not None and self._items_since is not None else 0
             load = getattr(self.state, "load_items", None)
-            docs = load() if load is not None else []
+            docs = [(i, body) for i, body in (load() if load is not None else []) if body]
             if not docs:
                 return 0
             entries, bodies, known, skipped = self._stored_rows(docs)
@@ -524,14 +589,15 @@ class Scorer:
                  len(entries), known, skipped)
         return len(entries)
 
-    def _stored_rows(self, docs: list[tuple[str, str]]) -> tuple[list[tuple[str, dict]], dict[str, str], int, int]:
-        """The item table rows of stored items (id, JSON document): (entries for _apply, id -> body of those,
-        ids the bundle knows, items skipped with a warning as invalid or not fitting this bundle)."""
+    def _stored_rows(self, docs: list[tuple[str, str]]) -> tuple[list[tuple[str, dict, float | None]], dict[str, str],
+                                                                 int, int]:
+        """The item table rows of stored items (id, JSON document): (entries for _apply: id, rows, expiry; id ->
+        body of those; ids the bundle knows; items skipped with a warning as invalid or not fitting this bundle)."""
         entries, bodies, skipped, known = [], {}, 0, 0
         for item_id, body in docs:
             try:
-                item = NewItem.model_validate_json(body)
-            except ValidationError as e:
+                item, expires = _read_doc(body)
+            except ValueError as e:  # pydantic's ValidationError and json's errors are ValueErrors
                 log.warning("stored item %r is not a valid item (%s); skipped", item_id, str(e).splitlines()[0])
                 skipped += 1
                 continue
@@ -543,24 +609,39 @@ class Scorer:
                 log.warning("stored item %r does not fit this bundle (%s); skipped", item.id, errs[0]["msg"])
                 skipped += 1
                 continue
-            entries.append((item.id, row))
+            entries.append((item.id, row, expires))
             bodies[item.id] = body
         return entries, bodies, known, skipped
 
+    def refresh_items(self) -> dict[str, int]:
+        """At the start of a request: the items other processes registered, replaced or deleted since the last
+        sync (`sync_items`), then the expiry sweep (`expire_items`); both throttled, so most calls cost two clock
+        reads. Returns counts for the metrics: registered, replaced, deleted (by other processes, or expired
+        in the store before this process's sweep got to them), expired (deleted in the store by this sweep)."""
+        registered, replaced, deleted = self._sync(False)
+        expired, gone = self.expire_items()
+        return {"registered": registered, "replaced": replaced, "deleted": deleted + gone, "expired": expired}
+
     def sync_items(self, force: bool = False) -> tuple[int, int]:
         """Applies the items other processes sharing the state store wrote since the last sync: returns
-        (new ids, replaced). At most one store query per item_sync_s seconds, unless `force`: between those
-        a call costs a clock read. A call while another thread registers or syncs returns at once (that
-        thread holds the lock; the next call after it catches up) rather than queueing requests behind it.
-        A failing store is logged and the request goes on with the items already known."""
+        (new ids, replaced); deleted ones are dropped (counted in `deletions_synced`). At most one store query
+        per item_sync_s seconds, unless `force`: between those a call costs a clock read. A call while another
+        thread registers or syncs returns at once (that thread holds the lock; the next call after it catches
+        up) rather than queueing requests behind it. A failing store is logged and the request goes on with
+        the items already known."""
+        registered, replaced, _ = self._sync(force)
+        return registered, replaced
+
+    def _sync(self, force: bool) -> tuple[int, int, int]:
+        """sync_items, returning (new ids, replaced, deleted)."""
         if self.item_sync_s is None or (not force and self.clock() < self._next_sync):
-            return 0, 0
+            return 0, 0, 0
         if not self._registering.acquire(blocking=False):
-            return 0, 0
+            return 0, 0, 0
         try:
             now = self.clock()
             if not force and now < self._next_sync:  # another thread synced while this one got the lock
-                return 0, 0
+                return 0, 0, 0
             self._next_sync = now + self.item_sync_s
             try:
                 docs, seq = self._items_since(self._item_seq)
@@ -571,24 +652,124 @@ class Scorer:
             except Exception as e:  # noqa: BLE001 - scoring goes on with the items it has; retried next interval
                 log.warning("could not read items registered by other processes from the %s state store: %s",
                             getattr(self.state, "kind", "?"), e)
-                return 0, 0
+                return 0, 0, 0
             # own registrations and items seen before come back with the body applied here: not applied again
-            # (a replacement would drop MMBee's memoised content for nothing)
-            changed = [(i, body) for i, body in docs if self._applied.get(i) != body]
+            # (a replacement would drop MMBee's memoised content for nothing). Tombstones (body None) of ids
+            # known here drop them; of ids unknown here (own deletions among them) change nothing. Each id
+            # comes once, in its latest state, so the two lists commute
+            changed = [(i, body) for i, body in docs if body is not None and self._applied.get(i) != body]
+            deleted = len(self._remove([i for i, body in docs if body is None]))
             entries, bodies, _, _ = self._stored_rows(changed)
             registered, replaced = self._apply(entries)
             self._applied.update(bodies)
             self._item_seq = seq
             self.items_synced += registered + replaced
+            self.deletions_synced += deleted
         finally:
             self._registering.release()
-        if registered or replaced:
-            log.info("applied %d new and %d replaced items registered by other processes", registered, replaced)
-        return registered, replaced
+        if registered or replaced or deleted:
+            log.info("applied %d new, %d replaced and %d deleted items of other processes", registered, replaced,
+                     deleted)
+        return registered, replaced, deleted
+
+    def delete(self, ids: list[str]) -> dict[str, str]:
+        """Deletes registered items: durably in the state store first (a tombstone that other processes sync
+        and that keeps a restart from replaying the item), then here. Returns, for each distinct id in order,
+        'deleted' (the store had it, or this process still knew it: it is unknown from now on), 'not_registered'
+        (never registered, or deleted or expired before) or 'bundle_item' (the bundle's items are part of the
+        exported model, which stays as trained: never deleted). Raises NotImplementedError for a state store
+        without delete_items."""
+        unique = list(dict.fromkeys(ids))
+        in_bundle = self.bundle.item_vocab.lookup(unique) > 0 if unique else np.zeros(0, bool)
+        out = {i: "bundle_item" for i, k in zip(unique, in_bundle) if k}
+        ours = [i for i, k in zip(unique, in_bundle) if not k]
+        if ours:
+            if self._delete_items is None:
+                raise NotImplementedError(f"the {getattr(self.state, 'kind', type(self.state).__name__)} state store "
+                                          "cannot delete items (it has no delete_items)")
+            with self._registering:
+                stored = set(self._delete_items(ours))
+                removed = set(self._remove(ours))
+            for i in ours:
+                out[i] = "deleted" if i in stored or i in removed else "not_registered"
+        return {i: out[i] for i in unique}
+
+    def expire_items(self, force: bool = False) -> tuple[int, int]:
+        """Deletes the registered items whose expiry time (unix seconds, `wall_clock`) has passed: in the state
+        store, only while the stored registration is the one that expired (another process may have registered
+        the id again, with a later expiry, since this one last synced), then here. At most one sweep per
+        EXPIRY_SWEEP_S seconds of `clock` unless `force`; a call between sweeps, or with no expiring item,
+        costs a clock read at most. The due items come off a heap ordered by expiry: a sweep reads only them,
+        never every item. Returns (expired: deleted in the store by this sweep; dropped here only: the store
+        had deleted or replaced them already). A failing store is logged and the items stay (a deletion
+        happens in the store first, or not at all) until the next sweep, a second later."""
+        if not self._expiry_heap or (not force and self.clock() < self._next_sweep):
+            return 0, 0
+        if not self._registering.acquire(blocking=False):  # a registration, sync or sweep is under way
+            return 0, 0
+        try:
+            now = self.clock()
+            if not force and now < self._next_sweep:
+                return 0, 0
+            self._next_sweep = now + self.EXPIRY_SWEEP_S
+            wall, heap, due = self.wall_clock(), self._expiry_heap, {}
+            while heap and heap[0][0] <= wall:
+                t, item = heapq.heappop(heap)
+                if self._expiry.get(item) == t:  # else stale: registered again with another expiry, or deleted
+                    due[item] = t
+            if not due:
+                return 0, 0
+            ids = list(due)
+            try:
+                stored = set(self._delete_items(ids, [self._applied[i] for i in ids])) if self._delete_items else set()
+            except Exception as e:  # noqa: BLE001 - requests go on; the next sweep tries again
+                for item, t in due.items():
+                    heapq.heappush(heap, (t, item))
+                log.warning("could not delete %d expired items in the %s state store (retried at the next sweep): "
+                            "%s", len(ids), getattr(self.state, "kind", "?"), e)
+                return 0, 0
+            removed = self._remove(ids)
+            dropped = len(set(removed) - stored)  # the store had deleted or replaced them: another process's doing
+            self.deletions_synced += dropped
+        finally:
+            self._registering.release()
+        log.info("%d registered items expired (%d deleted in the state store by this process)", len(removed),
+                 len(stored))
+        return len(stored), dropped
+
+    def _set_expiry(self, item: str, expires: float | None) -> None:
+        """Records a live item's expiry (None: never); the old heap entry goes stale. Under _registering."""
+        if expires is None:
+            self._expiry.pop(item, None)
+            return
+        self._expiry[item] = expires
+        heapq.heappush(self._expiry_heap, (expires, item))
+        if len(self._expiry_heap) > 2 * len(self._expiry) + 64:  # mostly stale entries (TTLs refreshed): rebuild
+            self._expiry_heap = [(t, i) for i, t in self._expiry.items()]
+            heapq.heapify(self._expiry_heap)
+
+    def _remove(self, ids: list[str]) -> list[str]:
+        """Unpublishes the live registered ids among `ids`: lookups find 0 from now on (a cold start, as an id
+        never registered), retrieval skips their rows (`alive`), their expiry and applied body are forgotten,
+        and MMBee drops their memoised content. The rows stay as tombstones (other items' indices never move);
+        the id registered again takes its row back. Returns the ids removed. Under _registering."""
+        live = [i for i in dict.fromkeys(ids) if i in self.ids.extra]
+        if not live:
+            return []
+        with self._rw.write():
+            indices = [self.ids.remove(item) for item in live]
+            for index in indices:
+                self.alive[index] = False
+            if self.memo and hasattr(self.model, "forget"):
+                self.model.forget(indices)
+        for item in live:
+            self._expiry.pop(item, None)
+            self._applied.pop(item, None)
+        return live
 
     def _tables(self) -> list[AppendableRows]:
         out = [arr for group in SIDE_GROUPS for arr in getattr(self.side, group).values()]
-        return out + [t for t in (self.vectors, self.has_vector) if t is not None]
+        return out + [t for t in (self.vectors, self.has_vector, self.alive) if t is not None]
 
     def _make_growable(self) -> None:
         """At the first registered item: every item table becomes an AppendableRows over the bundle's array
@@ -606,6 +787,7 @@ class Scorer:
         if self.vectors is not None:
             self.vectors = AppendableRows(self.vectors)
             self.has_vector = AppendableRows(np.zeros(self.n_items, dtype=bool))
+        self.alive = AppendableRows(np.ones(self.n_items, dtype=bool))
         self._growable = True
 
     @torch.inference_mode()
@@ -633,44 +815,47 @@ class Scorer:
             return np.zeros((len(rows), d), dtype=np.float32)
         return normalise(vec) if vec.shape[1] == d else np.zeros((len(rows), d), dtype=np.float32)
 
-    def _apply(self, entries: list[tuple[str, dict]]) -> tuple[int, int]:
-        """Adds (id, rows) to the item tables and the vocabulary, latest wins; returns (new ids, replaced)."""
+    def _apply(self, entries: list[tuple[str, dict, float | None]]) -> tuple[int, int]:
+        """Adds (id, rows, expiry) to the item tables and the vocabulary, latest wins; returns (new ids,
+        replaced). A deleted id comes back as new, in its tombstone's row. Under _registering."""
         if not entries:
             return 0, 0
-        latest: dict[str, dict] = {}
+        latest: dict[str, tuple[dict, float | None]] = {}
         registered = replaced = 0
-        for item_id, row in entries:
+        for item_id, row, expires in entries:
             if item_id in latest or item_id in self.ids.extra:
                 replaced += 1
             else:
                 registered += 1
-            latest[item_id] = row
-        vectors = self._retrieval_vectors(list(latest.values()))
+            latest[item_id] = (row, expires)
+        vectors = self._retrieval_vectors([row for row, _ in latest.values()])
         with self._rw.write():
             self._make_growable()
-            fresh = [i for i in latest if i not in self.ids.extra]
-            total = self.n_registered + len(fresh)
+            fresh = [i for i in latest if i not in self.ids.extra and i not in self.ids.removed]
+            total = len(self.ids.extra_ids) + len(fresh)
             for table in self._tables():
                 table.reserve(total)
             again: list[int] = []
-            next_index = len(self.ids)
-            for j, (item_id, row) in enumerate(latest.items()):
-                index = self.ids.extra.get(item_id)
-                if index is None:
-                    index, next_index = next_index, next_index + 1
-                else:
-                    again.append(index)
+            for j, (item_id, (row, _)) in enumerate(latest.items()):
+                index = self.ids.index_for(item_id)
+                if item_id in self.ids.extra or item_id in self.ids.removed:
+                    again.append(index)  # replaced content, or a tombstone's row taken back
                 for group in SIDE_GROUPS:
                     for name, value in row[group].items():
                         getattr(self.side, group)[name][index] = value
                 if vectors is not None:
                     self.vectors[index] = vectors[j]
                     self.has_vector[index] = bool(np.any(vectors[j]))
+                self.alive[index] = True
                 if item_id not in self.ids.extra:
                     added = self.ids.add(item_id)  # rows first, then the id: a lookup never finds a half-written item
                     assert added == index, (added, index)
             if again and self.memo and hasattr(self.model, "forget"):
-                self.model.forget(again)  # MMBee's memoised MFQ vectors of replaced content
+                # MMBee's memoised MFQ vectors of replaced content; of a reused row too (a request that looked the
+                # id up before its deletion may have memoised the old content under that index since)
+                self.model.forget(again)
+        for item_id, (_, expires) in latest.items():
+            self._set_expiry(item_id, expires)
         return registered, replaced
 
     # histories
@@ -839,14 +1024,16 @@ class Scorer:
         out: list[int] = []
         seen = set(exclude)
         seen.add(0)
-        n = min(n, len(self.ids) - 1)
-        m = self.n_registered
+        n = min(n, self.ids.n_base - 1 + self.n_registered)
+        m = len(self.ids.extra_ids)  # appended rows, tombstones (deleted items: alive False) included
+        live = self.alive.extra[:m] if m else None
+        # the bundle's items (faiss, popular) are never deleted; registered ones are read only where alive
         if self.group is not None and len(query_items):
             codes = set(self.group[query_items[-self.retrieval_history:]].tolist()) - {0}
             if codes:
                 same = b.popular[np.isin(self.group[b.popular], list(codes))]
                 if m:
-                    new = np.flatnonzero(np.isin(self.group.extra[:m], list(codes)))[::-1] + self.n_items
+                    new = np.flatnonzero(np.isin(self.group.extra[:m], list(codes)) & live)[::-1] + self.n_items
                     same = np.concatenate([new, same])
                 for item in same[: max(1, n // 4)].tolist():
                     if item not in seen:
@@ -866,7 +1053,7 @@ class Scorer:
                 found = [(float(s), int(i) + 1) for s, i in zip(sims[0], ids[0]) if i >= 0]
                 if m and self.has_vector is not None:
                     sim = self.vectors.extra[:m] @ q
-                    sim[~self.has_vector.extra[:m]] = -np.inf
+                    sim[~(self.has_vector.extra[:m] & live)] = -np.inf
                     top = min(m, want + len(seen))
                     best = np.argpartition(-sim, top - 1)[:top] if top < m else np.arange(m)
                     found += [(float(sim[j]), self.n_items + int(j)) for j in best if np.isfinite(sim[j])]
@@ -955,9 +1142,11 @@ class Metrics:
                     lines.append(f'{name}_count{{{label}="{e(value)}"}} {h[-1]}')
             helps = {"modalrec_events_total": "Events received by /events, by result (accepted, duplicate).",
                      "modalrec_items_total": "Items received by /items, by result (registered, replaced, "
-                                             "known_to_bundle).",
-                     "modalrec_items_synced_total": "Items registered by other processes sharing the state store "
-                                                    "and applied here, by result (registered, replaced).",
+                                             "known_to_bundle, deleted), and expired: deleted by this process's "
+                                             "TTL sweep.",
+                     "modalrec_items_synced_total": "Items registered or deleted by other processes sharing the state "
+                                                    "store and applied here, by result (registered, replaced, "
+                                                    "deleted).",
                      "modalrec_cold_starts_total": "Requests or events about users/items unknown to the bundle."}
             for name, help_ in helps.items():
                 lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
@@ -1182,6 +1371,32 @@ class NewItem(_Strict):
     tokens: dict[Name, Annotated[list[Vector], Field(max_length=1024)]] = Field(
         default_factory=dict, max_length=64, description="token modality -> its precomputed token vectors (frames, "
         "comments), at most the model's token count T, each of its dimension; [] or left out: absent")
+    ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="seconds from this registration after which the item expires: it is then deleted "
+        "(as by DELETE /items/{id}) on every service process sharing the state store, within about a second of "
+        "that time. Default: the service's --item-ttl (none: never). Registering the id again restarts it")
+
+
+def _item_doc(item: NewItem, expires_at: float | None) -> str:
+    """The stored JSON document of a registered item: the validated request item, plus `expires_at` (unix
+    seconds) when it expires. An absolute time in the document, so every process sharing the store, and every
+    restart, agrees on when the item expires, whatever its own --item-ttl."""
+    body = item.model_dump_json(exclude_defaults=True)
+    if expires_at is None:
+        return body
+    return f'{body[:-1]},"expires_at":{json.dumps(float(expires_at))}}}'  # the object's last member
+
+
+def _read_doc(body: str) -> tuple[NewItem, float | None]:
+    """(item, expiry) of a stored document (`_item_doc`); ValueError when it is not one."""
+    d = json.loads(body)
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, found {type(d).__name__}")  # noqa: TRY004 - one error kind
+    expires = d.pop("expires_at", None)
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
+                                or not math.isfinite(expires)):
+        raise ValueError(f"expires_at must be unix seconds, found {expires!r}"[:200])
+    return NewItem.model_validate(d), None if expires is None else float(expires)
 
 
 class ItemsRequest(_Strict):
@@ -1199,6 +1414,37 @@ class ItemsResponse(BaseModel):
     known_to_bundle: int = Field(..., description="ids the bundle knows: nothing changed, its tables stay as trained")
     known_ids: list[str] = Field(..., description="those ids")
     items: int = Field(..., description="items registered with the service in all")
+
+
+DeleteResult = Literal["deleted", "not_registered", "bundle_item"]
+
+
+class DeleteItemResponse(BaseModel):
+    id: str
+    result: Literal["deleted"] = Field("deleted", description="unknown from now on (durable when this response is "
+                                                               "sent): scored as a cold start, never retrieved")
+    items: int = Field(..., description="items registered with the service in all, after the deletion")
+
+
+class DeleteItemsRequest(_Strict):
+    ids: list[Id] = Field(..., min_length=1, max_length=MAX_NEW_ITEMS, description="registered item ids to delete")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": ["seg-123", "seg-124"]}]})
+
+
+class DeletedItem(BaseModel):
+    id: str
+    result: DeleteResult = Field(..., description="deleted: unknown from now on; not_registered: nothing to delete "
+                                                  "(never registered, or deleted or expired before); bundle_item: "
+                                                  "part of the exported model, not deletable")
+
+
+class DeleteItemsResponse(BaseModel):
+    deleted: int = Field(..., description="ids deleted (durable when this response is sent)")
+    not_registered: int = Field(..., description="ids neither registered nor known to the bundle: nothing to do")
+    bundle_items: int = Field(..., description="ids the bundle knows: unchanged (the exported model's items)")
+    results: list[DeletedItem] = Field(..., description="one per distinct id, in request order")
+    items: int = Field(..., description="items registered with the service in all, after the deletion")
 
 
 class Context(_Strict):
@@ -1295,14 +1541,16 @@ def default_state_url(bundle_dir: Path) -> str:
 
 def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: str | None = None, *,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
-               rate_burst: float | None = None, item_sync_s: float | None = 1.0):
+               rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
     bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
     `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
     with Retry-After above it; None: no limit. `item_sync_s`: how often (seconds) /recommend, /score and
     /items look in the state store for items registered by other processes sharing it (0: at every request;
-    None: never, they then arrive at a restart)."""
+    None: never, they then arrive at a restart). `item_ttl_s`: seconds after which a registered item without its
+    own `ttl_s` expires (None: never)."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -1317,7 +1565,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     except ImportError:  # pragma: no cover
         pass
     state = open_state(state_url or default_state_url(Path(bundle_dir)))
-    scorer = Scorer(bundle, state, item_sync_s=item_sync_s)
+    scorer = Scorer(bundle, state, item_sync_s=item_sync_s, item_ttl_s=item_ttl_s)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     metrics = Metrics()
     metrics.info = {"model": bundle.model_name, "task": bundle.task, "seed": str(bundle.manifest.get("seed")),
@@ -1379,12 +1627,14 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         return unprocessable(exc.errors)
 
     def sync_items() -> None:
-        """Items registered by other processes sharing the state store (throttled: see Scorer.sync_items)."""
-        registered, replaced = scorer.sync_items()
-        if registered:
-            metrics.inc("modalrec_items_synced_total", "result", "registered", registered)
-        if replaced:
-            metrics.inc("modalrec_items_synced_total", "result", "replaced", replaced)
+        """Items registered or deleted by other processes sharing the state store, then expired items
+        (throttled: see Scorer.refresh_items)."""
+        changes = scorer.refresh_items()
+        for result in ("registered", "replaced", "deleted"):
+            if changes[result]:
+                metrics.inc("modalrec_items_synced_total", "result", result, changes[result])
+        if changes["expired"]:
+            metrics.inc("modalrec_items_total", "result", "expired", changes["expired"])
 
     def stage(name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -1459,6 +1709,46 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             if res[result]:
                 metrics.inc("modalrec_items_total", "result", result, res[result])
         return ItemsResponse(**res)
+
+    def delete_items(ids: list[str]) -> dict[str, str]:
+        sync_items()
+        t0 = time.perf_counter()
+        try:
+            results = scorer.delete(ids)
+        except NotImplementedError as e:
+            raise HTTPException(501, str(e)) from None
+        stage("items", t0)
+        deleted = sum(r == "deleted" for r in results.values())
+        if deleted:
+            metrics.inc("modalrec_items_total", "result", "deleted", deleted)
+        return results
+
+    @app.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"],
+                dependencies=[Depends(require_key)],
+                responses={404: {"description": "the id is not registered (never, or deleted or expired before)"},
+                           409: {"description": "the id is the bundle's: part of the exported model, not deletable"}},
+                summary="Delete an item registered through POST /items: unknown from now on (a cold start, never "
+                        "retrieved) on every process sharing the state store; acknowledged once durably stored")
+    def delete_item(item_id: str = PathParam(..., min_length=1, max_length=256)) -> DeleteItemResponse:
+        result = delete_items([item_id])[item_id]
+        if result == "bundle_item":
+            raise HTTPException(409, f"item '{item_id}' is part of the exported bundle: the trained model's items "
+                                     "stay as exported; only items registered through POST /items can be deleted")
+        if result == "not_registered":
+            raise HTTPException(404, f"item '{item_id}' is not registered: POST /items never registered it, or it "
+                                     "was deleted or expired before")
+        return DeleteItemResponse(id=item_id, items=scorer.n_registered)
+
+    @app.post("/items/delete", response_model=DeleteItemsResponse, tags=["items"], dependencies=[Depends(require_key)],
+              summary="Delete several registered items; reports each id (deleted, not_registered, bundle_item) "
+                      "without failing the batch; acknowledged once durably stored")
+    def delete_items_batch(req: DeleteItemsRequest) -> DeleteItemsResponse:
+        results = delete_items(req.ids)
+        counts = {r: sum(v == r for v in results.values()) for r in ("deleted", "not_registered", "bundle_item")}
+        return DeleteItemsResponse(deleted=counts["deleted"], not_registered=counts["not_registered"],
+                                   bundle_items=counts["bundle_item"],
+                                   results=[DeletedItem(id=i, result=r) for i, r in results.items()],
+                                   items=scorer.n_registered)
 
     def sequence(user: str, uidx: int, ctx: Context, explicit: list[HistoryEvent] | None):
         before = to_seconds(ctx.time)
@@ -1545,14 +1835,16 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
 
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,
           api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
-          rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0) -> None:
+          rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0,
+          item_ttl_s: float | None = None) -> None:
     """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
-    processes can share one state store: items registered through one reach the others within `item_sync_s`
-    seconds (see create_app)."""
+    processes can share one state store: items registered or deleted through one reach the others within
+    `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own
+    (see create_app)."""
     import uvicorn
 
     app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
-                     item_sync_s=item_sync_s)
+                     item_sync_s=item_sync_s, item_ttl_s=item_ttl_s)
     # the bundle's objects live as long as the process: moved out of the collector's generations, a full
     # collection during a request no longer walks them (tail latency)
     gc.collect()

@@ -33,6 +33,14 @@ transaction; Redis: one Lua script HSETs the body, INCRs `{PREFIX:items}:seq` an
 `{PREFIX:items}:log` scored by that number). A process remembers the last number it applied and asks
 `items_since(n)` for what changed after it. Items written before the sequence existed (older stores)
 carry number 0: `load_items` returns them at startup, `items_since` never does.
+
+Deleting an item (`delete_items`: DELETE /items/ID, or the expiry of its TTL) is a write of the same log: it
+takes the next sequence number, so `items_since` returns the id with body None (a tombstone) and every process
+drops it at its next sync; `load_items` no longer returns it, so a restart does not bring it back. SQLite keeps
+the row with an empty body (the tombstone carries the number; a row is never removed, so MAX(seq) never goes
+back, and an older service reading the file skips the empty body as an invalid item rather than replaying it);
+Redis HDELs the body and logs the id (a logged id without a body is a tombstone). A tombstone costs one small
+row (SQLite) or log entry (Redis) per deleted id; registering the id again overwrites it.
 """
 
 from __future__ import annotations
@@ -98,11 +106,18 @@ class StateStore(Protocol):
         replaced (the latest registration wins), in list order."""
 
     def load_items(self) -> list[tuple[str, str]]:
-        """Every registered item (id, JSON document), the latest registration of each id."""
+        """Every registered item not deleted since (id, JSON document), the latest registration of each id."""
 
-    def items_since(self, seq: int) -> tuple[list[tuple[str, str]], int]:
-        """The items (id, latest JSON document) written after item sequence number `seq`, in sequence order,
-        each id once; and the store's current item sequence number (what to ask for next time)."""
+    def delete_items(self, ids: list[str], if_body: list[str] | None = None) -> list[str]:
+        """Deletes registered items durably before returning, each deletion a write of the item sequence (a
+        tombstone `items_since` returns); returns the ids that were stored (and are deleted now), in list
+        order; ids not stored (never registered, deleted before) are skipped. With `if_body` (one document per
+        id) an id is deleted only while its stored document is that one: the expiry sweep of a process must not
+        delete a registration another process made after the one that expired."""
+
+    def items_since(self, seq: int) -> tuple[list[tuple[str, str | None]], int]:
+        """The items (id, latest JSON document; None: deleted) written after item sequence number `seq`, in
+        sequence order, each id once; and the store's current item sequence number (what to ask for next time)."""
 
     def item_seq(self) -> int:
         """The store's current item sequence number (0: no item written since the sequence exists)."""
@@ -304,7 +319,8 @@ class SQLiteState:
             con.execute("BEGIN IMMEDIATE")
             try:
                 # the file's write lock is held from here to COMMIT (every process): the next numbers are ours.
-                # Rows are never deleted and a rewrite only raises a row's seq, so MAX never goes back
+                # Rows are never deleted (a deletion leaves a tombstone row) and a rewrite only raises a row's
+                # seq, so MAX never goes back
                 base = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
                 con.executemany("INSERT INTO items(id, body, updated, seq) VALUES (?, ?, ?, ?) ON CONFLICT(id) "
                                 "DO UPDATE SET body = excluded.body, updated = excluded.updated, seq = excluded.seq",
@@ -314,11 +330,41 @@ class SQLiteState:
                 con.execute("ROLLBACK")
                 raise
 
-    def load_items(self) -> list[tuple[str, str]]:
-        # rowid: first registration order (an upsert keeps the row), so a restart assigns the same order
-        return [(r[0], r[1]) for r in self._con().execute("SELECT id, body FROM items ORDER BY rowid")]
+    def delete_items(self, ids: list[str], if_body: list[str] | None = None) -> list[str]:
+        if not ids:
+            return []
+        if if_body is not None and len(if_body) != len(ids):
+            raise ValueError(f"delete_items: {len(ids)} ids but {len(if_body)} documents to compare")
+        con = self._con()
+        now = time.time()
+        deleted: list[str] = []
+        with self._write:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+                for k, item in enumerate(ids):
+                    # the row stays as a tombstone (empty body) carrying the deletion's number: items_since
+                    # reports it, load_items skips it, and MAX(seq) cannot go back
+                    sql = "UPDATE items SET body = '', updated = ?, seq = ? WHERE id = ? AND body != ''"
+                    args: tuple = (now, seq + 1, item)
+                    if if_body is not None:
+                        sql += " AND body = ?"
+                        args += (if_body[k],)
+                    if con.execute(sql, args).rowcount:
+                        seq += 1
+                        deleted.append(item)
+                con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as registrations
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return deleted
 
-    def items_since(self, seq: int) -> tuple[list[tuple[str, str]], int]:
+    def load_items(self) -> list[tuple[str, str]]:
+        # rowid: first registration order (an upsert keeps the row), so a restart assigns the same order;
+        # tombstones (deleted items: empty body) are not replayed
+        return [(r[0], r[1]) for r in self._con().execute("SELECT id, body FROM items WHERE body != '' ORDER BY rowid")]
+
+    def items_since(self, seq: int) -> tuple[list[tuple[str, str | None]], int]:
         con = self._con()
         # one read transaction: the rows and the current number come from one snapshot of the WAL, so a
         # write committed in between is neither missed nor counted as read
@@ -328,7 +374,7 @@ class SQLiteState:
             current = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
         finally:
             con.execute("COMMIT")
-        return [(r[0], r[1]) for r in rows], current
+        return [(r[0], r[1] or None) for r in rows], current
 
     def item_seq(self) -> int:
         return int(self._con().execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
@@ -377,6 +423,22 @@ end
 return seq
 """
 
+# KEYS: as _PUT_ITEMS_LUA; ARGV: id1, expected body1 ('' = any), id2, ... -> the ids deleted. A deleted id
+# loses its body and is logged with a new number: a logged id without a body is a tombstone
+_DELETE_ITEMS_LUA = """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and (ARGV[i + 1] == '' or cur == ARGV[i + 1]) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('ZADD', KEYS[3], seq, ARGV[i])
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+"""
+
 # KEYS: as _PUT_ITEMS_LUA; ARGV: the sequence number read last -> {current number, id1, body1, ...}
 _ITEMS_SINCE_LUA = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
@@ -411,6 +473,7 @@ class RedisState:
         self._append = self.client.register_script(_APPEND_LUA)
         self._put_items = self.client.register_script(_PUT_ITEMS_LUA)
         self._items_since = self.client.register_script(_ITEMS_SINCE_LUA)
+        self._delete_items = self.client.register_script(_DELETE_ITEMS_LUA)
         self._warn_durability()
 
     def _warn_durability(self) -> None:
@@ -514,14 +577,24 @@ class RedisState:
         # one script: bodies, sequence numbers and log land together (a batch is atomic, as MULTI/EXEC was)
         self._put_items(keys=self._item_keys(), args=[x for i, body in items for x in (i, body)])
 
+    def delete_items(self, ids: list[str], if_body: list[str] | None = None) -> list[str]:
+        if not ids:
+            return []
+        if if_body is not None and len(if_body) != len(ids):
+            raise ValueError(f"delete_items: {len(ids)} ids but {len(if_body)} documents to compare")
+        # one script: the bodies go, the numbers and the log entries come, together (atomic, as put_items);
+        # a stored body is never '' (a JSON document), so '' means "whatever is stored"
+        expected = if_body if if_body is not None else [""] * len(ids)
+        return list(self._delete_items(keys=self._item_keys(), args=[x for pair in zip(ids, expected) for x in pair]))
+
     def load_items(self) -> list[tuple[str, str]]:
         return sorted(self.client.hscan_iter(f"{self.prefix}:items", count=1000))
 
-    def items_since(self, seq: int) -> tuple[list[tuple[str, str]], int]:
+    def items_since(self, seq: int) -> tuple[list[tuple[str, str | None]], int]:
         res = self._items_since(keys=self._item_keys(), args=[int(seq)])
         flat = res[1:]
-        # an id in the log whose body was deleted by hand comes back empty: nothing to apply
-        return [(flat[k], flat[k + 1]) for k in range(0, len(flat), 2) if flat[k + 1]], int(res[0])
+        # an id in the log without a body was deleted (delete_items, or by hand): a tombstone, body None
+        return [(flat[k], flat[k + 1] or None) for k in range(0, len(flat), 2)], int(res[0])
 
     def item_seq(self) -> int:
         return int(self.client.get(self._item_keys()[1]) or 0)
