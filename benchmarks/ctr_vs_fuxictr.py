@@ -2,7 +2,7 @@
 
 Run (from the repository root, with the project's virtualenv):
     .venv/bin/python benchmarks/ctr_vs_fuxictr.py [--epochs 3] [--batch-size 1024] [--models din,dcnv2]
-        [--threads 2] [--fuxictr-workers 1] [--text] [--skip-install] [--data PATH]
+        [--threads 2] [--fuxictr-workers 1] [--seeds 0,1,2] [--text] [--skip-install] [--data PATH]
 
 What it does (idempotent; the FuxiCTR virtualenv is reused when it is already right):
 1. Installs `fuxictr==2.3.10` (+ `polars<2`, torch pinned to 2.13.0, installed first so pip never
@@ -64,6 +64,8 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "benchmarks/.venvs/fuxictr"
@@ -374,13 +376,29 @@ def score(pred_file: Path, labels) -> dict:
     return {"auc": float(roc_auc_score(labels, p)), "logloss": float(log_loss(labels, p))}
 
 
+def over_seeds(runs: list[dict]) -> dict:
+    """One library's runs of one model over seeds: the means of every number (the keys of one run, so the
+    table and the acceptance read means), AUC's standard deviation and per-seed values, and the runs."""
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed":
+            out[k] = float(np.mean([r[k] for r in runs]))
+    out.pop("seed", None)
+    out["seeds"] = [r["seed"] for r in runs]
+    out["auc_runs"] = [r["auc"] for r in runs]
+    out["auc_std"] = float(np.std(out["auc_runs"]))
+    out["runs"] = runs
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = ["| model | library | AUC | logloss | train samples/s | train samples/CPU-s | eval s (test) | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|"]
     for model in res["settings"]["models"]:
         for lib in ("modalrec", "fuxictr"):
             r = res["results"][lib][model]
-            lines.append(f"| {model} | {lib} | {r['auc']:.4f} | {r['logloss']:.4f} | "
+            auc = f"{r['auc']:.4f}" + (f" ± {r['auc_std']:.4f}" if len(r.get("auc_runs", [])) > 1 else "")
+            lines.append(f"| {model} | {lib} | {auc} | {r['logloss']:.4f} | "
                          f"{r['train_samples_per_s']:,.0f} | {r['train_samples_per_cpu_s']:,.0f} | {r['eval_seconds']:.2f} | {r['peak_rss_mb']:.0f} |")
     lines.append("")
     for model in res["settings"]["models"]:
@@ -407,6 +425,8 @@ def main() -> None:
     ap.add_argument("--fuxictr-workers", type=int, default=1,
                     help="DataLoader workers of FuxiCTR's LongCTRDataLoader (its default: 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed): every library and "
+                    "model runs once per seed; the table and the acceptance read the means over seeds")
     ap.add_argument("--text", action="store_true", help="add the MiniLM item text vector on both sides")
     ap.add_argument("--init", choices=["fuxictr", "own"], default="fuxictr",
                     help="modalrec's initialisation: FuxiCTR's scheme (default) or modalrec's own")
@@ -428,20 +448,27 @@ def main() -> None:
           f"({time.perf_counter() - t0:.1f}s)", flush=True)
     labels = task.splits["test"].labels.astype("float64")
 
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     results: dict = {"modalrec": {}, "fuxictr": {}}
     check = None
     for model in models:
-        for lib in ("fuxictr", "modalrec"):
-            t0 = time.perf_counter()
-            r = run_fuxictr(py, args, model, meta) if lib == "fuxictr" else run_modalrec(args, model, meta)
-            r.update(score(WORK / "runs" / f"{lib}-{model}" / "pred_test.npy", labels))
-            r["wall_seconds"] = time.perf_counter() - t0
-            results[lib][model] = r
-            if lib == "fuxictr" and check is None:
-                check = check_fuxictr_batch(task, WORK / "runs" / f"fuxictr-{model}" / "first_test_batch.npz")
-            print(f"{lib:8s} {model:6s} auc={r['auc']:.4f} logloss={r['logloss']:.4f} "
-                  f"train={r['train_samples_per_s']:,.0f}/s eval={r['eval_seconds']:.2f}s "
-                  f"rss={r['peak_rss_mb']:.0f}MB", flush=True)
+        runs: dict[str, list[dict]] = {"fuxictr": [], "modalrec": []}
+        for seed in seeds:
+            args.seed = seed
+            for lib in ("fuxictr", "modalrec"):
+                t0 = time.perf_counter()
+                r = run_fuxictr(py, args, model, meta) if lib == "fuxictr" else run_modalrec(args, model, meta)
+                r.update(score(WORK / "runs" / f"{lib}-{model}" / "pred_test.npy", labels))
+                r["wall_seconds"] = time.perf_counter() - t0
+                r["seed"] = seed
+                runs[lib].append(r)
+                if lib == "fuxictr" and check is None:
+                    check = check_fuxictr_batch(task, WORK / "runs" / f"fuxictr-{model}" / "first_test_batch.npz")
+                print(f"{lib:8s} {model:6s} seed {seed} auc={r['auc']:.4f} logloss={r['logloss']:.4f} "
+                      f"train={r['train_samples_per_s']:,.0f}/s eval={r['eval_seconds']:.2f}s "
+                      f"rss={r['peak_rss_mb']:.0f}MB", flush=True)
+        for lib, rs in runs.items():
+            results[lib][model] = over_seeds(rs)
 
     mach["load_avg_end"] = list(os.getloadavg())
     speedup = {m: results["modalrec"][m]["train_samples_per_s"] / results["fuxictr"][m]["train_samples_per_s"]
@@ -449,6 +476,8 @@ def main() -> None:
     speedup_cpu = {m: results["modalrec"][m]["train_samples_per_cpu_s"]
                    / results["fuxictr"][m]["train_samples_per_cpu_s"] for m in models}
     gap = {m: results["modalrec"][m]["auc"] - results["fuxictr"][m]["auc"] for m in models}
+    gap_runs = {m: [a - b for a, b in zip(results["modalrec"][m]["auc_runs"], results["fuxictr"][m]["auc_runs"])]
+                for m in models}
     res = {
         "benchmark": "ctr_vs_fuxictr", "started": started, "finished": datetime.now(UTC).isoformat(),
         "machine": mach,
@@ -459,7 +488,7 @@ def main() -> None:
                          "history: the same item features per position (shared embeddings)"]
                         + (["item text: 384-d MiniLM vector, frozen, projected"] if args.text else []),
             "embedding_dim": EMBED_DIM, "epochs": args.epochs, "batch_size": args.batch_size, "lr": LR,
-            "optimizer": "adam", "seed": args.seed, "torch_threads": args.threads,
+            "optimizer": "adam", "seeds": seeds, "torch_threads": args.threads,
             "fuxictr_loader_workers": args.fuxictr_workers, "early_stop_patience": PATIENCE,
             "lr_on_plateau": 0.1, "clip_grad_norm": 10.0, "text": args.text, "modalrec_init": args.init,
             "model_params": {m: {"modalrec": MODELS[m]["modalrec"], "fuxictr": MODELS[m]["fuxictr"]} for m in models},
@@ -469,6 +498,7 @@ def main() -> None:
                                       "item_multi")},
         "feature_check": check,
         "results": results, "speedup": speedup, "speedup_per_cpu_s": speedup_cpu, "auc_gap": gap,
+        "auc_gap_per_seed": gap_runs,
     }
     if "din" in models:
         ok_auc = abs(gap["din"]) <= AUC_TOLERANCE
