@@ -529,12 +529,16 @@ def _check_sync(served, url: str) -> None:
         assert 'modalrec_items_synced_total{result="replaced"} 2' in metrics
 
 
-def test_items_reach_other_processes_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
-    _check_sync(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    """A fresh state store URL of each kind (Redis: the real redis-server fixture, skipped where it is absent)."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server")["url"]
+    return f"sqlite:///{tmp_path / 's.sqlite'}"
 
 
-def test_items_reach_other_processes_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
-    _check_sync(mmbee_served, redis_server["url"])
+def test_items_reach_other_processes(mmbee_served, store_url):  # noqa: F811 - the fixture
+    _check_sync(mmbee_served, store_url)
 
 
 def test_concurrent_syncs_apply_once(mmbee_served, tmp_path):  # noqa: F811 - the fixture
@@ -828,12 +832,8 @@ def _check_delete_restart(served, url: str) -> None:
             True, True]
 
 
-def test_deletions_survive_a_restart_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
-    _check_delete_restart(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
-
-
-def test_deletions_survive_a_restart_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
-    _check_delete_restart(mmbee_served, redis_server["url"])
+def test_deletions_survive_a_restart(mmbee_served, store_url):  # noqa: F811 - the fixture
+    _check_delete_restart(mmbee_served, store_url)
 
 
 def _check_delete_sync(served, url: str) -> None:
@@ -876,12 +876,8 @@ def _check_delete_sync(served, url: str) -> None:
         assert sa._item_seq == sb._item_seq == sa.state.item_seq()
 
 
-def test_deletions_reach_other_processes_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
-    _check_delete_sync(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
-
-
-def test_deletions_reach_other_processes_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
-    _check_delete_sync(mmbee_served, redis_server["url"])
+def test_deletions_reach_other_processes(mmbee_served, store_url):  # noqa: F811 - the fixture
+    _check_delete_sync(mmbee_served, store_url)
 
 
 def _check_ttl(served, url: str) -> None:
@@ -946,12 +942,8 @@ def _check_ttl(served, url: str) -> None:
         assert [i for i, _ in c.app.state.scorer.state.load_items()] == ["keep"]
 
 
-def test_items_expire_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
-    _check_ttl(mmbee_served, f"sqlite:///{tmp_path / 's.sqlite'}")
-
-
-def test_items_expire_redis(mmbee_served, redis_server):  # noqa: F811 - the fixtures
-    _check_ttl(mmbee_served, redis_server["url"])
+def test_items_expire(mmbee_served, store_url):  # noqa: F811 - the fixture
+    _check_ttl(mmbee_served, store_url)
 
 
 def test_ttl_validation(mmbee_served, tmp_path):  # noqa: F811 - the fixture
