@@ -599,10 +599,8 @@ def test_sync_is_throttled(mmbee_served, tmp_path):  # noqa: F811 - the fixture
 _OLD_ITEMS_TABLE = "CREATE TABLE items (id TEXT PRIMARY KEY, body TEXT NOT NULL, updated REAL NOT NULL)"
 
 
-def test_old_sqlite_items_table_is_migrated(mmbee_served, tmp_path):  # noqa: F811 - the fixture
-    """A state file written before the item sequence (items without a seq column) opens: its items are
-    replayed, new writes get numbers, and a second process gets those (not the old ones, which it loaded)."""
-    path = tmp_path / "old.sqlite"
+def _old_state_file(path) -> str:
+    """A state file as written before the item sequence (no seq column) holding items old-1 and old-2."""
     con = sqlite3.connect(path)
     con.execute(_OLD_ITEMS_TABLE)
     con.executemany("INSERT INTO items VALUES (?, ?, 0)",
@@ -610,7 +608,14 @@ def test_old_sqlite_items_table_is_migrated(mmbee_served, tmp_path):  # noqa: F8
                      ("old-2", '{"id":"old-2","categorical":{"streamer_id":"a2"}}')])
     con.commit()
     con.close()
-    url = f"sqlite:///{path}"
+    return f"sqlite:///{path}"
+
+
+def test_old_sqlite_items_table_is_migrated(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """A state file written before the item sequence (items without a seq column) opens: its items are
+    replayed, new writes get numbers, and a second process gets those (not the old ones, which it loaded)."""
+    path = tmp_path / "old.sqlite"
+    url = _old_state_file(path)
     with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
         sa, sb = a.app.state.scorer, b.app.state.scorer
         assert sa.replayed == sb.replayed == 2 and sa._item_seq == 0
@@ -968,14 +973,7 @@ def test_deleting_from_an_old_sqlite_database(mmbee_served, tmp_path):  # noqa: 
     """A state file from before the item sequence: its items (seq 0) can be deleted, the other process drops
     them at its sync, and a restart does not replay them."""
     path = tmp_path / "old.sqlite"
-    con = sqlite3.connect(path)
-    con.execute(_OLD_ITEMS_TABLE)
-    con.executemany("INSERT INTO items VALUES (?, ?, 0)",
-                    [("old-1", '{"id":"old-1","categorical":{"streamer_id":"a1"}}'),
-                     ("old-2", '{"id":"old-2","categorical":{"streamer_id":"a2"}}')])
-    con.commit()
-    con.close()
-    url = f"sqlite:///{path}"
+    url = _old_state_file(path)
     req = {"user": "u001", "items": ["old-1", "old-2"], "context": {"time": NOW}}
     with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
         assert a.app.state.scorer.replayed == b.app.state.scorer.replayed == 2
