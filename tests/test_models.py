@@ -393,6 +393,28 @@ def test_item_encoder_pools_tags_and_uses_missing_embedding():
     assert ItemEncoder(schema, 4, use_content=False).out_dim == 3 * 4
 
 
+@pytest.mark.parametrize("softmax", [False, True])
+def test_target_attention_over_the_distinct_item_table_equals_the_unit(softmax):
+    """pool_table(q, table, index, mask) is forward(q, table[index], mask), values and gradients, padding and
+    a row without any real position included (DIN's training path)."""
+    torch.manual_seed(0)
+    att = TargetAttention(6, hidden=(8, 4), activation="dice", softmax=softmax).train()
+    table, q = torch.randn(9, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    index = torch.randint(0, 9, (4, 5))
+    mask = torch.rand(4, 5) > 0.3
+    mask[2] = False
+    mask[3] = True
+    ref_att = copy.deepcopy(att)  # the Dice statistics are updated by each call: two identical units
+    got = att.pool_table(q, table, index, mask)
+    want = ref_att(q, table[index], mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert (got[2] == 0).all()
+    g1 = torch.autograd.grad(got.square().sum(), [q, table, *att.parameters()])
+    g2 = torch.autograd.grad(want.square().sum(), [q, table, *ref_att.parameters()])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_layers_match_their_definitions():
     torch.manual_seed(0)
     cross = CrossNetV2(5, n_layers=1)

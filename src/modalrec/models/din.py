@@ -64,8 +64,15 @@ class DIN(Model):
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        target, hist = self.items.encode(batch)
-        interest = self.attention(target, hist, batch.hist_mask)
+        pos = batch.hist_pos
+        if batch.uniq is not None and isinstance(self.attention, TargetAttention) and pos.stride(0) != 0:
+            # training and offline batches: the unit reads the distinct-item table, never a (B, L, d) history
+            table = self.items(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
+            target = table[batch.item_pos]
+            interest = self.attention.pool_table(target, table, pos, batch.hist_mask)
+        else:  # no distinct-item table, or one history shared by every row (the service's fast path)
+            target, hist = self.items.encode(batch)
+            interest = self.attention(target, hist, batch.hist_mask)
         parts = [self.user(batch.user), target, interest]
         if self.config.use_product:
             parts.append(target * interest)

@@ -69,6 +69,31 @@ class TargetAttention(nn.Module):
         w = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)
         return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
 
+    def pool_table(self, query: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+        """`forward(query, table[index], mask)` without building the (B, L, d) history: query (B, d), table (U, d)
+        (one row per distinct item of the batch), index (B, L) rows of `table`, mask (B, L) -> (B, d).
+
+        The per-position term of the first layer, (Wk - Wd) k, is computed once per distinct item (a batch of
+        1024 x 50 positions holds a few thousand), the real positions are gathered from the table once, and the
+        pooling is a scatter-add over them instead of a masked (B, L, d) product: same function, about a
+        quarter less work in a DIN training step."""
+        first, rest = self.mlp.net[0], self.mlp.net[1:]
+        d = query.shape[-1]
+        rows, cols = mask.nonzero(as_tuple=True)  # the N real positions, row-major as keys[mask]
+        at = index[rows, cols]
+        k = table[at]  # (N, d)
+        wq, wk, wd, wp = first.weight.split(d, dim=1)
+        h1 = (F.linear(query, wq + wd, first.bias)[rows] + F.linear(table, wk - wd)[at]
+              + F.linear(query[rows] * k, wp))
+        real = rest(h1).squeeze(-1)  # (N,)
+        if self.softmax:
+            scores = torch.zeros(mask.shape, dtype=real.dtype, device=table.device).masked_scatter(mask, real)
+            floor = torch.finfo(scores.dtype).min
+            real = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)[rows, cols]
+        out = torch.zeros(query.shape[0], table.shape[-1], dtype=table.dtype, device=table.device)
+        return out.index_add(0, rows, real.unsqueeze(-1) * k)
+
     def forward(
         self,
         query: torch.Tensor,
