@@ -12,6 +12,7 @@ import json
 import shutil
 import sqlite3
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -407,33 +408,45 @@ def test_appendable_rows_and_ids():
     assert [ids.id_of(i) for i in range(6)] == [None, "a", "b", "c", "d", None]
 
 
+@contextmanager
+def _repeated_in_threads(step, n: int = 2):
+    """Runs `step()` over and over in `n` threads while the block runs; afterwards fails with the first error
+    a thread met (an assertion inside `step` included)."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def loop():
+        try:
+            while not stop.is_set():
+                step()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=loop) for _ in range(n)]
+    for th in threads:
+        th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(30)
+    assert not errors, errors[0]
+
+
 def test_registration_while_scoring(din_served, tmp_path):  # noqa: F811 - the fixture
     """Requests scoring while items are registered and replaced: no error, every score finite."""
     with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         scorer = c.app.state.scorer
-        errors: list[BaseException] = []
-        stop = threading.Event()
 
         def score():
-            try:
-                while not stop.is_set():
-                    ids = [f"live-{k}" for k in range(0, 40, 3)] + ["i1"]
-                    s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
-                    assert np.isfinite(s).all()
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
+            ids = [f"live-{k}" for k in range(0, 40, 3)] + ["i1"]
+            s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
+            assert np.isfinite(s).all()
 
-        threads = [threading.Thread(target=score) for _ in range(2)]
-        for th in threads:
-            th.start()
-        try:
+        with _repeated_in_threads(score):
             for k in range(40):
                 _register(c, [_raw_item(din_served, f"i{k % 7}", f"live-{k}"), _raw_item(din_served, "i3", "live-0")])
-        finally:
-            stop.set()
-            for th in threads:
-                th.join(30)
-        assert not errors, errors[0]
         assert scorer.n_registered == 40
 
 
@@ -992,33 +1005,19 @@ def test_deletion_while_scoring(din_served, tmp_path):  # noqa: F811 - the fixtu
     every score finite, no deleted item retrieved."""
     with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         scorer = c.app.state.scorer
-        errors: list[BaseException] = []
-        stop = threading.Event()
         _register(c, [_raw_item(din_served, "i0", "anchor")])
         anchor = int(scorer.item_index(["anchor"])[0])
 
         def work():
-            try:
-                while not stop.is_set():
-                    ids = [f"live-{k}" for k in range(10)] + ["i1", "anchor"]
-                    s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
-                    assert np.isfinite(s).all()
-                    cand, _ = scorer.retrieve(np.array([anchor]), 50, exclude=set())
-                    assert all(i < scorer.n_items or scorer.alive[np.array([i])][0] for i in cand.tolist())
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
+            ids = [f"live-{k}" for k in range(10)] + ["i1", "anchor"]
+            s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
+            assert np.isfinite(s).all()
+            cand, _ = scorer.retrieve(np.array([anchor]), 50, exclude=set())
+            assert all(i < scorer.n_items or scorer.alive[np.array([i])][0] for i in cand.tolist())
 
-        threads = [threading.Thread(target=work) for _ in range(2)]
-        for th in threads:
-            th.start()
-        try:
+        with _repeated_in_threads(work):
             for k in range(30):
                 _register(c, [_raw_item(din_served, f"i{k % 7}", f"live-{k % 10}")])
                 if k % 3 == 2:
                     c.post("/items/delete", json={"ids": [f"live-{j}" for j in range(k % 10)]}, headers=AUTH)
-        finally:
-            stop.set()
-            for th in threads:
-                th.join(30)
-        assert not errors, errors[0]
         assert len(scorer.ids) <= scorer.n_items + 11  # rows reused: one per distinct id

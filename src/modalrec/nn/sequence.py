@@ -48,26 +48,8 @@ class TargetAttention(nn.Module):
 
     def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention weights (B, L); exactly 0 on padded positions."""
-        # The first layer W [q, k, q - k, q * k] + b equals (Wq + Wd) q + (Wk - Wd) k + Wp (q * k) + b:
-        # the q term is computed once per row instead of once per position and the 4d-wide input is
-        # never built, which halves the work of the layer that dominates DIN's step.
-        first, rest = self.mlp.net[0], self.mlp.net[1:]
-        d = query.shape[-1]
         rows = mask.nonzero()[:, 0]  # row of each of the N real positions, in keys[mask] order
-        k = keys[mask]  # (N, d)
-        wq, wk, wd, wp = first.weight.split(d, dim=1)
-        hq = F.linear(query, wq + wd, first.bias)  # (B, h)
-        h1 = hq[rows] + F.linear(k, wk - wd) + F.linear(query[rows] * k, wp)
-        real_scores = rest(h1).squeeze(-1)
-        scores = torch.zeros(mask.shape, dtype=real_scores.dtype, device=keys.device)
-        scores = scores.masked_scatter(mask, real_scores)
-        if not self.softmax:
-            return scores
-        # The finite floor instead of -inf keeps rows with no real position free of NaN (their
-        # softmax is uniform over padding and is then zeroed).
-        floor = torch.finfo(scores.dtype).min
-        w = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)
-        return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+        return self._dense(self._real_scores(query, rows, keys[mask]), mask)
 
     def pool_table(self, query: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
                    mask: torch.Tensor) -> torch.Tensor:
@@ -78,21 +60,38 @@ class TargetAttention(nn.Module):
         1024 x 50 positions holds a few thousand), the real positions are gathered from the table once, and the
         pooling is a scatter-add over them instead of a masked (B, L, d) product: same function, about a
         quarter less work in a DIN training step."""
-        first, rest = self.mlp.net[0], self.mlp.net[1:]
-        d = query.shape[-1]
         rows, cols = mask.nonzero(as_tuple=True)  # the N real positions, row-major as keys[mask]
         at = index[rows, cols]
         k = table[at]  # (N, d)
-        wq, wk, wd, wp = first.weight.split(d, dim=1)
-        h1 = (F.linear(query, wq + wd, first.bias)[rows] + F.linear(table, wk - wd)[at]
-              + F.linear(query[rows] * k, wp))
-        real = rest(h1).squeeze(-1)  # (N,)
+        real = self._real_scores(query, rows, k, table, at)  # (N,)
         if self.softmax:
-            scores = torch.zeros(mask.shape, dtype=real.dtype, device=table.device).masked_scatter(mask, real)
-            floor = torch.finfo(scores.dtype).min
-            real = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)[rows, cols]
+            real = self._dense(real, mask)[rows, cols]
         out = torch.zeros(query.shape[0], table.shape[-1], dtype=table.dtype, device=table.device)
         return out.index_add(0, rows, real.unsqueeze(-1) * k)
+
+    def _real_scores(self, query: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,
+                     table: torch.Tensor | None = None, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised scores (N,) of the N real positions: keys k (N, d) in rows `rows` of the query. With
+        `table` and `at` (k = table[at]) the key term is computed once per table row."""
+        # The first layer W [q, k, q - k, q * k] + b equals (Wq + Wd) q + (Wk - Wd) k + Wp (q * k) + b:
+        # the q term is computed once per row instead of once per position and the 4d-wide input is
+        # never built, which halves the work of the layer that dominates DIN's step.
+        first, rest = self.mlp.net[0], self.mlp.net[1:]
+        wq, wk, wd, wp = first.weight.split(query.shape[-1], dim=1)
+        key_term = F.linear(k, wk - wd) if table is None else F.linear(table, wk - wd)[at]
+        h1 = F.linear(query, wq + wd, first.bias)[rows] + key_term + F.linear(query[rows] * k, wp)
+        return rest(h1).squeeze(-1)
+
+    def _dense(self, real: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) weights from the real positions' scores: 0 on padding, softmax-normalised with `softmax`."""
+        scores = torch.zeros(mask.shape, dtype=real.dtype, device=real.device).masked_scatter(mask, real)
+        if not self.softmax:
+            return scores
+        # The finite floor instead of -inf keeps rows with no real position free of NaN (their
+        # softmax is uniform over padding and is then zeroed).
+        floor = torch.finfo(scores.dtype).min
+        w = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)
+        return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
 
     def forward(
         self,

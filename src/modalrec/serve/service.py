@@ -144,12 +144,7 @@ class SharedHistoryAttention(torch.nn.Module):
         for p in range(0, n, step):
             pre = torch.addmm(hk[p:p + step].reshape(1, -1), query, mixed[p:p + step].reshape(-1, d).T)
             real[:, p:p + step] = rest(pre.view(-1, h)).view(c, -1)
-        scores = torch.zeros(mask.shape, dtype=real.dtype, device=keys.device)
-        scores[:, m] = real
-        if att.softmax:
-            floor = torch.finfo(scores.dtype).min
-            w = torch.softmax(scores.masked_fill(~mask, floor), dim=-1)
-            scores = torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+        scores = att._dense(real.reshape(-1), mask)  # real is (C, n) row-major: mask's real positions in order
         if values is None:
             v0 = torch.where(m.unsqueeze(-1), keys[0], torch.zeros((), dtype=keys.dtype, device=keys.device))
             return scores @ v0
