@@ -98,10 +98,11 @@ class Conn:
         return r.status, r.read()
 
 
-def start_service(bundle: Path, state: str, port: int, threads: int) -> subprocess.Popen:
+def start_service(bundle: Path, state: str, port: int, threads: int, precision: str) -> subprocess.Popen:
     env = {**os.environ, "MODALREC_API_KEY": KEY, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "modalrec.cli", "serve", str(bundle), "--host", "127.0.0.1",
-                             "--port", str(port), "--state", state, "--threads", str(threads)],
+                             "--port", str(port), "--state", state, "--threads", str(threads),
+                             "--precision", precision],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -131,6 +132,46 @@ def gemm_gflops(seconds: float = 0.5) -> float:
     rate = 2 * 256**3 * n / (time.perf_counter() - t0) / 1e9
     torch.set_num_threads(threads)
     return round(rate, 1)
+
+
+def precision_parity(bundle: Path, store, users: list[str], n_candidates: int, precision: str) -> dict:
+    """The service's scores at `precision` against fp32 for the users' requests as the load left them (their
+    history in the store, their retrieved candidates), in-process on one thread: logit differences, agreement of
+    the top 10, and the median time of a score call at each precision."""
+    import torch
+
+    from modalrec.serve.bundle import load_bundle
+    from modalrec.serve.service import Scorer
+
+    torch.set_num_threads(1)
+    scorers = {p: Scorer(load_bundle(bundle), store, precision=p, item_sync_s=None) for p in ("fp32", precision)}
+    ref = scorers["fp32"]
+    diffs, same_set, same_order, spearman = [], [], [], []
+    times = {p: [] for p in scorers}
+    for u in users:
+        uidx = ref.user_index(u)
+        items, when = ref.history(u, uidx)
+        t = int(when[-1]) + 1 if len(when) else int(time.time())
+        cand, _ = ref.retrieve(ref.retrieval_query(u, uidx, None), n_candidates, set())
+        out = {}
+        for p, sc in scorers.items():
+            sc.score(uidx, items, when, t, cand, user=u)  # warm
+            t0 = time.perf_counter()
+            out[p] = sc.score(uidx, items, when, t, cand, user=u)
+            times[p].append(time.perf_counter() - t0)
+        a, b = out["fp32"], out[precision]
+        diffs.append(np.abs(a - b))
+        ta, tb = np.argsort(-a, kind="stable")[:10], np.argsort(-b, kind="stable")[:10]
+        same_set.append(set(ta) == set(tb))
+        same_order.append(bool(np.array_equal(ta, tb)))
+        spearman.append(float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]))
+    d = np.concatenate(diffs) if diffs else np.zeros(0)
+    return {"requests": len(users), "candidates": n_candidates,
+            "max_abs_logit_diff": float(d.max(initial=0.0)), "mean_abs_logit_diff": float(d.mean()) if d.size else 0.0,
+            "p99_abs_logit_diff": float(np.percentile(d, 99)) if d.size else 0.0,
+            "same_top10_set": float(np.mean(same_set)), "same_top10_order": float(np.mean(same_order)),
+            "spearman_min": min(spearman, default=1.0),
+            "score_ms_median": {p: round(float(np.median(v)) * 1e3, 2) for p, v in times.items()}}
 
 
 def percentiles(values: list[float]) -> dict:
@@ -168,6 +209,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8, help="concurrent connections (at most 64)")
     ap.add_argument("--events-share", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the service")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="the service's --precision; with bf16 the run also compares its scores with fp32's")
+    ap.add_argument("--parity-users", type=int, default=100,
+                    help="with --precision bf16: users whose /recommend scores are compared with fp32's after the load")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_load.json")
     args = ap.parse_args()
@@ -201,7 +246,7 @@ def main() -> None:
     acked: dict[str, set[str]] = {u: set() for u in users}
     lock = threading.Lock()
 
-    proc = start_service(bundle, state, port, args.threads)
+    proc = start_service(bundle, state, port, args.threads, args.precision)
     try:
         # preload: every user gets `history` events in the past (one POST of at most 1000 events at a time)
         c = Conn(port)
@@ -306,6 +351,8 @@ def main() -> None:
     lost = {u: sorted(ids - store.event_ids(u)) for u, ids in acked.items()}
     n_lost = sum(len(v) for v in lost.values())
     n_acked = sum(len(v) for v in acked.values())
+    parity = None if args.precision == "fp32" else precision_parity(bundle, store, users[: args.parity_users],
+                                                                    args.candidates, args.precision)
     store.close()
 
     done = len(lat["events"]) + len(lat["recommend"])
@@ -326,6 +373,7 @@ def main() -> None:
         "latency": {"recommend": percentiles(lat["recommend"]), "events": percentiles(lat["events"]),
                     "all": percentiles(lat["recommend"] + lat["events"])},
         "server_stage_mean_ms": stage_means(metrics_text),
+        "precision": args.precision, "precision_vs_fp32": parity,
         "history_length_read": {"min": min(history_seen, default=0), "max": max(history_seen, default=0)},
         "errors": len(errors), "error_examples": errors[:5],
         "events_acknowledged": n_acked, "events_lost": n_lost,
@@ -343,6 +391,10 @@ def main() -> None:
     print(f"/events    p50 {e.get('p50_ms')} ms  p99 {e.get('p99_ms')} ms  (n={e['n']})")
     print(f"throughput {result['throughput_rps']} req/s; errors {len(errors)}; events acknowledged {n_acked}, "
           f"lost {n_lost}; server stage means (ms) {result['server_stage_mean_ms']}")
+    if parity:
+        print(f"{args.precision} vs fp32 over {parity['requests']} users' requests: max |logit diff| "
+              f"{parity['max_abs_logit_diff']:.2e}, same top-10 set in {parity['same_top10_set']:.1%}, score "
+              f"{parity['score_ms_median'][args.precision]} vs {parity['score_ms_median']['fp32']} ms (median, in-process)")
     print(f"load average before/after: {result['machine']['loadavg_before']} / {result['machine']['loadavg_after']}")
     print(f"wrote {args.out}")
     if errors or n_lost:

@@ -139,8 +139,17 @@ def test_cli_export(served, tmp_path):
 # ------------------------------------------------------------------------------------------ parity
 
 
-def test_parity_with_offline_predict(served, client):
-    """The service's score of (user, item, history, time) equals the offline task.predict logit."""
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("bf16", 2e-2)])
+def test_parity_with_offline_predict(served, tmp_path, precision, tol):
+    """The service's score of (user, item, history, time) equals the offline task.predict logit (fp32), or
+    stays close to it with the activation unit in bf16 (`serve --precision bf16`)."""
+    app = create_app(served["bundle"], f"sqlite:///{tmp_path / 'state.sqlite'}", api_key=KEY, precision=precision)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json()["precision"] == precision
+        _check_parity(served, client, tol)
+
+
+def _check_parity(served, client, tol: float) -> None:
     task, model = served["task"], served["model"]
     offline = task.predict(model, "test", 256)
     s = task.splits["test"]
@@ -164,8 +173,8 @@ def test_parity_with_offline_predict(served, client):
         got = np.array([x["score"] for x in body["scores"]])
         worst = max(worst, float(np.abs(got - offline[rows]).max()))
         p = np.array([x["probability"] for x in body["scores"]])
-        assert np.allclose(p, 1 / (1 + np.exp(-offline[rows])), atol=1e-5)
-    assert worst <= 1e-5, worst
+        assert np.allclose(p, 1 / (1 + np.exp(-offline[rows])), atol=tol)
+    assert worst <= tol, worst
 
 
 def test_parity_of_stored_state(served, client):

@@ -79,3 +79,47 @@ def test_serving_fast_path_equals_the_activation_unit(task):
         target, hist = model.items.encode(rows)
         torch.testing.assert_close(model.attention(target, hist, rows.hist_mask),
                                    model.attention.att(target, hist, rows.hist_mask), rtol=0, atol=0)
+
+
+def test_fast_path_follows_weight_changes_and_leaves_training_alone(task):
+    torch.manual_seed(0)
+    model = build_model("din", task.schema, {"embed_dim": 8}).eval()
+    batch, _ = _shared_batch(task, c=30)
+    with_serving_fast_paths(model)
+    with torch.no_grad():
+        model(batch)  # caches the first layer's combined weights
+        first = model.attention.att.mlp.net[0]
+        first.weight.mul_(1.5)  # in place: the cache must notice
+        first.bias.add_(0.25)
+        fast = model(batch)
+        model.attention.ok = False  # the unit's own forward for the reference
+        ref = model(batch)
+        model.attention.ok = True
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)
+    # with gradients on (training, gradient checks) the wrapper is the unit itself, bit for bit and with a graph
+    out = model(batch)
+    assert out.requires_grad
+    model.attention.ok = False
+    torch.testing.assert_close(out, model(batch), rtol=0, atol=0)
+
+
+def test_bf16_fast_path_is_close_to_fp32_and_keeps_the_weights(task):
+    torch.manual_seed(0)
+    model = build_model("din", task.schema, {"embed_dim": 8}).eval()
+    batch, _ = _shared_batch(task, c=30)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        ref = model(batch)
+        assert with_serving_fast_paths(model, precision="bf16") == 1
+        low = model(batch)
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    diff = (low - ref).abs().max().item()
+    assert 0 < diff < 2e-2  # bf16 was used (not bitwise fp32), and it stays close
+    # the unit's own weights are untouched fp32; the bf16 copy is the wrapper's
+    after = {k.replace("attention.att.", "attention."): v for k, v in model.state_dict().items()
+             if not k.startswith("attention.rest_lowp.")}
+    assert after.keys() == before.keys()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert all(p.dtype == torch.bfloat16 for p in model.attention.rest_lowp.parameters())
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        SharedHistoryAttention(model.attention.att, precision="fp16")

@@ -48,6 +48,7 @@ Writes (`POST /events`, `POST /items`, deleting items, and reading a user's stor
 from __future__ import annotations
 
 import bisect
+import copy
 import gc
 import heapq
 import hmac
@@ -86,6 +87,11 @@ MAX_EVENTS = 1000
 MAX_ITEMS = 5000
 MAX_NEW_ITEMS = 1000  # items per POST /items
 MAX_TIME = 1 << 40
+# arithmetic of the serving fast path's (candidate, history position) products: fp32 (the offline model's, to
+# float rounding) or bf16 (2-3x the matrix-product rate on CPUs with AVX512-BF16 or AMX; lossy, see
+# SharedHistoryAttention)
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
 # ------------------------------------------------------------------------------------------ scorer
@@ -110,39 +116,67 @@ class SharedHistoryAttention(torch.nn.Module):
     per (candidate, position) pair, and the product term becomes matrix products over blocks of positions sized to
     stay in cache, so a request does about a quarter of the work at about twice the arithmetic rate. The rest of the MLP and the pooling are the unit's own layers.
     Rows that are not bitwise identical (or an MLP of another shape) take the unit's own forward.
-    Same function up to float rounding; the parity test holds the service to 1e-5 of offline scores."""
+    Same function up to float rounding; the parity test holds the service to 1e-5 of offline scores.
 
-    def __init__(self, att: torch.nn.Module, block: int = 1 << 18):
+    `precision="bf16"` runs those products and the MLP after them in bfloat16 (8-bit mantissa) and keeps the
+    scores and everything after them in fp32: on a CPU with native bf16 the unit takes about half the time, and
+    since the attention scores are pooled and pass through the rest of the model, final logits move by about
+    1e-4 (measured by `benchmarks/serve_load.py --precision bf16`, which records the differences)."""
+
+    def __init__(self, att: torch.nn.Module, block: int | None = None, precision: Precision = "fp32"):
         super().__init__()
         self.att = att
         first = att.mlp.net[0] if hasattr(att, "mlp") and hasattr(att.mlp, "net") and len(att.mlp.net) else None
         self.ok = isinstance(first, torch.nn.Linear) and first.in_features % 4 == 0
-        self.block = block
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        # bf16 halves the bytes per activation: blocks of twice the positions fit the same cache
+        self.block = block or (1 << 18 if precision == "fp32" else 1 << 19)
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # bf16: the layers after the first run on a bf16 copy of their weights (the unit's own stay fp32)
+        self.rest_lowp = copy.deepcopy(att.mlp.net[1:]).to(torch.bfloat16) if self.ok and precision == "bf16" else None
+        self._first: tuple | None = None  # (version key, the first layer's combined weights), see `first_layer`
+
+    def first_layer(self, lin: torch.nn.Linear, d: int) -> tuple[torch.Tensor, ...]:
+        """(Wq + Wd, (Wk - Wd)^T, Wm, b) of the unit's first layer, the first and third in the fast path's dtype:
+        computed once, again only after the weights change (in place or replaced)."""
+        w, b = lin.weight, lin.bias
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        if self._first is None or self._first[0] != key:
+            wq, wk, wd, wm = w.detach().split(d, dim=1)
+            self._first = (key, ((wq + wd).to(self.dtype), (wk - wd).T.contiguous(), wm.to(self.dtype).contiguous(),
+                                 b.detach()))
+        return self._first[1]
 
     def forward(self, query, keys, mask, values=None):
         att = self.att
-        if (not self.ok or query.dim() != 2 or keys.dim() != 3 or len(query) < 2
+        if (not self.ok or torch.is_grad_enabled() or query.dim() != 2 or keys.dim() != 3 or len(query) < 2
                 or not self._shared(mask) or not self._shared(keys)):
             return att(query, keys, mask, values)
         lin, rest = att.mlp.net[0], att.mlp.net[1:]
         d = query.shape[-1]
         if lin.in_features != 4 * d:
             return att(query, keys, mask, values)
-        wq, wk, wd, wm = lin.weight.split(d, dim=1)
+        w_qd, w_kd, w_m, bias = self.first_layer(lin, d)
         m = mask[0]
         kr = keys[0][m]  # (n, d) real positions
         c, n, h = len(query), len(kr), lin.out_features
         # every (candidate, position) pair by matrix products: pre[c, i] = q_c (Wq + Wd + Wm diag(k_i)) + (Wk - Wd) k_i + b,
         # i.e. q (C, d) @ [(k_i (x) Wm) + (Wq + Wd)]^T (d, n h) with the per-position term as the addmm bias row
-        hk = torch.addmm(lin.bias, kr, (wk - wd).T)  # (n, h)
-        mixed = torch.addcmul((wq + wd).unsqueeze(0), kr.unsqueeze(1), wm.unsqueeze(0))  # (n, h, d)
+        hk = torch.addmm(bias, kr, w_kd).to(self.dtype)  # (n, h)
+        kl = kr.to(self.dtype)
+        mixed = torch.addcmul(w_qd.unsqueeze(0), kl.unsqueeze(1), w_m.unsqueeze(0))  # (n, h, d)
         # in blocks of P positions whose (C, P h) activations (and the block's (P h, d) weights) stay in the
         # core's L2 cache: the MLP then runs compute-bound instead of streaming C n h floats through memory
         # once per layer (2-2.5x faster for 200 candidates x 100 positions)
+        q = query.to(self.dtype)
+        if self.rest_lowp is not None:  # the (candidate, position) products in bf16; pooling on in fp32
+            rest = self.rest_lowp
         real = torch.empty(c, n, dtype=query.dtype, device=query.device)
         step = max(1, self.block // max(1, c * h))
         for p in range(0, n, step):
-            pre = torch.addmm(hk[p:p + step].reshape(1, -1), query, mixed[p:p + step].reshape(-1, d).T)
+            pre = torch.addmm(hk[p:p + step].reshape(1, -1), q, mixed[p:p + step].reshape(-1, d).T)
             real[:, p:p + step] = rest(pre.view(-1, h)).view(c, -1)
         scores = att._dense(real.reshape(-1), mask)  # real is (C, n) row-major: mask's real positions in order
         if values is None:
@@ -157,7 +191,15 @@ class SharedHistoryAttention(torch.nn.Module):
         return t.stride(0) == 0 or torch.equal(t, t[:1].expand_as(t))
 
 
-def with_serving_fast_paths(model: torch.nn.Module) -> int:
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (oneDNN with AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without oneDNN
+        return False
+
+
+def with_serving_fast_paths(model: torch.nn.Module, precision: Precision = "fp32") -> int:
     """Wraps every `TargetAttention` of `model` in `SharedHistoryAttention`; returns how many."""
     from ..nn.sequence import TargetAttention
 
@@ -165,7 +207,7 @@ def with_serving_fast_paths(model: torch.nn.Module) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is TargetAttention:
-                setattr(parent, name, SharedHistoryAttention(child))
+                setattr(parent, name, SharedHistoryAttention(child, precision=precision))
                 n += 1
     return n
 
@@ -342,7 +384,7 @@ class Scorer:
     EXPIRY_SWEEP_S = 1.0  # at most one expiry sweep per this many seconds (of `clock`)
 
     def __init__(self, bundle: Bundle, state: StateStore, retrieval_history: int = 20, fast_paths: bool = True,
-                 item_sync_s: float | None = 1.0, item_ttl_s: float | None = None):
+                 item_sync_s: float | None = 1.0, item_ttl_s: float | None = None, precision: Precision = "fp32"):
         self.bundle = bundle
         self.state = state
         self.retrieval_history = retrieval_history
@@ -352,7 +394,11 @@ class Scorer:
         self.graph = bundle.graph
         self.n_items = bundle.schema.n_items  # rows of the model's item id tables
         self.model = bundle.model
-        self.fast_paths = with_serving_fast_paths(bundle.model) if fast_paths else 0
+        self.precision = precision
+        if precision == "bf16" and not native_bf16():
+            log.warning("precision bf16: this CPU has no native bf16 matrix products (AVX512-BF16 or AMX); "
+                        "they are emulated and slower than fp32")
+        self.fast_paths = with_serving_fast_paths(bundle.model, precision) if fast_paths else 0
         # MMBee memoises MFQ's vector per target item index (batch.item), its only read of batch.item when the
         # batch has `uniq`: batch.item then keeps the registered items' own indices (distinct memo keys), and a
         # replaced item's memo is dropped (`forget`); every other model gets 0 there too
@@ -1536,14 +1582,16 @@ def default_state_url(bundle_dir: Path) -> str:
 
 def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: str | None = None, *,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
-               rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None):
+               rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None,
+               precision: Precision = "fp32"):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
     bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
     `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
     with Retry-After above it; None: no limit. `item_sync_s`: how often (seconds) /recommend, /score and
     /items look in the state store for items registered by other processes sharing it (0: at every request;
     None: never, they then arrive at a restart). `item_ttl_s`: seconds after which a registered item without its
-    own `ttl_s` expires (None: never)."""
+    own `ttl_s` expires (None: never). `precision`: arithmetic of the activation unit's serving fast path
+    (see SharedHistoryAttention)."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
@@ -1560,11 +1608,11 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     except ImportError:  # pragma: no cover
         pass
     state = open_state(state_url or default_state_url(Path(bundle_dir)))
-    scorer = Scorer(bundle, state, item_sync_s=item_sync_s, item_ttl_s=item_ttl_s)
+    scorer = Scorer(bundle, state, item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     metrics = Metrics()
     metrics.info = {"model": bundle.model_name, "task": bundle.task, "seed": str(bundle.manifest.get("seed")),
-                    "state": state.kind, "items": str(len(bundle.item_vocab) - 1)}
+                    "state": state.kind, "items": str(len(bundle.item_vocab) - 1), "precision": precision}
     is_ctr = bundle.task == "ctr"
     dense_dims = dict(bundle.schema.item_dense)
 
@@ -1651,7 +1699,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             return JSONResponse({"status": "error", "state": state.kind, "error": str(e)}, status_code=503)
         return {"status": "ok" if ok else "error", "model": bundle.model_name, "task": bundle.task,
                 "state": state.kind, "users": len(bundle.user_vocab) - 1, "items": len(bundle.item_vocab) - 1,
-                "registered_items": scorer.n_registered}
+                "registered_items": scorer.n_registered, "precision": precision}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
              summary="Prometheus metrics: request counts, latency histograms, events, cold starts")
@@ -1831,7 +1879,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,
           api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
           rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0,
-          item_ttl_s: float | None = None) -> None:
+          item_ttl_s: float | None = None, precision: Precision = "fp32") -> None:
     """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
     processes can share one state store: items registered or deleted through one reach the others within
     `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own
@@ -1839,7 +1887,7 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
     import uvicorn
 
     app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
-                     item_sync_s=item_sync_s, item_ttl_s=item_ttl_s)
+                     item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision)
     # the bundle's objects live as long as the process: moved out of the collector's generations, a full
     # collection during a request no longer walks them (tail latency)
     gc.collect()
