@@ -16,6 +16,9 @@ ranker, 50 history events), or `--build MODEL` to train MODEL on the click-throu
 (`modalrec demo --world ctr`'s data) with `--max-history` (default 100) for `--epochs` and export it
 under benchmarks/.work/serve_load/ first.
 
+`--repeat N` runs N load windows of `--duration` back to back on the same service and records each window's
+percentiles and the GEMM rate around it (this shared VM's speed drifts by tens of percent within minutes).
+
 Writes benchmarks/results/serve_load.json and prints p50/p99/throughput.
 Run: .venv/bin/python benchmarks/serve_load.py --build din --rate 50 --duration 20
 """
@@ -206,6 +209,9 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--rate", type=float, default=50.0, help="requests/s offered (open loop)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of load (at most 600)")
+    ap.add_argument("--repeat", type=int, default=1, help="load windows of --duration, one after the other on the "
+                    "same service: each window's percentiles are recorded, so a stretch of host noise shows as one "
+                    "window out of line instead of moving the only figure")
     ap.add_argument("--clients", type=int, default=8, help="concurrent connections (at most 64)")
     ap.add_argument("--events-share", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the service")
@@ -275,17 +281,16 @@ def main() -> None:
         for u in users[:clients]:  # warm-up (first-call allocations), not measured
             c.post("/recommend", {"user": u, "n_candidates": args.candidates})
 
-        # load: open-loop schedule handed to a bounded pool of connections
-        n_req = int(args.rate * duration)
-        jobs: queue.Queue = queue.Queue()
+        windows: list[dict] = []
         lat = {"events": [], "recommend": []}
         errors: list[str] = []
         history_seen: list[int] = []
         counter = {"ev": 0}
+        wall = 0.0
 
-        def worker(w: int) -> None:
+        def worker(w: int, jobs: queue.Queue) -> None:
             conn = Conn(port)
-            wrng = random.Random(args.seed * 1000 + w)
+            wrng = random.Random((args.seed * 1000 + w) * 1000 + len(windows))
             while True:
                 job = jobs.get()
                 if job is None:
@@ -321,22 +326,37 @@ def main() -> None:
                     with lock:
                         errors.append(f"{kind}: {type(e).__name__}: {e}")
 
-        pool = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(clients)]
-        for t in pool:
-            t.start()
-        gflops_before = gemm_gflops()
-        start = time.perf_counter() + 0.2
-        load_before = os.getloadavg()
-        for i in range(n_req):
-            kind = "events" if rng.random() < args.events_share else "recommend"
-            jobs.put((kind, start + i / args.rate))
-        for _ in pool:
-            jobs.put(None)
-        for t in pool:
-            t.join(duration + 120)
-        wall = time.perf_counter() - start
-        load_after = os.getloadavg()
-        gflops_after = gemm_gflops()
+
+        for window in range(args.repeat):
+            # load: open-loop schedule handed to a bounded pool of connections
+            n_req = int(args.rate * duration)
+            jobs: queue.Queue = queue.Queue()
+            seen = {k: len(v) for k, v in lat.items()}
+            pool = [threading.Thread(target=worker, args=(w, jobs), daemon=True) for w in range(clients)]
+            for t in pool:
+                t.start()
+            gflops_before = gemm_gflops()
+            start = time.perf_counter() + 0.2
+            load_before = os.getloadavg()
+            for i in range(n_req):
+                kind = "events" if rng.random() < args.events_share else "recommend"
+                jobs.put((kind, start + i / args.rate))
+            for _ in pool:
+                jobs.put(None)
+            for t in pool:
+                t.join(duration + 120)
+            wall += time.perf_counter() - start
+            load_after = os.getloadavg()
+            gflops_after = gemm_gflops()
+            windows.append({"recommend": percentiles(lat["recommend"][seen["recommend"]:]),
+                            "events": percentiles(lat["events"][seen["events"]:]),
+                            "gemm_gflops_1_thread_before_after": [gflops_before, gflops_after],
+                            "loadavg_before": [round(x, 2) for x in load_before],
+                            "loadavg_after": [round(x, 2) for x in load_after]})
+            if args.repeat > 1:
+                w = windows[-1]
+                print(f"window {window + 1}/{args.repeat}: /recommend p50 {w['recommend'].get('p50_ms')} ms  p99 "
+                      f"{w['recommend'].get('p99_ms')} ms; GEMM {gflops_before}/{gflops_after} GFLOP/s", flush=True)
         metrics_text = Conn(port).get("/metrics")[1].decode()
     finally:
         proc.send_signal(signal.SIGINT)  # graceful stop; then check the store on its own
@@ -356,22 +376,26 @@ def main() -> None:
     store.close()
 
     done = len(lat["events"]) + len(lat["recommend"])
+    p99s = [w["recommend"]["p99_ms"] for w in windows if "p99_ms" in w["recommend"]]
     result = {
         "benchmark": "serve_load", "date": datetime.now(UTC).isoformat(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after": [round(x, 2) for x in load_after],
-                    "gemm_gflops_1_thread_before_after": [gflops_before, gflops_after],
+                    "loadavg_before": windows[0]["loadavg_before"], "loadavg_after": windows[-1]["loadavg_after"],
+                    "gemm_gflops_1_thread_before_after": [windows[0]["gemm_gflops_1_thread_before_after"][0],
+                                                          windows[-1]["gemm_gflops_1_thread_before_after"][1]],
                     "note": "clients run on the same cores as the service; other jobs may share the machine"},
         "bundle": str(bundle), "model": manifest["model"], "task": manifest["task"],
         "model_history": model_history, "state": state.split("?")[0].split("://")[0],
         "config": {"users": args.users, "history_preloaded": args.history, "candidates": args.candidates,
                    "rate_offered": args.rate, "duration_s": duration, "clients": clients,
-                   "events_share": args.events_share, "service_threads": args.threads},
+                   "events_share": args.events_share, "service_threads": args.threads, "repeat": args.repeat},
         "preload_s": round(preload_s, 2),
         "throughput_rps": round(done / wall, 2), "requests": done, "wall_s": round(wall, 2),
         "latency": {"recommend": percentiles(lat["recommend"]), "events": percentiles(lat["events"]),
                     "all": percentiles(lat["recommend"] + lat["events"])},
+        "windows": windows,
+        "recommend_p99_ms_of_windows": {"median": float(np.median(p99s)), "min": min(p99s), "max": max(p99s)}
+        if p99s else None,
         "server_stage_mean_ms": stage_means(metrics_text),
         "precision": args.precision, "precision_vs_fp32": parity,
         "history_length_read": {"min": min(history_seen, default=0), "max": max(history_seen, default=0)},
@@ -388,6 +412,8 @@ def main() -> None:
     print(f"{result['model']} ({model_history}-event window), {args.candidates} candidates, offered {args.rate:g} req/s "
           f"for {duration:g} s from {clients} clients, state {result['state']}")
     print(f"/recommend p50 {r.get('p50_ms')} ms  p99 {r.get('p99_ms')} ms  (n={r['n']})")
+    if args.repeat > 1 and p99s:
+        print(f"/recommend p99 per window: {p99s} (median {np.median(p99s):.2f} ms)")
     print(f"/events    p50 {e.get('p50_ms')} ms  p99 {e.get('p99_ms')} ms  (n={e['n']})")
     print(f"throughput {result['throughput_rps']} req/s; errors {len(errors)}; events acknowledged {n_acked}, "
           f"lost {n_lost}; server stage means (ms) {result['server_stage_mean_ms']}")
