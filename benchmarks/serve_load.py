@@ -177,6 +177,18 @@ def precision_parity(bundle: Path, store, users: list[str], n_candidates: int, p
             "score_ms_median": {p: round(float(np.median(v)) * 1e3, 2) for p, v in times.items()}}
 
 
+def cpu_times() -> tuple[float, float]:
+    """(steal, total) CPU seconds of the machine from /proc/stat: time the hypervisor gave this VM's virtual
+    CPUs to someone else while they had work. (0, 0) where /proc/stat is not there."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return (fields[7] if len(fields) > 7 else 0.0) / hz, sum(fields[:8]) / hz
+
+
 def percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
@@ -336,6 +348,7 @@ def main() -> None:
             for t in pool:
                 t.start()
             gflops_before = gemm_gflops()
+            steal0, total0 = cpu_times()
             start = time.perf_counter() + 0.2
             load_before = os.getloadavg()
             for i in range(n_req):
@@ -346,17 +359,20 @@ def main() -> None:
             for t in pool:
                 t.join(duration + 120)
             wall += time.perf_counter() - start
+            steal1, total1 = cpu_times()
             load_after = os.getloadavg()
             gflops_after = gemm_gflops()
             windows.append({"recommend": percentiles(lat["recommend"][seen["recommend"]:]),
                             "events": percentiles(lat["events"][seen["events"]:]),
                             "gemm_gflops_1_thread_before_after": [gflops_before, gflops_after],
+                            "cpu_steal_share": round((steal1 - steal0) / max(total1 - total0, 1e-9), 4),
                             "loadavg_before": [round(x, 2) for x in load_before],
                             "loadavg_after": [round(x, 2) for x in load_after]})
             if args.repeat > 1:
                 w = windows[-1]
                 print(f"window {window + 1}/{args.repeat}: /recommend p50 {w['recommend'].get('p50_ms')} ms  p99 "
-                      f"{w['recommend'].get('p99_ms')} ms; GEMM {gflops_before}/{gflops_after} GFLOP/s", flush=True)
+                      f"{w['recommend'].get('p99_ms')} ms; GEMM {gflops_before}/{gflops_after} GFLOP/s, CPU steal "
+                      f"{w['cpu_steal_share']:.1%}", flush=True)
         metrics_text = Conn(port).get("/metrics")[1].decode()
     finally:
         proc.send_signal(signal.SIGINT)  # graceful stop; then check the store on its own
