@@ -227,9 +227,9 @@ def serve(
                                           "/items) without their own ttl_s expire this many seconds after their "
                                           "registration: deleted on every process sharing the state store. "
                                           "Default: never."),
-    precision: Precision = typer.Option(Precision.fp32, help="Arithmetic of DIN-style activation units over the history: fp32 "
-                                  "(the offline scores to 1e-5) or bf16 (about half their time on CPUs with "
-                                  "AVX512-BF16 or AMX; logits move by about 1e-4)."),
+    precision: Precision = typer.Option(Precision.fp32, help="Arithmetic of DIN-style activation units over the "
+                                        "history: fp32 (the offline scores to 1e-5) or bf16 (about half their time "
+                                        "on CPUs with AVX512-BF16 or AMX; logits move by about 1e-4)."),
 ) -> None:
     """Serve a bundle over HTTP: POST /events, /items, /recommend, /score; DELETE /items/ID; GET /healthz,
     /metrics, /docs."""

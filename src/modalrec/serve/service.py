@@ -155,10 +155,12 @@ class SharedHistoryAttention(torch.nn.Module):
         if (not self.ok or torch.is_grad_enabled() or query.dim() != 2 or keys.dim() != 3 or len(query) < 2
                 or not self._shared(mask) or not self._shared(keys)):
             return att(query, keys, mask, values)
-        lin, rest = att.mlp.net[0], att.mlp.net[1:]
+        lin = att.mlp.net[0]
         d = query.shape[-1]
         if lin.in_features != 4 * d:
             return att(query, keys, mask, values)
+        # the layers after the first: the unit's own, or their bf16 copy (the pooling below stays fp32)
+        rest = att.mlp.net[1:] if self.rest_lowp is None else self.rest_lowp
         w_qd, w_kd, w_m, bias = self.first_layer(lin, d)
         m = mask[0]
         kr = keys[0][m]  # (n, d) real positions
@@ -172,8 +174,6 @@ class SharedHistoryAttention(torch.nn.Module):
         # core's L2 cache: the MLP then runs compute-bound instead of streaming C n h floats through memory
         # once per layer (2-2.5x faster for 200 candidates x 100 positions)
         q = query.to(self.dtype)
-        if self.rest_lowp is not None:  # the (candidate, position) products in bf16; pooling on in fp32
-            rest = self.rest_lowp
         real = torch.empty(c, n, dtype=query.dtype, device=query.device)
         step = max(1, self.block // max(1, c * h))
         for p in range(0, n, step):
