@@ -329,3 +329,37 @@ def test_watch_affinity_hides_the_gifting_community_from_watching(world, media):
         return share / max(n, 1)
 
     assert same_community_share(blind) < same_community_share(world)
+
+
+def test_gifting_circles_show_in_who_gifts_whom(world, media):
+    """`communities` and `gift_affinity` plant gifting circles: fewer, larger communities and a larger weight
+    make two streamers gifted by one user share a community more often; the defaults keep their cache key."""
+    base = ls.resolve_params(**TINY)
+    assert "communities" not in base and "gift_affinity" not in base
+    assert ls.cache_key(base) != ls.cache_key(ls.resolve_params(**TINY, communities=3))
+    circles = ls.generate(**TINY, media_dir=media, communities=3, gift_affinity=2.5)
+    assert set(_item_column(circles, _watches(circles)["item_id"], "gt_community")) <= {0, 1, 2}
+
+    def co_gift_same_community(data) -> float:
+        w = _watches(data)
+        comm = _item_column(data, w["item_id"], "gt_community")
+        same = pairs = 0
+        for u in np.unique(w["user_id"][w["label"] > 0]):
+            c = np.bincount(comm[(w["user_id"] == u) & (w["label"] > 0)])
+            pairs += c.sum() * (c.sum() - 1) // 2
+            same += (c * (c - 1) // 2).sum()
+        return same / max(pairs, 1)
+
+    n_default = len(np.unique(_item_column(world, _watches(world)["item_id"], "gt_community")))
+    # against the share two random streamers of each world would have (1 / communities)
+    assert co_gift_same_community(circles) - 1 / 3 > co_gift_same_community(world) - 1 / n_default
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"communities": 1}, "communities must be an integer"),
+    ({"communities": 7}, "communities must be an integer"),  # more than the 6 streamers
+    ({"gift_affinity": -1.0}, "gift_affinity"),
+])
+def test_bad_circle_parameters(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        ls.generate(**{**SMALL, **kwargs}, media_dir=tmp_path)

@@ -85,8 +85,8 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
                seed: int = 0, preset: str | None = None, missing: dict[str, float] | None = None,
                content_signal: float = 1.0, hot_rate: float = 0.08, espeak: bool | None = None,
                gift_rate: float = 0.02, segment_minutes: int = 5, cold_streamers: float = 0.1,
-               cold_users: float = 0.1, watch_affinity: float = 0.5,
-               cache: str | os.PathLike | None = None, refresh: bool = False,
+               cold_users: float = 0.1, watch_affinity: float = 0.5, communities: int | None = None,
+               gift_affinity: float = 0.8, cache: str | os.PathLike | None = None, refresh: bool = False,
                progress: bool = False) -> InteractionData:
     """The simulated live-streaming world (`modalrec.sim.livestream.generate`, parameters as there), written
     once into a cache folder keyed by the resolved parameters (`cache`, default $MODALREC_CACHE or
@@ -101,7 +101,7 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
 
     params = sim_live.resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal,
                                      hot_rate, gift_rate, segment_minutes, cold_streamers, cold_users, espeak,
-                                     watch_affinity)
+                                     watch_affinity, communities, gift_affinity)
     root = Path(cache) if cache is not None else sim_live.cache_root()
     base = root / "livestream" / sim_live.cache_key(params)
     folder = base / "data"
@@ -109,7 +109,9 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
         shutil.rmtree(folder)
     gen = {k: params[k] for k in ("n_users", "n_streamers", "days", "seed", "missing", "content_signal",
                                   "hot_rate", "gift_rate", "segment_minutes", "cold_streamers", "cold_users",
-                                  "espeak")} | {"watch_affinity": params.get("watch_affinity", sim_live.WATCH_AFFINITY)}
+                                  "espeak")} | {"watch_affinity": params.get("watch_affinity", sim_live.WATCH_AFFINITY),
+                                                "communities": params.get("communities"),
+                                                "gift_affinity": params.get("gift_affinity", sim_live.GIFT.affinity)}
     if (folder / "dataset.yaml").exists():
         data = InteractionData.load(folder)
         if not _missing_media(data):

@@ -240,7 +240,8 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
                    seed: int = 0, preset: str | None = None, missing: dict[str, float] | None = None,
                    content_signal: float = 1.0, hot_rate: float = 0.08, gift_rate: float = 0.02,
                    segment_minutes: int = 5, cold_streamers: float = 0.1, cold_users: float = 0.1,
-                   espeak: bool | None = None, watch_affinity: float = WATCH_AFFINITY) -> dict:
+                   espeak: bool | None = None, watch_affinity: float = WATCH_AFFINITY, communities: int | None = None,
+                   gift_affinity: float = GIFT.affinity) -> dict:
     """The full, checked parameter set of `generate` (what its output is a function of, media aside).
 
     `preset` fills in n_users / n_streamers / days that are not given (default preset: demo); `espeak`
@@ -260,7 +261,8 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
                          f"got {segment_minutes}")
     checks = (("content_signal", content_signal, 0.0, 10.0), ("hot_rate", hot_rate, 0.0, 0.6),
               ("gift_rate", gift_rate, 1e-4, 0.5), ("cold_streamers", cold_streamers, 0.0, 0.5),
-              ("cold_users", cold_users, 0.0, 0.5), ("watch_affinity", watch_affinity, 0.0, 3.0))
+              ("cold_users", cold_users, 0.0, 0.5), ("watch_affinity", watch_affinity, 0.0, 3.0),
+              ("gift_affinity", gift_affinity, 0.0, 5.0))
     for name, v, lo, hi in checks:
         number = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
         if not number or not lo <= v <= hi:
@@ -284,8 +286,17 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
             "gift_rate": float(gift_rate), "segment_minutes": int(segment_minutes),
             "cold_streamers": float(cold_streamers), "cold_users": float(cold_users), "espeak": bool(espeak),
             "version": SIM_VERSION}
-    if watch_affinity != WATCH_AFFINITY:  # only when changed, so the default keeps the cache keys it had
+    if communities is not None and (not isinstance(communities, (int, np.integer)) or isinstance(communities, bool)
+                                    or not 2 <= communities <= n_streamers):
+        raise ValueError(f"livestream: communities must be an integer in [2, n_streamers={n_streamers}], "
+                         f"got {communities!r}")
+    # only when changed, so the defaults keep the cache keys they had
+    if watch_affinity != WATCH_AFFINITY:
         out["watch_affinity"] = float(watch_affinity)
+    if communities is not None:
+        out["communities"] = int(communities)
+    if gift_affinity != GIFT.affinity:
+        out["gift_affinity"] = float(gift_affinity)
     return out
 
 
@@ -320,7 +331,8 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
              missing: dict[str, float] | None = None, content_signal: float = 1.0, hot_rate: float = 0.08,
              espeak: bool | None = None, progress: bool = False, gift_rate: float = 0.02,
              segment_minutes: int = 5, cold_streamers: float = 0.1,
-             cold_users: float = 0.1, watch_affinity: float = 0.5) -> InteractionData:
+             cold_users: float = 0.1, watch_affinity: float = 0.5, communities: int | None = None,
+             gift_affinity: float = GIFT.affinity) -> InteractionData:
     """Simulate the live-streaming world of the module docstring.
 
     `preset` ("tiny", "demo", "bench", "large") sets n_users / n_streamers / days that are not given
@@ -329,9 +341,12 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
     `missing`: per-modality rates of segments without that modality (defaults frames 0.05, speech
     0.25, comments 0.3). `espeak`: None = use espeak-ng when installed; False = transcript as text.
     `watch_affinity`: weight of the community affinity in the choice of what to watch (default 0.5; 0 makes
-    the gifting communities invisible in what users watch, visible only in who gifts whom)."""
+    the gifting communities invisible in what users watch, visible only in who gifts whom). `communities`: the
+    number of streamer communities (default n_streamers // 6 within [2, 40]); `gift_affinity`: weight of the
+    community affinity in the gift logit (default 0.8). Fewer communities and a larger weight plant gifting
+    circles that show in who gifts whom (what GIE reads; see benchmarks/gie_signal.py)."""
     p = resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal, hot_rate, gift_rate,
-                       segment_minutes, cold_streamers, cold_users, espeak, watch_affinity)
+                       segment_minutes, cold_streamers, cold_users, espeak, watch_affinity, communities, gift_affinity)
     media = Path(media_dir) if media_dir is not None else cache_root() / "livestream" / cache_key(p) / "media"
     prog = _Progress(progress)
     # world, schedule, users, watches, gifts, events, content: one stream each
@@ -420,7 +435,7 @@ def _world(p: dict, rng: np.random.Generator, rng_sched: np.random.Generator) ->
     cold_days = max(1, round(0.2 * days))
     style = rng.choice(len(STYLES), size=n_s, p=STYLE_SHARE)
     style[: len(STYLES)] = np.arange(min(n_s, len(STYLES)))  # every style present
-    n_groups = int(np.clip(n_s // 6, 2, 40))
+    n_groups = int(p.get("communities") or np.clip(n_s // 6, 2, 40))
     group = rng.integers(n_groups, size=n_s)
     logpop = rng.normal(0.0, 0.8, n_s)
     bias = rng.normal(0.0, GIFT.streamer_bias_sd, n_s)
@@ -576,7 +591,7 @@ class _Gifts:
 def _gifts(p: dict, w: _World, us: _Users, wa: _Watches, rng: np.random.Generator) -> _Gifts:
     st = w.seg_streamer[wa.seg]
     base = (np.asarray(TIER_BIAS)[us.tier[wa.user]] + GIFT.interest * us.interest[wa.user, w.st_style[st]]
-            + GIFT.affinity * us.affinity[wa.user, w.st_group[st]] + w.st_bias[st])
+            + p.get("gift_affinity", GIFT.affinity) * us.affinity[wa.user, w.st_group[st]] + w.st_bias[st])
     hot = w.seg_hot[wa.seg]
     logit = base + p["content_signal"] * (GIFT.hot * hot + GIFT.quality * w.seg_quality[wa.seg])
     b0 = _calibrate(logit, p["gift_rate"])
