@@ -36,8 +36,9 @@ gift probabilities, labels and prices and nothing else):
       logit p = b0 + tier bias (heavy +1.6, regular 0, light -1.3) + 0.6 interest(user, style)
                 + 0.8 affinity(user, streamer community) + streamer bias (N(0, 0.4))
                 + content_signal * (2.5 hot + 0.9 quality)
-  where interest = clip(log(5 theta), -2.5, 1.2) and affinity = clip(log(G pi), -2.5, 1.5); b0 is
-  solved so that the mean gift probability over the watches is `gift_rate` (default 2%), whatever
+  where interest = clip(log(5 theta), -2.5, 1.2) and affinity = clip(log(G pi), -2.5, 1.5) (0.8 is
+  `gift_affinity`; the number of communities G is `communities`, default n_streamers // 6 within [2, 40]);
+  b0 is solved so that the mean gift probability over the watches is `gift_rate` (default 2%), whatever
   `content_signal` is. The label is a Bernoulli draw of p; a gifted watch also emits a `gift` event a
   few seconds later with a lognormal price (by true tier, higher in hot segments). `content_signal=0`
   makes p a function of (user, streamer) only: the ablation in which content carries no gift signal.
