@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from livestream import buckets  # benchmarks/livestream.py, beside this script: the same gifter buckets
 
 from modalrec.config import load_config
 from modalrec.eval.metrics import ctr_metrics
@@ -124,7 +125,6 @@ def main() -> None:
 
     cutoff = int(task.splits["valid"].times.min())
     before = g_time < cutoff
-    n_gifts = np.bincount(g_user[before], minlength=len(task.user_vocab))[users]
     # does raw co-gifting follow the communities? pairs of distinct streamers gifted by one user (training period)
     pairs_same, pairs = 0, 0
     by_user: dict[int, set[int]] = {}
@@ -137,8 +137,7 @@ def main() -> None:
         pairs_same += int(sum(k * (k - 1) // 2 for k in np.bincount(c))) if len(c) else 0
     sizes = np.bincount(code_comm[code_comm >= 0])
     chance_pair = float((sizes * (sizes - 1)).sum() / max(sizes.sum() * (sizes.sum() - 1), 1))
-    masks = {"all": np.ones(len(labels), bool), "cold (0 gifts)": n_gifts == 0,
-             "sparse (1-2 gifts)": (n_gifts >= 1) & (n_gifts <= 2), "heavy (>=3 gifts)": n_gifts >= 3,
+    masks = {"all": np.ones(len(labels), bool)} | buckets(data, task) | {
              "user has an expansion": has_exp,
              "has an expansion, target never gifted before": has_exp & (gifted_before == 0)}
     feats = {"true_affinity": t_aff, "gifted_target_before": gifted_before, "in_user_expansion": in_exp}

@@ -182,6 +182,12 @@ CREATE TABLE IF NOT EXISTS items (
 _SQLITE_ITEMS_SEQ_INDEX = "CREATE INDEX IF NOT EXISTS items_seq ON items(seq)"
 
 
+def _check_if_body(ids: list[str], if_body: list[str] | None) -> None:
+    """`delete_items`' documents to compare: one per id, or none."""
+    if if_body is not None and len(if_body) != len(ids):
+        raise ValueError(f"delete_items: {len(ids)} ids but {len(if_body)} documents to compare")
+
+
 class SQLiteState:
     kind = "sqlite"
 
@@ -333,8 +339,7 @@ class SQLiteState:
     def delete_items(self, ids: list[str], if_body: list[str] | None = None) -> list[str]:
         if not ids:
             return []
-        if if_body is not None and len(if_body) != len(ids):
-            raise ValueError(f"delete_items: {len(ids)} ids but {len(if_body)} documents to compare")
+        _check_if_body(ids, if_body)
         con = self._con()
         now = time.time()
         deleted: list[str] = []
@@ -580,8 +585,7 @@ class RedisState:
     def delete_items(self, ids: list[str], if_body: list[str] | None = None) -> list[str]:
         if not ids:
             return []
-        if if_body is not None and len(if_body) != len(ids):
-            raise ValueError(f"delete_items: {len(ids)} ids but {len(if_body)} documents to compare")
+        _check_if_body(ids, if_body)
         # one script: the bodies go, the numbers and the log entries come, together (atomic, as put_items);
         # a stored body is never '' (a JSON document), so '' means "whatever is stored"
         expected = if_body if if_body is not None else [""] * len(ids)
