@@ -444,9 +444,41 @@ def test_qin_defaults_follow_the_paper_code():
     model = build_model("qin", make_schema("ctr"), {})
     cfg = model.config
     assert (cfg.embed_dim, cfg.num_layers, cfg.num_rows, cfg.dropout) == (128, 4, 4, 0.1)
+    assert cfg.embedding_reg == 2e-4  # the authors' embedding_regularizer
     d = model.items.out_dim
     assert model.attention.q.out_features == 2 * d
     assert model.head.in_features == 128 + 2 * d
+
+
+@pytest.mark.parametrize("name", ["qin", "din", "dcnv2", "sim"])
+def test_embedding_reg_is_half_lambda_times_every_table_squared(name):
+    """FuxiCTR's embedding_regularizer: whole tables (rows the batch never reads shrink too), only in
+    training, and added to the model's own regulariser (DIN's mini-batch aware L2) where it has one."""
+    base = SMALL.get(name, {"embed_dim": 8})
+    schema, lam = make_schema("ctr"), 1e-2
+    torch.manual_seed(0)
+    model = build_model(name, schema, {**base, "embedding_reg": lam}).train()
+    batch = random_batch(seed=1, B=3)
+    tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(tables) >= 2
+    expected = 0.5 * lam * sum(float(t.detach().pow(2).sum()) for t in tables)
+    reg = model.penalty(batch)
+    assert reg is not None and abs(float(reg.detach()) - expected) <= 1e-6 * max(expected, 1.0)
+    reg.backward()
+    read = set(batch.item.tolist()) | set(batch.hist[batch.hist_mask].tolist())
+    unread = [i for i in range(1, N_ITEMS) if i not in read]
+    assert unread
+    w = model.items.id.weight
+    torch.testing.assert_close(w.grad[unread], lam * w.detach()[unread])
+    assert model.eval().penalty(batch) is None
+    plain = build_model(name, schema, base).train()
+    assert (plain.penalty(batch) is None) == (name != "qin")  # QIN's default is the authors' 2e-4
+    if name == "din":  # with DIN's own regulariser the two add up
+        mba = build_model(name, schema, {**base, "mba_reg": 0.5}).train()
+        both = build_model(name, schema, {**base, "mba_reg": 0.5, "embedding_reg": lam}).train()
+        mba.load_state_dict(model.state_dict())
+        both.load_state_dict(model.state_dict())
+        torch.testing.assert_close(both.penalty(batch), mba.penalty(batch) + model.train().penalty(batch))
 
 
 @pytest.mark.parametrize("name", ["sim", "sdim", "tin", "qin"])

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 @dataclass
@@ -88,6 +88,10 @@ class Schema:
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # FuxiCTR's `embedding_regularizer`: (lambda / 2) * ||E||^2 over every embedding table of the model,
+    # whole tables, added to the loss of every training batch (0: off)
+    embedding_reg: float = Field(0.0, ge=0.0, description="L2 over all embedding tables, per batch")
+
 
 class Model(torch.nn.Module):
     name: ClassVar[str] = ""
@@ -103,8 +107,20 @@ class Model(torch.nn.Module):
         self.config = config
 
     def penalty(self, batch) -> torch.Tensor | None:
-        """Optional regularisation term the Trainer adds to the task loss (None: nothing)."""
-        return None
+        """Optional regularisation term the Trainer adds to the task loss (None: nothing). The base
+        term is `embedding_reg`; models with a regulariser of their own add it to this one."""
+        return self.embedding_penalty()
+
+    def embedding_penalty(self) -> torch.Tensor | None:
+        """(embedding_reg / 2) * sum of squares of every trainable `nn.Embedding` table, whole tables
+        as in FuxiCTR (`embedding_regularizer`), so rows absent from the batch shrink too."""
+        weight = getattr(self.config, "embedding_reg", 0.0)
+        if not weight or not self.training:
+            return None
+        tables = [m.weight for m in self.modules() if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad]
+        if not tables:
+            return None
+        return 0.5 * weight * torch.stack([t.pow(2).sum() for t in tables]).sum()
 
     def register_id_counts(self) -> None:
         """Training counts of item and user ids as (non-persistent) buffers, for frequency-scaled
