@@ -122,6 +122,12 @@ class Model(torch.nn.Module):
             return None
         return 0.5 * weight * torch.stack([t.pow(2).sum() for t in tables]).sum()
 
+    @staticmethod
+    def sum_terms(*terms: torch.Tensor | None) -> torch.Tensor | None:
+        """The sum of the regularisation terms that are not None (None if all are)."""
+        present = [t for t in terms if t is not None]
+        return sum(present) if present else None
+
     def register_id_counts(self) -> None:
         """Training counts of item and user ids as (non-persistent) buffers, for frequency-scaled
         regularisers such as DIN's mini-batch aware L2."""

@@ -81,6 +81,5 @@ class DIN(Model):
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor | None:
-        terms = [t for t in (super().penalty(batch),
-                             self.id_mba_penalty(batch, self.items.id, self.user, self.config.mba_reg)) if t is not None]
-        return sum(terms) if terms else None
+        return self.sum_terms(super().penalty(batch),
+                              self.id_mba_penalty(batch, self.items.id, self.user, self.config.mba_reg))

@@ -25,8 +25,7 @@ Notes and deviations:
 - per-sample fields (the challenge's likes/views levels, `task.context_features`) join x0 as
   embeddings after o, as in the challenge's baselines; item categorical features reach x0 through x_t and o;
 - with `batch_norm` in training mode a batch of one row is normalised with the running
-  statistics instead of failing.
-
+  statistics instead of failing;
 - the authors' L2 on the embedding tables (FuxiCTR's `embedding_regularizer` 2e-4, whole tables, every
   batch) is the default `embedding_reg`.
 
