@@ -14,7 +14,7 @@ architecture (dropout 0.1, lr 2e-3) with L=3 QNN layers and R=3 rows (chosen on 
 R=4 (the paper's), L=4 and L=2, lr 1e-3, dropout 0.2 and embedding 64; the authors call R=3 the more
 stable choice) and the authors' L2 on the embedding tables (FuxiCTR's embedding_regularizer), its
 strength chosen on validation AUC for DIN and QIN alike (2e-4, the authors', 1e-3, 5e-3, 2e-2: 5e-3
-for both; DCNv2, SIM and TIN take the same value, SDIM runs without it), but the embedding size (32) and batch
+for both; DCNv2, SIM, SDIM and TIN take the same value), but the embedding size (32) and batch
 size (1024) of the others: the paper's 8192 leaves MovieLens's 80k training samples ten steps an epoch,
 and at embedding 128 (item vectors of 5 x 128) one epoch took over 25 minutes on this shared 2-core
 machine.
@@ -47,7 +47,7 @@ MODELS = {
     "din": ({"embed_dim": 32, "attention_softmax": True, "embedding_reg": 5e-3}, {}),  # L2: validation
     "dcnv2": ({"embed_dim": 32, "embedding_reg": 5e-3}, {}),
     "sim": ({"embed_dim": 32, "embedding_reg": 5e-3}, {}),
-    "sdim": ({"embed_dim": 32}, {}),
+    "sdim": ({"embed_dim": 32, "embedding_reg": 5e-3}, {}),
     "tin": ({"embed_dim": 32, "embedding_reg": 5e-3}, {}),
     "qin": ({"embed_dim": 32, "num_layers": 3, "num_rows": 3, "dropout": 0.1, "embedding_reg": 5e-3},  # validation
             {"lr": 0.002}),
