@@ -85,8 +85,8 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
                seed: int = 0, preset: str | None = None, missing: dict[str, float] | None = None,
                content_signal: float = 1.0, hot_rate: float = 0.08, espeak: bool | None = None,
                gift_rate: float = 0.02, segment_minutes: int = 5, cold_streamers: float = 0.1,
-               cold_users: float = 0.1, watch_affinity: float = 0.5, communities: int | None = None,
-               gift_affinity: float = 0.8, cache: str | os.PathLike | None = None, refresh: bool = False,
+               cold_users: float = 0.1, watch_affinity: float | None = None, communities: int | None = None,
+               gift_affinity: float | None = None, cache: str | os.PathLike | None = None, refresh: bool = False,
                progress: bool = False) -> InteractionData:
     """The simulated live-streaming world (`modalrec.sim.livestream.generate`, parameters as there), written
     once into a cache folder keyed by the resolved parameters (`cache`, default $MODALREC_CACHE or
@@ -101,24 +101,20 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
 
     params = sim_live.resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal,
                                      hot_rate, gift_rate, segment_minutes, cold_streamers, cold_users, espeak,
-                                     watch_affinity, communities, gift_affinity)
+                                     sim_live.WATCH_AFFINITY if watch_affinity is None else watch_affinity,
+                                     communities, sim_live.GIFT.affinity if gift_affinity is None else gift_affinity)
     root = Path(cache) if cache is not None else sim_live.cache_root()
     base = root / "livestream" / sim_live.cache_key(params)
     folder = base / "data"
     if refresh and folder.exists():
         shutil.rmtree(folder)
-    gen = {k: params[k] for k in ("n_users", "n_streamers", "days", "seed", "missing", "content_signal",
-                                  "hot_rate", "gift_rate", "segment_minutes", "cold_streamers", "cold_users",
-                                  "espeak")} | {"watch_affinity": params.get("watch_affinity", sim_live.WATCH_AFFINITY),
-                                                "communities": params.get("communities"),
-                                                "gift_affinity": params.get("gift_affinity", sim_live.GIFT.affinity)}
     if (folder / "dataset.yaml").exists():
         data = InteractionData.load(folder)
         if not _missing_media(data):
             return data
         # the media cache was cleared: the same parameters draw the same files at the same paths
-        return sim_live.generate(**gen, media_dir=base / "media", progress=progress)
-    data = sim_live.generate(**gen, media_dir=base / "media", progress=progress)
+        return sim_live.simulate(params, base / "media", progress)
+    data = sim_live.simulate(params, base / "media", progress)
     tmp = Path(tempfile.mkdtemp(prefix="data.", dir=base))
     try:
         data.save(tmp)

@@ -332,7 +332,7 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
              missing: dict[str, float] | None = None, content_signal: float = 1.0, hot_rate: float = 0.08,
              espeak: bool | None = None, progress: bool = False, gift_rate: float = 0.02,
              segment_minutes: int = 5, cold_streamers: float = 0.1,
-             cold_users: float = 0.1, watch_affinity: float = 0.5, communities: int | None = None,
+             cold_users: float = 0.1, watch_affinity: float = WATCH_AFFINITY, communities: int | None = None,
              gift_affinity: float = GIFT.affinity) -> InteractionData:
     """Simulate the live-streaming world of the module docstring.
 
@@ -348,6 +348,11 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
     circles that show in who gifts whom (what GIE reads; see benchmarks/gie_signal.py)."""
     p = resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal, hot_rate, gift_rate,
                        segment_minutes, cold_streamers, cold_users, espeak, watch_affinity, communities, gift_affinity)
+    return simulate(p, media_dir, progress)
+
+
+def simulate(p: dict, media_dir: str | os.PathLike | None = None, progress: bool = False) -> InteractionData:
+    """`generate` from a parameter set `resolve_params` returned."""
     media = Path(media_dir) if media_dir is not None else cache_root() / "livestream" / cache_key(p) / "media"
     prog = _Progress(progress)
     # world, schedule, users, watches, gifts, events, content: one stream each
