@@ -117,6 +117,15 @@ def test_deterministic_with_a_seed(world, media):
     assert one.fingerprint() != other.fingerprint()
 
 
+@pytest.mark.skipif(not ls.espeak_available(), reason="espeak-ng is not installed")
+def test_speech_is_the_same_bytes_every_time(tmp_path):
+    """A clip spoken twice is byte-identical (espeak-ng is deterministic, sox's dither is seeded): worlds drawn
+    apart share their speech encoders' caches, which are keyed by the file's bytes."""
+    a = ls.speak("gift rush now, send a rocket", tmp_path / "a.wav").read_bytes()
+    b = ls.speak("gift rush now, send a rocket", tmp_path / "b.wav").read_bytes()
+    assert a[:4] == b"RIFF" and len(a) > 10_000 and a == b
+
+
 def test_gift_rate_and_calibration(world):
     w = _watches(world)
     rate, mean_p = w["label"].mean(), w["p_true"].mean()
@@ -355,7 +364,46 @@ def test_gifting_circles_show_in_who_gifts_whom(world, media):
     assert co_gift_same_community(circles) - 1 / 3 > co_gift_same_community(world) - 1 / n_default
 
 
+def test_loyal_fans_gift_again_by_the_stated_logit(media):
+    """`gift_loyalty` adds loyalty * log(1 + the user's earlier gifts to the streamer) to the gift logit: against
+    the same world without it (every other draw shared), logit(p_true) moves by exactly that term plus one
+    intercept shift, the mean gift probability stays `gift_rate`, and more gifts go to streamers gifted before."""
+    plain = ls.generate(**TINY, media_dir=media, espeak=False)
+    loyal = ls.generate(**TINY, media_dir=media, espeak=False, gift_loyalty=1.5)
+    assert "gift_loyalty" not in ls.resolve_params(**TINY)
+    w0, w1 = _watches(plain), _watches(loyal)
+    assert (w0["item_id"] == w1["item_id"]).all() and (w0["user_id"] == w1["user_id"]).all()
+    assert w1["p_true"].mean() == pytest.approx(0.02, abs=1e-4)
+    streamer = _item_column(loyal, w1["item_id"], "streamer_id")
+    order = np.lexsort((w1["time"], streamer, w1["user_id"]))
+    before = np.zeros(len(order))
+    seen: dict[tuple, int] = {}
+    for i in order:  # the user's gifts to this streamer at earlier watches (watches of a pair never share a time)
+        key = (w1["user_id"][i], streamer[i])
+        before[i] = seen.get(key, 0)
+        seen[key] = before[i] + (w1["label"][i] > 0)
+    assert before.max() >= 2
+
+    def logit(q):
+        return np.log(q) - np.log1p(-q)
+
+    shift = logit(w1["p_true"]) - logit(w0["p_true"]) - 1.5 * np.log1p(before)
+    assert np.ptp(shift) < 1e-6 and shift[0] < 0  # one intercept, lower: loyalty adds gifts at the same rate
+
+    def repeat_share(w, st) -> float:
+        gifts = np.flatnonzero(w["label"] > 0)
+        gifts = gifts[np.argsort(w["time"][gifts], kind="stable")]
+        done, repeats = set(), 0
+        for i in gifts:
+            repeats += (w["user_id"][i], st[i]) in done
+            done.add((w["user_id"][i], st[i]))
+        return repeats / len(gifts)
+
+    assert repeat_share(w1, streamer) > repeat_share(w0, streamer) + 0.05
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    ({"gift_loyalty": -0.5}, "gift_loyalty"),
     ({"communities": 1}, "communities must be an integer"),
     ({"communities": 7}, "communities must be an integer"),  # more than the 6 streamers
     ({"gift_affinity": -1.0}, "gift_affinity"),

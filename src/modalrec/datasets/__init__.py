@@ -86,7 +86,7 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
                content_signal: float = 1.0, hot_rate: float = 0.08, espeak: bool | None = None,
                gift_rate: float = 0.02, segment_minutes: int = 5, cold_streamers: float = 0.1,
                cold_users: float = 0.1, watch_affinity: float | None = None, communities: int | None = None,
-               gift_affinity: float | None = None, cache: str | os.PathLike | None = None, refresh: bool = False,
+               gift_affinity: float | None = None, gift_loyalty: float = 0.0, cache: str | os.PathLike | None = None, refresh: bool = False,
                progress: bool = False) -> InteractionData:
     """The simulated live-streaming world (`modalrec.sim.livestream.generate`, parameters as there), written
     once into a cache folder keyed by the resolved parameters (`cache`, default $MODALREC_CACHE or
@@ -102,7 +102,8 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
     params = sim_live.resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal,
                                      hot_rate, gift_rate, segment_minutes, cold_streamers, cold_users, espeak,
                                      sim_live.WATCH_AFFINITY if watch_affinity is None else watch_affinity,
-                                     communities, sim_live.GIFT.affinity if gift_affinity is None else gift_affinity)
+                                     communities, sim_live.GIFT.affinity if gift_affinity is None else gift_affinity,
+                                     gift_loyalty)
     root = Path(cache) if cache is not None else sim_live.cache_root()
     base = root / "livestream" / sim_live.cache_key(params)
     folder = base / "data"

@@ -36,12 +36,15 @@ gift probabilities, labels and prices and nothing else):
       logit p = b0 + tier bias (heavy +1.6, regular 0, light -1.3) + 0.6 interest(user, style)
                 + 0.8 affinity(user, streamer community) + streamer bias (N(0, 0.4))
                 + content_signal * (2.5 hot + 0.9 quality)
+                + gift_loyalty * log(1 + the user's gifts to this streamer at earlier watches)
   where interest = clip(log(5 theta), -2.5, 1.2) and affinity = clip(log(G pi), -2.5, 1.5) (0.8 is
-  `gift_affinity`; the number of communities G is `communities`, default n_streamers // 6 within [2, 40]);
+  `gift_affinity`; the number of communities G is `communities`, default n_streamers // 6 within [2, 40];
+  `gift_loyalty` defaults to 0: loyal fans, who come back to gift the streamers they gifted, are an option);
   b0 is solved so that the mean gift probability over the watches is `gift_rate` (default 2%), whatever
   `content_signal` is. The label is a Bernoulli draw of p; a gifted watch also emits a `gift` event a
   few seconds later with a lognormal price (by true tier, higher in hot segments). `content_signal=0`
-  makes p a function of (user, streamer) only: the ablation in which content carries no gift signal.
+  makes p a function of (user, streamer) (and of earlier gifts, with loyalty) only: the ablation in which
+  content carries no gift signal.
 - Watches emit `comment` and `like` events (more likely for liked styles and communities, never
   dependent on the hidden segment variables or the label), at times inside the watch. A comment
   event says who commented; the texts of the `comments` modality are the segment's whole chat.
@@ -145,6 +148,7 @@ class GiftModel:
     hot: float = 2.5
     quality: float = 0.9
     hot_price_log: float = 0.35
+    loyalty: float = 0.0
 
 
 GIFT = GiftModel()
@@ -242,7 +246,7 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
                    content_signal: float = 1.0, hot_rate: float = 0.08, gift_rate: float = 0.02,
                    segment_minutes: int = 5, cold_streamers: float = 0.1, cold_users: float = 0.1,
                    espeak: bool | None = None, watch_affinity: float = WATCH_AFFINITY, communities: int | None = None,
-                   gift_affinity: float = GIFT.affinity) -> dict:
+                   gift_affinity: float = GIFT.affinity, gift_loyalty: float = GIFT.loyalty) -> dict:
     """The full, checked parameter set of `generate` (what its output is a function of, media aside).
 
     `preset` fills in n_users / n_streamers / days that are not given (default preset: demo); `espeak`
@@ -263,7 +267,7 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
     checks = (("content_signal", content_signal, 0.0, 10.0), ("hot_rate", hot_rate, 0.0, 0.6),
               ("gift_rate", gift_rate, 1e-4, 0.5), ("cold_streamers", cold_streamers, 0.0, 0.5),
               ("cold_users", cold_users, 0.0, 0.5), ("watch_affinity", watch_affinity, 0.0, 3.0),
-              ("gift_affinity", gift_affinity, 0.0, 5.0))
+              ("gift_affinity", gift_affinity, 0.0, 5.0), ("gift_loyalty", gift_loyalty, 0.0, 5.0))
     for name, v, lo, hi in checks:
         number = isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
         if not number or not lo <= v <= hi:
@@ -298,6 +302,8 @@ def resolve_params(n_users: int | None = None, n_streamers: int | None = None, d
         out["communities"] = int(communities)
     if gift_affinity != GIFT.affinity:
         out["gift_affinity"] = float(gift_affinity)
+    if gift_loyalty != GIFT.loyalty:
+        out["gift_loyalty"] = float(gift_loyalty)
     return out
 
 
@@ -333,7 +339,7 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
              espeak: bool | None = None, progress: bool = False, gift_rate: float = 0.02,
              segment_minutes: int = 5, cold_streamers: float = 0.1,
              cold_users: float = 0.1, watch_affinity: float = WATCH_AFFINITY, communities: int | None = None,
-             gift_affinity: float = GIFT.affinity) -> InteractionData:
+             gift_affinity: float = GIFT.affinity, gift_loyalty: float = GIFT.loyalty) -> InteractionData:
     """Simulate the live-streaming world of the module docstring.
 
     `preset` ("tiny", "demo", "bench", "large") sets n_users / n_streamers / days that are not given
@@ -345,9 +351,12 @@ def generate(n_users: int | None = None, n_streamers: int | None = None, days: i
     the gifting communities invisible in what users watch, visible only in who gifts whom). `communities`: the
     number of streamer communities (default n_streamers // 6 within [2, 40]); `gift_affinity`: weight of the
     community affinity in the gift logit (default 0.8). Fewer communities and a larger weight plant gifting
-    circles that show in who gifts whom (what GIE reads; see benchmarks/gie_signal.py)."""
+    circles that show in who gifts whom (what GIE reads; see benchmarks/gie_signal.py). `gift_loyalty`: weight
+    of log(1 + the user's earlier gifts to this streamer) in the gift logit (default 0: gifts are independent
+    draws; > 0 makes gifters loyal fans who come back to the streamers they gifted)."""
     p = resolve_params(n_users, n_streamers, days, seed, preset, missing, content_signal, hot_rate, gift_rate,
-                       segment_minutes, cold_streamers, cold_users, espeak, watch_affinity, communities, gift_affinity)
+                       segment_minutes, cold_streamers, cold_users, espeak, watch_affinity, communities, gift_affinity,
+                       gift_loyalty)
     return simulate(p, media_dir, progress)
 
 
@@ -600,15 +609,60 @@ def _gifts(p: dict, w: _World, us: _Users, wa: _Watches, rng: np.random.Generato
             + p.get("gift_affinity", GIFT.affinity) * us.affinity[wa.user, w.st_group[st]] + w.st_bias[st])
     hot = w.seg_hot[wa.seg]
     logit = base + p["content_signal"] * (GIFT.hot * hot + GIFT.quality * w.seg_quality[wa.seg])
-    b0 = _calibrate(logit, p["gift_rate"])
-    prob = 1.0 / (1.0 + np.exp(-(logit + b0)))
     # every draw is made for every watch, so content_signal changes labels and prices but no other draw
-    label = rng.random(len(prob)) < prob
+    u = rng.random(len(logit))
+    loyalty = p.get("gift_loyalty", GIFT.loyalty)
+    if loyalty:
+        b0, prob, label = _loyal_gifts(logit, wa.user * w.st_group.size + st, u, loyalty, p["gift_rate"])
+    else:
+        b0 = _calibrate(logit, p["gift_rate"])
+        prob = 1.0 / (1.0 + np.exp(-(logit + b0)))
+        label = u < prob
     log_price = (np.asarray(PRICE_LOG_MEAN)[us.tier[wa.user]] + GIFT.hot_price_log * p["content_signal"] * hot
                  + rng.normal(0.0, 0.9, len(prob)))
     price = np.where(label, np.maximum(np.round(np.exp(log_price), 2), 0.1), 0.0)
     offset = 2.0 + rng.random(len(prob)) * np.minimum(13.0, wa.duration - 3.0)
     return _Gifts(prob, label, price, offset.astype(np.int64), b0)
+
+
+def _loyal_gifts(logit: np.ndarray, pair: np.ndarray, u: np.ndarray, loyalty: float,
+                 rate: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """Gifts of loyal fans: the logit of a watch gains loyalty * log(1 + the gifts its user made to its streamer
+    at earlier watches), so labels are drawn in time order within each (user, streamer) pair (`pair` codes it;
+    the watches come in time order) and vectorised across pairs, one watch of every pair per step. The
+    intercept b0 is solved by bisection on the mean gift probability with the draws `u` held fixed (the mean
+    grows with b0: every probability does, and so do the earlier gifts). Returns (b0, p_true, label)."""
+    order = np.lexsort((np.arange(len(pair)), pair))  # by pair, then time
+    code, first = np.unique(pair[order], return_index=True)
+    sizes = np.diff(np.append(first, len(order)))
+    rank = np.arange(len(order)) - np.repeat(first, sizes)  # position of each watch within its pair
+    by_rank = order[np.argsort(rank, kind="stable")]
+    pair_ix = np.empty(len(pair), dtype=np.int64)
+    pair_ix[order] = np.repeat(np.arange(len(code)), sizes)
+    steps = np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
+
+    def draw(b0: float) -> tuple[np.ndarray, np.ndarray]:
+        gifts = np.zeros(len(code))
+        prob = np.empty(len(pair))
+        label = np.empty(len(pair), dtype=bool)
+        for idx in steps:
+            q = 1.0 / (1.0 + np.exp(-(logit[idx] + b0 + loyalty * np.log1p(gifts[pair_ix[idx]]))))
+            prob[idx] = q
+            label[idx] = u[idx] < q
+            gifts[pair_ix[idx]] += label[idx]
+        return prob, label
+
+    if not len(logit):
+        return 0.0, np.empty(0), np.empty(0, dtype=bool)
+    lo, hi = -30.0 - logit.max() - loyalty * np.log1p(len(pair)), 30.0 - logit.min()
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if draw(mid)[0].mean() < rate:
+            lo = mid
+        else:
+            hi = mid
+    b0 = 0.5 * (lo + hi)
+    return (b0, *draw(b0))
 
 
 def _calibrate(logit: np.ndarray, rate: float) -> float:
@@ -1013,7 +1067,9 @@ def speak(text: str, path: str | os.PathLike) -> Path:
             raise RuntimeError(f"espeak-ng failed on {text!r}: {res.stderr.decode(errors='replace').strip()}")
         sox = shutil.which("sox")
         if sox is not None:
-            subprocess.run([sox, str(raw), "-r", str(SPEECH_RATE), "-c", "1", "-b", "16", str(out)],
+            # -R: sox's dither is seeded the same every run, so a clip is the same bytes in every world and
+            # every cache (the speech encoders' caches are keyed by the file's bytes)
+            subprocess.run([sox, "-R", str(raw), "-r", str(SPEECH_RATE), "-c", "1", "-b", "16", str(out)],
                            capture_output=True, check=True)
         else:
             _resample_wav(raw, out)
