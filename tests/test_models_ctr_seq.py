@@ -440,6 +440,39 @@ def test_qin_quadratic_layer_matches_its_definition():
     assert torch.isfinite(bn(torch.randn(1, 5))).all()  # a single row in training does not fail
 
 
+def test_qin_inference_shortcuts_equal_the_training_path():
+    """Without grad in eval mode, QIN sums its R rows into one map (cached, recomputed when the weights change)
+    and projects a history shared by every row (stride 0: a served user's) once: both equal the plain path."""
+    torch.manual_seed(0)
+    model = build_model("qin", make_schema("ctr"), params("qin", num_rows=3)).eval()
+    batch = with_time(random_batch(B=8))
+    plain = model(batch).detach()  # grad enabled: every row computed, histories projected per sample
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), plain, rtol=0, atol=1e-5)
+        layer = model.qnn[0]
+        layer.rows.weight.mul_(1.5)  # in place: the summed map must follow
+    changed = model(batch).detach()
+    assert (changed - plain).abs().max() > 1e-3
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), changed, rtol=0, atol=1e-5)
+        model.qnn[0].rows.weight = torch.nn.Parameter(torch.randn_like(layer.rows.weight))  # replaced
+    replaced = model(batch).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), replaced, rtol=0, atol=1e-5)
+
+    att = model.attention
+    B, d = 7, att.q.in_features
+    query = torch.randn(B, d)
+    keys = torch.randn(1, L, d).expand(B, L, d)
+    mask = (torch.arange(L) < L - 2).unsqueeze(0).expand(B, L)
+    assert keys.stride(0) == 0 and att._keys_values(keys, mask)[2]
+    with torch.no_grad():
+        torch.testing.assert_close(att(query, keys, mask), att(query, keys.contiguous(), mask.contiguous()),
+                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(att.weights(query, keys, mask),
+                                   att.weights(query, keys.contiguous(), mask.contiguous()), rtol=0, atol=1e-5)
+
+
 def test_qin_defaults_follow_the_paper_code():
     model = build_model("qin", make_schema("ctr"), {})
     cfg = model.config

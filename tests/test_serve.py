@@ -218,6 +218,39 @@ def test_parity_of_stored_state(served, client):
     assert np.abs(served_scores() - want).max() <= 1e-5
 
 
+def test_qin_bundle_parity(served, tmp_path, monkeypatch):
+    """QIN served (its shared-history attention and summed QNN rows): /score equals the offline logits."""
+    from modalrec.models.qin import SparseTargetAttention
+
+    shared = []
+    keys_values = SparseTargetAttention._keys_values
+
+    def spy(self, keys, mask):
+        out = keys_values(self, keys, mask)
+        shared.append(out[2])
+        return out
+
+    monkeypatch.setattr(SparseTargetAttention, "_keys_values", spy)
+    data = served["data"]
+    cfg = RunConfig.model_validate({
+        "name": "toy-qin", "data": {"source": str(served["root"] / "data")},
+        "task": {"kind": "ctr", "sample_channels": ["click"], "max_history": MAX_HISTORY},
+        "model": {"name": "qin", "params": {"embed_dim": 8, "num_layers": 2, "num_rows": 3}},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "progress": False, "num_threads": 1}, "seeds": [0],
+    })
+    train_run(cfg, tmp_path / "run", data=data, report=False)
+    export_bundle(tmp_path / "run", tmp_path / "bundle", data=data)
+    task = prepare_task(data, cfg.task)
+    model = build_model("qin", task.schema, cfg.model.params)
+    load_checkpoint(tmp_path / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
+    model.eval()
+    app = create_app(tmp_path / "bundle", f"sqlite:///{tmp_path / 'state.sqlite'}", api_key=KEY)
+    with TestClient(app) as c:
+        shared.clear()
+        _check_parity({"task": task, "model": model}, c, 1e-5)
+    assert any(shared)  # requests with several candidates projected their one history once
+
+
 def test_topk_bundle_parity(served, tmp_path):
     """A next-item model (SASRec) served: /score equals the offline full-ranking scores of those items."""
     data = served["data"]

@@ -60,16 +60,30 @@ class SparseTargetAttention(nn.Module):
         self.o = nn.Linear(attention_dim, dim)
         self.scale = math.sqrt(attention_dim)
 
-    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) non-negative, unnormalised; exactly 0 on padding and on negative scores."""
+    def _keys_values(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(K, V, shared) of the masked keys (padding zeroed). `shared`: every row has the same history (a served
+        user's: the collate expands one history with stride 0), and K, V are projected once, (1, L, a)."""
+        shared = keys.shape[0] > 1 and keys.stride(0) == 0 and mask.stride(0) == 0
+        if shared:
+            keys, mask = keys[:1], mask[:1]
         keys = torch.where(mask.unsqueeze(-1), keys, torch.zeros((), dtype=keys.dtype, device=keys.device))
-        scores = torch.einsum("bd,bld->bl", self.q(query), self.k(keys)) / self.scale
+        return self.k(keys), self.v(keys), shared
+
+    def _weights(self, query: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, shared: bool) -> torch.Tensor:
+        q = self.q(query)
+        scores = (q @ k[0].T if shared else torch.bmm(k, q.unsqueeze(-1)).squeeze(-1)) / self.scale
         return torch.where(mask, F.relu(scores), torch.zeros((), dtype=scores.dtype, device=scores.device))
 
+    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) non-negative, unnormalised; exactly 0 on padding and on negative scores."""
+        k, _, shared = self._keys_values(keys, mask)
+        return self._weights(query, k, mask, shared)
+
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        w = self.weights(query, keys, mask)
-        keys = torch.where(mask.unsqueeze(-1), keys, torch.zeros((), dtype=keys.dtype, device=keys.device))
-        return self.o(torch.einsum("bl,bla->ba", w, self.v(keys))) + query
+        k, v, shared = self._keys_values(keys, mask)
+        w = self._weights(query, k, mask, shared)
+        pooled = w @ v[0] if shared else torch.bmm(w.unsqueeze(1), v).squeeze(1)
+        return self.o(pooled) + query
 
 
 class QuadraticLayer(nn.Module):
@@ -83,9 +97,23 @@ class QuadraticLayer(nn.Module):
         self.norm = nn.BatchNorm1d(dim) if batch_norm else None
         self.activation = nn.PReLU()
         self.dropout = nn.Dropout(dropout)
+        self._summed: tuple | None = None  # (weights' key, W, b) of the rows summed into one map (inference)
+
+    def summed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, b) = (Σ_r W_r, Σ_r b_r): without dropout the R rows are this one linear map, R times cheaper.
+        Computed once, again only after the weights change (in place or replaced)."""
+        w, b = self.rows.weight, self.rows.bias
+        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        if self._summed is None or self._summed[0] != key:
+            d = w.shape[1]
+            self._summed = (key, w.detach().view(self.num_rows, d, d).sum(0), b.detach().view(self.num_rows, d).sum(0))
+        return self._summed[1], self._summed[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.row_dropout(self.rows(x)).view(*x.shape[:-1], self.num_rows, x.shape[-1]).sum(-2)
+        if self.num_rows > 1 and not self.training and not torch.is_grad_enabled():
+            h = F.linear(x, *self.summed_rows())
+        else:
+            h = self.row_dropout(self.rows(x)).view(*x.shape[:-1], self.num_rows, x.shape[-1]).sum(-2)
         y = x * h
         if self.norm is not None:
             if self.training and y.shape[0] < 2:  # no variance in one row: use the running statistics
