@@ -441,10 +441,18 @@ def test_qin_quadratic_layer_matches_its_definition():
 
 
 def test_qin_inference_shortcuts_equal_the_training_path():
-    """Without grad in eval mode, QIN sums its R rows into one map (cached, recomputed when the weights change)
-    and projects a history shared by every row (stride 0: a served user's) once: both equal the plain path."""
+    """Without grad in eval mode, QIN folds its R rows and BatchNorm into one map (cached, recomputed when the
+    weights change) and, for a history shared by every row (stride 0: a served user's), folds the attention's
+    projections into two (d, d) maps: both equal the plain path."""
     torch.manual_seed(0)
     model = build_model("qin", make_schema("ctr"), params("qin", num_rows=3)).eval()
+    with torch.no_grad():  # BatchNorm statistics and affine terms away from the identity: the fold must hold
+        for layer in model.qnn:
+            n = layer.norm
+            n.running_mean.normal_(0.0, 0.5)
+            n.running_var.uniform_(0.5, 2.0)
+            n.weight.uniform_(0.5, 1.5)
+            n.bias.normal_(0.0, 0.3)
     batch = with_time(random_batch(B=8))
     plain = model(batch).detach()  # grad enabled: every row computed, histories projected per sample
     with torch.no_grad():

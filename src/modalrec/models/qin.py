@@ -59,6 +59,26 @@ class SparseTargetAttention(nn.Module):
         self.v = nn.Linear(dim, attention_dim, bias=False)
         self.o = nn.Linear(attention_dim, dim)
         self.scale = math.sqrt(attention_dim)
+        self._folded: tuple | None = None  # (weights' key, M, O): `folded`
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, O), (d, d) each: M = W_q^T W_k / sqrt(d_a), so that a score is x_t^T M x_j, and O = W_o W_v, so
+        that the output is Σ_j a_j O x_j + b_o. Computed once, again only after the weights change."""
+        ws = (self.q.weight, self.k.weight, self.v.weight, self.o.weight)
+        key = tuple((w.data_ptr(), w._version) for w in ws)
+        if self._folded is None or self._folded[0] != key:
+            wq, wk, wv, wo = (w.detach() for w in ws)
+            self._folded = (key, wq.T @ wk / self.scale, wo @ wv)
+        return self._folded[1], self._folded[2]
+
+    def _served(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """forward for one history (L, d) shared by every row, without grad: with the folded maps the work per
+        request is four (d x d)-sized products instead of projecting into the attention width and back."""
+        m, o = self.folded()
+        keys = torch.where(mask.unsqueeze(-1), keys, torch.zeros((), dtype=keys.dtype, device=keys.device))
+        scores = query @ (m @ keys.T)  # (B, L)
+        w = torch.where(mask, F.relu(scores), torch.zeros((), dtype=scores.dtype, device=scores.device))
+        return torch.addmm(self.o.bias, w, keys @ o.T) + query
 
     def _keys_values(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(K, V, shared) of the masked keys (padding zeroed). `shared`: every row has the same history (a served
@@ -80,6 +100,9 @@ class SparseTargetAttention(nn.Module):
         return self._weights(query, k, mask, shared)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if (keys.shape[0] > 1 and keys.stride(0) == 0 and mask.stride(0) == 0 and not self.training
+                and not torch.is_grad_enabled()):
+            return self._served(query, keys[0], mask[0])
         k, v, shared = self._keys_values(keys, mask)
         w = self._weights(query, k, mask, shared)
         pooled = w @ v[0] if shared else torch.bmm(w.unsqueeze(1), v).squeeze(1)
@@ -97,23 +120,34 @@ class QuadraticLayer(nn.Module):
         self.norm = nn.BatchNorm1d(dim) if batch_norm else None
         self.activation = nn.PReLU()
         self.dropout = nn.Dropout(dropout)
-        self._summed: tuple | None = None  # (weights' key, W, b) of the rows summed into one map (inference)
+        self._folded: tuple | None = None  # (weights' key, W, b, shift): `folded`
 
-    def summed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W, b) = (Σ_r W_r, Σ_r b_r): without dropout the R rows are this one linear map, R times cheaper.
-        Computed once, again only after the weights change (in place or replaced)."""
-        w, b = self.rows.weight, self.rows.bias
-        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
-        if self._summed is None or self._summed[0] != key:
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The layer in eval mode as x + PReLU(x ⊙ (W x + b) + shift): W, b are the R rows summed (without
+        dropout they are one linear map, R times cheaper) and scaled by BatchNorm's running scale, shift is
+        BatchNorm's (None without it). Computed once, again only after the weights or statistics change."""
+        n, w, b = self.norm, self.rows.weight, self.rows.bias
+        ts = [w, b] + ([n.weight, n.bias, n.running_mean, n.running_var] if n is not None else [])
+        key = tuple((t.data_ptr(), t._version) for t in ts)
+        if self._folded is None or self._folded[0] != key:
             d = w.shape[1]
-            self._summed = (key, w.detach().view(self.num_rows, d, d).sum(0), b.detach().view(self.num_rows, d).sum(0))
-        return self._summed[1], self._summed[2]
+            w_sum, b_sum = w.detach().view(self.num_rows, d, d).sum(0), b.detach().view(self.num_rows, d).sum(0)
+            shift = None
+            if n is not None:
+                scale = n.weight.detach() / torch.sqrt(n.running_var + n.eps)
+                w_sum, b_sum = w_sum * scale.unsqueeze(1), b_sum * scale
+                shift = n.bias.detach() - n.running_mean * scale
+            self._folded = (key, w_sum, b_sum, shift)
+        return self._folded[1:]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_rows > 1 and not self.training and not torch.is_grad_enabled():
-            h = F.linear(x, *self.summed_rows())
-        else:
-            h = self.row_dropout(self.rows(x)).view(*x.shape[:-1], self.num_rows, x.shape[-1]).sum(-2)
+        if (not self.training and not torch.is_grad_enabled()
+                and (self.norm is None or self.norm.running_var is not None)):
+            w, b, shift = self.folded()
+            h = F.linear(x, w, b)
+            y = x * h if shift is None else torch.addcmul(shift, x, h)
+            return x + self.activation(y)
+        h = self.row_dropout(self.rows(x)).view(*x.shape[:-1], self.num_rows, x.shape[-1]).sum(-2)
         y = x * h
         if self.norm is not None:
             if self.training and y.shape[0] < 2:  # no variance in one row: use the running statistics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -69,6 +70,31 @@ class ItemEncoder(nn.Module):
             raise ValueError("ItemEncoder: use_id=False needs at least one item side feature or content modality "
                              "(the schema has none): nothing would describe an item")
         self.out_dim = embed_dim * n_parts
+        self._table: tuple | None = None  # (weights' key, (n, out_dim) vectors of ids 1..n-1): `cache_items`
+
+    def _weights_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    @torch.no_grad()
+    def cache_items(self, side_table, n_items: int, max_bytes: int = 256 << 20, chunk: int = 4096) -> bool:
+        """Serving: encodes the items 1..n_items-1 once, with their features in `side_table` (the collate's item
+        table, `data.batch.ItemSide`, whose rows of those items never change), and from then on reads their
+        vectors from that table when the encoder runs without grad in eval mode; id 0 (padding, and items the
+        model has no row for) is encoded as before. The table is dropped when any weight changes (in place or
+        replaced). Skipped (False) when it would take more than `max_bytes`."""
+        if n_items * self.out_dim * 4 > max_bytes:
+            return False
+        was = self.training
+        self.eval()
+        self._table = None
+        parts = [torch.zeros(1, self.out_dim)]
+        for lo in range(1, n_items, chunk):
+            idx = np.arange(lo, min(lo + chunk, n_items))
+            side, presence = side_table.gather(idx)
+            parts.append(self._encode(torch.from_numpy(idx), side, presence).float())
+        self.train(was)
+        self._table = (self._weights_key(), torch.cat(parts))
+        return True
 
     def forward(
         self,
@@ -78,6 +104,27 @@ class ItemEncoder(nn.Module):
         where: str = "item_side",
     ) -> torch.Tensor:
         """ids (*S) with side features (*S), (*S, K) or (*S, D) and presence (*S) -> (*S, out_dim)."""
+        cached = self._table
+        if cached is None or self.training or torch.is_grad_enabled() or cached[0] != self._weights_key():
+            return self._encode(ids, side, presence, where)
+        table = cached[1]
+        known = (ids > 0) & (ids < len(table))
+        if bool(known.all()):
+            return table[ids]
+        out = table[torch.where(known, ids, torch.zeros((), dtype=ids.dtype))]
+        other = ~known
+        if bool(other.any()):
+            out[other] = self._encode(ids[other], {k: v[other] for k, v in side.items()},
+                                      {k: v[other] for k, v in presence.items()}, where).to(out.dtype)
+        return out
+
+    def _encode(
+        self,
+        ids: torch.Tensor,
+        side: dict[str, torch.Tensor],
+        presence: dict[str, torch.Tensor],
+        where: str = "item_side",
+    ) -> torch.Tensor:
         parts = [self.id(ids)] if self.id is not None else []
         for name, emb in self.categorical.items():
             parts.append(emb(_feature(side, name, where)))

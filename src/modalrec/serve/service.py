@@ -400,6 +400,12 @@ class Scorer:
             log.warning("precision bf16: this CPU has no native bf16 matrix products (AVX512-BF16 or AMX); "
                         "they are emulated and slower than fp32")
         self.fast_paths = with_serving_fast_paths(bundle.model, precision) if fast_paths else 0
+        if fast_paths:  # the bundle's items never change: each is encoded once, here, not in every request
+            from ..nn.item_encoder import ItemEncoder
+
+            for m in bundle.model.modules():
+                if isinstance(m, ItemEncoder):
+                    m.cache_items(bundle.item_side, self.n_items)
         # MMBee memoises MFQ's vector per target item index (batch.item), its only read of batch.item when the
         # batch has `uniq`: batch.item then keeps the registered items' own indices (distinct memo keys), and a
         # replaced item's memo is dropped (`forget`); every other model gets 0 there too
