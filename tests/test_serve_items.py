@@ -684,6 +684,75 @@ def test_item_ids_tombstones():
     assert ids.add("e") == 5 and len(ids) == 6
 
 
+def test_item_ids_reuse_old_tombstones():
+    """A tombstone reuse_after_s old is taken by a new id (oldest first) instead of appending a row; its own id
+    registered later gets another row; a tombstone taken back and deleted again waits its full delay anew."""
+    from modalrec.tasks.base import Vocab
+
+    now = [0.0]
+    ids = ItemIds(Vocab(["a", "b"]), clock=lambda: now[0], reuse_after_s=60.0)
+    assert [ids.add(i) for i in ("c", "d", "e")] == [3, 4, 5]
+    ids.remove("c")
+    now[0] = 10.0
+    ids.remove("d")
+    assert ids.tombstones == 2 and ids.index_for("f") == 6  # too young: a new row
+    now[0] = 60.0
+    assert ids.index_for("f") == 3 and ids.add("f") == 3 and ids.reused == 1  # c's row, c forgotten
+    assert ids.id_of(3) == "f" and "c" not in ids.removed and ids.lookup(["c", "f"]).tolist() == [0, 3]
+    assert ids.index_for("g") == 6  # d's tombstone is 50 s old
+    assert ids.add("d") == 4  # d takes its own row back ...
+    now[0] = 65.0
+    ids.remove("d")  # ... and is deleted again at 65: its old entry (10 s) must not count
+    now[0] = 100.0
+    assert ids.add("g") == 6 and len(ids) == 7
+    now[0] = 125.0
+    assert ids.add("c") == 4 and ids.id_of(4) == "c" and ids.reused == 2  # c, back, takes d's tombstone
+    assert ids.tombstones == 0 and ids.lookup(["c", "d", "e", "f", "g"]).tolist() == [4, 0, 5, 3, 6]
+
+
+def test_new_items_take_old_tombstone_rows(mmbee_served, tmp_path):  # noqa: F811 - the fixture
+    """Live segments that come and go (registered, then deleted or expired): once a tombstone is old enough a new
+    segment takes its row, so the tables stop growing; the new item scores as it would in a row of its own (every
+    table of the row is rewritten, MMBee's memo of the index is dropped) and is retrieved latest first."""
+    segs = segments_of(1)
+    user = mmbee_served["task"].user_vocab.id_of(2)
+    with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c, \
+            _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 'fresh.sqlite'}") as fresh:
+        scorer = c.app.state.scorer
+        now = [0.0]
+        scorer.clock = lambda: now[0]
+        forgotten = []
+        forget = scorer.model.forget
+        scorer.model.forget = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
+        _register(c, [_raw_item(mmbee_served, seg_id(segs[0]), "old-0"), _raw_item(mmbee_served, seg_id(segs[1]), "old-1")])
+        old = [int(i) for i in scorer.item_index(["old-0", "old-1"])]
+        _register(c, [_raw_item(mmbee_served, seg_id(segs[3]), "keeper")])  # a row after theirs, registered before
+        keeper = int(scorer.item_index(["keeper"])[0])
+        _scores(c, user, ["old-0", "old-1"], context={"time": NOW})  # memoises their content under those indices
+        rows = len(scorer.ids)
+        assert c.post("/items/delete", json={"ids": ["old-0", "old-1"]}, headers=AUTH).status_code == 200
+        now[0] = scorer.ids.reuse_after_s + 1.0
+        forgotten.clear()
+        _register(c, [_raw_item(mmbee_served, seg_id(segs[2]), "new-0"), _raw_item(mmbee_served, seg_id(segs[3]), "new-1")])
+        new = [int(i) for i in scorer.item_index(["new-0", "new-1"])]
+        assert sorted(new) == sorted(old) and len(scorer.ids) == rows and scorer.ids.reused == 2
+        h = c.get("/healthz").json()
+        assert (h["registered_items"], h["item_rows"], h["tombstones"]) == (3, 3, 0)
+        assert sorted(forgotten[-1]) == sorted(old)
+        _register(fresh, [_raw_item(mmbee_served, seg_id(segs[2]), "new-0"), _raw_item(mmbee_served, seg_id(segs[3]), "new-1")])
+        items = ["new-0", "new-1", "old-0"]
+        got, want = (_scores(x, user, items, context={"time": NOW}) for x in (c, fresh))
+        assert np.abs(got - want).max() <= 1e-5
+        assert [x["known"] for x in c.post("/score", json={"user": user, "items": items}).json()["scores"]] == [
+            True, True, False]
+        n1 = int(scorer.item_index(["new-1"])[0])
+        assert n1 < keeper
+        cand = scorer.retrieve(np.array([keeper]), 10_000, exclude=set())[0].tolist()
+        assert cand.index(n1) < cand.index(keeper)  # the group's registered segments: latest registration first
+        _register(c, [{"id": "newest"}])
+        assert int(scorer.item_index(["newest"])[0]) == rows  # no old tombstone left: a new row
+
+
 def _check_item_deletes(st) -> None:
     """delete_items: a tombstone in the item sequence (items_since returns the id with None), gone from
     load_items, ids not stored skipped, the conditional form, and a registration after it."""

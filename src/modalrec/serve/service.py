@@ -38,8 +38,11 @@ Registered items are removed by `DELETE /items/{id}` (or `POST /items/delete` fo
 (`ttl_s` of the item, else the service's --item-ttl) passes: a tombstone in the state store first (the
 response waits for it; other processes drop the item at their next sync, a restart does not replay it), then
 the id is unpublished here. A deleted item is unknown again, a cold start as an id never registered, and never
-retrieved; its table row stays (indices never move) and is reused if the id is registered again. The bundle's
-own items cannot be deleted (409): they are the exported model's.
+retrieved; its table row stays (indices never move) as a tombstone, taken back if the id is registered again,
+and taken by a new item once it is a minute old (`ItemIds.REUSE_AFTER_S`), so a service whose items come and go
+(live segments with a TTL) holds rows for the items of about a minute plus their TTL, not for every item it ever
+saw (/healthz reports `item_rows` and `tombstones`). The bundle's own items cannot be deleted (409): they are the
+exported model's.
 
 Writes (`POST /events`, `POST /items`, deleting items, and reading a user's stored state) need the API key: header
 `X-API-Key: KEY` or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403.
@@ -58,6 +61,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,21 +273,34 @@ class ItemIds:
     """The service's item vocabulary: the bundle's ids (indices 1 .. n-1, as trained), then the ids registered
     through POST /items (n, n + 1, ...). Index 0 stays unknown.
 
-    A deleted registered id (`remove`) is no longer looked up (index 0, as an id never registered) but keeps its
-    index as a tombstone: the item tables are never compacted (other items' indices stay what requests in flight
-    read), and registering the id again reuses that index and row (`add`), so deleting and re-registering the
-    same ids (a TTL refreshed by registering again) does not grow the tables."""
+    A deleted registered id (`remove`) is no longer looked up (index 0, as an id never registered) and its row
+    becomes a tombstone. Registering the same id again takes that row back (`add`). Once a tombstone is
+    `reuse_after_s` seconds old (of `clock`), a new id may take its row instead of appending one, so a service
+    whose items come and go (live segments with a TTL) keeps as many rows as items live within that time, not
+    one per item it ever saw. Rows never move, and the delay keeps a request that looked an item up just before
+    its deletion (requests take milliseconds) from reading another item's row under that index."""
 
-    def __init__(self, base):
+    REUSE_AFTER_S = 60.0
+
+    def __init__(self, base, clock=time.monotonic, reuse_after_s: float = REUSE_AFTER_S):
         self.base = base
         self.n_base = len(base)
         self.extra: dict[str, int] = {}  # live registered ids
-        self.extra_ids: list[str] = []  # the id of every appended row, tombstones included
+        self.extra_ids: list[str] = []  # the id of every appended row (a tombstone's: the id deleted last)
         self.removed: dict[str, int] = {}  # deleted ids -> their tombstone index
+        self.clock = clock
+        self.reuse_after_s = reuse_after_s
+        self._free: deque[tuple[float, int]] = deque()  # (when deleted, tombstone index), oldest first
+        self._freed_at: dict[int, float] = {}  # tombstone index -> when deleted (stale _free entries differ)
+        self.reused = 0  # rows taken over by another id
 
     def __len__(self) -> int:
         """Indices in use (bundle rows + appended rows, tombstones included): the item tables' length."""
         return self.n_base + len(self.extra_ids)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self.removed)
 
     def lookup(self, values) -> np.ndarray:
         idx = self.base.lookup(values)
@@ -300,18 +317,42 @@ class ItemIds:
         j = index - self.n_base
         return self.extra_ids[j] if j < len(self.extra_ids) else None
 
+    def _reusable(self) -> int | None:
+        """The oldest tombstone old enough to be taken by another id, or None."""
+        while self._free:
+            t, index = self._free[0]
+            if self._freed_at.get(index) != t:  # taken back by its id, or deleted again later: a stale entry
+                self._free.popleft()
+                continue
+            return index if t + self.reuse_after_s <= self.clock() else None
+        return None
+
     def index_for(self, item: str) -> int:
-        """The index `add(item)` will give: its live or tombstone index, else the next new one."""
+        """The index `add(item)` will give: its live or tombstone index, else a reusable tombstone's, else the
+        next new one."""
         index = self.extra.get(item, self.removed.get(item))
+        if index is None:
+            index = self._reusable()
         return self.n_base + len(self.extra_ids) if index is None else index
 
     def add(self, item: str) -> int:
-        """A new id's index (its tombstone's when it was deleted); published (visible to `lookup`) only after
-        its rows are written."""
+        """A new id's index (its tombstone's when it was deleted, else a reusable tombstone's, else a new one);
+        published (visible to `lookup`) only after its rows are written."""
         index = self.removed.pop(item, None)
-        if index is None:
-            index = self.n_base + len(self.extra_ids)
-            self.extra_ids.append(item)
+        if index is not None:
+            self._freed_at.pop(index, None)
+        else:
+            index = self._reusable()
+            if index is not None:  # another id's old tombstone: that id, registered again, gets another row
+                self._free.popleft()
+                del self._freed_at[index]
+                j = index - self.n_base
+                del self.removed[self.extra_ids[j]]
+                self.extra_ids[j] = item
+                self.reused += 1
+            else:
+                index = self.n_base + len(self.extra_ids)
+                self.extra_ids.append(item)
         self.extra[item] = index
         return index
 
@@ -321,6 +362,9 @@ class ItemIds:
         index = self.extra.pop(item, None)
         if index is not None:
             self.removed[item] = index
+            now = self.clock()
+            self._freed_at[index] = now
+            self._free.append((now, index))
         return index
 
 
@@ -380,7 +424,8 @@ class Scorer:
     `item_ttl_s`; the expiry sweep `expire_items` runs at the start of requests, at most once a second). Both
     write a tombstone to the store first (other processes drop the item at their next sync; a restart does not
     replay it), then unpublish the id here: it is looked up as 0, a cold start like an id never registered, and
-    retrieval skips its row (`alive`). The row stays (indices never move); registering the id again reuses it."""
+    retrieval skips its row (`alive`). The row stays (indices never move); registering the id again takes it
+    back, and after `ItemIds.reuse_after_s` a new id may take it (`ItemIds`)."""
 
     EXPIRY_SWEEP_S = 1.0  # at most one expiry sweep per this many seconds (of `clock`)
 
@@ -425,7 +470,7 @@ class Scorer:
         self.vector_source = source
         self.encoder = _item_encoder(bundle.model) if source == "item_encoder" else None
         # registered items (POST /items)
-        self.ids = ItemIds(bundle.item_vocab)
+        self.ids = ItemIds(bundle.item_vocab, clock=lambda: self.clock())  # rows of old tombstones are reused
         self.side = bundle.item_side  # the Collator's table: its arrays become AppendableRows at the first item
         self._growable = False
         self._rw = ReadWriteLock()
@@ -459,6 +504,8 @@ class Scorer:
         self._expiry: dict[str, float] = {}  # live registered id -> when it expires (unix seconds)
         self._expiry_heap: list[tuple[float, str]] = []  # (expiry, id); entries no longer in _expiry are stale
         self.alive: AppendableRows | None = None  # False: a deleted item's row (a tombstone), never retrieved
+        self.born: AppendableRows | None = None  # when each registered row was written last (a counter)
+        self._born = 1
         self.replayed = self.replay()
 
     # ids
@@ -800,7 +847,8 @@ class Scorer:
         """Unpublishes the live registered ids among `ids`: lookups find 0 from now on (a cold start, as an id
         never registered), retrieval skips their rows (`alive`), their expiry and applied body are forgotten,
         and MMBee drops their memoised content. The rows stay as tombstones (other items' indices never move);
-        the id registered again takes its row back. Returns the ids removed. Under _registering."""
+        the id registered again takes its row back, a new id an old tombstone's (`ItemIds`). Returns the ids
+        removed. Under _registering."""
         live = [i for i in dict.fromkeys(ids) if i in self.ids.extra]
         if not live:
             return []
@@ -817,7 +865,7 @@ class Scorer:
 
     def _tables(self) -> list[AppendableRows]:
         out = [arr for group in SIDE_GROUPS for arr in getattr(self.side, group).values()]
-        return out + [t for t in (self.vectors, self.has_vector, self.alive) if t is not None]
+        return out + [t for t in (self.vectors, self.has_vector, self.alive, self.born) if t is not None]
 
     def _make_growable(self) -> None:
         """At the first registered item: every item table becomes an AppendableRows over the bundle's array
@@ -836,6 +884,7 @@ class Scorer:
             self.vectors = AppendableRows(self.vectors)
             self.has_vector = AppendableRows(np.zeros(self.n_items, dtype=bool))
         self.alive = AppendableRows(np.ones(self.n_items, dtype=bool))
+        self.born = AppendableRows(np.zeros(self.n_items, dtype=np.int64))  # registration order (rows are reused)
         self._growable = True
 
     @torch.inference_mode()
@@ -880,14 +929,14 @@ class Scorer:
         with self._rw.write():
             self._make_growable()
             fresh = [i for i in latest if i not in self.ids.extra and i not in self.ids.removed]
-            total = len(self.ids.extra_ids) + len(fresh)
+            total = len(self.ids.extra_ids) + len(fresh)  # at most: old tombstones' rows may be reused
             for table in self._tables():
                 table.reserve(total)
             again: list[int] = []
             for j, (item_id, (row, _)) in enumerate(latest.items()):
                 index = self.ids.index_for(item_id)
-                if item_id in self.ids.extra or item_id in self.ids.removed:
-                    again.append(index)  # replaced content, or a tombstone's row taken back
+                if index < len(self.ids):
+                    again.append(index)  # replaced content, a tombstone's row taken back, or reused by a new id
                 for group in SIDE_GROUPS:
                     for name, value in row[group].items():
                         getattr(self.side, group)[name][index] = value
@@ -895,6 +944,8 @@ class Scorer:
                     self.vectors[index] = vectors[j]
                     self.has_vector[index] = bool(np.any(vectors[j]))
                 self.alive[index] = True
+                self.born[index] = self._born
+                self._born += 1
                 if item_id not in self.ids.extra:
                     added = self.ids.add(item_id)  # rows first, then the id: a lookup never finds a half-written item
                     assert added == index, (added, index)
@@ -1081,7 +1132,8 @@ class Scorer:
             if codes:
                 same = b.popular[np.isin(self.group[b.popular], list(codes))]
                 if m:
-                    new = np.flatnonzero(np.isin(self.group.extra[:m], list(codes)) & live)[::-1] + self.n_items
+                    new = np.flatnonzero(np.isin(self.group.extra[:m], list(codes)) & live)
+                    new = new[np.argsort(-self.born.extra[:m][new], kind="stable")] + self.n_items  # latest first
                     same = np.concatenate([new, same])
                 for item in same[: max(1, n // 4)].tolist():
                     if item not in seen:
@@ -1706,7 +1758,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             return JSONResponse({"status": "error", "state": state.kind, "error": str(e)}, status_code=503)
         return {"status": "ok" if ok else "error", "model": bundle.model_name, "task": bundle.task,
                 "state": state.kind, "users": len(bundle.user_vocab) - 1, "items": len(bundle.item_vocab) - 1,
-                "registered_items": scorer.n_registered, "precision": precision}
+                "registered_items": scorer.n_registered, "item_rows": len(scorer.ids) - scorer.ids.n_base,
+                "tombstones": scorer.ids.tombstones, "precision": precision}
 
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse,
              summary="Prometheus metrics: request counts, latency histograms, events, cold starts")
