@@ -1865,7 +1865,10 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
 
     @app.post("/recommend", response_model=RecommendResponse, tags=["recommend"],
               summary="Top-K items for a user: ANN retrieval over item vectors, then the ranker")
-    def recommend(req: RecommendRequest) -> RecommendResponse:
+    async def recommend(req: RecommendRequest) -> RecommendResponse:
+        # on the event loop, not a worker thread: ranking is CPU-bound and holds the GIL anyway, and the hop to the
+        # thread pool (with the GIL handed back and forth while the loop reads other requests) cost ~1.5 ms of
+        # p50 under load (benchmarks/serve_load.py); /events, which waits on fsync, stays on the pool
         sync_items()
         if req.context.features or req.context.item_features:
             errors = scorer.check_context(req.context.features, req.context.item_features)
@@ -1905,7 +1908,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
 
     @app.post("/score", response_model=ScoreResponse, tags=["recommend"],
               summary="Scores (ctr: click probabilities) of given items for a user")
-    def score(req: ScoreRequest) -> ScoreResponse:
+    async def score(req: ScoreRequest) -> ScoreResponse:  # on the event loop, as /recommend
         sync_items()
         if req.context.features or req.context.item_features:
             errors = scorer.check_context(req.context.features, req.context.item_features)
