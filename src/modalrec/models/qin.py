@@ -45,7 +45,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..nn.item_encoder import ItemEncoder
-from ..nn.layers import context_embedding, id_embedding
+from ..nn.layers import context_embedding, id_embedding, versions
 from .base import Model, ModelConfig, Schema
 
 
@@ -65,7 +65,7 @@ class SparseTargetAttention(nn.Module):
         """(M, O), (d, d) each: M = W_q^T W_k / sqrt(d_a), so that a score is x_t^T M x_j, and O = W_o W_v, so
         that the output is Σ_j a_j O x_j + b_o. Computed once, again only after the weights change."""
         ws = (self.q.weight, self.k.weight, self.v.weight, self.o.weight)
-        key = tuple((w.data_ptr(), w._version) for w in ws)
+        key = versions(*ws)
         if self._folded is None or self._folded[0] != key:
             wq, wk, wv, wo = (w.detach() for w in ws)
             self._folded = (key, wq.T @ wk / self.scale, wo @ wv)
@@ -128,7 +128,7 @@ class QuadraticLayer(nn.Module):
         BatchNorm's (None without it). Computed once, again only after the weights or statistics change."""
         n, w, b = self.norm, self.rows.weight, self.rows.bias
         ts = [w, b] + ([n.weight, n.bias, n.running_mean, n.running_var] if n is not None else [])
-        key = tuple((t.data_ptr(), t._version) for t in ts)
+        key = versions(*ts)
         if self._folded is None or self._folded[0] != key:
             d = w.shape[1]
             w_sum, b_sum = w.detach().view(self.num_rows, d, d).sum(0), b.detach().view(self.num_rows, d).sum(0)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..data.batch import Batch
+from .layers import versions
 
 if TYPE_CHECKING:  # models import this module; a runtime import back would be circular
     from ..models.base import Schema
@@ -73,7 +74,7 @@ class ItemEncoder(nn.Module):
         self._table: tuple | None = None  # (weights' key, (n, out_dim) vectors of ids 1..n-1): `cache_items`
 
     def _weights_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+        return versions(*self.parameters())
 
     @torch.no_grad()
     def cache_items(self, side_table, n_items: int, max_bytes: int = 256 << 20, chunk: int = 4096) -> bool:

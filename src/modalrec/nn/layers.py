@@ -54,6 +54,12 @@ class _ChannelLast(nn.Module):
         return self.module(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
+def versions(*tensors: torch.Tensor) -> tuple:
+    """A key that changes whenever one of the tensors is changed in place or replaced: for values derived from
+    weights and cached for inference (folded maps, encoded item tables)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 def make_activation(name: Activation, dim: int) -> nn.Module:
     """One activation module by name; `dim` sizes the per-channel parameters of PReLU and Dice."""
     if name == "relu":

@@ -79,6 +79,7 @@ from pydantic import (
 )
 
 from ..data.batch import Collator, History
+from ..nn.layers import versions
 from ..tasks.base import _words
 from .bundle import SIDE_GROUPS, Bundle, _item_encoder, load_bundle, normalise
 from .state import StateStore, StoredEvent, open_state
@@ -147,7 +148,7 @@ class SharedHistoryAttention(torch.nn.Module):
         """(Wq + Wd, (Wk - Wd)^T, Wm, b) of the unit's first layer, the first and third in the fast path's dtype:
         computed once, again only after the weights change (in place or replaced)."""
         w, b = lin.weight, lin.bias
-        key = (w.data_ptr(), w._version, b.data_ptr(), b._version)
+        key = versions(w, b)
         if self._first is None or self._first[0] != key:
             wq, wk, wd, wm = w.detach().split(d, dim=1)
             self._first = (key, ((wq + wd).to(self.dtype), (wk - wd).T.contiguous(), wm.to(self.dtype).contiguous(),
