@@ -42,6 +42,16 @@ MAX_HISTORY = 10
 T_FUTURE = 100_000  # later than every toy event (toy times are < 6000)
 
 
+def _train_and_export(cfg: RunConfig, data, root):
+    """Trains `cfg` for its epochs, exports the bundle to root/bundle; returns (task, the best model in eval)."""
+    train_run(cfg, root / "run", data=data, report=False)
+    export_bundle(root / "run", root / "bundle", data=data)
+    task = prepare_task(data, cfg.task)
+    model = build_model(cfg.model.name, task.schema, cfg.model.params)
+    load_checkpoint(root / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
+    return task, model.eval()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A trained 1-epoch DIN run on the toy data (saved, so a subprocess can load it too) and its bundle."""
@@ -55,12 +65,7 @@ def served(tmp_path_factory):
         "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "progress": False, "num_threads": 1},
         "seeds": [0],
     })
-    train_run(cfg, root / "run", data=data, report=False)
-    export_bundle(root / "run", root / "bundle", data=data)
-    task = prepare_task(data, cfg.task)
-    model = build_model("din", task.schema, cfg.model.params)
-    load_checkpoint(root / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
-    model.eval()
+    task, model = _train_and_export(cfg, data, root)
     return {"root": root, "data": data, "cfg": cfg, "task": task, "model": model, "bundle": root / "bundle"}
 
 
@@ -263,12 +268,7 @@ def test_qin_bundle_parity(served, tmp_path, monkeypatch):
         "model": {"name": "qin", "params": {"embed_dim": 8, "num_layers": 2, "num_rows": 3}},
         "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "progress": False, "num_threads": 1}, "seeds": [0],
     })
-    train_run(cfg, tmp_path / "run", data=data, report=False)
-    export_bundle(tmp_path / "run", tmp_path / "bundle", data=data)
-    task = prepare_task(data, cfg.task)
-    model = build_model("qin", task.schema, cfg.model.params)
-    load_checkpoint(tmp_path / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
-    model.eval()
+    task, model = _train_and_export(cfg, data, tmp_path)
     app = create_app(tmp_path / "bundle", f"sqlite:///{tmp_path / 'state.sqlite'}", api_key=KEY)
     with TestClient(app) as c:
         shared.clear()
@@ -285,12 +285,7 @@ def test_topk_bundle_parity(served, tmp_path):
         "model": {"name": "sasrec", "params": {"hidden_dim": 8, "n_heads": 1, "n_blocks": 1}},
         "train": {"epochs": 1, "batch_size": 64, "progress": False, "num_threads": 1}, "seeds": [0],
     })
-    train_run(cfg, tmp_path / "run", data=data, report=False)
-    export_bundle(tmp_path / "run", tmp_path / "bundle", data=data)
-    task = prepare_task(data, cfg.task)
-    model = build_model("sasrec", task.schema, cfg.model.params)
-    load_checkpoint(tmp_path / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
-    model.eval()
+    task, model = _train_and_export(cfg, data, tmp_path)
     s = task.splits["test"]
     rows = np.arange(min(6, len(s)))
     with torch.no_grad():

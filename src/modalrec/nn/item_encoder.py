@@ -119,13 +119,8 @@ class ItemEncoder(nn.Module):
                                       {k: v[other] for k, v in presence.items()}, where).to(out.dtype)
         return out
 
-    def _encode(
-        self,
-        ids: torch.Tensor,
-        side: dict[str, torch.Tensor],
-        presence: dict[str, torch.Tensor],
-        where: str = "item_side",
-    ) -> torch.Tensor:
+    def _encode(self, ids: torch.Tensor, side: dict, presence: dict, where: str = "item_side") -> torch.Tensor:
+        """forward without the cached table."""
         parts = [self.id(ids)] if self.id is not None else []
         for name, emb in self.categorical.items():
             parts.append(emb(_feature(side, name, where)))
