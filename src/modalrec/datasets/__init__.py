@@ -86,8 +86,8 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
                content_signal: float = 1.0, hot_rate: float = 0.08, espeak: bool | None = None,
                gift_rate: float = 0.02, segment_minutes: int = 5, cold_streamers: float = 0.1,
                cold_users: float = 0.1, watch_affinity: float | None = None, communities: int | None = None,
-               gift_affinity: float | None = None, gift_loyalty: float = 0.0, cache: str | os.PathLike | None = None, refresh: bool = False,
-               progress: bool = False) -> InteractionData:
+               gift_affinity: float | None = None, gift_loyalty: float = 0.0, cache: str | os.PathLike | None = None,
+               refresh: bool = False, progress: bool = False) -> InteractionData:
     """The simulated live-streaming world (`modalrec.sim.livestream.generate`, parameters as there), written
     once into a cache folder keyed by the resolved parameters (`cache`, default $MODALREC_CACHE or
     ~/.cache/modalrec, + livestream/<key>/data, its media next to it in livestream/<key>/media), then read

@@ -80,10 +80,15 @@ class SparseTargetAttention(nn.Module):
         w = torch.where(mask, F.relu(scores), torch.zeros((), dtype=scores.dtype, device=scores.device))
         return torch.addmm(self.o.bias, w, keys @ o.T) + query
 
+    @staticmethod
+    def _one_history(keys: torch.Tensor, mask: torch.Tensor) -> bool:
+        """Every row has the same history: a served user's, which the collate expands with stride 0."""
+        return keys.shape[0] > 1 and keys.stride(0) == 0 and mask.stride(0) == 0
+
     def _keys_values(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(K, V, shared) of the masked keys (padding zeroed). `shared`: every row has the same history (a served
-        user's: the collate expands one history with stride 0), and K, V are projected once, (1, L, a)."""
-        shared = keys.shape[0] > 1 and keys.stride(0) == 0 and mask.stride(0) == 0
+        """(K, V, shared) of the masked keys (padding zeroed); with one history for every row (`shared`), K and V
+        are projected once, (1, L, a)."""
+        shared = self._one_history(keys, mask)
         if shared:
             keys, mask = keys[:1], mask[:1]
         keys = torch.where(mask.unsqueeze(-1), keys, torch.zeros((), dtype=keys.dtype, device=keys.device))
@@ -100,8 +105,7 @@ class SparseTargetAttention(nn.Module):
         return self._weights(query, k, mask, shared)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if (keys.shape[0] > 1 and keys.stride(0) == 0 and mask.stride(0) == 0 and not self.training
-                and not torch.is_grad_enabled()):
+        if self._one_history(keys, mask) and not self.training and not torch.is_grad_enabled():
             return self._served(query, keys[0], mask[0])
         k, v, shared = self._keys_values(keys, mask)
         w = self._weights(query, k, mask, shared)

@@ -85,15 +85,11 @@ class ItemEncoder(nn.Module):
         replaced). Skipped (False) when it would take more than `max_bytes`."""
         if n_items * self.out_dim * 4 > max_bytes:
             return False
-        was = self.training
-        self.eval()
-        self._table = None
-        parts = [torch.zeros(1, self.out_dim)]
+        parts = [torch.zeros(1, self.out_dim)]  # the encoder has no dropout or normalisation: no mode to set
         for lo in range(1, n_items, chunk):
             idx = np.arange(lo, min(lo + chunk, n_items))
             side, presence = side_table.gather(idx)
             parts.append(self._encode(torch.from_numpy(idx), side, presence).float())
-        self.train(was)
         self._table = (self._weights_key(), torch.cat(parts))
         return True
 

@@ -79,6 +79,7 @@ from pydantic import (
 )
 
 from ..data.batch import Collator, History
+from ..nn.item_encoder import ItemEncoder
 from ..nn.layers import versions
 from ..tasks.base import _words
 from .bundle import SIDE_GROUPS, Bundle, _item_encoder, load_bundle, normalise
@@ -447,8 +448,6 @@ class Scorer:
                         "they are emulated and slower than fp32")
         self.fast_paths = with_serving_fast_paths(bundle.model, precision) if fast_paths else 0
         if fast_paths:  # the bundle's items never change: each is encoded once, here, not in every request
-            from ..nn.item_encoder import ItemEncoder
-
             for m in bundle.model.modules():
                 if isinstance(m, ItemEncoder):
                     m.cache_items(bundle.item_side, self.n_items)

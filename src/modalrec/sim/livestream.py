@@ -96,7 +96,7 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -654,29 +654,28 @@ def _loyal_gifts(logit: np.ndarray, pair: np.ndarray, u: np.ndarray, loyalty: fl
 
     if not len(logit):
         return 0.0, np.empty(0), np.empty(0, dtype=bool)
-    lo, hi = -30.0 - logit.max() - loyalty * np.log1p(len(pair)), 30.0 - logit.min()
-    for _ in range(40):
+    b0 = _bisect(lambda b: draw(b)[0].mean(), -30.0 - logit.max() - loyalty * np.log1p(len(pair)),
+                 30.0 - logit.min(), rate, 40)
+    return (b0, *draw(b0))
+
+
+def _bisect(mean_at: Callable[[float], float], lo: float, hi: float, rate: float, steps: int) -> float:
+    """The intercept b in [lo, hi] with mean_at(b) == rate, for a mean that grows with b."""
+    for _ in range(steps):
         mid = 0.5 * (lo + hi)
-        if draw(mid)[0].mean() < rate:
+        if mean_at(mid) < rate:
             lo = mid
         else:
             hi = mid
-    b0 = 0.5 * (lo + hi)
-    return (b0, *draw(b0))
+    return 0.5 * (lo + hi)
 
 
 def _calibrate(logit: np.ndarray, rate: float) -> float:
     """The intercept b0 with mean(sigmoid(logit + b0)) == rate (bisection: the mean is monotone in b0)."""
     if not len(logit):
         return 0.0
-    lo, hi = -30.0 - logit.max(), 30.0 - logit.min()
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < rate:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return _bisect(lambda b: np.mean(1.0 / (1.0 + np.exp(-(logit + b)))), -30.0 - logit.max(), 30.0 - logit.min(),
+                   rate, 60)
 
 
 def _events(w: _World, us: _Users, wa: _Watches, gi: _Gifts, seg_ids: np.ndarray,
