@@ -153,14 +153,14 @@ def precision_parity(bundle: Path, store, users: list[str], n_candidates: int, p
     times = {p: [] for p in scorers}
     for u in users:
         uidx = ref.user_index(u)
-        items, when = ref.history(u, uidx)
+        items, when, tags = ref.history(u, uidx)
         t = int(when[-1]) + 1 if len(when) else int(time.time())
         cand, _ = ref.retrieve(ref.retrieval_query(u, uidx, None), n_candidates, set())
         out = {}
         for p, sc in scorers.items():
-            sc.score(uidx, items, when, t, cand, user=u)  # warm
+            sc.score(uidx, items, when, t, cand, user=u, hist_tags=tags)  # warm
             t0 = time.perf_counter()
-            out[p] = sc.score(uidx, items, when, t, cand, user=u)
+            out[p] = sc.score(uidx, items, when, t, cand, user=u, hist_tags=tags)
             times[p].append(time.perf_counter() - t0)
         a, b = out["fp32"], out[precision]
         diffs.append(np.abs(a - b))

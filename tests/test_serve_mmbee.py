@@ -377,8 +377,8 @@ def _scores_offline_like(client, user: str, items: list[str], t: int) -> np.ndar
     """The scores with the offline expansion (Scorer.score without the raw user id) at time t."""
     scorer = client.app.state.scorer
     uidx = scorer.user_index(user)
-    hist, times = scorer.history(user, uidx, t)
-    return scorer.score(uidx, hist, times, t, scorer.item_index(items))
+    seq = scorer.history(user, uidx, t)
+    return scorer.score(uidx, seq.items, seq.times, t, scorer.item_index(items), hist_tags=seq.tags)
 
 
 def test_new_gifts_change_the_gifters_expansion_only(served, client):

@@ -11,7 +11,8 @@ from modalrec.data.interaction import DatasetSpec, FeatureSpec, InteractionData,
 from modalrec.tasks import CTRTask, TopKTask
 
 
-def make_data(seed: int = 0, n_users: int = 30, n_items: int = 40, n_events: int = 1500) -> InteractionData:
+def make_data(seed: int = 0, n_users: int = 30, n_items: int = 40, n_events: int = 1500,
+              n_likes: int = 100) -> InteractionData:
     rng = np.random.default_rng(seed)
     users = rng.integers(0, n_users, n_events)
     items = rng.integers(0, n_items, n_events)
@@ -21,7 +22,7 @@ def make_data(seed: int = 0, n_users: int = 30, n_items: int = 40, n_events: int
     events = pa.table({
         "user_id": [f"u{u}" for u in users], "item_id": [f"i{i}" for i in items],
         "time": pa.array(times, pa.int64()), "label": labels,
-        "channel": ["click"] * (n_events - 100) + ["like"] * 100,
+        "channel": ["click"] * (n_events - n_likes) + ["like"] * n_likes,
     })
     items_t = pa.table({
         "item_id": [f"i{i}" for i in range(n_items)],

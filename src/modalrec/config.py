@@ -63,6 +63,10 @@ class TaskConfig(_Strict):
     max_history: int = Field(50, ge=1)
     history_positive_only: bool = Field(
         False, description="ctr: the history holds only the user's positive events (e.g. ratings >= 4)")
+    history_channel_tags: bool = Field(
+        False, description="ctr: tag each history event with its channel (an action tag: watch, gift, like...), "
+        "learned as an embedding added to the event's item vector, so a gift in the history reads differently from "
+        "a watch of the same item; needs the models that encode items with the shared item encoder")
     split: SplitConfig = Field(default_factory=SplitConfig)
     text_modalities: list[str] | None = Field(
         None, description="item text modalities turned into bag-of-words features (None: all text modalities)")
@@ -100,6 +104,8 @@ class TaskConfig(_Strict):
                              f"not '{self.kind}'")
         if self.train_recent is not None and self.kind != "ctr":
             raise ValueError(f"train_recent {self.train_recent}: only the ctr task reads it, not '{self.kind}'")
+        if self.history_channel_tags and self.kind != "ctr":
+            raise ValueError(f"history_channel_tags: only the ctr task tags its history, not '{self.kind}'")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"context_features lists {dup} more than once")

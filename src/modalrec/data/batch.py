@@ -30,6 +30,9 @@ class Batch:
     presence: dict[str, Tensor] = field(default_factory=dict)  # modality -> (B,) bool for the target
     hist_presence: dict[str, Tensor] = field(default_factory=dict)  # modality -> (B,L) bool
     hist_time: Tensor | None = None  # (B, L) seconds between the history event and the sample
+    # (B, L) long: the action tag of each history event, its channel's code (`Schema.history_tags`: a watch, a
+    # gift, a like), 0 = padding; None when the task does not tag its history (`task.history_channel_tags`)
+    hist_tag: Tensor | None = None
     label: Tensor | None = None  # (B,) float for ctr; (B, n_labels) for multilabel
     group: Tensor | None = None  # (B,) long: the user, for gAUC/UAUC
     targets: Tensor | None = None  # (B, L) next-item ids for sequence training (topk), 0 = none
@@ -108,19 +111,23 @@ class ItemSide:
 
 @dataclass
 class History:
-    """Every user's events in time order, stored once (CSR): items[ptr[u]:ptr[u+1]]."""
+    """Every user's events in time order, stored once (CSR): items[ptr[u]:ptr[u+1]], with optional action
+    tags (the code of each event's channel, 1..n) in the same order."""
 
     ptr: np.ndarray  # (n_users + 1,) int64
     items: np.ndarray  # (n_events,) int64
     times: np.ndarray  # (n_events,) int64
+    tags: np.ndarray | None = None  # (n_events,) int64, >= 1; None: untagged
 
     @classmethod
-    def build(cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, n_users: int) -> History:
-        order = np.lexsort((times, users))
+    def build(cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, n_users: int,
+              tags: np.ndarray | None = None) -> History:
+        order = np.lexsort((times, users))  # stable: events of one user at one second keep their given order
         counts = np.bincount(users, minlength=n_users)
         ptr = np.zeros(n_users + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
-        return cls(ptr, items[order].astype(np.int64), times[order].astype(np.int64))
+        return cls(ptr, items[order].astype(np.int64), times[order].astype(np.int64),
+                   None if tags is None else tags[order].astype(np.int64))
 
     def cut_before(self, users: np.ndarray, times: np.ndarray) -> np.ndarray:
         """For each (user, time): how many of the user's events happened strictly before `time`.
@@ -192,6 +199,9 @@ class Collator:
         if self.with_time and times is not None:
             dt = times[:rows, None] - self.history.times[pos]
             hist_time = torch.from_numpy(np.where(mask, dt, 0).astype(np.float32))
+        hist_tag = None
+        if self.history.tags is not None:
+            hist_tag = torch.from_numpy(np.where(mask, self.history.tags[pos] if len(self.history.tags) else 0, 0))
 
         def rows_of(t: Tensor) -> Tensor:
             return t.expand(b, *t.shape[1:]) if shared else t
@@ -207,6 +217,7 @@ class Collator:
             presence=tgt_pres,
             hist_presence={k: rows_of(v) for k, v in h_pres.items()},
             hist_time=None if hist_time is None else rows_of(hist_time),
+            hist_tag=None if hist_tag is None else rows_of(hist_tag),
             label=None if labels is None else torch.from_numpy(labels.astype(np.float32)),
             group=u,
             uniq=torch.from_numpy(uniq.astype(np.int64)),

@@ -81,7 +81,12 @@ def model_config(name: str, params: dict[str, Any] | None = None) -> ModelConfig
 
 def build_model(name: str, schema: Schema, params: dict[str, Any] | None = None) -> Model:
     """Build model `name` for `schema` from a plain parameter dict (e.g. the YAML `model.params`)."""
-    return _model_class(name)(schema, model_config(name, params))
+    cls = _model_class(name)
+    if getattr(schema, "history_tags", None) and "hist_tag" not in cls.inputs:
+        reads = sorted(n for n, c in MODELS.items() if "hist_tag" in c.inputs)
+        raise ModelConfigError(f"model '{name}' does not read history action tags (task.history_channel_tags); "
+                               f"models that do: {', '.join(reads)}")
+    return cls(schema, model_config(name, params))
 
 
 def _model_class(name: str) -> type[Model]:

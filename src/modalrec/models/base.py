@@ -83,6 +83,9 @@ class Schema:
     # ctr: per-sample categorical context features (`task.context_features`) -> vocab size incl. 0 = unknown,
     # in `Batch.context[name]` (B,) long; read by the models through `nn.layers.ContextEmbedding`
     context_categorical: dict[str, int] = field(default_factory=dict)
+    # ctr with `task.history_channel_tags`: history channel -> its action tag code (1..n) in `Batch.hist_tag`;
+    # empty: the history is untagged
+    history_tags: dict[str, int] = field(default_factory=dict)
 
 
 class ModelConfig(BaseModel):

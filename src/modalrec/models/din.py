@@ -34,7 +34,7 @@ class DIN(Model):
     name: ClassVar[str] = "din"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "context"}
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "context"}
     )
 
     class Config(ModelConfig):

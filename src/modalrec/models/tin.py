@@ -43,7 +43,7 @@ class TIN(Model):
     name: ClassVar[str] = "tin"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
     inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_time",
+        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "hist_time",
          "context"}
     )
 

@@ -6,6 +6,9 @@ The vector is the concatenation, in schema order, of
   - one masked mean-pooled embedding per multi-valued feature (`schema.item_multi`, 0 = empty slot),
   - per dense content modality (`schema.item_dense`) a Linear(D -> embed_dim) projection where the
     modality is present, and a learned "missing" embedding where it is absent.
+History positions of a tagged history (`schema.history_tags`, `batch.hist_tag`: each event's channel, such
+as watch or gift) add a learned (out_dim) embedding of their tag, as BERT adds segment embeddings; the
+target, and the item table of retrieval, are untagged.
 
 An absent modality is never a zero vector pretending to be data: its stored values (zeros, stale
 numbers, NaN) are selected away before the projection, so they can neither change the output nor
@@ -71,6 +74,12 @@ class ItemEncoder(nn.Module):
             raise ValueError("ItemEncoder: use_id=False needs at least one item side feature or content modality "
                              "(the schema has none): nothing would describe an item")
         self.out_dim = embed_dim * n_parts
+        tags = getattr(schema, "history_tags", None) or {}
+        self.tag = nn.Embedding(max(tags.values()) + 1, self.out_dim, padding_idx=0) if tags else None
+        if self.tag is not None:
+            nn.init.normal_(self.tag.weight, std=init_std)
+            with torch.no_grad():
+                self.tag.weight[0].zero_()
         self._table: tuple | None = None  # (weights' key, (n, out_dim) vectors of ids 1..n-1): `cache_items`
 
     def _weights_key(self) -> tuple:
@@ -145,14 +154,18 @@ class ItemEncoder(nn.Module):
         if batch.uniq is None:
             return self.target(batch), self.history(batch)
         table = self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
-        return table[batch.item_pos], self._gather_history(table, batch.hist_pos)
+        return table[batch.item_pos], self._gather_history(table, batch.hist_pos, batch)
 
-    @staticmethod
-    def _gather_history(table: torch.Tensor, hist_pos: torch.Tensor) -> torch.Tensor:
-        """table[hist_pos]; a shared history (the collate's stride-0 rows) is gathered once and expanded."""
-        if hist_pos.dim() == 2 and hist_pos.shape[0] > 1 and hist_pos.stride(0) == 0:
-            return table[hist_pos[:1]].expand(hist_pos.shape[0], -1, -1)
-        return table[hist_pos]
+    def _gather_history(self, table: torch.Tensor, index: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """table[index] (B, L, out_dim) plus the history's tag embeddings; a shared history (the collate's
+        stride-0 rows) is gathered and tagged once and expanded."""
+        tags = self._tags(batch)
+        shared = index.dim() == 2 and index.shape[0] > 1 and index.stride(0) == 0
+        rows = index[:1] if shared else index
+        out = table[rows]
+        if self.tag is not None:
+            out = out + self.tag(tags[:1] if shared else tags)
+        return out.expand(index.shape[0], -1, -1) if shared else out
 
     def target(self, batch: Batch) -> torch.Tensor:
         """(B, out_dim) for the target items `batch.item` (their side features are always in the batch,
@@ -163,5 +176,12 @@ class ItemEncoder(nn.Module):
         """(B, L, out_dim) for every history position; padded positions hold arbitrary values."""
         if batch.uniq is not None:
             return self._gather_history(self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side"),
-                                        batch.hist_pos)
-        return self(batch.hist, batch.hist_side, batch.hist_presence, "hist_side")
+                                        batch.hist_pos, batch)
+        hist = self(batch.hist, batch.hist_side, batch.hist_presence, "hist_side")
+        return hist if self.tag is None else hist + self.tag(self._tags(batch))
+
+    def _tags(self, batch: Batch) -> torch.Tensor | None:
+        if self.tag is not None and batch.hist_tag is None:
+            raise ValueError("ItemEncoder: the model reads a tagged history (schema.history_tags: "
+                             f"{self.tag.num_embeddings - 1} channels) but the batch has no hist_tag")
+        return batch.hist_tag

@@ -382,7 +382,8 @@ def seed_history(history: History, keep: int) -> History:
     np.cumsum(kept, out=ptr[1:])
     starts = history.ptr[1:] - kept
     idx = np.repeat(starts, kept) + (np.arange(kept.sum()) - np.repeat(ptr[:-1], kept))
-    return History(ptr, history.items[idx].copy(), history.times[idx].copy())
+    return History(ptr, history.items[idx].copy(), history.times[idx].copy(),
+                   None if history.tags is None else history.tags[idx].copy())
 
 
 def _item_encoder(model: torch.nn.Module) -> ItemEncoder | None:
@@ -571,7 +572,10 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, data=None, 
         if feature_vocab:
             _write_json(tmp / ITEM_FEATURES_FILE, feature_vocab.to_json())
         seed_h = seed_history(collator.history, int(collator.max_history))
-        save_np({"ptr": seed_h.ptr, "items": seed_h.items, "times": seed_h.times}, str(tmp / "history.safetensors"))
+        seed_arrays = {"ptr": seed_h.ptr, "items": seed_h.items, "times": seed_h.times}
+        if seed_h.tags is not None:
+            seed_arrays["tags"] = seed_h.tags
+        save_np(seed_arrays, str(tmp / "history.safetensors"))
         vectors, source = item_vectors(model, collator.item_side, schema.n_items)
         retrieval = {"source": source, "metric": "inner_product", "normalised": True, "index": None, "dim": None}
         if vectors is not None:
@@ -678,7 +682,12 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                               "its mask (schema.json item_tokens)",
                               "none" if tokens is None else f"{tokens.shape} and {tmask.shape}")
     h = load_np(str(path / "history.safetensors"))
-    history = History(h["ptr"].astype(np.int64), h["items"].astype(np.int64), h["times"].astype(np.int64))
+    tags = h["tags"].astype(np.int64) if "tags" in h else None
+    if bool(schema.history_tags) != (tags is not None) or (tags is not None and len(tags) != len(h["items"])):
+        raise BundleError(path / "history.safetensors", "an action tag per history event (schema.json history_tags)"
+                          if schema.history_tags else "no action tags (schema.json has no history_tags)",
+                          "none" if tags is None else f"{len(tags)} tags for {len(h['items'])} events")
+    history = History(h["ptr"].astype(np.int64), h["items"].astype(np.int64), h["times"].astype(np.int64), tags)
     vectors, index = None, None
     if "item_vectors.safetensors" in files:
         vectors = load_np(str(path / "item_vectors.safetensors"))["vectors"]

@@ -65,7 +65,7 @@ from collections import deque
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -97,6 +97,15 @@ MAX_TIME = 1 << 40
 # float rounding) or bf16 (2-3x the matrix-product rate on CPUs with AVX512-BF16 or AMX; lossy, see
 # SharedHistoryAttention)
 Precision = Literal["fp32", "bf16"]
+
+
+class Sequence(NamedTuple):
+    """One user's behaviour sequence as the ranker reads it, chronological: item indices, times (seconds) and
+    action tag codes (`Schema.history_tags`; zeros for a model whose history is untagged)."""
+
+    items: np.ndarray
+    times: np.ndarray
+    tags: np.ndarray
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
@@ -437,6 +446,8 @@ class Scorer:
         self.state = state
         self.retrieval_history = retrieval_history
         self.channels = None if bundle.history_channels is None else set(bundle.history_channels)
+        # a tagged history (task.history_channel_tags): each event's channel -> its action tag code
+        self.tags: dict[str, int] = dict(bundle.schema.history_tags)
         self.collator_template = {"item_side": bundle.item_side, "max_history": bundle.max_history,
                                   "with_time": bundle.with_time, "token_scope": bundle.token_scope}
         self.graph = bundle.graph
@@ -957,47 +968,55 @@ class Scorer:
             self._set_expiry(item_id, expires)
         return registered, replaced
 
-    # histories
-    def seed(self, uidx: int, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    # histories: (item indices, times, action tags) of one user, chronological; the tags are the codes of the
+    # events' channels for a model that reads a tagged history (`self.tags`), else zeros
+    def seed(self, uidx: int, before: int | None = None) -> Sequence:
         h = self.bundle.history
         if uidx <= 0 or uidx + 1 >= len(h.ptr):
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return Sequence(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
         lo, hi = h.ptr[uidx], h.ptr[uidx + 1]
         items, times = h.items[lo:hi], h.times[lo:hi]
+        tags = h.tags[lo:hi] if h.tags is not None else np.zeros(hi - lo, np.int64)
         if before is not None:
             keep = times < before
-            items, times = items[keep], times[keep]
-        return items, times
+            items, times, tags = items[keep], times[keep], tags[keep]
+        return Sequence(items, times, tags)
 
-    def history(self, user: str, uidx: int, before: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The ranker's sequence: (item indices, times), chronological, at most max_history long."""
+    def tag_codes(self, channels: list[str]) -> np.ndarray:
+        """(n,) action tag code of each channel (0 where the history is untagged)."""
+        return np.array([self.tags.get(c, 0) for c in channels], dtype=np.int64)
+
+    def history(self, user: str, uidx: int, before: int | None = None) -> Sequence:
+        """The ranker's sequence, at most max_history long: the bundle's seed history, then the stored events."""
         L = self.bundle.max_history
-        s_items, s_times = self.seed(uidx, before)
         online = self.state.recent(user, 2 * L, channels=self.channels, before=before)
         o_items = self.item_index([e.item or "" for e in online]) if online else np.zeros(0, np.int64)
         o_times = np.array([e.time for e in online], dtype=np.int64)
+        o_tags = self.tag_codes([e.channel for e in online])
         known = o_items > 0
-        return self.merge(s_items, s_times, o_items[known], o_times[known])
+        return self.merge(self.seed(uidx, before), Sequence(o_items[known], o_times[known], o_tags[known]))
 
-    def merge(self, s_items, s_times, o_items, o_times) -> tuple[np.ndarray, np.ndarray]:
-        items = np.concatenate([s_items, o_items]).astype(np.int64)
-        times = np.concatenate([s_times, o_times]).astype(np.int64)
-        order = np.argsort(times, kind="stable")  # equal times: seed (offline) events first, as offline
-        L = self.bundle.max_history
-        return items[order][-L:], times[order][-L:]
+    def merge(self, seed: Sequence, online: Sequence) -> Sequence:
+        items, times, tags = (np.concatenate([a, b]).astype(np.int64) for a, b in zip(seed, online))
+        order = np.argsort(times, kind="stable")[-self.bundle.max_history:]  # equal times: seed events first
+        return Sequence(items[order], times[order], tags[order])
 
-    def explicit_history(self, events: list[tuple[str, int]], before: int | None) -> tuple[np.ndarray, np.ndarray]:
-        items = self.item_index([i for i, _ in events]) if events else np.zeros(0, np.int64)
-        times = np.array([t for _, t in events], dtype=np.int64)
+    def explicit_history(self, events: list[tuple[str, int, str | None]], before: int | None) -> Sequence:
+        """A request's own history: (item, time, channel) events; no channel: the first history channel."""
+        items = self.item_index([i for i, _, _ in events]) if events else np.zeros(0, np.int64)
+        times = np.array([t for _, t, _ in events], dtype=np.int64)
+        first = next(iter(self.tags), "")
+        tags = self.tag_codes([c or first for _, _, c in events])
         keep = items > 0
         if before is not None:
             keep &= times < before
-        return self.merge(np.zeros(0, np.int64), np.zeros(0, np.int64), items[keep], times[keep])
+        empty = np.zeros(0, np.int64)
+        return self.merge(Sequence(empty, empty, empty), Sequence(items[keep], times[keep], tags[keep]))
 
     def retrieval_query(self, user: str, uidx: int, before: int | None = None) -> np.ndarray:
         """Recent items of every channel (a like or a purchase says as much as a view), oldest first."""
         n = self.retrieval_history
-        s_items, s_times = self.seed(uidx, before)
+        s_items, s_times, _ = self.seed(uidx, before)
         online = self.state.recent(user, n, before=before)
         o_items = self.item_index([e.item or "" for e in online]) if online else np.zeros(0, np.int64)
         o_times = np.array([e.time for e in online], dtype=np.int64)
@@ -1072,20 +1091,25 @@ class Scorer:
     @torch.inference_mode()
     def score(self, uidx: int, hist_items: np.ndarray, hist_times: np.ndarray, t: int,
               candidates: np.ndarray, user: str | None = None, before: int | None = None,
-              context: dict[str, np.ndarray] | None = None) -> np.ndarray:
+              context: dict[str, np.ndarray] | None = None, hist_tags: np.ndarray | None = None) -> np.ndarray:
         """Logits (ctr) or scores (topk) of `candidates` for a user with this sequence at time `t`.
         `user` (the raw id) and `before` (context.time) select the online gifts a graph expansion reads;
         without `user` the expansion is the bundle's offline one. `context`: (C,) codes per context feature
-        (`context_codes`); features it lacks are unknown (0)."""
+        (`context_codes`); features it lacks are unknown (0). `hist_tags`: the events' action tag codes, for a
+        model that reads a tagged history (`Sequence.tags`)."""
+        if self.tags and hist_tags is None and len(hist_items):
+            raise ValueError("this model reads a tagged history (schema.history_tags): pass hist_tags")
         with self._rw.read():  # a registration does not change the item tables under a request
-            return self._score(uidx, hist_items, hist_times, t, candidates, user, before, context)
+            return self._score(uidx, hist_items, hist_times, hist_tags, t, candidates, user, before, context)
 
-    def _score(self, uidx, hist_items, hist_times, t, candidates, user, before, context) -> np.ndarray:
+    def _score(self, uidx, hist_items, hist_times, hist_tags, t, candidates, user, before, context) -> np.ndarray:
         n = len(hist_items)
         h_items, h_times = hist_items.astype(np.int64), hist_times.astype(np.int64)
+        h_tags = None if not self.tags else np.asarray(hist_tags if n else np.zeros(0), dtype=np.int64)
         if n == 0:  # one padding event beyond the cut: the window masks it, as offline for a user's first sample
             h_items, h_times = np.zeros(1, np.int64), np.full(1, t, np.int64)
-        history = History(np.array([0, n], dtype=np.int64), h_items, h_times)
+            h_tags = None if h_tags is None else np.zeros(1, np.int64)
+        history = History(np.array([0, n], dtype=np.int64), h_items, h_times, h_tags)
         collate = Collator(history, **self.collator_template)
         cand = candidates.astype(np.int64)
         if self.bundle.task == "ctr":
@@ -1592,6 +1616,9 @@ class RecommendResponse(BaseModel):
 class HistoryEvent(_Strict):
     item: Id
     time: Time
+    channel: str | None = Field(None, max_length=64, description="the event's channel (watch, gift, ...): its action "
+                                "tag for a model trained with task.history_channel_tags; default: the first history "
+                                "channel")
 
 
 class ScoreRequest(_Strict):
@@ -1856,12 +1883,12 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     def sequence(user: str, uidx: int, ctx: Context, explicit: list[HistoryEvent] | None):
         before = to_seconds(ctx.time)
         if explicit is not None:
-            items, times = scorer.explicit_history([(h.item, to_seconds(h.time)) for h in explicit], before)
+            seq = scorer.explicit_history([(h.item, to_seconds(h.time), h.channel) for h in explicit], before)
         else:
-            items, times = scorer.history(user, uidx, before)
+            seq = scorer.history(user, uidx, before)
         # without a given time the request happens now, after every event it reads
-        t = before if before is not None else max(int(time.time()), int(times.max()) if len(times) else 0)
-        return items, times, t, before
+        t = before if before is not None else max(int(time.time()), int(seq.times.max()) if len(seq.times) else 0)
+        return seq, t, before
 
     @app.post("/recommend", response_model=RecommendResponse, tags=["recommend"],
               summary="Top-K items for a user: ANN retrieval over item vectors, then the ranker")
@@ -1876,7 +1903,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                 raise _Invalid(errors)
         t0 = time.perf_counter()
         uidx = scorer.user_index(req.user)
-        items, times, t, before = sequence(req.user, uidx, req.context, None)
+        seq, t, before = sequence(req.user, uidx, req.context, None)
+        items = seq.items
         exclude = set(scorer.item_index(req.context.exclude).tolist()) if req.context.exclude else set()
         t0 = stage("state", t0)
         if req.candidates is not None:
@@ -1897,7 +1925,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             return RecommendResponse(user=req.user, cold_start=uidx == 0, history_length=len(items), items=[],
                                      retrieved=retrieved, model=bundle.model_name)
         ctx = scorer.context_codes(req.context.features, req.context.item_features, names)
-        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before, context=ctx)
+        logits = scorer.score(uidx, seq.items, seq.times, t, cand, user=req.user, before=before, context=ctx,
+                              hist_tags=seq.tags)
         top = np.argsort(-logits, kind="stable")[: req.k]
         stage("rank", t0)
         if uidx == 0:
@@ -1916,18 +1945,19 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                 raise _Invalid(errors)
         t0 = time.perf_counter()
         uidx = scorer.user_index(req.user)
-        items, times, t, before = sequence(req.user, uidx, req.context, req.history)
+        seq, t, before = sequence(req.user, uidx, req.context, req.history)
         t0 = stage("state", t0)
         cand = scorer.item_index(req.items)
         ctx = scorer.context_codes(req.context.features, req.context.item_features, list(req.items))
-        logits = scorer.score(uidx, items, times, t, cand, user=req.user, before=before, context=ctx)
+        logits = scorer.score(uidx, seq.items, seq.times, t, cand, user=req.user, before=before, context=ctx,
+                              hist_tags=seq.tags)
         stage("rank", t0)
         if uidx == 0:
             metrics.inc("modalrec_cold_starts_total", "kind", "score_user")
         n_cold = int((cand == 0).sum())
         if n_cold:
             metrics.inc("modalrec_cold_starts_total", "kind", "score_item", n_cold)
-        return ScoreResponse(user=req.user, cold_start=uidx == 0, history_length=len(items),
+        return ScoreResponse(user=req.user, cold_start=uidx == 0, history_length=len(seq.items),
                              scores=scored(list(req.items), cand, logits), model=bundle.model_name)
 
     @app.get("/users/{user:path}", response_model=UserState, tags=["events"], dependencies=[Depends(require_key)],

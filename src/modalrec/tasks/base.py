@@ -284,6 +284,12 @@ def channel_mask(channels: np.ndarray, wanted: list[str] | None) -> np.ndarray:
     return np.isin(channels, np.asarray(wanted, dtype=object))
 
 
+def channel_codes(channels: np.ndarray, codes: dict[str, int]) -> np.ndarray:
+    """(n,) int64 code of each event's channel in `codes` (0 for a channel it does not list)."""
+    names, inverse = np.unique(channels.astype(object), return_inverse=True)
+    return np.array([codes.get(str(c), 0) for c in names], dtype=np.int64)[inverse.reshape(-1)]
+
+
 @dataclass
 class SampleSet:
     users: np.ndarray

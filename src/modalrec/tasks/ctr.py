@@ -33,7 +33,7 @@ from ..data.batch import Collator, History
 from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..eval.metrics import ctr_metrics
-from .base import PreparedTask, SampleSet, Vocab, build_item_side, channel_mask, encode_events
+from .base import PreparedTask, SampleSet, Vocab, build_item_side, channel_codes, channel_mask, encode_events
 
 
 def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: str, valid: float,
@@ -155,7 +155,12 @@ class CTRTask(PreparedTask):
             every = enc.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
             positive = (every >= cfg.label_threshold) if cfg.label_threshold is not None else (every > 0)
             is_hist = is_hist & np.nan_to_num(positive, nan=0).astype(bool)
-        self.history = History.build(enc.users[is_hist], enc.items[is_hist], enc.times[is_hist], n_users)
+        tags, self.history_tags = None, {}
+        if cfg.history_channel_tags:
+            hist_ch = cfg.history_channels or cfg.sample_channels or list(data.spec.channels)
+            self.history_tags = {ch: code for code, ch in enumerate(hist_ch, start=1)}
+            tags = channel_codes(enc.channels[is_hist], self.history_tags)
+        self.history = History.build(enc.users[is_hist], enc.items[is_hist], enc.times[is_hist], n_users, tags)
         users, items, times = enc.users[is_sample], enc.items[is_sample], enc.times[is_sample]
         if given is not None:
             split = given
@@ -188,6 +193,7 @@ class CTRTask(PreparedTask):
         schema.user_counts = np.bincount(tr.users, minlength=n_users).astype(np.float64)
         schema.item_positive_rate = (pos + 20 * prior) / (counts + 20)
         schema.context_categorical = {name: len(v) for name, v in self.context_vocab.items()}
+        schema.history_tags = dict(self.history_tags)
         self.schema = schema
         self.collator = Collator(self.history, side, cfg.max_history, with_time=True, token_scope=cfg.token_scope)
         self.group_names = {}
