@@ -3,7 +3,7 @@
 Data: `modalrec.sim.livestream` (preset `bench` by default: ~341k watch events, 9.6k users, 400+
 streamers), raw content encoded once by the frozen encoders of configs/livestream/mmbee.yaml
 (`data.encode`, cached). Task: GTR of each watch (label = a gift during the watch), one global
-time cut 70/10/20, histories of the user's earlier watches (at most 50).
+time cut 70/10/20, histories of the user's earlier watches and gifts, each tagged with its channel (at most 50).
 
 Runs, each through `modalrec.train.run.train_run` (the path of `modalrec train`):
 - `sim` and `mmbee` over `--seeds` (default 0,1,2);

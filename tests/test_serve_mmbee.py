@@ -86,7 +86,9 @@ def make_live_data(seed: int = 0, n_watches: int = 700, n_gifts: int = 160) -> I
 def mmbee_config(source: str, scope: str = "target") -> RunConfig:
     return RunConfig.model_validate({
         "name": f"tiny-mmbee-{scope}", "data": {"source": source},
-        "task": {"kind": "ctr", "sample_channels": ["watch"], "history_channels": ["watch"], "max_history": 8,
+        # the configs' history: watches and gifts, tagged with their channel
+        "task": {"kind": "ctr", "sample_channels": ["watch"], "history_channels": ["watch", "gift"],
+                 "history_channel_tags": True, "max_history": 8,
                  "split": {"method": "global_time", "valid": 0.1, "test": 0.2},
                  "token_modalities": ["frames_emb", "comments_emb"], "max_tokens": 4, "token_scope": scope,
                  "graph": {"enabled": True, "gie": {"k_neighbours": 3, "expansion_length": 4, "pretrain_epochs": 2,
@@ -129,9 +131,11 @@ def client(served, tmp_path):
 
 
 def _hist_events(task, u: int, cut: int) -> list[dict]:
-    lo = task.history.ptr[u]
-    return [{"item": task.item_vocab.id_of(int(i)), "time": int(t)}
-            for i, t in zip(task.history.items[lo:lo + cut], task.history.times[lo:lo + cut])]
+    """The user's first `cut` history events as a request's own history, each with its channel."""
+    h, lo = task.history, task.history.ptr[u]
+    channel = {code: name for name, code in task.history_tags.items()}
+    return [{"item": task.item_vocab.id_of(int(i)), "time": int(t), "channel": channel[int(g)]}
+            for i, t, g in zip(h.items[lo:lo + cut], h.times[lo:lo + cut], h.tags[lo:lo + cut])]
 
 
 def _gifts(user: str, streamer: int, n: int, t0: int | None = None) -> list[dict]:
@@ -239,19 +243,23 @@ def _parity(served, client) -> float:
     keys.append(max(groups, key=lambda k: k[2]))
     assert max(k[2] for k in keys) > served["cfg"].task.max_history  # a history longer than the model reads
     users_with_gie = 0
+    gifts_read = 0
     worst = 0.0
     for u, t, cut in keys:
         rows = groups[(u, t, cut)]
         users_with_gie += int(task.gie.user_seq[u, 0] > 0)
+        history = _hist_events(task, u, cut)
+        gifts_read += sum(e["channel"] == "gift" for e in history[-served["cfg"].task.max_history:])
         resp = client.post("/score", json={
             "user": task.user_vocab.id_of(u), "items": [task.item_vocab.id_of(int(s.items[r])) for r in rows],
-            "context": {"time": t}, "history": _hist_events(task, u, cut)})
+            "context": {"time": t}, "history": history})
         assert resp.status_code == 200, resp.text
         got = np.array([x["score"] for x in resp.json()["scores"]])
         worst = max(worst, float(np.abs(got - offline[rows]).max()))
         p = np.array([x["probability"] for x in resp.json()["scores"]])
         assert np.allclose(p, 1 / (1 + np.exp(-offline[rows])), atol=1e-5)
     assert users_with_gie > 0  # the requests do read expansions
+    assert gifts_read > 0  # and gift-tagged history events
     return worst
 
 
