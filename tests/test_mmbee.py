@@ -672,3 +672,25 @@ def test_gie_match_features_are_the_target_score_and_the_overlap(task):
     assert (feats[:, 3] == 1).all()
     off = build_model("mmbee", task.schema, params(gie_match=False))
     assert off.mlp.net[0].in_features == model.mlp.net[0].in_features - 4
+
+
+def test_history_tags_reach_every_mfq_scope():
+    """A tagged history (task.history_channel_tags) changes the encoder part of each history vector by its tag's
+    embedding with MFQ on every item (mfq_scope 'all') too; the content part and the targets stay as they were."""
+    tagged = CTRTask(make_data().validate(), task_config(max_tokens=4, history_channel_tags=True))
+    assert tagged.schema.history_tags == {"watch": 1}
+    torch.manual_seed(0)
+    model = build_model("mmbee", tagged.schema, params(mfq_scope="all")).eval()
+    batch = train_batch(tagged)
+    with torch.no_grad():
+        target, hist = model.item_vectors(batch)
+        tag = model.items.tag
+        model.items.tag = None
+        target0, hist0 = model.item_vectors(batch)
+        model.items.tag = tag
+    d = model.items.out_dim
+    assert torch.equal(target, target0)
+    real = batch.hist_mask
+    assert real.any()
+    assert torch.allclose(hist[..., :d][real], hist0[..., :d][real] + tag.weight[1], atol=1e-6)
+    assert torch.equal(hist[..., d:], hist0[..., d:])

@@ -194,8 +194,10 @@ class MMBee(SIM):
         side = batch.uniq_side
         table = self.items(batch.uniq, side, batch.uniq_presence, "uniq_side")
         tokens, masks = self._mfq_inputs(side, batch.uniq_presence, "uniq_side")
-        table = torch.cat([table, self.mfq(tokens, masks, self._streamer(side))], dim=-1)
-        return table[batch.item_pos], table[batch.hist_pos]
+        content = self.mfq(tokens, masks, self._streamer(side))
+        # history positions: the encoder's part with the history's action tags (if any), then the content
+        hist = torch.cat([self.items.gather_history(table, batch.hist_pos, batch), content[batch.hist_pos]], dim=-1)
+        return torch.cat([table[batch.item_pos], content[batch.item_pos]], dim=-1), hist
 
     def fused_targets(self, batch: Batch) -> torch.Tensor:
         """mfq_scope 'target': MFQ over each sample's target segment (B, content_dim); the collate always

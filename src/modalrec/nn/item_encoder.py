@@ -154,9 +154,9 @@ class ItemEncoder(nn.Module):
         if batch.uniq is None:
             return self.target(batch), self.history(batch)
         table = self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
-        return table[batch.item_pos], self._gather_history(table, batch.hist_pos, batch)
+        return table[batch.item_pos], self.gather_history(table, batch.hist_pos, batch)
 
-    def _gather_history(self, table: torch.Tensor, index: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def gather_history(self, table: torch.Tensor, index: torch.Tensor, batch: Batch) -> torch.Tensor:
         """table[index] (B, L, out_dim) plus the history's tag embeddings; a shared history (the collate's
         stride-0 rows) is gathered and tagged once and expanded."""
         tags = self._tags(batch)
@@ -175,7 +175,7 @@ class ItemEncoder(nn.Module):
     def history(self, batch: Batch) -> torch.Tensor:
         """(B, L, out_dim) for every history position; padded positions hold arbitrary values."""
         if batch.uniq is not None:
-            return self._gather_history(self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side"),
+            return self.gather_history(self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side"),
                                         batch.hist_pos, batch)
         hist = self(batch.hist, batch.hist_side, batch.hist_presence, "hist_side")
         return hist if self.tag is None else hist + self.tag(self._tags(batch))
