@@ -13,6 +13,8 @@ users), overall and per gifter bucket (gifts in the training period: cold 0, spa
   behaviour sequence already holds);
 - `in_user_expansion`: the target's score in the user's as-of-time GIE expansion (`task.graph`, the same code
   path as training), and the same restricted to targets the user never gifted (what only the graph adds);
+- `gifts_in_history_window`: the number of gift events among the last `task.max_history` events of the user's
+  tagged watch + gift history (what the configs' rankers read since they tag their history);
 - `expansion_on_own_community`: the share of the expansion's score mass on streamers of the community the user
   has the highest affinity to (the expansion's precision about what matters).
 
@@ -141,6 +143,12 @@ def main() -> None:
              "user has an expansion": has_exp,
              "has an expansion, target never gifted before": has_exp & (gifted_before == 0)}
     feats = {"true_affinity": t_aff, "gifted_target_before": gifted_before, "in_user_expansion": in_exp}
+    if task.history.tags is not None and "gift" in task.history_tags:
+        # how many gifts the ranker's tagged history window holds: across users it marks the generous ones, but
+        # within a user a gift watch's window holds fewer of the user's OTHER gifts than a plain watch's does
+        _, wmask, wpos = task.history.window(users, s.cut, cfg.task.max_history)
+        gift_tags = np.where(wmask, task.history.tags[wpos], 0) == task.history_tags["gift"]
+        feats["gifts_in_history_window"] = gift_tags.sum(1).astype(np.float64)
     table = scores_table(labels, users, feats, masks)
     n_groups = aff.shape[1]
     coverage = {

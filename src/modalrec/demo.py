@@ -43,8 +43,8 @@ def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | No
     """configs/livestream/{sim,mmbee}.yaml for the demo (speech as MFCC statistics only)."""
     mmbee = model == "mmbee"
     task = {"kind": "ctr", "label_column": "label", "sample_channels": ["watch"],
-            "history_channels": ["watch", "gift"], "history_channel_tags": True, "max_history": 50, "split": {"method": "global_time", "valid": 0.1, "test": 0.2},
-            "text_modalities": []}
+            "history_channels": ["watch", "gift"], "history_channel_tags": True, "max_history": 50,
+            "split": {"method": "global_time", "valid": 0.1, "test": 0.2}, "text_modalities": []}
     if mmbee:
         task |= {"token_modalities": ["frames_emb", "comments_emb"], "max_tokens": 8, "token_scope": "target",
                  "graph": {"enabled": True, "gie": {"pretrain_epochs": 10, "progress": False}}}
