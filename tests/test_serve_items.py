@@ -93,16 +93,19 @@ def _with_copies(side: ItemSide, rows: list[int]) -> ItemSide:
 
 @torch.no_grad()
 def _offline(served, side: ItemSide, uidx: int, hist: list[int], times: list[int], t: int,
-             cands: list[int]) -> np.ndarray:
+             cands: list[int], tags: list[int] | None = None) -> np.ndarray:
     """The offline model's logits for one user's sequence at time t, every item index beyond the model's
-    id tables (the appended copies) given as id 0 while its side features are the copied originals'."""
+    id tables (the appended copies) given as id 0 while its side features are the copied originals'. `tags`:
+    the events' action tag codes, for a task with a tagged history."""
     task, model = served["task"], served["model"]
     n = task.schema.n_items
     col = task.collator
     h_items, h_times = np.array(hist, np.int64), np.array(times, np.int64)
+    h_tags = None if task.history.tags is None else np.array(tags, np.int64)
     if len(hist) == 0:
         h_items, h_times = np.zeros(1, np.int64), np.full(1, t, np.int64)
-    history = History(np.array([0, len(hist)]), h_items, h_times)
+        h_tags = None if h_tags is None else np.zeros(1, np.int64)
+    history = History(np.array([0, len(hist)]), h_items, h_times, h_tags)
     collate = Collator(history, side, col.max_history, col.with_time, col.token_scope)
     c = len(cands)
     cand = np.array(cands, np.int64)
@@ -223,10 +226,13 @@ def test_new_segment_scores_as_its_twin_with_id_0(mmbee_served, tmp_path):  # no
         lo = task.history.ptr[u]
         h_items = [int(i) for i in task.history.items[lo:lo + 3]]
         h_times = [int(t) for t in task.history.times[lo:lo + 3]]
+        h_tags = [int(g) for g in task.history.tags[lo:lo + 3]]  # the fixture's history is tagged: watch, gift
+        channel = {code: name for name, code in task.history_tags.items()}
         t = h_times[-1] + 1
-        history = [{"item": task.item_vocab.id_of(i), "time": tt} for i, tt in zip(h_items, h_times)]
+        history = [{"item": task.item_vocab.id_of(i), "time": tt, "channel": channel[g]}
+                   for i, tt, g in zip(h_items, h_times, h_tags)]
         cands = new + originals
-        want = _offline(mmbee_served, side, u, h_items, h_times, t, [n, n + 1, n + 2] + idx)
+        want = _offline(mmbee_served, side, u, h_items, h_times, t, [n, n + 1, n + 2] + idx, h_tags)
         for _ in range(2):  # the second request reads the memoised MFQ vectors
             got = _scores(c, user, cands, context={"time": t}, history=history)
             assert np.abs(got - want).max() <= 1e-5
