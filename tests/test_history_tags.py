@@ -169,3 +169,8 @@ def test_tagged_bundle_serves_like_offline(tagged_bundle, tmp_path):
         as_clicks = served(history=[{k: v for k, v in e.items() if k != "channel"} for e in own])
         assert np.abs(as_clicks - offline([i for i, _, _ in new], [t for _, t, _ in new], [1, 1, 1])).max() <= 1e-5
         assert np.abs(as_clicks - served(history=own)).max() > 1e-4
+        # a channel the model was not trained to read is a 422 naming the event, not a silent untagged event
+        bad = client.post("/score", json={"user": user, "items": names[:2],
+                                          "history": [own[0], {**own[1], "channel": "purchase"}]})
+        assert bad.status_code == 422
+        assert "history[1].channel" in bad.json()["message"] and "purchase" in bad.json()["message"]

@@ -1943,6 +1943,12 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             errors = scorer.check_context(req.context.features, req.context.item_features)
             if errors:
                 raise _Invalid(errors)
+        if req.history and scorer.tags:  # a tagged model: every channel named must be one it was trained to read
+            errors = [{"loc": ("body", "history", i, "channel"), "type": "value_error",
+                       "msg": f"unknown channel '{h.channel}'; the model's history reads {sorted(scorer.tags)}"}
+                      for i, h in enumerate(req.history) if h.channel is not None and h.channel not in scorer.tags]
+            if errors:
+                raise _Invalid(errors)
         t0 = time.perf_counter()
         uidx = scorer.user_index(req.user)
         seq, t, before = sequence(req.user, uidx, req.context, req.history)
