@@ -22,16 +22,19 @@ L = 8
 TAGS = {"click": 1, "like": 2}
 
 
-def _task(**extra) -> CTRTask:
-    data = make_data(n_users=20, n_items=30, n_events=1200, n_likes=500)
-    return CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], history_channels=["click", "like"],
-                                    history_channel_tags=True, max_history=L, **extra))
+def _data():
+    return make_data(n_users=20, n_items=30, n_events=1200, n_likes=500)
+
+
+def _task(data=None) -> CTRTask:
+    return CTRTask(data or _data(), TaskConfig(kind="ctr", sample_channels=["click"],
+                                               history_channels=["click", "like"], history_channel_tags=True,
+                                               max_history=L))
 
 
 def test_each_history_event_carries_its_channel():
-    data = make_data(n_users=20, n_items=30, n_events=1200, n_likes=500)
-    task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], history_channels=["click", "like"],
-                                    history_channel_tags=True, max_history=L))
+    data = _data()
+    task = _task(data)
     assert task.schema.history_tags == TAGS
     h = task.history
     assert h.tags is not None and set(np.unique(h.tags).tolist()) == {1, 2}
@@ -107,7 +110,7 @@ def tagged_bundle(tmp_path_factory):
     from .test_serve import _train_and_export
 
     root = tmp_path_factory.mktemp("tags")
-    data = make_data(n_users=20, n_items=30, n_events=1200, n_likes=500)
+    data = _data()
     cfg = RunConfig.model_validate({
         "name": "toy-sim-tags", "data": {"source": "unused"},
         "task": {"kind": "ctr", "sample_channels": ["click"], "history_channels": ["click", "like"],

@@ -81,7 +81,7 @@ from pydantic import (
 from ..data.batch import Collator, History
 from ..nn.item_encoder import ItemEncoder
 from ..nn.layers import versions
-from ..tasks.base import _words
+from ..tasks.base import _words, channel_codes
 from .bundle import SIDE_GROUPS, Bundle, _item_encoder, load_bundle, normalise
 from .state import StateStore, StoredEvent, open_state
 
@@ -982,17 +982,13 @@ class Scorer:
             items, times, tags = items[keep], times[keep], tags[keep]
         return Sequence(items, times, tags)
 
-    def tag_codes(self, channels: list[str]) -> np.ndarray:
-        """(n,) action tag code of each channel (0 where the history is untagged)."""
-        return np.array([self.tags.get(c, 0) for c in channels], dtype=np.int64)
-
     def history(self, user: str, uidx: int, before: int | None = None) -> Sequence:
         """The ranker's sequence, at most max_history long: the bundle's seed history, then the stored events."""
         L = self.bundle.max_history
         online = self.state.recent(user, 2 * L, channels=self.channels, before=before)
         o_items = self.item_index([e.item or "" for e in online]) if online else np.zeros(0, np.int64)
         o_times = np.array([e.time for e in online], dtype=np.int64)
-        o_tags = self.tag_codes([e.channel for e in online])
+        o_tags = channel_codes(np.array([e.channel for e in online], dtype=object), self.tags)  # 0: untagged
         known = o_items > 0
         return self.merge(self.seed(uidx, before), Sequence(o_items[known], o_times[known], o_tags[known]))
 
@@ -1006,7 +1002,7 @@ class Scorer:
         items = self.item_index([i for i, _, _ in events]) if events else np.zeros(0, np.int64)
         times = np.array([t for _, t, _ in events], dtype=np.int64)
         first = next(iter(self.tags), "")
-        tags = self.tag_codes([c or first for _, _, c in events])
+        tags = channel_codes(np.array([c or first for _, _, c in events], dtype=object), self.tags)
         keep = items > 0
         if before is not None:
             keep &= times < before
