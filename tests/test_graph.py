@@ -329,3 +329,79 @@ def test_as_of_time_tables_survive_save_load(tmp_path):
     assert off.prefix_ptr is None  # as_of_time off: every time reads the full row
     full = off.lookup(probe[0], np.zeros_like(probe[0]), times=probe[1])
     assert torch.equal(full["gie_user"], torch.from_numpy(off.user_seq[probe[0]]))
+
+
+# ------------------------------------------------------------------------------------------ refreshed graphs
+
+
+@pytest.mark.parametrize("as_of_time", [True, False])
+def test_refreshed_graphs_read_only_gifts_before_the_samples_window(as_of_time):
+    """task.graph.refresh: a sample in window i reads the A2A and A->U->A graphs of the gifts strictly before the
+    window's start and the user's U->A->A of their gifts before the sample (through that A2A): recomputed from
+    scratch here for every (user, streamer, time). So no training sample reads a graph holding its own gift, or
+    any later one. At or after the period's end: the full graph."""
+    from modalrec.graph.gie import OnlineExpansion, RefreshedExpansion
+    from modalrec.graph.swing import CSR
+
+    u, s, n_u, n_s, _ = planted(users_per=15, gifts=5)
+    rng = np.random.default_rng(5)
+    times = rng.integers(0, 100, len(u)) * 10
+    cfg = GIEConfig(progress=False, pretrain_epochs=0, expansion_length=6, k_neighbours=4, as_of_time=as_of_time)
+    full = GraphExpansion.fit(u, s, None, n_u, n_s, cfg, times=times)
+    bounds = np.array([300, 600, 1000])  # windows [-inf, 300), [300, 600), [600, 1000); >= 1000: full
+    ref = RefreshedExpansion.fit(u, s, None, times, bounds, full)
+    users = np.repeat(np.arange(1, n_u), 6)
+    streamers = np.tile(np.arange(1, 7), n_u - 1)
+    at = np.tile([0, 299, 300, 450, 999, 1000], n_u - 1)
+    got = ref.lookup(users, streamers, at)
+    empty = CSR(np.zeros(n_u + 1, np.int64), np.zeros(0, np.int64), np.zeros(0), n_s)
+    for start in (300, 600):
+        before = times < start
+        g = GraphExpansion.fit(u[before], s[before], None, n_u, n_s, cfg)
+        online = OnlineExpansion(g, empty)
+        for r in np.flatnonzero((at >= start) & (at < start + 300 + 100 * (start == 600))):
+            own = (u == users[r]) & (times < (at[r] if as_of_time else start))
+            want_seq, want_w = online.expand(int(users[r]), s[own], np.ones(own.sum()))
+            np.testing.assert_array_equal(got["gie_user"][r].numpy(), want_seq)
+            np.testing.assert_allclose(got["gie_user_w"][r].numpy(), want_w, rtol=1e-6)
+            np.testing.assert_array_equal(got["gie_streamer"][r].numpy(), g.streamer_seq[streamers[r]])
+            np.testing.assert_array_equal(got["gie_streamer_w"][r].numpy(), g.streamer_w[streamers[r]])
+    first = at < 300  # the first window reads no graph: the A2A is empty, so even the user's own gifts expand to nothing
+    assert (got["gie_user"][torch.from_numpy(first)] == 0).all()
+    assert (got["gie_streamer"][torch.from_numpy(first)] == 0).all()
+    last = at >= 1000
+    want = full.lookup(users[last], streamers[last], times=at[last])
+    for k, v in want.items():
+        assert torch.equal(got[k][torch.from_numpy(last)], v)
+    # the graphs a window reads are smaller than the full one, and grow window by window
+    edges = [w.a2a.nnz for w in ref.windows]
+    assert edges[0] == 0 and edges[1] < edges[2] <= full.a2a.nnz
+    with pytest.raises(ValueError, match="one shape"):
+        ref.lookup(users, streamers[:3], at)
+    with pytest.raises(ValueError, match="ascending"):
+        RefreshedExpansion.fit(u, s, None, times, np.array([600, 300]), full)
+
+
+def test_task_refresh_gives_training_samples_the_windows_graphs_and_later_ones_the_full_graph():
+    from modalrec.tasks import prepare_task
+    from tests.test_serve_mmbee import make_live_data, mmbee_config
+
+    data = make_live_data()
+    cfg = mmbee_config("unused").task
+    one = prepare_task(data, cfg)
+    assert one.gie_train is None
+    task = prepare_task(data, cfg.model_copy(update={"graph": cfg.graph.model_copy(update={"refresh": 3})}))
+    assert len(task.gie_train.windows) == 3 and task.gie_train.bounds[-1] == task.graph_cutoff
+    tr = task.splits["train"]
+    win = task.gie_train.window_of(tr.times)
+    assert set(np.unique(win)) == {0, 1, 2}  # equal-count windows of the training samples
+    batch = task.collate(tr, train=True)
+    assert (batch.extra["gie_user"][torch.from_numpy(win == 0)] == 0).all()
+    # a later window reads a graph without the gifts at or after its start, unlike the full graph
+    late = win == 2
+    full = one.collate(tr, train=True)
+    assert not all(torch.equal(batch.extra[k][torch.from_numpy(late)], full.extra[k][torch.from_numpy(late)])
+                   for k in ("gie_user", "gie_streamer"))
+    for name in ("valid", "test"):  # evaluated samples: the graph of the whole training period
+        a, b = task.collate(task.splits[name], train=False), one.collate(one.splits[name], train=False)
+        assert all(torch.equal(a.extra[k], b.extra[k]) for k in ("gie_user", "gie_user_w", "gie_streamer"))

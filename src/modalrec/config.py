@@ -51,6 +51,13 @@ class GraphTaskConfig(_Strict):
     streamer_feature: str = Field("streamer_id", description="item categorical feature naming the streamer")
     weight_column: str | None = Field(None, description="event column summed as edge weight with "
                                       "gie.weight_mode 'value' (e.g. price); None: every gift counts 1")
+    refresh: int = Field(
+        1, ge=1, description="training samples read graphs refreshed this many times over the training period, "
+        "as a production graph rebuilt daily: the samples are cut by time into this many equal windows, and a "
+        "sample reads the Swing A2A graph and the A->U->A expansion fitted on the gifts before its window "
+        "(the first window: no graph), with the user's own U->A->A as of the sample's time. 1: every training "
+        "sample reads the graph of the whole training period, which holds the sample's own gift. Validation, "
+        "test and serving always read the graph of the whole training period")
     gie: GIEConfig = Field(default_factory=GIEConfig)
 
 

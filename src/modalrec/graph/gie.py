@@ -420,6 +420,79 @@ class GraphExpansion:
                    t.get("streamer_emb"), a2a, meta.get("stats", {}), *prefix)
 
 
+@dataclass
+class RefreshedExpansion:
+    """GIE lookups for TRAINING samples from graphs refreshed over the training period, as a production
+    graph is rebuilt every day from the days before: the training samples are cut by time into windows
+    (`bounds`), and a sample in window i reads the Swing A2A graph and the A->U->A expansion fitted on the
+    gifts strictly before the window's start (window 0: no graph at all), with the user's U->A->A as of the
+    sample's own time (their gifts strictly before it) walked through that window's A2A. A sample at or
+    after the last bound (validation, test, serving) reads `full`, the graph of the whole training period.
+
+    Why: with one graph of the whole training period, a training sample's own gift is in the A2A graph and
+    in the A->U->A expansion it reads (a first gift to a streamer with a small audience makes that streamer
+    co-gifted with the user's other streamers), while no evaluated gift is in the graph it reads. The
+    graph features then fit the training labels better than they predict test labels."""
+
+    bounds: np.ndarray  # (N,) int64: window starts b_1 .. b_{N-1}, then the end of the training period
+    windows: list[GraphExpansion]  # N graphs: window i is fitted on the gifts before bounds[i - 1] (window 0: none)
+    full: GraphExpansion
+
+    @classmethod
+    def fit(cls, users: np.ndarray, streamers: np.ndarray, weights: np.ndarray | None, times: np.ndarray,
+            bounds: np.ndarray, full: GraphExpansion) -> RefreshedExpansion:
+        """`bounds`: the N - 1 window starts then the training period's end, ascending; the gift triples and
+        `times` of the whole training period (those `full` was fitted on)."""
+        bounds = np.asarray(bounds, dtype=np.int64).reshape(-1)
+        times = np.asarray(times, dtype=np.int64).reshape(-1)
+        if len(bounds) < 1 or (np.diff(bounds) < 0).any():
+            raise ValueError(f"bounds must be ascending window starts then the period's end, got {bounds.tolist()}")
+        if len(times) != len(users):
+            raise ValueError(f"times must have one value per gift ({len(users)}), got {len(times)}")
+        users, streamers = np.asarray(users, dtype=np.int64), np.asarray(streamers, dtype=np.int64)
+        w = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+        cfg = full.cfg.model_copy(update={"pretrain_epochs": 0, "progress": False})
+        windows = []
+        starts = np.r_[np.iinfo(np.int64).min, bounds[:-1]]
+        for start, end in tqdm(list(zip(starts, bounds)), desc="GIE graph refreshes", unit="graph",
+                               disable=not full.cfg.progress):
+            before = times < start
+            g = GraphExpansion.fit(users[before], streamers[before], None if w is None else w[before],
+                                   full.n_users, full.n_streamers, cfg)
+            if cfg.as_of_time:
+                upto = times < end
+                g._fit_prefixes(users[upto], streamers[upto], None if w is None else w[upto], times[upto])
+            windows.append(g)
+        return cls(bounds, windows, full)
+
+    def window_of(self, times: np.ndarray) -> np.ndarray:
+        """The window of each time: 0 .. N - 1, or N (the full graph) at or after the period's end."""
+        return np.searchsorted(self.bounds, np.asarray(times, dtype=np.int64), side="right")
+
+    def lookup(self, user_idx: np.ndarray | torch.Tensor, streamer_idx: np.ndarray | torch.Tensor,
+               times: np.ndarray) -> dict[str, torch.Tensor]:
+        """`GraphExpansion.lookup` per sample from the graph of its window (one user, streamer and time each)."""
+        u = _indices("user_idx", user_idx, self.full.n_users)
+        s = _indices("streamer_idx", streamer_idx, self.full.n_streamers)
+        t = np.asarray(times, dtype=np.int64)
+        if not (u.shape == s.shape == t.shape):
+            raise ValueError(f"user_idx {u.shape}, streamer_idx {s.shape} and times {t.shape}: expected one "
+                             "shape (one user, streamer and time per sample)")
+        win = self.window_of(t)
+        graphs = [*self.windows, self.full]
+        out = None
+        for w in np.unique(win):
+            sel = win == w
+            part = graphs[w].lookup(u[sel], s[sel], times=t[sel])
+            if out is None:
+                out = {k: v.new_zeros((*u.shape, *v.shape[1:])) for k, v in part.items()}
+            for k, v in part.items():
+                out[k][torch.from_numpy(sel)] = v
+        if out is None:  # no samples
+            return self.full.lookup(u, s, times=t)
+        return out
+
+
 def _indices(name: str, idx: np.ndarray | torch.Tensor, n: int) -> np.ndarray:
     a = idx.detach().cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
     if a.size and not np.issubdtype(a.dtype, np.integer):

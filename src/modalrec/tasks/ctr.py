@@ -197,7 +197,7 @@ class CTRTask(PreparedTask):
         self.schema = schema
         self.collator = Collator(self.history, side, cfg.max_history, with_time=True, token_scope=cfg.token_scope)
         self.group_names = {}
-        self.gie = None
+        self.gie = self.gie_train = None
         if cfg.graph.enabled:
             self._build_graph(enc, side, schema, cfg)
 
@@ -228,13 +228,25 @@ class CTRTask(PreparedTask):
                                       times=enc.times[is_gift])
         schema.graph_init = self.gie.graph_init()
         self.graph_cutoff = int(cutoff) if later else None
+        self.gie_train = None
+        if g.refresh > 1:
+            from ..graph.gie import RefreshedExpansion
+
+            tr = self.splits["train"].times
+            starts = np.unique(np.quantile(tr, np.arange(1, g.refresh) / g.refresh, method="higher").astype(np.int64))
+            end = int(cutoff) if later else int(max(tr.max(), enc.times[is_gift].max())) + 1
+            self.gie_train = RefreshedExpansion.fit(
+                enc.users[is_gift], self.streamer_code[enc.items[is_gift]], weights, enc.times[is_gift],
+                np.r_[starts[starts < end], end], self.gie)
 
     def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
         batch = self.collator(s.users, s.items, s.cut, s.times, s.labels)
         batch.context = {name: torch.from_numpy(codes) for name, codes in s.context.items()}
         if self.gie is not None:
             # as of each sample's time: a training sample never reads an expansion built from its own gift
-            batch.extra.update(self.gie.lookup(s.users, self.streamer_code[s.items], times=s.times))
+            # (with task.graph.refresh, from the graph refreshed before the sample's window)
+            gie = self.gie_train if self.gie_train is not None else self.gie
+            batch.extra.update(gie.lookup(s.users, self.streamer_code[s.items], times=s.times))
         return batch
 
     test_labels_hidden: bool = False
