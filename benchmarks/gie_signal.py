@@ -15,6 +15,9 @@ users), overall and per gifter bucket (gifts in the training period: cold 0, spa
   path as training), and the same restricted to targets the user never gifted (what only the graph adds);
 - `gifts_in_history_window`: the number of gift events among the last `task.max_history` events of the user's
   tagged watch + gift history (what the configs' rankers read since they tag their history);
+- `gifted_target_in_last_L`: a gift to the target's streamer among the last L events of that history, for
+  L = `task.max_history` and each of `--windows`: how much of `gifted_target_before` a ranker reading L events
+  can see (SIM's hard search by streamer retrieves exactly these);
 - `expansion_on_own_community`: the share of the expansion's score mass on streamers of the community the user
   has the highest affinity to (the expansion's precision about what matters).
 
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--preset", default="bench")
     ap.add_argument("--users", type=int, default=0)
     ap.add_argument("--world", default="{}", help="JSON of further simulator parameters")
+    ap.add_argument("--windows", default="200,1000", type=lambda v: [int(x) for x in v.split(",") if x],
+                    help="history lengths L at which `gifted_target_in_last_L` is scored (with task.max_history)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gie_signal.json"))
     args = ap.parse_args()
     params = {"preset": args.preset} | ({"n_users": args.users} if args.users else {}) | json.loads(args.world)
@@ -149,6 +154,13 @@ def main() -> None:
         _, wmask, wpos = task.history.window(users, s.cut, cfg.task.max_history)
         gift_tags = np.where(wmask, task.history.tags[wpos], 0) == task.history_tags["gift"]
         feats["gifts_in_history_window"] = gift_tags.sum(1).astype(np.float64)
+        # the one-hop signal a SIM ranker can read: a gift to the target's streamer among the last L history
+        # events (its hard search by streamer finds it there), next to `gifted_target_before` (any earlier gift)
+        for L in sorted({cfg.task.max_history, *args.windows}):
+            items, wmask, wpos = task.history.window(users, s.cut, L)
+            gift = wmask & (np.where(wmask, task.history.tags[wpos], 0) == task.history_tags["gift"])
+            same = task.streamer_code[items] == target[:, None]
+            feats[f"gifted_target_in_last_{L}"] = (gift & same).any(1).astype(np.float64)
     table = scores_table(labels, users, feats, masks)
     n_groups = aff.shape[1]
     coverage = {
