@@ -15,7 +15,10 @@ Runs, each through `modalrec.train.run.train_run` (the path of `modalrec train`)
 Analyses on the test split (the best checkpoint of every seed, logits averaged over seeds):
 - AUC, UAUC, GAUC, logloss of every run, and of the simulator's ground-truth probabilities
   `p_true` on the same samples (the ceiling no model can pass in expectation);
-- per user-activity bucket by gifts in the training period: cold (0 gifts), sparse (1-2), heavy (>= 3);
+- per user-activity bucket by gifts in the training period: cold (0 gifts), sparse (1-2), heavy (>= 3), on the
+  seed-averaged logits and seed by seed (`buckets_per_seed`), with GIE's GAUC gain per bucket paired seed by seed
+  (`gie_gain_per_seed`: MMBee minus SIM + MFQ, SIM + GIE minus SIM), so a difference between buckets can be held
+  against its spread;
 - missing content: MMBee (seed 0) with every content modality removed from a growing share of the
   test segments (their token masks cleared: the model sees an absent modality, never a zero vector);
 - top-K streamers: for up to `--topk-users` test users who gifted in the test period, every streamer
@@ -89,14 +92,14 @@ def data_params(args) -> dict:
     return p | json.loads(args.world)
 
 
-def test_logits(cfg, task, run_dir: Path) -> np.ndarray:
-    """Test logits of the run's best checkpoints, averaged over its seeds."""
-    out = []
+def seed_logits(cfg, task, run_dir: Path) -> dict[int, np.ndarray]:
+    """Test logits of the best checkpoint of each of the run's seeds."""
+    out = {}
     for seed in cfg.seeds:
         model = build_model(cfg.model.name, task.schema, cfg.model.params)
         load_checkpoint(run_dir / "checkpoints" / f"seed_{seed}", "best", model, restore_rng=False)
-        out.append(task.predict(model.eval(), "test", 4096))
-    return np.mean(out, axis=0)
+        out[seed] = task.predict(model.eval(), "test", 4096)
+    return out
 
 
 def model_of(cfg, task, run_dir: Path, seed: int):
@@ -116,6 +119,32 @@ def buckets(data, task) -> dict[str, np.ndarray]:
     n_gifts = np.bincount(uidx, minlength=len(task.user_vocab))[task.splits["test"].users]
     return {"cold (0 gifts)": n_gifts == 0, "sparse (1-2 gifts)": (n_gifts >= 1) & (n_gifts <= 2),
             "heavy (>=3 gifts)": n_gifts >= 3}
+
+
+def spread(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": a.tolist()}
+
+
+def gains(per_seed: dict, pairs: dict[str, tuple[str, str]]) -> dict:
+    """Per-bucket GAUC gain of `with_` over `without` for each pair name -> (with_, without), seed by seed over the
+    seeds both ran (the same seed: the same initial values of the shared modules and the same batches): mean, std
+    and runs. `per_seed`: variant -> seed -> bucket -> metrics."""
+    out = {}
+    for name, (with_, without) in pairs.items():
+        if with_ not in per_seed or without not in per_seed:
+            continue
+        seeds = sorted(set(per_seed[with_]) & set(per_seed[without]))
+        buckets_ = [b for b in per_seed[with_][seeds[0]] if all(b in per_seed[v][x] for v in (with_, without)
+                                                                 for x in seeds)] if seeds else []
+        if buckets_:
+            out[name] = {"seeds": seeds} | {b: spread([per_seed[with_][x][b]["gauc"] - per_seed[without][x][b]["gauc"]
+                                                      for x in seeds]) for b in buckets_}
+    return out
+
+
+GIE_PAIRS = {"GIE in MMBee (mmbee - mmbee-no-gie)": ("mmbee", "mmbee-no-gie"),
+             "GIE on SIM (mmbee-no-mfq - sim)": ("mmbee-no-mfq", "sim")}
 
 
 def bucket_metrics(labels, logits, users, masks: dict[str, np.ndarray]) -> dict:
@@ -271,6 +300,14 @@ def markdown(results: dict) -> str:
                   "|---|" + "---|" * len(groups)]
         for name, r in b.items():
             lines.append(f"| {name} | " + " | ".join(f"{r[g]['gauc']:.4f}" if g in r else "-" for g in groups) + " |")
+    gg = results.get("gie_gain_per_seed")
+    if gg:
+        groups = [g for g in next(iter(gg.values())) if g != "seeds"]
+        lines += ["", "GAUC gain per bucket, seed by seed (mean ± std over the seeds both variants ran):", "",
+                  "| gain | seeds | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
+        for name, r in gg.items():
+            lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(
+                f"{r[g]['mean']:+.4f} ± {r[g]['std']:.4f}" if g in r else "-" for g in groups) + " |")
     c = results.get("missing_content")
     if c:
         lines += ["", "| share of test segments without content | AUC | GAUC | logloss |", "|---|---|---|---|"]
@@ -357,9 +394,16 @@ def main() -> None:
     masks = buckets(data, any_task)
     results["bucket_sizes"] = {k: int(m.sum()) for k, m in masks.items()}
     results["buckets"] = {"ground truth": bucket_metrics(s.labels, np.log(p_true / (1 - p_true)), s.users, masks)}
+    per_seed: dict = {}  # variant -> seed -> bucket -> metrics: each seed's own logits, for spreads and paired gains
     for v in variants:
-        logits[v] = test_logits(cfgs[v], task_of(v), work / v)
+        by_seed = seed_logits(cfgs[v], task_of(v), work / v)
+        logits[v] = np.mean(list(by_seed.values()), axis=0)
         results["buckets"][v] = bucket_metrics(s.labels, logits[v], s.users, masks)
+        per_seed[v] = {x: bucket_metrics(s.labels, lg, s.users, masks) for x, lg in by_seed.items()}
+    results["buckets_per_seed"] = {v: {b: spread([per_seed[v][x][b]["gauc"] for x in per_seed[v] if b in per_seed[v][x]])
+                                       for b in masks if all(b in r for r in per_seed[v].values())}
+                                   for v in variants}
+    results["gie_gain_per_seed"] = gains(per_seed, GIE_PAIRS)
     if "mmbee" in variants:
         results["missing_content"] = missing_content_curve(cfgs["mmbee"], task_of("mmbee"), work / "mmbee")
     if args.topk_users > 0 and all(v in variants for v in MAIN):

@@ -1,0 +1,55 @@
+"""benchmarks/livestream.py's paired per-seed gains: the numbers the README holds GIE's bucket gains against."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "livestream.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("livestream_bench", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(gauc):
+    return {"gauc": gauc}
+
+
+def test_gains_pair_seed_by_seed_over_the_common_seeds(bench):
+    per_seed = {
+        "mmbee": {0: {"cold": _row(0.70), "sparse": _row(0.75)}, 1: {"cold": _row(0.72), "sparse": _row(0.71)},
+                  2: {"cold": _row(0.60), "sparse": _row(0.60)}},
+        "mmbee-no-gie": {0: {"cold": _row(0.65), "sparse": _row(0.70)}, 1: {"cold": _row(0.70), "sparse": _row(0.70)}},
+        # a bucket one run lacks (no positives there) is left out rather than compared over fewer seeds
+        "sim": {0: {"cold": _row(0.5)}, 1: {"cold": _row(0.5), "sparse": _row(0.5)}},
+        "mmbee-no-mfq": {0: {"cold": _row(0.6), "sparse": _row(0.6)}, 1: {"cold": _row(0.52), "sparse": _row(0.6)}},
+    }
+    out = bench.gains(per_seed, bench.GIE_PAIRS)
+    mm = out["GIE in MMBee (mmbee - mmbee-no-gie)"]
+    assert mm["seeds"] == [0, 1]  # seed 2 ran without its pair: not used
+    np.testing.assert_allclose(mm["cold"]["runs"], [0.05, 0.02])
+    np.testing.assert_allclose(mm["sparse"]["runs"], [0.05, 0.01])
+    assert mm["cold"]["mean"] == pytest.approx(0.035)
+    assert mm["sparse"]["std"] == pytest.approx(np.std([0.05, 0.01], ddof=1))
+    on_sim = out["GIE on SIM (mmbee-no-mfq - sim)"]
+    assert set(on_sim) == {"seeds", "cold"}
+    np.testing.assert_allclose(on_sim["cold"]["runs"], [0.1, 0.02])
+    # a missing variant gives no row; one seed has no spread
+    assert bench.gains({"mmbee": per_seed["mmbee"]}, bench.GIE_PAIRS) == {}
+    one = bench.gains({"mmbee": {3: {"cold": _row(0.7)}}, "mmbee-no-gie": {3: {"cold": _row(0.6)}}}, bench.GIE_PAIRS)
+    assert one["GIE in MMBee (mmbee - mmbee-no-gie)"]["cold"]["std"] == 0.0
+
+
+def test_markdown_shows_the_paired_gains(bench):
+    results = {"runs": {}, "gie_gain_per_seed": {"GIE in MMBee (mmbee - mmbee-no-gie)": {
+        "seeds": [0, 1, 2], "cold": {"mean": 0.021, "std": 0.006}, "sparse": {"mean": -0.003, "std": 0.01}}}}
+    md = bench.markdown(results)
+    assert "| GIE in MMBee (mmbee - mmbee-no-gie) | 3 | +0.0210 ± 0.0060 | -0.0030 ± 0.0100 |" in md
