@@ -240,7 +240,9 @@ def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0)
     return res
 
 
-def plots(results: dict, out_dir: Path) -> list[str]:
+def plots(results: dict, out: Path) -> list[str]:
+    """PNGs beside the results file, named after it (livestream.json -> livestream_buckets.png, ...), so the
+    results of another world or setting keep their own plots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,8 +262,8 @@ def plots(results: dict, out_dir: Path) -> list[str]:
         ax.set_ylabel("test metric")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out_dir / "livestream_missing_content.png", dpi=120)
-        files.append("livestream_missing_content.png")
+        files.append(f"{out.stem}_missing_content.png")
+        fig.savefig(out.parent / files[-1], dpi=120)
     b = results.get("buckets")
     if b:
         fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -277,8 +279,8 @@ def plots(results: dict, out_dir: Path) -> list[str]:
         ax.set_ylim(max(0.0, lo - 0.05), None)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "livestream_buckets.png", dpi=120)
-        files.append("livestream_buckets.png")
+        files.append(f"{out.stem}_buckets.png")
+        fig.savefig(out.parent / files[-1], dpi=120)
     return files
 
 
@@ -411,7 +413,7 @@ def main() -> None:
         results["topk"] = topk_streamers(data, {v: (model_of(cfgs[v], task_of(v), work / v, cfgs[v].seeds[0]),
                                                     task_of(v)) for v in MAIN}, args.topk_users)
     results["finished"] = datetime.now(UTC).isoformat()
-    results["plots"] = plots(results, out.parent)
+    results["plots"] = plots(results, out)
     out.write_text(json.dumps(results, indent=2))
     md = markdown(results)
     out.with_suffix(".md").write_text(md + "\n")

@@ -53,3 +53,14 @@ def test_markdown_shows_the_paired_gains(bench):
         "seeds": [0, 1, 2], "cold": {"mean": 0.021, "std": 0.006}, "sparse": {"mean": -0.003, "std": 0.01}}}}
     md = bench.markdown(results)
     assert "| GIE in MMBee (mmbee - mmbee-no-gie) | 3 | +0.0210 ± 0.0060 | -0.0030 ± 0.0100 |" in md
+
+
+def test_plots_are_named_after_the_results_file(bench, tmp_path):
+    b = {n: {"cold": {"gauc": 0.6}, "heavy": {"gauc": 0.7}} for n in ("sim", "mmbee")}
+    results = {"runs": {"sim": {"test": {"auc": {"mean": 0.7}}}}, "buckets": b,
+               "missing_content": [{"share_without_content": x, "auc": 0.8 - x / 10, "gauc": 0.7 - x / 10}
+                                   for x in (0.0, 0.5, 1.0)]}
+    files = bench.plots(results, tmp_path / "livestream_loyal.json")
+    assert files == ["livestream_loyal_missing_content.png", "livestream_loyal_buckets.png"]
+    for f in files:
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
