@@ -49,7 +49,7 @@ from modalrec.models import build_model
 from modalrec.tasks import prepare_task
 from modalrec.tasks.base import SampleSet
 from modalrec.train.checkpoint import load_checkpoint
-from modalrec.train.run import load_data, train_run
+from modalrec.train.run import _summary, load_data, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "livestream"
@@ -121,9 +121,11 @@ def buckets(data, task) -> dict[str, np.ndarray]:
             "heavy (>=3 gifts)": n_gifts >= 3}
 
 
-def spread(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "runs": a.tolist()}
+def over_seeds(by_seed: dict[int, dict[str, float]]) -> dict:
+    """seed -> bucket -> value  ->  bucket -> {mean, std, runs} (train.run's summary of a metric over seeds), for
+    the buckets every seed has (a bucket without positives in one run is left out, not averaged over fewer seeds)."""
+    rows = list(by_seed.values())
+    return {b: _summary([r[b] for r in rows]) for b in (rows[0] if rows else {}) if all(b in r for r in rows)}
 
 
 def gains(per_seed: dict, pairs: dict[str, tuple[str, str]]) -> dict:
@@ -134,12 +136,12 @@ def gains(per_seed: dict, pairs: dict[str, tuple[str, str]]) -> dict:
     for name, (with_, without) in pairs.items():
         if with_ not in per_seed or without not in per_seed:
             continue
-        seeds = sorted(set(per_seed[with_]) & set(per_seed[without]))
-        buckets_ = [b for b in per_seed[with_][seeds[0]] if all(b in per_seed[v][x] for v in (with_, without)
-                                                                 for x in seeds)] if seeds else []
-        if buckets_:
-            out[name] = {"seeds": seeds} | {b: spread([per_seed[with_][x][b]["gauc"] - per_seed[without][x][b]["gauc"]
-                                                      for x in seeds]) for b in buckets_}
+        w, wo = per_seed[with_], per_seed[without]
+        seeds = sorted(set(w) & set(wo))
+        by_bucket = over_seeds({x: {b: r["gauc"] - wo[x][b]["gauc"] for b, r in w[x].items() if b in wo[x]}
+                                for x in seeds})
+        if by_bucket:
+            out[name] = {"seeds": seeds} | by_bucket
     return out
 
 
@@ -402,8 +404,7 @@ def main() -> None:
         logits[v] = np.mean(list(by_seed.values()), axis=0)
         results["buckets"][v] = bucket_metrics(s.labels, logits[v], s.users, masks)
         per_seed[v] = {x: bucket_metrics(s.labels, lg, s.users, masks) for x, lg in by_seed.items()}
-    results["buckets_per_seed"] = {v: {b: spread([per_seed[v][x][b]["gauc"] for x in per_seed[v] if b in per_seed[v][x]])
-                                       for b in masks if all(b in r for r in per_seed[v].values())}
+    results["buckets_per_seed"] = {v: over_seeds({x: {b: r["gauc"] for b, r in rows.items()} for x, rows in per_seed[v].items()})
                                    for v in variants}
     results["gie_gain_per_seed"] = gains(per_seed, GIE_PAIRS)
     if "mmbee" in variants:
