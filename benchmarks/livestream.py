@@ -348,9 +348,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/livestream.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
-    modality_seeds = [int(s) for s in args.modality_seeds.split(",")]
+    seeds, ablation_seeds, modality_seeds = (
+        [int(s) for s in v.split(",") if s.strip()] for v in (args.seeds, args.ablation_seeds, args.modality_seeds))
     work, out = Path(args.work), Path(args.out)
     variants = [v for v in args.variants.split(",") if v]
     results: dict = {"benchmark": "livestream", "started": datetime.now(UTC).isoformat(),

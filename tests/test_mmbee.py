@@ -694,3 +694,29 @@ def test_history_tags_reach_every_mfq_scope():
     assert real.any()
     assert torch.allclose(hist[..., :d][real], hist0[..., :d][real] + tag.weight[1], atol=1e-6)
     assert torch.equal(hist[..., d:], hist0[..., d:])
+
+
+def test_gie_dropout_blanks_whole_samples_in_training_only(task):
+    """gie_dropout: while training, a dropped sample scores exactly as the same sample without any graph input
+    (both expansions all padding, so the match features are 0 too); kept samples are untouched; evaluation and
+    p = 0 never drop; the draws come from torch's seeded generator."""
+    batch = train_batch(task)
+    torch.manual_seed(0)
+    model = build_model("mmbee", task.schema, params(gie_dropout=0.5, mfq_dropout=0.0))
+    blank = copy.copy(batch)
+    blank.extra = {k: torch.zeros_like(v) for k, v in batch.extra.items()}
+    model.eval()
+    with torch.no_grad():
+        full, none = model(batch), model(blank)
+        assert not torch.allclose(full, none)  # the graph inputs matter for this batch
+        model.train()
+        # training mode with modality/segment dropout off (params() sets none): the only randomness is GIE's
+        torch.manual_seed(3)
+        keep = model._gie_keep(batch.size, full.device).squeeze(1)
+        torch.manual_seed(3)
+        out = model(batch)
+    assert 0 < int(keep.sum()) < batch.size
+    torch.testing.assert_close(out[keep], full[keep], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[~keep], none[~keep], rtol=0, atol=1e-6)
+    plain = build_model("mmbee", task.schema, params()).train()
+    assert plain._gie_keep(batch.size, full.device) is None

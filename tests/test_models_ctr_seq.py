@@ -293,6 +293,28 @@ def test_sim_falls_back_to_soft_search_without_categories():
         build_model("sim", make_schema("ctr"), {"category_feature": "brand"})
 
 
+def test_sim_without_user_id_reads_behaviour_only():
+    """use_user_id: false: no user table, and two users with the same history and target get the same score;
+    with it, the user's id changes the score."""
+    torch.manual_seed(0)
+    plain = build_model("sim", make_schema("ctr"), params("sim")).eval()
+    torch.manual_seed(0)
+    anon = build_model("sim", make_schema("ctr"), params("sim", use_user_id=False)).eval()
+    assert anon.user is None and not any(n.startswith("user.") for n, _ in anon.named_parameters())
+    assert plain.mlp.net[0].in_features == anon.mlp.net[0].in_features  # the slot stays (zeros)
+    batch = with_time(random_batch(B=8))
+    other = copy.deepcopy(batch)
+    other.user = (batch.user % (N_USERS - 1)) + 1
+    assert not torch.equal(other.user, batch.user)
+    with torch.no_grad():
+        torch.testing.assert_close(anon(other), anon(batch), rtol=0, atol=0)
+        assert not torch.allclose(plain(other), plain(batch))
+    anon.train()
+    out = anon(batch)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+
+
 def test_time_buckets_and_recent_mask():
     mask = torch.tensor([[True, True, True, False], [False, False, False, False]])
     t = torch.tensor([[1e6, 3.0, 0.0, float("nan")], [5.0, 5.0, 5.0, 5.0]])

@@ -118,6 +118,11 @@ class MMBee(SIM):
             "(log1p-scaled, with presence flags; 4 inputs). The attention alone must learn to align two embedding "
             "tables of the same streamers from the gift signal")
         graph_trainable: bool = True  # fine-tune the pre-trained graph embeddings (False: frozen)
+        gie_dropout: float = Field(
+            0.0, ge=0.0, lt=1.0, description="training only: each sample's GIE inputs (both expansions and the "
+            "match features) are blanked with this probability, as for a user and streamer without gifts, so the "
+            "rest of the ranker must still explain repeat gifts instead of leaving them to GIE (which costs "
+            "ranking across users, cold ones most)")
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None):
         cfg = config or self.Config()
@@ -149,7 +154,7 @@ class MMBee(SIM):
             n_codes = schema.item_categorical[cfg.streamer_feature]
             init = schema.graph_init
             self.streamers = self._graph_table(init.get("streamer"), "streamer", n_codes, cfg)
-            if init.get("user") is not None:
+            if init.get("user") is not None and cfg.use_user_id:
                 self.user = self._graph_table(init["user"], "user", schema.n_users, cfg, dim=cfg.embed_dim)
             d = self.items.out_dim + content_dim
             query = d + (cfg.embed_dim if cfg.gie_query_user else 0)
@@ -297,8 +302,11 @@ class MMBee(SIM):
             # parts[0] is the user vector (`SIM.interests` lists [user, target, long-term, short-term])
             query = torch.cat([target, parts[0]], dim=-1) if self.config.gie_query_user else target
             expansions = {}
+            keep = self._gie_keep(batch.size, query.device)
             for key, attention in (("gie_user", self.gie_user), ("gie_streamer", self.gie_streamer)):
                 idx, bias, mask = self._expansion(batch, key)
+                if keep is not None:
+                    mask = mask & keep
                 expansions[key] = (idx, batch.extra[f"{key}_w"], mask)
                 if idx.shape[0] > 1 and idx.stride(0) == 0:  # one expansion for every row (a served user's)
                     keys = self.streamers(idx[:1])
@@ -309,6 +317,14 @@ class MMBee(SIM):
             if self.config.gie_match:
                 parts.append(self._match_features(batch, expansions))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+    def _gie_keep(self, n: int, device) -> torch.Tensor | None:
+        """Training-time GIE dropout (`gie_dropout`): (n, 1) True for the samples that keep their graph inputs,
+        drawn from torch's generator (seeded runs and --resume stay exact); None when nothing is dropped."""
+        p = self.config.gie_dropout
+        if not self.training or p == 0.0:
+            return None
+        return (torch.rand(n, 1, device=device) >= p)
 
     def _match_features(self, batch: Batch, expansions: dict) -> torch.Tensor:
         """(B, 4): the target streamer's score in the user's expansion, and the score mass the user's expansion

@@ -155,6 +155,15 @@ class SIM(Model):
         use_content: bool = True
         use_item_id: bool = Field(True, description="embed the item id (False: items are described by their side "
                                   "features and content only, for items that never recur such as stream segments)")
+        use_user_id: bool = Field(
+            True, description="embed the user id as an MLP input (False: the user is described by their behaviour "
+            "only; the slot holds zeros). A per-user table memorises each training user's rate: across users it "
+            "ranks by who gifted in the training period, and users with no positives drift apart by their number "
+            "of negatives, which costs AUC across users from the second epoch on")
+        user_dropout: float = Field(
+            0.0, ge=0.0, lt=1.0, description="training only: each sample's user id embedding is zeroed with this "
+            "probability (ID dropout, as DropoutNet does for cold start), so the rest of the ranker must score the "
+            "user from their behaviour as it must for a user the table knows nothing about")
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None, *, item_extra_dim: int = 0,
                  mlp_extra_dim: int = 0):
@@ -164,7 +173,7 @@ class SIM(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content, use_id=cfg.use_item_id)
-        self.user = id_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim) if cfg.use_user_id else None
         d = self.items.out_dim + item_extra_dim
         self.search = cfg.search
         self.category: str | None = None
@@ -227,6 +236,16 @@ class SIM(Model):
         """(target (B, d), history (B, L, d)): the vectors the searches and attentions read."""
         return self.items.encode(batch)
 
+    def user_vector(self, batch: Batch) -> torch.Tensor:
+        """(B, embed_dim): the user's id embedding, or zeros with use_user_id: false."""
+        if self.user is None:
+            return batch.user.new_zeros((batch.size, self.config.embed_dim), dtype=torch.float32)
+        vec = self.user(batch.user)
+        p = self.config.user_dropout
+        if self.training and p > 0.0:  # drawn from torch's seeded generator: seeded runs and --resume stay exact
+            vec = vec * (torch.rand(batch.size, 1, device=vec.device) >= p).to(vec.dtype)
+        return vec
+
     def interests(self, batch: Batch, target: torch.Tensor, hist: torch.Tensor) -> list[torch.Tensor]:
         """The MLP inputs [user, target, long-term (ESU over the GSU's top-k), short-term, context features
         (with task.context_features)]."""
@@ -246,7 +265,7 @@ class SIM(Model):
                 buckets = log_time_buckets(batch.hist_time, mask, cfg.time_buckets)
                 retrieved = torch.cat([retrieved, self.time(buckets.gather(1, idx))], dim=-1)  # z_j = [e_j, t_j]
             long_term = self.esu(target, retrieved, valid, key_bias=bias)
-        parts = [self.user(batch.user), target, long_term]
+        parts = [self.user_vector(batch), target, long_term]
         if self.short is not None:
             parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len)))
         if self.context is not None:
