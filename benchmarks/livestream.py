@@ -145,8 +145,34 @@ def gains(per_seed: dict, pairs: dict[str, tuple[str, str]]) -> dict:
     return out
 
 
+def overall_gains(runs: dict, pairs: dict[str, tuple[str, str]]) -> dict:
+    """AUC / UAUC / GAUC / logloss gain of `with_` over `without` on the whole test split, seed by seed over the
+    seeds both ran (from each run's per-seed test metrics): mean, std and runs."""
+    out = {}
+    for name, (with_, without) in pairs.items():
+        if with_ not in runs or without not in runs:
+            continue
+        w, wo = runs[with_], runs[without]
+        seeds = sorted(set(w["seeds"]) & set(wo["seeds"]))
+        per = {x: {k: w["test"][k]["runs"][w["seeds"].index(x)] - wo["test"][k]["runs"][wo["seeds"].index(x)]
+                   for k in KEYS} for x in seeds}
+        if per:
+            out[name] = {"seeds": seeds} | over_seeds(per)
+    return out
+
+
+def between_user_auc(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -> float:
+    """AUC of each sample scored by its user's mean test logit: how well a model ranks the users against each other
+    (which users gift at all), the part of AUC that GAUC and UAUC leave out."""
+    n = np.bincount(users)
+    mean = (np.bincount(users, weights=logits) / np.maximum(n, 1))[users]
+    return float(ctr_metrics(labels, mean, users)["auc"])
+
+
 GIE_PAIRS = {"GIE in MMBee (mmbee - mmbee-no-gie)": ("mmbee", "mmbee-no-gie"),
              "GIE on SIM (mmbee-no-mfq - sim)": ("mmbee-no-mfq", "sim")}
+MFQ_PAIRS = {"MFQ in MMBee (mmbee - mmbee-no-mfq)": ("mmbee", "mmbee-no-mfq"),
+             "MFQ on SIM (mmbee-no-gie - sim)": ("mmbee-no-gie", "sim")}
 
 
 def bucket_metrics(labels, logits, users, masks: dict[str, np.ndarray]) -> dict:
@@ -312,6 +338,17 @@ def markdown(results: dict) -> str:
         for name, r in gg.items():
             lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(
                 f"{r[g]['mean']:+.4f} ± {r[g]['std']:.4f}" if g in r else "-" for g in groups) + " |")
+    og = results.get("overall_gain_per_seed")
+    if og:
+        lines += ["", "Gain on the whole test split, seed by seed (mean ± std over the seeds both variants ran):", "",
+                  "| gain | seeds | AUC | UAUC | GAUC | logloss |", "|---|---|---|---|---|---|"]
+        for name, r in og.items():
+            lines.append(f"| {name} | {len(r['seeds'])} | " + " | ".join(
+                f"{r[k]['mean']:+.4f} ± {r[k]['std']:.4f}" for k in KEYS) + " |")
+    bu = results.get("between_users")
+    if bu:
+        lines += ["", "| model | between-user AUC (samples scored by their user's mean logit) |", "|---|---|"]
+        lines += [f"| {v} | {fmt(r.get('between-user AUC'))} |" for v, r in bu.items()]
     c = results.get("missing_content")
     if c:
         lines += ["", "| share of test segments without content | AUC | GAUC | logloss |", "|---|---|---|---|"]
@@ -397,12 +434,16 @@ def main() -> None:
     masks = buckets(data, any_task)
     results["bucket_sizes"] = {k: int(m.sum()) for k, m in masks.items()}
     results["buckets"] = {"ground truth": bucket_metrics(s.labels, np.log(p_true / (1 - p_true)), s.users, masks)}
+    between: dict = {}  # variant -> seed -> {"between-user AUC": value}
     per_seed: dict = {}  # variant -> seed -> bucket -> metrics: each seed's own logits, for spreads and paired gains
     for v in variants:
         by_seed = seed_logits(cfgs[v], task_of(v), work / v)
         logits[v] = np.mean(list(by_seed.values()), axis=0)
         results["buckets"][v] = bucket_metrics(s.labels, logits[v], s.users, masks)
         per_seed[v] = {x: bucket_metrics(s.labels, lg, s.users, masks) for x, lg in by_seed.items()}
+        between[v] = {x: {"between-user AUC": between_user_auc(s.labels, lg, s.users)} for x, lg in by_seed.items()}
+    results["between_users"] = {v: over_seeds(between[v]) for v in variants}
+    results["overall_gain_per_seed"] = overall_gains(results["runs"], GIE_PAIRS | MFQ_PAIRS)
     results["buckets_per_seed"] = {v: over_seeds({x: {b: r["gauc"] for b, r in rows.items()} for x, rows in per_seed[v].items()})
                                    for v in variants}
     results["gie_gain_per_seed"] = gains(per_seed, GIE_PAIRS)

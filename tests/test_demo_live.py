@@ -32,3 +32,20 @@ def test_demo_runs_without_espeak(tmp_path, monkeypatch):
     with TestClient(create_app(out / "bundle", f"sqlite:///{tmp_path / 's.sqlite'}", api_key="k")) as c:
         r = c.post("/recommend", json={"user": "someone-new", "k": 5})
         assert r.status_code == 200 and len(r.json()["items"]) == 5
+
+
+@pytest.mark.parametrize("model", ["sim", "mmbee"])
+def test_demo_configs_follow_the_shipped_yaml(model):
+    """The demo's in-code configs are configs/livestream/{sim,mmbee}.yaml with only what the demo names as
+    different (smaller world, speech as MFCC statistics only): every model parameter they share agrees, so a
+    change to a shipped config cannot silently leave the demo on the old one."""
+    from pathlib import Path
+
+    from modalrec.demo import live_config
+    from modalrec.models import MODELS
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs/livestream" / f"{model}.yaml").read_text())
+    full = MODELS[model].Config  # both with the model's defaults filled in
+    want = full.model_validate(shipped["model"]["params"]).model_dump(exclude={"modalities"})
+    got = full.model_validate(live_config(model, epochs=1).model.params).model_dump(exclude={"modalities"})
+    assert got == want  # "modalities": the demo's speech is MFCC statistics only

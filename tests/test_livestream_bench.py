@@ -64,3 +64,27 @@ def test_plots_are_named_after_the_results_file(bench, tmp_path):
     assert files == ["livestream_loyal_missing_content.png", "livestream_loyal_buckets.png"]
     for f in files:
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overall_gains_pair_the_runs_seed_by_seed(bench):
+    def run(seeds, auc):
+        return {"seeds": seeds, "test": {k: {"runs": [a + (0.1 if k == "logloss" else 0.0) for a in auc]}
+                                         for k in bench.KEYS}}
+
+    runs = {"mmbee": run([0, 1, 2], [0.80, 0.81, 0.79]), "mmbee-no-gie": run([2, 0], [0.70, 0.75])}
+    out = bench.overall_gains(runs, bench.GIE_PAIRS)
+    assert list(out) == ["GIE in MMBee (mmbee - mmbee-no-gie)"]  # the SIM pair has no runs here
+    g = out["GIE in MMBee (mmbee - mmbee-no-gie)"]
+    assert g["seeds"] == [0, 2]  # seed 0 of mmbee against seed 0 of the ablation, wherever it sits in the list
+    np.testing.assert_allclose(g["auc"]["runs"], [0.80 - 0.75, 0.79 - 0.70])
+    np.testing.assert_allclose(g["logloss"]["runs"], [0.05, 0.09])
+
+
+def test_between_user_auc_ranks_users_not_samples(bench):
+    users = np.array([1, 1, 2, 2, 3, 3])
+    labels = np.array([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    # within each user the order is wrong, across users it is right: users 1 and 2 (one gift each) above user 3
+    logits = np.array([1.0, 2.0, 1.0, 2.0, -5.0, -4.0])
+    assert bench.between_user_auc(labels, logits, users) == pytest.approx(0.75)  # 2 users tie at the top
+    flat = np.array([1.0, 2.0, -5.0, -4.0, 3.0, 0.0])  # user 3 (no gift) now on top: worse across users
+    assert bench.between_user_auc(labels, flat, users) < 0.5
