@@ -29,7 +29,7 @@ def test_gains_pair_seed_by_seed_over_the_common_seeds(bench):
                   2: {"cold": _row(0.60), "sparse": _row(0.60)}},
         "mmbee-no-gie": {0: {"cold": _row(0.65), "sparse": _row(0.70)}, 1: {"cold": _row(0.70), "sparse": _row(0.70)}},
         # a bucket one run lacks (no positives there) is left out rather than compared over fewer seeds
-        "sim": {0: {"cold": _row(0.5)}, 1: {"cold": _row(0.5), "sparse": _row(0.5)}},
+        "sim-no-user-id": {0: {"cold": _row(0.5)}, 1: {"cold": _row(0.5), "sparse": _row(0.5)}},
         "mmbee-no-mfq": {0: {"cold": _row(0.6), "sparse": _row(0.6)}, 1: {"cold": _row(0.52), "sparse": _row(0.6)}},
     }
     out = bench.gains(per_seed, bench.GIE_PAIRS)
@@ -39,7 +39,7 @@ def test_gains_pair_seed_by_seed_over_the_common_seeds(bench):
     np.testing.assert_allclose(mm["sparse"]["runs"], [0.05, 0.01])
     assert mm["cold"]["mean"] == pytest.approx(0.035)
     assert mm["sparse"]["std"] == pytest.approx(np.std([0.05, 0.01], ddof=1))
-    on_sim = out["GIE on SIM (mmbee-no-mfq - sim)"]
+    on_sim = out["GIE on SIM (mmbee-no-mfq - sim-no-user-id)"]
     assert set(on_sim) == {"seeds", "cold"}
     np.testing.assert_allclose(on_sim["cold"]["runs"], [0.1, 0.02])
     # a missing variant gives no row; one seed has no spread

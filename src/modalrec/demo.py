@@ -54,8 +54,7 @@ def live_config(model: str, epochs: int, preset: str = "demo", n_users: int | No
                   "modality_dropout": 0.15, "segment_dropout": 0.1}  # as configs/livestream/mmbee.yaml
     else:
         task |= {"vector_modalities": [], "token_modalities": []}
-        params = {"embed_dim": 32, "use_content": False, "use_item_id": False, "use_user_id": False, "top_k": 20,
-                  "short_len": 20}
+        params = {"embed_dim": 32, "use_content": False, "use_item_id": False, "top_k": 20, "short_len": 20}
     return RunConfig.model_validate({
         "name": f"demo-live-{model}",
         "data": {"source": "livestream", "params": {"preset": preset} | ({"n_users": n_users} if n_users else {})
