@@ -22,7 +22,6 @@ Run: .venv/bin/python benchmarks/gie_leak.py --users 6500 --world '{"watch_affin
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -30,11 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from gie_signal import world_parser, world_task  # benchmarks/gie_signal.py, beside this script
 
-from modalrec.config import load_config
 from modalrec.eval.metrics import ctr_metrics
-from modalrec.tasks import prepare_task
-from modalrec.train.run import load_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,18 +73,12 @@ def split_inputs(task, split: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="bench")
-    ap.add_argument("--users", type=int, default=0)
-    ap.add_argument("--world", default="{}", help="JSON of further simulator parameters")
+    ap = world_parser(__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="task config override")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gie_leak.json"))
     args = ap.parse_args()
-    params = {"preset": args.preset} | ({"n_users": args.users} if args.users else {}) | json.loads(args.world)
     t0 = time.perf_counter()
-    cfg = load_config(ROOT / "configs/livestream/mmbee.yaml",
-                      [f"data.params={json.dumps(params)}", "task.graph.enabled=true", *args.set])
-    task = prepare_task(load_data(cfg), cfg.task)
+    cfg, _, task = world_task(args, args.set)
     splits = {}
     for split in ("train", "valid", "test"):
         splits[split] = split_inputs(task, split)

@@ -72,21 +72,32 @@ def scores_table(labels: np.ndarray, users: np.ndarray, feats: dict[str, np.ndar
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def world_parser(description: str) -> argparse.ArgumentParser:
+    """The simulated world's arguments (--preset, --users, --world), shared with benchmarks/gie_leak.py."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--preset", default="bench")
     ap.add_argument("--users", type=int, default=0)
     ap.add_argument("--world", default="{}", help="JSON of further simulator parameters")
+    return ap
+
+
+def world_task(args, overrides: list[str] = ()):
+    """(config, data, prepared task) of configs/livestream/mmbee.yaml with GIE on, on the world `args` name."""
+    params = {"preset": args.preset} | ({"n_users": args.users} if args.users else {}) | json.loads(args.world)
+    cfg = load_config(ROOT / "configs/livestream/mmbee.yaml",
+                      [f"data.params={json.dumps(params)}", "task.graph.enabled=true", *overrides])
+    data = load_data(cfg)
+    return cfg, data, prepare_task(data, cfg.task)
+
+
+def main() -> None:
+    ap = world_parser(__doc__.splitlines()[0])
     ap.add_argument("--windows", default="200,1000", type=lambda v: [int(x) for x in v.split(",") if x],
                     help="history lengths L at which `gifted_target_in_last_L` is scored (with task.max_history)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/gie_signal.json"))
     args = ap.parse_args()
-    params = {"preset": args.preset} | ({"n_users": args.users} if args.users else {}) | json.loads(args.world)
     t0 = time.perf_counter()
-    cfg = load_config(ROOT / "configs/livestream/mmbee.yaml", [f"data.params={json.dumps(params)}",
-                                                               "task.graph.enabled=true"])
-    data = load_data(cfg)
-    task = prepare_task(data, cfg.task)
+    cfg, data, task = world_task(args)
     s = task.splits["test"]
     labels = s.labels.astype(np.float64)
     users = s.users
