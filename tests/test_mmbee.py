@@ -497,6 +497,10 @@ def test_graph_init_starts_the_streamer_and_user_tables(task):
     assert "streamers.proj.weight" in names
     out = frozen(train_batch(task))
     assert torch.isfinite(out).all()
+    anon = build_model("mmbee", schema, params(use_user_id=False))  # no user table: the GraphCL user rows unused
+    assert anon.user is None and isinstance(anon.streamers, PretrainedEmbedding)
+    assert not any(n.startswith("user.") for n in anon.state_dict())
+    assert torch.isfinite(anon(train_batch(task))).all()
     schema.graph_init["streamer"] = schema.graph_init["streamer"][:-1]
     with pytest.raises(ValueError, match=r"graph_init\['streamer'\] has shape \(4, 8\); expected \(5, d\)"):
         build_model("mmbee", schema, params())

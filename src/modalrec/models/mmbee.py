@@ -13,9 +13,12 @@ the user's interests expanded on the gifting graphs (GIE, sec. 3.3 "Graph-guided
   feature `streamer_feature` (0 = padding). A streamer table embeds them; a multi-head target
   attention (query = target item vector [+ user]) pools each sequence, with log(score) added to the
   attention logits, and both pooled vectors join the MLP input. The streamer table (and the user
-  embedding) start from the GraphCL embeddings in `schema.graph_init` when present: the pre-trained
-  rows, frozen or trainable (`graph_trainable`), then a learned projection to the model's width
-  (identity at the start when the widths agree).
+  embedding, when the model has one: `use_user_id`) start from the GraphCL embeddings in
+  `schema.graph_init` when present: the pre-trained rows, frozen or trainable (`graph_trainable`),
+  then a learned projection to the model's width (identity at the start when the widths agree).
+  configs/livestream/mmbee.yaml runs without a user table (`use_user_id: false`): with one, the
+  ranker memorises each training user's gift rate, which costs AUC across users in the later epochs
+  GIE needs (README, "Without the user-id table").
 - `use_mfq: false, use_gie: false` builds exactly the `sim` ranker (same modules, same parameters,
   same initial values under the same seed).
 
@@ -28,7 +31,8 @@ Deviations from the paper:
 
 Ablation switches: `use_mfq`, `use_gie`, `modalities` (which token modalities MFQ reads; a dense
 vector modality named here is read as a 1-token sequence) and `use_content` (ItemEncoder's plain dense
-content projections).
+content projections). Regularisers studied on the loyal-fans world: `gie_dropout` (a sample's graph
+inputs blanked in training), SIM's `use_user_id` / `user_dropout`.
 """
 
 from __future__ import annotations
