@@ -298,7 +298,7 @@ def plots(results: dict, out: Path) -> list[str]:
     b = results.get("buckets")
     if b:
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        names = [n for n in ("sim", "mmbee-no-gie", "mmbee-no-mfq", "mmbee") if n in b]
+        names = [n for n in ("sim", "sim-no-user-id", "mmbee-no-gie", "mmbee-no-mfq", "mmbee") if n in b]
         groups = list(next(iter(b.values())))
         w = 0.8 / max(len(names), 1)
         for i, n in enumerate(names):
