@@ -315,6 +315,23 @@ def test_sim_without_user_id_reads_behaviour_only():
     assert torch.isfinite(out).all()
 
 
+def test_sim_user_dropout_zeroes_whole_rows_in_training_only():
+    torch.manual_seed(0)
+    model = build_model("sim", make_schema("ctr"), params("sim", user_dropout=0.5))
+    batch = random_batch(B=64)
+    full = model.user(batch.user)
+    model.eval()
+    torch.testing.assert_close(model.user_vector(batch), full, rtol=0, atol=0)  # evaluation: never dropped
+    model.train()
+    torch.manual_seed(1)
+    vec = model.user_vector(batch)
+    zero = (vec == 0).all(1)
+    torch.testing.assert_close(vec[~zero], full[~zero], rtol=0, atol=0)  # kept rows untouched, not rescaled
+    assert 10 < int(zero.sum()) < 54  # about half of 64
+    torch.manual_seed(1)
+    torch.testing.assert_close(model.user_vector(batch), vec, rtol=0, atol=0)  # seeded: reproducible
+
+
 def test_time_buckets_and_recent_mask():
     mask = torch.tensor([[True, True, True, False], [False, False, False, False]])
     t = torch.tensor([[1e6, 3.0, 0.0, float("nan")], [5.0, 5.0, 5.0, 5.0]])
