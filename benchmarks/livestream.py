@@ -233,7 +233,7 @@ def missing_content_curve(cfg, task, run_dir: Path, shares=(0.0, 0.25, 0.5, 0.75
 
 
 @torch.no_grad()
-def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0) -> dict:
+def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0, chunk: int = 4096) -> dict:
     """Recall/Precision/NDCG@k of ranking every streamer live in the test period for test gifters.
     `models`: name -> (model, its task); the tasks share vocabularies and splits (same data and split)."""
     task = next(iter(models.values()))[1]
@@ -271,7 +271,9 @@ def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0)
         for u, c in zip(users, cut, strict=True):
             n = len(cands)
             s = SampleSet(np.full(n, u), cands, np.full(n, t0, np.int64), np.full(n, c), np.zeros(n, np.float32))
-            scores = model(mtask.collate(s, train=False)).numpy()
+            # in chunks: KuaiLive has tens of thousands of streamers live in a test period
+            scores = np.concatenate([model(mtask.collate(s.take(np.arange(i, min(i + chunk, n))), train=False)).numpy()
+                                     for i in range(0, n, chunk)])
             top = codes[np.argsort(-scores, kind="stable")[:k]]
             rel = relevant[int(u)]
             gain = np.array([1.0 if a in rel else 0.0 for a in top])
