@@ -229,6 +229,20 @@ def test_graphcl_pulls_co_gifted_streamers_together():
     assert (scores * own).sum(1).mean() / per > (scores * ~own).sum(1).mean() / per + 0.5
 
 
+def test_graphcl_on_a_mostly_isolated_node_space():
+    # the planted graph spread over 40x as many streamers and 3x as many users (KuaiLive: most streamers never
+    # get a gift): training runs on the nodes with an edge, renumbered; the rest stay exactly 0
+    u, s, n_u, n_s, per = planted()
+    g = build_u2a(3 * u, 40 * s, None, 3 * n_u, 40 * n_s)
+    trained = pretrain_graphcl(g, swing(g, k=5), GraphCLParams(dim=16, epochs=20, batch_size=128, seed=0))
+    lit_s, lit_u = 40 * np.arange(1, n_s), 3 * np.arange(1, n_u)
+    dark_s, dark_u = np.setdiff1d(np.arange(40 * n_s), lit_s), np.setdiff1d(np.arange(3 * n_u), lit_u)
+    assert not trained.streamer_emb[dark_s].any() and not trained.user_emb[dark_u].any()
+    assert (np.abs(trained.streamer_emb[lit_s]).sum(1) > 0).all()
+    gap = community_gap(np.vstack([np.zeros(16, np.float32), trained.streamer_emb[lit_s]]), per)
+    assert gap > 0.5, gap
+
+
 # ---------------------------------------------------------------------------- persistence / seeds
 def test_save_load_round_trip(tmp_path):
     u, s, n_u, n_s, _ = planted(users_per=20)

@@ -149,31 +149,37 @@ def pretrain_graphcl(u2a: U2AGraph, a2a: CSR, params: GraphCLParams, progress: b
     if u2a.n_edges == 0:
         raise ValueError("GraphCL pre-training needs at least one user->streamer edge, the graph has none")
     ei, ej, ew = _undirected_edges(u2a, a2a, p.a2a_weight)
-    clean = _normalised_adjacency(ei, ej, ew, n)
     has_edge = np.zeros(n, dtype=bool)
     has_edge[ei] = True
     has_edge[ej] = True
+    # Padding and isolated nodes never receive gradient and stay 0, so the training runs on the nodes with an
+    # edge only, renumbered in their order (KuaiLive: ~11k of 452k streamers have a gift). Every random draw
+    # is still made over all n nodes and then restricted, so the result is the one of the whole-graph run.
+    active = np.flatnonzero(has_edge)
+    index = np.full(n, -1, dtype=np.int64)
+    index[active] = np.arange(len(active))
+    m = len(active)
+    ei, ej = index[ei], index[ej]
+    clean = _normalised_adjacency(ei, ej, ew, m)
 
     rng = np.random.default_rng(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
-    emb = torch.nn.Parameter(torch.randn(n, p.dim, generator=gen) * 0.1)
-    with torch.no_grad():
-        emb[~torch.from_numpy(has_edge)] = 0.0  # padding and isolated nodes never receive gradient
+    emb = torch.nn.Parameter((torch.randn(n, p.dim, generator=gen) * 0.1)[torch.from_numpy(active)])
     opt = torch.optim.Adam([emb], lr=p.lr)
     users, streamers, _ = u2a.edges()
     gifted = np.flatnonzero(u2a.by_streamer.degrees() > 0)  # negatives among streamers that are in the graph
-    node_users = torch.from_numpy(users)
-    node_pos = torch.from_numpy(n_u + streamers)
+    node_users = torch.from_numpy(index[users])
+    node_pos = torch.from_numpy(index[n_u + streamers])
     history: list[dict] = []
     for _ in tqdm(range(p.epochs), desc="graphcl", unit="epoch", disable=not progress):
         views = []
         for _ in range(2):
             keep = rng.random(len(ei)) >= p.edge_drop
-            adj = _normalised_adjacency(ei[keep], ej[keep], ew[keep], n)
-            mask = torch.from_numpy((rng.random(n) >= p.node_mask).astype(np.float32))[:, None]
+            adj = _normalised_adjacency(ei[keep], ej[keep], ew[keep], m)
+            mask = torch.from_numpy((rng.random(n) >= p.node_mask).astype(np.float32)[active])[:, None]
             views.append((adj, mask))
         order = torch.from_numpy(rng.permutation(len(users)))
-        negs = torch.from_numpy(n_u + gifted[rng.integers(0, len(gifted), size=len(users))])
+        negs = torch.from_numpy(index[n_u + gifted[rng.integers(0, len(gifted), size=len(users))]])
         sums = {"bpr": 0.0, "cl": 0.0, "l2": 0.0, "total": 0.0}
         steps = 0
         for start in range(0, len(order), p.batch_size):
@@ -194,7 +200,7 @@ def pretrain_graphcl(u2a: U2AGraph, a2a: CSR, params: GraphCLParams, progress: b
                 sums[key] += float(val.detach())
             steps += 1
         history.append({k: v / max(steps, 1) for k, v in sums.items()})
+    out = np.zeros((n, p.dim), dtype=np.float32)
     with torch.no_grad():
-        out = _propagate(clean, emb, p.layers).numpy().astype(np.float32)
-    out[~has_edge] = 0.0
+        out[active] = _propagate(clean, emb, p.layers).numpy()
     return GraphCLResult(out[:n_u].copy(), out[n_u:].copy(), history)
