@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -32,10 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"sim": ROOT / "configs/livestream/sim_kuailive.yaml", "mmbee": ROOT / "configs/livestream/mmbee_kuailive.yaml"}
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def child(args) -> None:
     """One variant in this process: prints one JSON line of stage timings and peak RSS."""
     import torch
@@ -43,6 +38,7 @@ def child(args) -> None:
     from modalrec.config import load_config
     from modalrec.tasks import prepare_task
     from modalrec.train.run import load_data, train_run
+    from modalrec.train.trainer import peak_rss_mb
 
     torch.set_num_threads(args.threads)
     cfg = load_config(CONFIGS[args.child], [
@@ -51,11 +47,11 @@ def child(args) -> None:
     out: dict = {"variant": args.child}
     t = time.perf_counter()
     data = load_data(cfg)
-    out["load_s"], out["rss_after_load_mb"] = time.perf_counter() - t, rss_mb()
+    out["load_s"], out["rss_after_load_mb"] = time.perf_counter() - t, peak_rss_mb()
     out["data"] = data.summary()
     t = time.perf_counter()
     task = prepare_task(data, cfg.task)
-    out["prepare_s"], out["rss_after_prepare_mb"] = time.perf_counter() - t, rss_mb()
+    out["prepare_s"], out["rss_after_prepare_mb"] = time.perf_counter() - t, peak_rss_mb()
     out["samples"] = {k: len(s) for k, s in task.splits.items()}
     if task.gie is not None:
         out["graph"] = {k: v for k, v in task.gie.stats.items() if isinstance(v, (int, float, dict))}
@@ -64,7 +60,7 @@ def child(args) -> None:
     m = train_run(cfg, Path(args.work) / args.child, data=data, report=False)
     out["train_run_s"] = time.perf_counter() - t
     out["timing"], out["test"], out["valid"] = m["timing"], m["test"], m["valid"]
-    out["peak_rss_mb"] = rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -1,22 +1,9 @@
 """benchmarks/livestream.py's paired per-seed gains: the numbers the README holds GIE's bucket gains against."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "livestream.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("livestream_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+# the `bench` fixture (benchmarks/livestream.py as a module) is in conftest.py
 
 
 def _row(gauc):

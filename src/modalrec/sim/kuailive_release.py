@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .livestream import _calibrate
+
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 T0 = 1746374400000  # 2025-05-05 00:00 +08:00 in ms
@@ -161,18 +163,6 @@ def write_release(folder: str | os.PathLike, n_users: int = 300, n_streamers: in
     np.save(folder / "title_embeddings.npy", titles)
     return {"users": n_users, "streamers": n_streamers, "rooms": n_rooms, "clicks": n_clicks, "gifts": len(g),
             "comments": len(com), "likes": len(lik), "negatives": len(neg)}
-
-
-def _calibrate(logit: np.ndarray, rate: float) -> float:
-    """The offset b with mean(sigmoid(logit + b)) = rate (without loyalty, which only adds)."""
-    lo, hi = -30.0 - logit.max(), 30.0 - logit.min()
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        if np.mean(1.0 / (1.0 + np.exp(-(logit + mid)))) < rate:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def _csv(path: Path, columns: dict) -> None:
