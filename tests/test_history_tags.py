@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from modalrec.config import RunConfig, TaskConfig
-from modalrec.data.batch import Collator, History
+from modalrec.pipeline import Collator, History
 from modalrec.models import ModelConfigError, build_model
 from modalrec.tasks.ctr import CTRTask
 
@@ -141,7 +141,7 @@ def test_tagged_bundle_serves_like_offline(tagged_bundle, tmp_path):
     def offline(seq_items, seq_times, seq_tags) -> np.ndarray:
         hist = History(np.array([0, len(seq_items)]), np.asarray(seq_items, np.int64),
                        np.asarray(seq_times, np.int64), np.asarray(seq_tags, np.int64))
-        col = Collator(hist, task.collator.item_side, L, with_time=True)
+        col = Collator(hist, task.collator.item_table, L, with_time=True)
         c = len(items)
         with torch.no_grad():
             batch = col(np.zeros(c, np.int64), items, np.full(c, len(seq_items)), np.full(c, t_req))

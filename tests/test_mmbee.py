@@ -142,7 +142,7 @@ def train_batch(task: CTRTask, seed: int = 0):
 def test_build_item_side_token_tables():
     data = make_data().validate()
     task = CTRTask(data, task_config(max_tokens=2))
-    side, schema = task.collator.item_side, task.schema
+    side, schema = task.collator.item_table, task.schema
     assert schema.item_tokens == {"frames_emb": (2, D_FRAME), "comments_emb": (2, D_COMMENT)}
     assert schema.item_dense == {"speech_mfcc": D_MFCC}  # single vectors stay dense content
     assert "frames_emb" not in side.dense and "comments_emb" not in side.dense
@@ -167,7 +167,7 @@ def test_build_item_side_token_tables():
 def test_token_modalities_choose_tables_and_the_rest_is_mean_content():
     data = make_data().validate()
     task = CTRTask(data, task_config(token_modalities=["frames_emb"]))
-    side, schema = task.collator.item_side, task.schema
+    side, schema = task.collator.item_table, task.schema
     assert schema.item_tokens == {"frames_emb": (3, D_FRAME)}  # 1..3 frames per segment
     assert schema.item_dense == {"comments_emb": D_COMMENT, "speech_mfcc": D_MFCC}
     for i in range(N_SEG):
@@ -208,7 +208,7 @@ def test_bad_multi_vectors_are_errors_naming_the_row(case, message):
 
 def test_collator_places_tokens_on_the_distinct_items_and_targets_only(task):
     batch = task.collate(task.splits["train"], train=True)
-    side = task.collator.item_side
+    side = task.collator.item_table
     uniq = batch.uniq.numpy()
     targets = batch.item.numpy()
     for name, (T, dim) in task.schema.item_tokens.items():

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from modalrec.data.batch import Batch, ItemSide
+from modalrec.data.batch import Batch
+from modalrec.pipeline import SideTable
 from modalrec.models import MODELS, ModelConfigError, Schema, build_model
 from modalrec.nn import CausalTransformerBlock, CrossNetV2, ItemEncoder, TargetAttention, masked_mean
 
@@ -21,7 +22,7 @@ N_GENRES, N_TAGS, N_LABELS = 5, 7, 4
 ABSENT_TEXT = {2, 5, 7, 11, 13, 17}  # items whose "text" modality is missing
 
 
-def item_table(seed: int = 0) -> ItemSide:
+def item_table(seed: int = 0) -> SideTable:
     rng = np.random.default_rng(seed)
     genre = rng.integers(1, N_GENRES, N_ITEMS)
     tags = rng.integers(0, N_TAGS, (N_ITEMS, K))
@@ -32,7 +33,7 @@ def item_table(seed: int = 0) -> ItemSide:
     present[0] = False
     genre[0], tags[0] = 0, 0
     text[~present] = np.nan  # absent means absent: any leak turns into NaN
-    return ItemSide(
+    return SideTable(
         categorical={"genre": genre.astype(np.int64)},
         multi={"tags": tags.astype(np.int64)},
         dense={"text": text},
@@ -61,7 +62,7 @@ def make_schema(task: str) -> Schema:
     )
 
 
-def make_batch(side: ItemSide, rng: np.random.Generator, users, items, lengths, hist=None) -> Batch:
+def make_batch(side: SideTable, rng: np.random.Generator, users, items, lengths, hist=None) -> Batch:
     users, items, lengths = (np.asarray(a, dtype=np.int64) for a in (users, items, lengths))
     B = len(users)
     mask = np.arange(L)[None, :] < lengths[:, None]  # left-aligned, padding at the end

@@ -564,7 +564,7 @@ def test_embedding_reg_is_half_lambda_times_every_table_squared(name):
 @pytest.mark.parametrize("name", ["sim", "sdim", "tin", "qin"])
 def test_models_read_batches_of_the_real_collator(name):
     """Through `Collator`: clock-based `hist_time`, and content read once per distinct item (`uniq`)."""
-    from modalrec.data.batch import Collator, History
+    from modalrec.pipeline import Collator, History
 
     rng = np.random.default_rng(0)
     n = 60

@@ -25,7 +25,7 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
 from modalrec.config import RunConfig
-from modalrec.data.batch import Collator, History
+from modalrec.pipeline import Collator, History
 from modalrec.models import build_model
 from modalrec.serve.bundle import BundleError, export_bundle, load_bundle
 from modalrec.serve.service import create_app
@@ -105,7 +105,7 @@ def test_bundle_layout_hashes_and_no_pickle(served, monkeypatch, tmp_path):
     task = served["task"]
     assert bundle.item_vocab.ids == task.item_vocab.ids and bundle.user_vocab.ids == task.user_vocab.ids
     for group in ("categorical", "multi", "dense", "presence"):
-        want, got = getattr(task.collator.item_side, group), getattr(bundle.item_side, group)
+        want, got = getattr(task.collator.item_table, group), getattr(bundle.item_side, group)
         assert set(want) == set(got) and all(np.array_equal(want[k], got[k]) for k in want)
     assert bundle.item_side.presence and not bundle.item_side.presence["emb"].all()  # missing modality kept
     assert bundle.index.ntotal == len(task.item_vocab) - 1
@@ -192,7 +192,7 @@ def test_parity_of_stored_state(served, client):
     items = np.arange(1, len(task.item_vocab))
 
     def offline(history: History, n: int) -> np.ndarray:
-        col = Collator(history, task.collator.item_side, MAX_HISTORY, with_time=True)
+        col = Collator(history, task.collator.item_table, MAX_HISTORY, with_time=True)
         c = len(items)
         with torch.no_grad():
             return model(col(np.full(c, u), items, np.full(c, n), np.full(c, T_FUTURE))).numpy()
@@ -214,7 +214,7 @@ def test_parity_of_stored_state(served, client):
     ext_items = np.concatenate([h.items[lo:hi], [i for i, _ in new]])
     ext_times = np.concatenate([h.times[lo:hi], [t for _, t in new]])
     ext = History(np.array([0, len(ext_items)]), ext_items.astype(np.int64), ext_times.astype(np.int64))
-    col = Collator(ext, task.collator.item_side, MAX_HISTORY, with_time=True)
+    col = Collator(ext, task.collator.item_table, MAX_HISTORY, with_time=True)
     c = len(items)
     with torch.no_grad():  # row 0 of this one-user History holds user u's sequence; the model reads user u
         batch = col(np.zeros(c, np.int64), items, np.full(c, len(ext_items)), np.full(c, T_FUTURE))
@@ -232,7 +232,7 @@ def test_item_encoder_cache_equals_encoding(served):
 
     model = copy.deepcopy(served["model"]).eval()
     enc = next(m for m in model.modules() if isinstance(m, ItemEncoder))
-    table = served["task"].collator.item_side
+    table = served["task"].collator.item_table
     n = len(served["task"].item_vocab)
     ids = np.array([[3, 0, 7], [n - 1, 1, 0]])
     side, presence = table.gather(np.array([[3, 5, 7], [n - 1, 1, 9]]))  # id 0 rows with another item's features

@@ -23,7 +23,7 @@ pytest.importorskip("faiss")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
-from modalrec.data.batch import Collator, History, ItemSide
+from modalrec.pipeline import Collator, History, SideTable
 from modalrec.serve.bundle import ITEM_FEATURES_FILE, load_bundle, normalise, sha256_of
 from modalrec.serve.service import AppendableRows, ItemIds, Scorer, create_app
 from modalrec.serve.state import SQLiteState, open_state
@@ -81,9 +81,9 @@ def _scores(client, user: str, items: list[str], **extra) -> np.ndarray:
     return np.array([x["score"] for x in resp.json()["scores"]])
 
 
-def _with_copies(side: ItemSide, rows: list[int]) -> ItemSide:
+def _with_copies(side: SideTable, rows: list[int]) -> SideTable:
     """The task's item table with copies of item indices `rows` appended (offline stand-ins for new items)."""
-    out = ItemSide()
+    out = SideTable()
     for group in ("categorical", "multi", "dense", "presence", "tokens", "token_mask"):
         for name, arr in getattr(side, group).items():
             arr = np.asarray(arr)
@@ -92,7 +92,7 @@ def _with_copies(side: ItemSide, rows: list[int]) -> ItemSide:
 
 
 @torch.no_grad()
-def _offline(served, side: ItemSide, uidx: int, hist: list[int], times: list[int], t: int,
+def _offline(served, side: SideTable, uidx: int, hist: list[int], times: list[int], t: int,
              cands: list[int], tags: list[int] | None = None) -> np.ndarray:
     """The offline model's logits for one user's sequence at time t, every item index beyond the model's
     id tables (the appended copies) given as id 0 while its side features are the copied originals'. `tags`:
@@ -136,7 +136,7 @@ def test_bundle_exports_the_item_feature_vocabularies(din_served):  # noqa: F811
     fv = load_bundle(b).item_features
     assert set(fv.categorical) == {"brand"} and set(fv.multi) == {"genres", "text_words"}
     assert fv.text == {"text": "text_words"}
-    side = task.collator.item_side
+    side = task.collator.item_table
     for r in data.items.to_pylist():
         i = int(task.item_vocab.lookup([r["item_id"]])[0])
         assert fv.categorical_code("brand", r["brand"]) == side.categorical["brand"][i]
@@ -170,7 +170,7 @@ def test_new_item_scores_as_its_twin_with_id_0(din_served, tmp_path):  # noqa: F
     n = task.schema.n_items
     originals = ["i0", "i6", "i1", "i9"]  # text + vector, text + vector, neither, vector only
     idx = [int(i) for i in task.item_vocab.lookup(originals)]
-    side = _with_copies(task.collator.item_side, idx)
+    side = _with_copies(task.collator.item_table, idx)
     with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         res = _register(c, [_raw_item(din_served, o, f"new-{o}") for o in originals])
         assert res == {"registered": 4, "replaced": 0, "known_to_bundle": 0, "known_ids": [], "items": 4}
@@ -217,7 +217,7 @@ def test_new_segment_scores_as_its_twin_with_id_0(mmbee_served, tmp_path):  # no
     n = task.schema.n_items
     originals = [seg_id(i) for i in (1, 7, 12)]  # 7: no frames, comments nor MFCC
     idx = [int(i) for i in task.item_vocab.lookup(originals)]
-    side = _with_copies(task.collator.item_side, idx)
+    side = _with_copies(task.collator.item_table, idx)
     with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         assert _register(c, [_raw_item(mmbee_served, o, f"live/{o}") for o in originals])["registered"] == 3
         new = [f"live/{o}" for o in originals]
@@ -370,7 +370,7 @@ def test_registered_items_are_retrieved(din_served, tmp_path):  # noqa: F811 - t
         scorer = c.app.state.scorer
         a, b = (int(i) for i in scorer.item_index(["twin-a", "twin-b"]))
         enc = scorer.encoder
-        feats, pres = task.collator.item_side.gather(task.item_vocab.lookup(["i0"]))
+        feats, pres = task.collator.item_table.gather(task.item_vocab.lookup(["i0"]))
         with torch.no_grad():
             want = normalise(enc(torch.zeros(1, dtype=torch.long), feats, pres).numpy())
         assert np.allclose(scorer.vectors[np.array([b])], want, atol=1e-6) and scorer.has_vector[np.array([b])].all()
@@ -406,7 +406,7 @@ def test_appendable_rows_and_ids():
     with pytest.raises(IndexError):
         rows[3] = [0, 0]
 
-    from modalrec.tasks.base import Vocab
+    from modalrec.pipeline import Vocab
 
     ids = ItemIds(Vocab(["a", "b"]))
     assert ids.add("c") == 3 and ids.add("d") == 4
@@ -679,7 +679,7 @@ def test_a_store_without_items_since_disables_syncing(mmbee_served, tmp_path):  
 
 
 def test_item_ids_tombstones():
-    from modalrec.tasks.base import Vocab
+    from modalrec.pipeline import Vocab
 
     ids = ItemIds(Vocab(["a", "b"]))
     assert ids.add("c") == 3 and ids.add("d") == 4
@@ -693,7 +693,7 @@ def test_item_ids_tombstones():
 def test_item_ids_reuse_old_tombstones():
     """A tombstone reuse_after_s old is taken by a new id (oldest first) instead of appending a row; its own id
     registered later gets another row; a tombstone taken back and deleted again waits its full delay anew."""
-    from modalrec.tasks.base import Vocab
+    from modalrec.pipeline import Vocab
 
     now = [0.0]
     ids = ItemIds(Vocab(["a", "b"]), clock=lambda: now[0], reuse_after_s=60.0)

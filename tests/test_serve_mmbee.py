@@ -166,7 +166,7 @@ def test_export_round_trips_tokens_graph_init_and_graph(served):
         assert got.dtype == v.dtype and np.array_equal(got, v)
     for name in ("item_counts", "item_positive_rate", "user_counts"):
         assert np.array_equal(getattr(schema, name), getattr(want, name))
-    side, want_side = bundle.item_side, task.collator.item_side
+    side, want_side = bundle.item_side, task.collator.item_table
     for group in ("categorical", "multi", "dense", "presence", "tokens", "token_mask"):
         w, g = getattr(want_side, group), getattr(side, group)
         assert set(w) == set(g), group

@@ -91,8 +91,9 @@ def test_ctr_train_recent_trains_on_the_latest_share_only():
     assert abs(len(kept) - 0.3 * len(tr)) <= 0.02 * len(tr)
     # exactly the latest samples of the period: none dropped is later than one kept
     assert kept.times.min() >= np.sort(tr.times)[len(tr) - len(kept) - 1]
-    rows = recent.split_rows["train"]  # the kept samples' event rows, a subset of the full period's
-    assert len(rows) == len(kept) and np.isin(rows, full.split_rows["train"]).all()
+    ids = recent.sample_ids["train"].to_pandas()  # the kept samples' raw ids, a subset of the full period's
+    full_ids = set(map(tuple, full.sample_ids["train"].to_pandas().to_numpy().tolist()))
+    assert len(ids) == len(kept) and all(tuple(r) in full_ids for r in ids.to_numpy().tolist())
     for name in ("valid", "test"):  # evaluation and the history the samples read are unchanged
         assert np.array_equal(recent.splits[name].items, full.splits[name].items)
         assert np.array_equal(recent.splits[name].cut, full.splits[name].cut)
@@ -105,7 +106,7 @@ def test_collate_joins_side_tables_for_target_and_history():
     data = make_data()
     task = CTRTask(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=8))
     batch = next(task.batches("test", 16))
-    side = task.collator.item_side
+    side = task.collator.item_table
     assert batch.item_side["genres"].shape == (16, side.multi["genres"].shape[1])
     assert batch.hist_side["genres"].shape[:2] == batch.hist.shape
     # content vectors travel once per distinct item; positions index into that table

@@ -66,7 +66,7 @@ def train(
         overrides.append(f"seeds=[{seeds}]")
     cfg = _guard(load_config, config, overrides)
     out = out or Path("runs") / cfg.name
-    metrics = _guard(train_run, cfg, out, resume=resume)
+    metrics = _guard(train_run, cfg, out, resume=resume, echo=typer.echo)
     _print_summary(out, metrics)
 
 
@@ -92,14 +92,15 @@ def _print_summary(out: Path, metrics: dict) -> None:
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
-    split: str = typer.Option("test", help="valid or test."),
+    split: str = typer.Option("test", help="train, valid or test."),
     drop_modality: str | None = typer.Option(
         None, "--drop-modality", help="Robustness: a touchpoint channel or content modality to remove from a "
         "share of the evaluated events that have it (multilabel tasks), e.g. conversation."),
     rate: float = typer.Option(0.5, help="With --drop-modality: the share of those events that lose it."),
     seed: int = typer.Option(0, help="With --drop-modality: seed of the choice of events."),
 ) -> None:
-    """Re-evaluate the best checkpoints of a run and print the metrics (and per-group metrics) as JSON."""
+    """Re-evaluate the best checkpoints of a run (from the run directory alone) and print the metrics (and
+    per-group metrics) as JSON."""
     import json
 
     from .train.run import evaluate_run
@@ -110,16 +111,26 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="A ctr run directory written by `modalrec train`."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train` (ctr or topk)."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
-    split: str = typer.Option("test", help="train, valid or test."),
-    fmt: str = typer.Option("csv", "--format", help="csv (user_id, item_id, time, probability) or microlens "
+    split: str = typer.Option("test", help="ctr: the split whose samples to score (train, valid or test)."),
+    events: Path | None = typer.Option(None, "--events", help="ctr: score the rows of this new events file "
+                                       "(.csv/.tsv/.parquet with user_id, item_id, time[, channel, context "
+                                       "columns]) instead of a split; topk: add its events to the histories and "
+                                       "list its users only."),
+    k: int | None = typer.Option(None, "--k", help="topk: write each user's top-K items (user_id, rank, item_id, "
+                                 "score)."),
+    keep_seen: bool = typer.Option(False, "--keep-seen", help="topk: rank the items a user already met too "
+                                   "(default: the run's task.exclude_seen)."),
+    fmt: str = typer.Option("csv", "--format", help="ctr: csv (the rows with a probability column) or microlens "
                             "(the WWW 2025 challenge submission: ID,Task2)."),
 ) -> None:
-    """Write click probabilities of a run's best checkpoints (mean over its seeds) for one split."""
-    from .train.run import predict_run
+    """Write predictions of a run's best checkpoints (mean over its seeds), from the run directory alone:
+    click probabilities (ctr) or top-K lists (topk, --k)."""
+    from .train.predict import predict_run
 
-    path = _guard(predict_run, run_dir, out, split, fmt)
+    path = _guard(predict_run, run_dir, out, split, fmt, events=events, k=k,
+                  exclude_seen=False if keep_seen else None)
     typer.echo(f"predictions: {path}")
 
 

@@ -32,8 +32,14 @@ class DataConfig(_Strict):
         "Lite0, audio -> ASR text vectors + MFCC statistics, text -> MiniLM), cached by content")
 
 
+SPLIT_METHODS = {"ctr": ("per_user_time", "global_time", "column"), "topk": ("leave_last_out",),
+                 "multilabel": ("chronological",)}
+
+
 class SplitConfig(_Strict):
-    method: Literal["per_user_time", "global_time", "leave_last_out", "column"] = "per_user_time"
+    method: Literal["per_user_time", "global_time", "leave_last_out", "column", "chronological"] | None = Field(
+        None, description="the split protocol; None: the task's own (ctr: per_user_time, topk: leave_last_out, "
+        "multilabel: chronological). A task refuses a protocol it does not implement")
     column: str = Field("split", description="method 'column': the event column naming each sample's split "
                         "(train / valid / test), e.g. a challenge's own release split")
     valid: float = Field(0.1, ge=0.0, lt=1.0)
@@ -88,6 +94,9 @@ class TaskConfig(_Strict):
         "all", description="token tables joined for every distinct item of a batch (all) or for the targets only "
         "(target: for models that fuse only the watched item's content, e.g. mmbee with mfq_scope target)")
     graph: GraphTaskConfig = Field(default_factory=GraphTaskConfig)
+    user_features: bool = Field(
+        True, description="join the users table's features and user content modalities (Batch.user_side): the "
+        "ctr rankers read them next to the user id; False: the user is their id and behaviour only")
     context_features: list[str] = Field(
         default_factory=list, description="ctr: event columns read as categorical features of the SAMPLE (not of "
         "the item or the history), e.g. MicroLens' likes_level / views_level (an item's popularity level at "
@@ -102,9 +111,19 @@ class TaskConfig(_Strict):
     train_negatives: int = Field(
         0, ge=0, description="topk: 0 = full softmax over every item; N = N uniformly sampled negatives per batch")
     min_user_events: int = Field(3, ge=1, description="topk: users with fewer events are train-only")
+    exclude_seen: bool = Field(
+        True, description="topk: the items of the user's visible history are not ranked (the usual next-item "
+        "protocol); False keeps them (repeat consumption, as RecBole's sequential protocol and live streaming, "
+        "where fans return to the rooms they watched)")
 
     @model_validator(mode="after")
     def _check_context_features(self) -> TaskConfig:
+        methods = SPLIT_METHODS[self.kind]
+        if self.split.method is None:
+            self.split.method = methods[0]
+        elif self.split.method not in methods:
+            raise ValueError(f"split.method '{self.split.method}': the {self.kind} task splits by "
+                             f"{' or '.join(methods)}")
         names = self.context_features
         if names and self.kind != "ctr":
             raise ValueError(f"context_features {names}: only the ctr task reads per-sample context features, "

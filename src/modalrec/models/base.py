@@ -2,7 +2,14 @@
 
 A model is a plain `torch.nn.Module` built as `Model(schema, config)`; `forward(batch) -> logits`.
 It knows nothing about the training loop; the task owns the loss. Models list the task kinds they
-support in `tasks` and the `Batch` fields they read in `inputs`.
+support in `tasks` and the `Batch` fields they read in `inputs` (the pipeline emits only those).
+
+Serving protocol (what the service calls, for any model; `serve/` names none): `prepare_serving` turns on
+the model's exact faster inference paths for requests whose rows share one history (the shared layers'
+transforms in `nn.serving`, the item encoder's table of the bundle's items, a model's own memo),
+`forget_items` drops what the model memoised about items whose content changed, `item_vectors` gives the
+item representation retrieval searches, and `serve_target_tokens` says whether request batches must carry
+the targets' token tables.
 
 Output conventions (the task's loss and evaluator rely on them):
 - ctr: (B,) logits.
@@ -26,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class ChannelSpec:
     """multilabel: one touchpoint channel (e.g. web sessions, call-centre conversations) as models see it.
 
-    A touchpoint of this channel carries `Batch.extra["tp_channel"] == index`. Its content comes as
-    `tok:<modality>` (B, T, V) multi-hot bags over the shared token vocabulary and `vec:<modality>`
-    (B, T, D) vectors, each with a `has:<modality>` (B, T) presence mask (see `tasks/multilabel.py`)."""
+    A touchpoint of this channel carries `Batch.touchpoints.channel == index`. Its content comes as
+    `tokens[modality]` (B, T, V) multi-hot bags over the shared token vocabulary and `vectors[modality]`
+    (B, T, D) vectors, each with a `presence[modality]` (B, T) mask (see `tasks/multilabel.py`)."""
 
     name: str
     index: int  # 1..C; 0 is padding
@@ -72,6 +79,10 @@ class Schema:
     # multi-valued vector modality -> (T, dim): a padded token table per item, in the batch as
     # uniq_side[name] (U, T, dim) and uniq_side[name + ":mask"] (U, T) on the distinct items only
     item_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # the user's own side features (the users table, `task.user_features`), in the batch as Batch.user_side
+    user_categorical: dict[str, int] = field(default_factory=dict)  # feature -> vocab size (incl. 0)
+    user_multi: dict[str, int] = field(default_factory=dict)  # multi-valued feature -> vocab size
+    user_dense: dict[str, int] = field(default_factory=dict)  # dense content vector -> dim
     item_counts: np.ndarray | None = None  # training interactions per item index
     item_positive_rate: np.ndarray | None = None  # ctr: smoothed training positive rate per item
     user_counts: np.ndarray | None = None  # training samples per user index
@@ -101,6 +112,9 @@ class Model(torch.nn.Module):
     tasks: ClassVar[frozenset[str]] = frozenset()
     inputs: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type[ModelConfig]] = ModelConfig
+    # serving: request batches carry the targets' token tables (False: the model loads them itself, see
+    # `prepare_serving`)
+    serve_target_tokens: ClassVar[bool] = True
 
     def __init__(self, schema: Schema, config: ModelConfig):
         super().__init__()
@@ -153,3 +167,31 @@ class Model(torch.nn.Module):
     @property
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
+
+    # ------------------------------------------------------------------------------------------ serving
+    def prepare_serving(self, items, n_items: int, precision: str = "fp32") -> int:
+        """Serving mode (eval, no autograd): every DIN-style activation unit gets its shared-history fast
+        path (`nn.serving`), and every item encoder encodes the `n_items` items of the bundle's table `items`
+        (`pipeline.SideTable`, the live table the service extends) once. Returns the fast paths installed.
+        Models with a memo of their own extend this."""
+        from ..nn.item_encoder import ItemEncoder
+        from ..nn.serving import with_serving_fast_paths
+
+        self.eval()
+        n = with_serving_fast_paths(self, precision)
+        for m in self.modules():
+            if isinstance(m, ItemEncoder):
+                m.cache_items(items, n_items)
+        return n
+
+    def forget_items(self, rows) -> None:
+        """Serving: the content of these item table rows changed; drop anything memoised about them."""
+
+    @torch.no_grad()
+    def item_vectors(self, ids: torch.Tensor, side: dict, presence: dict) -> torch.Tensor | None:
+        """The model's vector of each item (its item encoder's output: id, side features and content), what
+        retrieval searches; None for a model without an item encoder."""
+        from ..nn.item_encoder import ItemEncoder
+
+        enc = next((m for m in self.modules() if isinstance(m, ItemEncoder)), None)
+        return None if enc is None else enc(ids, side, presence)

@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ItemEncoder
+from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
 from ..nn.layers import MLP, Activation, CrossNetV2, context_embedding, id_embedding
 from ..nn.sequence import masked_mean
 from .base import Model, ModelConfig, Schema
@@ -31,9 +31,7 @@ from .base import Model, ModelConfig, Schema
 class DCNv2(Model):
     name: ClassVar[str] = "dcnv2"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "context"}
-    )
+    inputs: ClassVar[frozenset[str]] = ITEM_INPUTS | frozenset({"user", "user_side", "user_presence", "context"})
 
     class Config(ModelConfig):
         embed_dim: int = Field(16, ge=1)
@@ -56,6 +54,8 @@ class DCNv2(Model):
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         x0_dim = cfg.embed_dim + self.items.out_dim * (2 if cfg.use_history else 1)
         x0_dim += self.context.out_dim if self.context else 0
+        self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
+        x0_dim += self.user_features.out_dim if self.user_features else 0
         self.cross = CrossNetV2(x0_dim, cfg.cross_layers)
         self.dnn = MLP(x0_dim, cfg.dnn_hidden, cfg.activation, cfg.dropout, cfg.batch_norm)
         head_in = self.dnn.out_dim + (x0_dim if cfg.structure == "parallel" else 0)
@@ -69,6 +69,8 @@ class DCNv2(Model):
             parts = [self.user(batch.user), self.items.target(batch)]
         if self.context is not None:
             parts.append(self.context(batch))
+        if self.user_features is not None:
+            parts.append(self.user_features(batch))
         x0 = torch.cat(parts, dim=-1)
         if self.config.structure == "parallel":
             out = torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)

@@ -4,8 +4,8 @@ Prediction", KDD 2018).
 The target item and every history item go through the same `ItemEncoder` (shared embeddings, as
 in the paper). A local activation unit scores each history item against the target and the user
 interest is the score-weighted sum of the history (no softmax, as in the paper). The MLP reads
-[user, target, interest, target * interest] (and one embedding per `task.context_features` column)
-and outputs the click logit.
+[user, target, interest, target * interest] (and one embedding per `task.context_features` column, and
+the user's side features where the data has them) and outputs the click logit.
 
 Deviations from the paper, each a switch:
 - item vectors may include dense content (text/image/audio projections with a learned "missing"
@@ -24,7 +24,7 @@ import torch
 from pydantic import Field
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ItemEncoder
+from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
 from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
@@ -33,9 +33,7 @@ from .base import Model, ModelConfig, Schema
 class DIN(Model):
     name: ClassVar[str] = "din"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "context"}
-    )
+    inputs: ClassVar[frozenset[str]] = ITEM_INPUTS | frozenset({"user", "user_side", "user_presence", "context"})
 
     class Config(ModelConfig):
         embed_dim: int = Field(32, ge=1)
@@ -60,24 +58,28 @@ class DIN(Model):
             d, cfg.attention_hidden, activation=cfg.attention_activation, softmax=cfg.attention_softmax
         )
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
+        self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
         in_dim = cfg.embed_dim + d * (3 if cfg.use_product else 2) + (self.context.out_dim if self.context else 0)
+        in_dim += self.user_features.out_dim if self.user_features else 0
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         pos = batch.hist_pos
-        if batch.uniq is not None and isinstance(self.attention, TargetAttention) and pos.stride(0) != 0:
+        if batch.uniq is not None and isinstance(self.attention, TargetAttention) and not batch.shared_history:
             # training and offline batches: the unit reads the distinct-item table, never a (B, L, d) history
             table = self.items(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
             target = table[batch.item_pos]
             interest = self.attention.pool_table(target, table, pos, batch.hist_mask)
         else:  # no distinct-item table, or one history shared by every row (the service's fast path)
             target, hist = self.items.encode(batch)
-            interest = self.attention(target, hist, batch.hist_mask)
+            interest = self.attention(target, hist, batch.hist_mask, shared=batch.shared_history)
         parts = [self.user(batch.user), target, interest]
         if self.config.use_product:
             parts.append(target * interest)
         if self.context is not None:
             parts.append(self.context(batch))
+        if self.user_features is not None:
+            parts.append(self.user_features(batch))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def penalty(self, batch: Batch) -> torch.Tensor | None:

@@ -30,7 +30,7 @@ def _weights(n: int) -> nn.Embedding:
 class LogisticRegression(Model):
     name: ClassVar[str] = "lr"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset({"user", "item", "item_side", "context"})
+    inputs: ClassVar[frozenset[str]] = frozenset({"user", "item", "item_side", "user_side", "context"})
 
     class Config(ModelConfig):
         pass
@@ -44,6 +44,9 @@ class LogisticRegression(Model):
         # only with context features: a model without them keeps exactly its parameters
         self.context = (nn.ModuleDict({k: _weights(n) for k, n in schema.context_categorical.items()})
                         if schema.context_categorical else None)
+        # only with user side features (categorical and multi-valued ones; a linear model reads no vectors)
+        user = {**schema.user_categorical, **schema.user_multi}
+        self.user_features = nn.ModuleDict({k: _weights(n) for k, n in user.items()}) if user else None
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -55,4 +58,8 @@ class LogisticRegression(Model):
         if self.context is not None:
             for name, w in self.context.items():
                 logit = logit + w(context_codes(batch, name)).squeeze(-1)
+        if self.user_features is not None:
+            for name, w in self.user_features.items():
+                x = w(batch.user_side[name]).squeeze(-1)
+                logit = logit + (x.sum(-1) if x.dim() > 1 else x)
         return logit

@@ -8,8 +8,8 @@ the user's interests expanded on the gifting graphs (GIE, sec. 3.3 "Graph-guided
   token tables the Collator joins) and is gathered to the targets and history positions
   (`item_pos` / `hist_pos`), so a segment watched by many users is fused once per batch.
 - GIE: the batch carries, per sample, K streamers expanded from the user through U->A->A metapaths
-  (`extra["gie_user"]`, scores `gie_user_w`) and K expanded from the target segment's streamer through
-  A->U->A (`gie_streamer`, `gie_streamer_w`); indices live in the code space of the item categorical
+  (`Batch.graph.user`, scores `user_w`) and K expanded from the target segment's streamer through
+  A->U->A (`graph.target`, `target_w`); indices live in the code space of the item categorical
   feature `streamer_feature` (0 = padding). A streamer table embeds them; a multi-head target
   attention (query = target item vector [+ user]) pools each sequence, with log(score) added to the
   attention logits, and both pooled vectors join the MLP input. The streamer table (and the user
@@ -83,7 +83,8 @@ class PretrainedEmbedding(nn.Module):
 class MMBee(SIM):
     name: ClassVar[str] = "mmbee"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = SIM.inputs | frozenset({"uniq", "uniq_side", "uniq_presence", "extra"})
+    inputs: ClassVar[frozenset[str]] = SIM.inputs | frozenset({"uniq", "uniq_side", "uniq_presence", "graph",
+                                                               "target_rows"})
 
     class Config(SIM.Config):
         use_mfq: bool = True
@@ -215,7 +216,8 @@ class MMBee(SIM):
         if self._content_cache is None or self.training or torch.is_grad_enabled():
             return self._fuse(batch.item_side, batch.presence)
         cache = self._content_cache
-        items = batch.item.tolist()
+        # keyed by item table row: items registered with the service share id 0 but have rows of their own
+        items = (batch.target_rows if batch.target_rows is not None else batch.item).tolist()
         first: dict[int, int] = {}
         for row, i in enumerate(items):
             if i not in cache and i not in first:
@@ -237,6 +239,18 @@ class MMBee(SIM):
     def _fuse(self, side: dict, presence: dict) -> torch.Tensor:
         tokens, masks = self._mfq_inputs(side, presence, "item_side")
         return self.mfq(tokens, masks, self._streamer(side))
+
+    serve_target_tokens: ClassVar[bool] = False  # prepare_serving: segments' token tables are read once, for the memo
+
+    def prepare_serving(self, items, n_items: int, precision: str = "fp32") -> int:
+        """Besides SIM's fast paths: each target segment's MFQ vector is memoised, its token tables read from
+        the live item table only the first time it is scored."""
+        n = super().prepare_serving(items, n_items, precision)
+        self.cache_content(source=lambda rows: items.gather(rows, tokens=True))
+        return n
+
+    def forget_items(self, rows) -> None:
+        self.forget(rows)
 
     def cache_content(self, max_items: int = 200_000, source=None) -> None:
         """Serving: memoise MFQ's vector of every target segment it fuses (at most `max_items`, then start
@@ -308,11 +322,11 @@ class MMBee(SIM):
             expansions = {}
             keep = self._gie_keep(batch.size, query.device)
             for key, attention in (("gie_user", self.gie_user), ("gie_streamer", self.gie_streamer)):
-                idx, bias, mask = self._expansion(batch, key)
+                idx, w, bias, mask = self._expansion(batch, key)
                 if keep is not None:
                     mask = mask & keep
-                expansions[key] = (idx, batch.extra[f"{key}_w"], mask)
-                if idx.shape[0] > 1 and idx.stride(0) == 0:  # one expansion for every row (a served user's)
+                expansions[key] = (idx, w, mask)
+                if key == "gie_user" and batch.shared_history and idx.shape[0] > 1:  # one served user's expansion
                     keys = self.streamers(idx[:1])
                     k, v = attention.k(keys).expand(idx.shape[0], -1, -1), attention.v(keys).expand(idx.shape[0], -1, -1)
                     parts.append(attention.attend(query, k, v, mask, key_bias=bias))
@@ -346,28 +360,29 @@ class MMBee(SIM):
                  (overlap > 0).float()]
         return torch.stack(feats, dim=-1)
 
-    def _expansion(self, batch: Batch, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Streamer indices (B, K), log-score bias (B, K) and mask (B, K) of one expanded sequence."""
-        if key not in batch.extra or f"{key}_w" not in batch.extra:
+    def _expansion(self, batch: Batch, key: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Streamer indices (B, K), scores (B, K), log-score bias (B, K) and mask (B, K) of one expanded sequence
+        (`gie_user`: the user's, `gie_streamer`: the target streamer's)."""
+        if batch.graph is None:
             raise ValueError(
-                f"mmbee: use_gie needs the graph-expanded streamers batch.extra['{key}'] and ['{key}_w'], which "
-                f"this batch does not have (it has {sorted(batch.extra) or 'no extras'}); enable the task's graph "
-                "expansion (task.graph.enabled: true) or set model.params.use_gie: false")
-        idx, w = batch.extra[key], batch.extra[f"{key}_w"]
+                "mmbee: use_gie needs the graph-expanded streamers (Batch.graph), which this batch does not have; "
+                "enable the task's graph expansion (task.graph.enabled: true) or set model.params.use_gie: false")
+        g = batch.graph
+        idx, w = (g.user, g.user_w) if key == "gie_user" else (g.target, g.target_w)
         B = batch.size
         if idx.dim() != 2 or idx.shape[0] != B or w.shape != idx.shape:
-            raise ValueError(f"mmbee: batch.extra['{key}'] {tuple(idx.shape)} and ['{key}_w'] {tuple(w.shape)}; "
+            raise ValueError(f"mmbee: batch.graph's {key} ids {tuple(idx.shape)} and scores {tuple(w.shape)}; "
                              f"expected both (B={B}, K)")
         idx = idx.long()
         n_codes = self.schema.item_categorical[self.config.streamer_feature]
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_codes):
-            raise ValueError(f"mmbee: batch.extra['{key}'] holds streamer index {int(idx.max())} or "
+            raise ValueError(f"mmbee: batch.graph's {key} holds streamer index {int(idx.max())} or "
                              f"{int(idx.min())}; expected 0 (padding) .. {n_codes - 1}, the codes of item feature "
                              f"'{self.config.streamer_feature}'")
         mask = idx > 0
         if not bool(torch.isfinite(w[mask]).all()):
-            raise ValueError(f"mmbee: batch.extra['{key}_w'] holds NaN or infinite scores at real (non-padding) slots")
+            raise ValueError(f"mmbee: batch.graph's {key} scores hold NaN or infinite values at real (non-padding) slots")
         one = torch.ones((), dtype=w.dtype, device=w.device)
         # Padded slots carry arbitrary weights (0, NaN): they are replaced before the log, so nothing leaks.
         bias = torch.log(torch.where(mask, w, one).clamp(min=1e-12)).to(torch.float32)
-        return idx, bias, mask
+        return idx, w, bias, mask

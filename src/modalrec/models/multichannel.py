@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data.batch import Batch
+from ..data.batch import Batch, Touchpoints
 from .base import ChannelSpec, Model, ModelConfig, MultiChannelSpec, Schema
 
 EncoderKind = Literal["mean", "gru"]
@@ -102,7 +102,7 @@ def modality_dim(ch: ChannelSpec, m: str) -> int:
 def channel_input(batch: Batch, ch: ChannelSpec, mods: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x (B, T, F), sel (B, T), weight (B, T)): the concatenated modalities of the channel's
     touchpoints that have content; `weight` is the vector weight (n_sentences) or 1."""
-    ex = batch.extra
+    ex = batch.touchpoints.flat()
     sel = (ex["tp_channel"] == ch.index) & ex["tp_mask"]
     present = torch.zeros_like(sel)
     parts, weight = [], None
@@ -150,13 +150,13 @@ def gru_last(gru: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
 
 def channel_bits(batch: Batch, n_channels: int) -> torch.Tensor:
     """(B, T, C) one-hot channel of each touchpoint (all zero on padding)."""
-    ch = batch.extra["tp_channel"].clamp(min=0)
+    ch = batch.touchpoints.channel.clamp(min=0)
     return F.one_hot(ch, n_channels + 1)[..., 1:].float()
 
 
 def presence_pattern(batch: Batch, n_channels: int) -> torch.Tensor:
     """(B,) bit c-1 set when the sample has a touchpoint of channel c."""
-    ch, mask = batch.extra["tp_channel"], batch.extra["tp_mask"]
+    ch, mask = batch.touchpoints.channel, batch.touchpoints.mask
     pat = torch.zeros(ch.shape[0], dtype=torch.long, device=ch.device)
     for c in range(1, n_channels + 1):
         pat |= ((ch == c) & mask).any(1).long() << (c - 1)
@@ -275,7 +275,7 @@ class _Common(ModelConfig):
 
 class _MultiChannelModel(Model):
     tasks: ClassVar[frozenset[str]] = frozenset({"multilabel"})
-    inputs: ClassVar[frozenset[str]] = frozenset({"extra", "label"})
+    inputs: ClassVar[frozenset[str]] = frozenset({"touchpoints", "label"})
 
     def __init__(self, schema: Schema, config: ModelConfig):
         super().__init__(schema, config)
@@ -528,7 +528,7 @@ class _Sequence(_MultiChannelModel):
         self.head = Head(cfg.hidden, cfg.hidden, self.schema.n_labels, cfg.dropout)
 
     def _sequence_logits(self, batch: Batch, x: torch.Tensor) -> torch.Tensor:
-        mask = batch.extra["tp_mask"]
+        mask = batch.touchpoints.mask
         x = torch.cat([x, channel_bits(batch, self.n_channels)], dim=-1)
         x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
         lengths = mask.sum(1)
@@ -551,9 +551,9 @@ class Keyword(_Sequence):
         self._build_sequence(self.mc.vocab_size)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        bag = batch.extra[f"tok:{self.mods[0]}"]
+        bag = batch.touchpoints.tokens[self.mods[0]]
         for m in self.mods[1:]:
-            bag = torch.maximum(bag, batch.extra[f"tok:{m}"])
+            bag = torch.maximum(bag, batch.touchpoints.tokens[m])
         return self._sequence_logits(batch, bag)
 
 
@@ -583,7 +583,7 @@ class LatentFeature(_Sequence):
         self.register_buffer("pattern_weight", torch.tensor(w, dtype=torch.float32), persistent=False)
 
     def forward(self, batch: Batch):
-        ex = batch.extra
+        ex = batch.touchpoints.flat()
         z = None
         for ch, mods in self.uses:
             sel = (ex["tp_channel"] == ch.index) & ex["tp_mask"]
@@ -626,11 +626,12 @@ class RelativeRepresentation(_Sequence):
         self.encoders = nn.ModuleDict(enc)
         self.classifiers = nn.ModuleDict(cls)
         anchors: Batch = self.mc.sample_anchors(cfg.n_anchors, cfg.anchor_seed)
+        anchor_inputs = anchors.touchpoints.flat()
         self.anchor_keys = ["tp_channel", "tp_mask"] + [f"{p}:{m}" for ch, mods in self.uses for m in mods
                                                         for p in ("tok", "vec", "wt", "has")
-                                                        if f"{p}:{m}" in anchors.extra]
+                                                        if f"{p}:{m}" in anchor_inputs]
         for k in self.anchor_keys:  # persistent: a checkpoint carries its anchors
-            self.register_buffer(_buffer_name(k), anchors.extra[k].clone())
+            self.register_buffer(_buffer_name(k), anchor_inputs[k].clone())
         self.n_anchor_events = anchors.size
         self._build_sequence(self.n_anchor_events)
 
@@ -638,13 +639,14 @@ class RelativeRepresentation(_Sequence):
         extra = {k: getattr(self, _buffer_name(k)) for k in self.anchor_keys}
         n = extra["tp_mask"].shape[0]
         z = torch.zeros(n, dtype=torch.long, device=extra["tp_mask"].device)
-        return Batch(user=z, item=z, hist=z.new_zeros((n, 0)), hist_mask=extra["tp_mask"][:, :0], extra=extra)
+        return Batch(user=z, item=z, hist=z.new_zeros((n, 0)), hist_mask=extra["tp_mask"][:, :0],
+                     touchpoints=Touchpoints.from_flat(extra))
 
     def forward(self, batch: Batch):
         cfg = self.config
         anchors = self._anchor_batch()
-        B, T = batch.extra["tp_mask"].shape
-        rel = torch.zeros(B, T, self.n_anchor_events, device=batch.extra["tp_mask"].device)
+        B, T = batch.touchpoints.mask.shape
+        rel = torch.zeros(B, T, self.n_anchor_events, device=batch.touchpoints.mask.device)
         aux = None
         for ch, mods in self.uses:
             enc = self.encoders[ch.name]

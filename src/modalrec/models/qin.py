@@ -44,7 +44,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ItemEncoder
+from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
 from ..nn.layers import context_embedding, id_embedding, versions
 from .base import Model, ModelConfig, Schema
 
@@ -80,15 +80,11 @@ class SparseTargetAttention(nn.Module):
         w = torch.where(mask, F.relu(scores), torch.zeros((), dtype=scores.dtype, device=scores.device))
         return torch.addmm(self.o.bias, w, keys @ o.T) + query
 
-    @staticmethod
-    def _one_history(keys: torch.Tensor, mask: torch.Tensor) -> bool:
-        """Every row has the same history: a served user's, which the collate expands with stride 0."""
-        return keys.shape[0] > 1 and keys.stride(0) == 0 and mask.stride(0) == 0
-
-    def _keys_values(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(K, V, shared) of the masked keys (padding zeroed); with one history for every row (`shared`), K and V
-        are projected once, (1, L, a)."""
-        shared = self._one_history(keys, mask)
+    def _keys_values(self, keys: torch.Tensor, mask: torch.Tensor,
+                     shared: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(K, V, shared) of the masked keys (padding zeroed); with one history for every row (`shared`,
+        `Batch.shared_history`), K and V are projected once, (1, L, a)."""
+        shared = shared and keys.shape[0] > 1
         if shared:
             keys, mask = keys[:1], mask[:1]
         keys = torch.where(mask.unsqueeze(-1), keys, torch.zeros((), dtype=keys.dtype, device=keys.device))
@@ -99,15 +95,17 @@ class SparseTargetAttention(nn.Module):
         scores = (q @ k[0].T if shared else torch.bmm(k, q.unsqueeze(-1)).squeeze(-1)) / self.scale
         return torch.where(mask, F.relu(scores), torch.zeros((), dtype=scores.dtype, device=scores.device))
 
-    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                shared: bool = False) -> torch.Tensor:
         """(B, L) non-negative, unnormalised; exactly 0 on padding and on negative scores."""
-        k, _, shared = self._keys_values(keys, mask)
+        k, _, shared = self._keys_values(keys, mask, shared)
         return self._weights(query, k, mask, shared)
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self._one_history(keys, mask) and not self.training and not torch.is_grad_enabled():
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                shared: bool = False) -> torch.Tensor:
+        if shared and keys.shape[0] > 1 and not self.training and not torch.is_grad_enabled():
             return self._served(query, keys[0], mask[0])
-        k, v, shared = self._keys_values(keys, mask)
+        k, v, shared = self._keys_values(keys, mask, shared)
         w = self._weights(query, k, mask, shared)
         pooled = w @ v[0] if shared else torch.bmm(w.unsqueeze(1), v).squeeze(1)
         return self.o(pooled) + query
@@ -165,9 +163,7 @@ class QuadraticLayer(nn.Module):
 class QIN(Model):
     name: ClassVar[str] = "qin"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "context"}
-    )
+    inputs: ClassVar[frozenset[str]] = ITEM_INPUTS | frozenset({"user", "user_side", "user_presence", "context"})
 
     class Config(ModelConfig):
         embed_dim: int = Field(128, ge=1)
@@ -188,7 +184,9 @@ class QIN(Model):
         d = self.items.out_dim
         self.attention = SparseTargetAttention(d, cfg.attention_dim or 2 * d)
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
+        self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
         x_dim = 2 * d + (cfg.embed_dim if cfg.use_user else 0) + (self.context.out_dim if self.context else 0)
+        x_dim += self.user_features.out_dim if self.user_features else 0
         self.qnn = nn.ModuleList(
             QuadraticLayer(x_dim, cfg.num_rows, cfg.dropout, cfg.batch_norm) for _ in range(cfg.num_layers)
         )
@@ -196,11 +194,13 @@ class QIN(Model):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         target, hist = self.items.encode(batch)
-        parts = [target, self.attention(target, hist, batch.hist_mask)]
+        parts = [target, self.attention(target, hist, batch.hist_mask, shared=batch.shared_history)]
         if self.user is not None:
             parts.insert(0, self.user(batch.user))
         if self.context is not None:
             parts.append(self.context(batch))
+        if self.user_features is not None:
+            parts.append(self.user_features(batch))
         x = torch.cat(parts, dim=-1)
         for layer in self.qnn:
             x = layer(x)

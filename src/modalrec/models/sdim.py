@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ItemEncoder
+from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
 from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from .base import Model, ModelConfig, Schema
 from .sim import MultiHeadTargetAttention, recent_mask
@@ -42,9 +42,7 @@ from .sim import MultiHeadTargetAttention, recent_mask
 class SDIM(Model):
     name: ClassVar[str] = "sdim"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "context"}
-    )
+    inputs: ClassVar[frozenset[str]] = ITEM_INPUTS | frozenset({"user", "user_side", "user_presence", "context"})
 
     class Config(ModelConfig):
         embed_dim: int = Field(32, ge=1)
@@ -71,6 +69,8 @@ class SDIM(Model):
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2)
         in_dim += self.context.out_dim if self.context else 0
+        self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
+        in_dim += self.user_features.out_dim if self.user_features else 0
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     @torch.no_grad()
@@ -99,4 +99,6 @@ class SDIM(Model):
             parts.append(self.short(target, hist, recent_mask(mask, self.config.short_len)))
         if self.context is not None:
             parts.append(self.context(batch))
+        if self.user_features is not None:
+            parts.append(self.user_features(batch))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

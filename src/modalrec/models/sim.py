@@ -44,7 +44,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ItemEncoder
+from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
 from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
@@ -67,12 +67,6 @@ def recent_mask(mask: torch.Tensor, n: int) -> torch.Tensor:
     length = mask.sum(1, keepdim=True)
     pos = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
     return mask & (pos >= length - n)
-
-
-def _shared_rows(*tensors: torch.Tensor | None) -> bool:
-    """Every given (B, ...) tensor is one row expanded with stride 0 (the collate's shared history), B > 1."""
-    real = [t for t in tensors if t is not None]
-    return all(t.dim() >= 2 and t.shape[0] > 1 and t.stride(0) == 0 for t in real)
 
 
 class MultiHeadTargetAttention(nn.Module):
@@ -131,10 +125,8 @@ class MultiHeadTargetAttention(nn.Module):
 class SIM(Model):
     name: ClassVar[str] = "sim"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "hist_time",
-         "context"}
-    )
+    inputs: ClassVar[frozenset[str]] = ITEM_INPUTS | frozenset({"user", "user_side", "user_presence", "hist_time",
+                                                               "context"})
 
     class Config(ModelConfig):
         embed_dim: int = Field(32, ge=1)
@@ -203,6 +195,8 @@ class SIM(Model):
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         in_dim = cfg.embed_dim + d * (3 if self.short is not None else 2) + mlp_extra_dim
         in_dim += self.context.out_dim if self.context else 0
+        self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
+        in_dim += self.user_features.out_dim if self.user_features else 0
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
 
     def general_search(
@@ -248,12 +242,12 @@ class SIM(Model):
 
     def interests(self, batch: Batch, target: torch.Tensor, hist: torch.Tensor) -> list[torch.Tensor]:
         """The MLP inputs [user, target, long-term (ESU over the GSU's top-k), short-term, context features
-        (with task.context_features)]."""
+        (with task.context_features), the user's side features (where the data has them)]."""
         cfg = self.config
         mask = batch.hist_mask
         idx, valid, soft = self.general_search(batch, target, hist)
         bias = soft if (soft is not None and cfg.soft_bias) else None
-        if _shared_rows(hist, mask, batch.hist_time if self.time is not None else None):
+        if batch.shared_history and batch.size > 1:
             # one history for every row (a service request): project each position once, then gather
             z = hist[0]
             if self.time is not None:
@@ -267,7 +261,9 @@ class SIM(Model):
             long_term = self.esu(target, retrieved, valid, key_bias=bias)
         parts = [self.user_vector(batch), target, long_term]
         if self.short is not None:
-            parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len)))
+            parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len), shared=batch.shared_history))
         if self.context is not None:
             parts.append(self.context(batch))
+        if self.user_features is not None:
+            parts.append(self.user_features(batch))
         return parts

@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ItemEncoder
+from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
 from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from .base import Model, ModelConfig, Schema
 from .sim import log_time_buckets
@@ -42,10 +42,8 @@ from .sim import log_time_buckets
 class TIN(Model):
     name: ClassVar[str] = "tin"
     tasks: ClassVar[frozenset[str]] = frozenset({"ctr"})
-    inputs: ClassVar[frozenset[str]] = frozenset(
-        {"user", "item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag", "hist_time",
-         "context"}
-    )
+    inputs: ClassVar[frozenset[str]] = ITEM_INPUTS | frozenset({"user", "user_side", "user_presence", "hist_time",
+                                                               "context"})
 
     class Config(ModelConfig):
         embed_dim: int = Field(32, ge=1)
@@ -70,6 +68,8 @@ class TIN(Model):
         self.scale = math.sqrt(d)
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         ctx_dim = self.context.out_dim if self.context else 0
+        self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
+        ctx_dim += self.user_features.out_dim if self.user_features else 0
         self.mlp = MLP(cfg.embed_dim + 2 * d + ctx_dim, cfg.mlp_hidden, activation=cfg.activation,
                        dropout=cfg.dropout, out_dim=1)
 
@@ -107,4 +107,6 @@ class TIN(Model):
         parts = [self.user(batch.user), target, u]
         if self.context is not None:
             parts.append(self.context(batch))
+        if self.user_features is not None:
+            parts.append(self.user_features(batch))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

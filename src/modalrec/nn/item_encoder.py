@@ -39,6 +39,69 @@ def _feature(side: dict[str, torch.Tensor], name: str, where: str) -> torch.Tens
         ) from None
 
 
+# the Batch fields an item encoder reads (targets, history, the batch's distinct items): models that encode
+# items with it declare them in `Model.inputs`
+ITEM_INPUTS = frozenset({"item", "item_side", "presence", "hist", "hist_mask", "hist_side", "hist_presence", "hist_tag",
+                         "uniq", "uniq_side", "uniq_presence", "item_pos", "hist_pos"})
+
+
+def encode_features(categorical: nn.ModuleDict, multi: nn.ModuleDict, dense: nn.ModuleDict,
+                    missing: nn.ParameterDict, side: dict, presence: dict, where: str) -> list[torch.Tensor]:
+    """The feature part of an entity vector, in schema order: one embedding per categorical feature, a masked
+    mean of embeddings per multi-valued one (0 = empty slot), and per dense modality its projection where present
+    or the learned `missing` vector where absent (absent values are selected away before the projection, so
+    they can neither change the output nor poison gradients)."""
+    parts = []
+    for name, emb in categorical.items():
+        parts.append(emb(_feature(side, name, where)))
+    for name, emb in multi.items():
+        tags = _feature(side, name, where)
+        filled = (tags != 0).unsqueeze(-1)
+        # padding_idx 0 embeds to zero, so the sum only counts real tags; divide by their number.
+        parts.append(emb(tags).sum(-2) / filled.sum(-2).clamp(min=1).to(emb.weight.dtype))
+    for name, proj in dense.items():
+        x = _feature(side, name, where).to(proj.weight.dtype)
+        present = presence.get(name)
+        if present is None:
+            # No presence mask given: a row is present when all its values are finite.
+            present = torch.isfinite(x).all(-1)
+        present = present.to(torch.bool).unsqueeze(-1)
+        x = torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        parts.append(torch.where(present, proj(x), missing[name]))
+    return parts
+
+
+class UserEncoder(nn.Module):
+    """The user's side features (`Batch.user_side`, `Schema.user_*`) as one vector (B, out_dim), encoded as an
+    item's features are (`encode_features`). Models build it only when the schema has user features
+    (`user_encoder`), so a model without any keeps exactly its parameters and initialisation order."""
+
+    def __init__(self, schema: Schema, embed_dim: int, init_std: float = 0.05):
+        super().__init__()
+        self.categorical = nn.ModuleDict({n: nn.Embedding(v, embed_dim, padding_idx=0)
+                                          for n, v in schema.user_categorical.items()})
+        self.multi = nn.ModuleDict({n: nn.Embedding(v, embed_dim, padding_idx=0) for n, v in schema.user_multi.items()})
+        self.dense = nn.ModuleDict({n: nn.Linear(d, embed_dim) for n, d in schema.user_dense.items()})
+        self.missing = nn.ParameterDict({n: nn.Parameter(torch.empty(embed_dim)) for n in schema.user_dense})
+        for emb in [*self.categorical.values(), *self.multi.values()]:
+            nn.init.normal_(emb.weight, std=init_std)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+        for p in self.missing.values():
+            nn.init.normal_(p, std=init_std)
+        self.out_dim = embed_dim * (len(self.categorical) + len(self.multi) + len(self.dense))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return torch.cat(encode_features(self.categorical, self.multi, self.dense, self.missing, batch.user_side,
+                                         batch.user_presence, "user_side"), dim=-1)
+
+
+def user_encoder(schema: Schema, embed_dim: int) -> UserEncoder | None:
+    """A `UserEncoder` when the schema has user side features, else None."""
+    has = schema.user_categorical or schema.user_multi or schema.user_dense
+    return UserEncoder(schema, embed_dim) if has else None
+
+
 class ItemEncoder(nn.Module):
     """Encodes items of a `Batch`: `target(batch) -> (B, out_dim)`, `history(batch) -> (B, L, out_dim)`.
 
@@ -127,22 +190,7 @@ class ItemEncoder(nn.Module):
     def _encode(self, ids: torch.Tensor, side: dict, presence: dict, where: str = "item_side") -> torch.Tensor:
         """forward without the cached table."""
         parts = [self.id(ids)] if self.id is not None else []
-        for name, emb in self.categorical.items():
-            parts.append(emb(_feature(side, name, where)))
-        for name, emb in self.multi.items():
-            tags = _feature(side, name, where)
-            filled = (tags != 0).unsqueeze(-1)
-            # padding_idx 0 embeds to zero, so the sum only counts real tags; divide by their number.
-            parts.append(emb(tags).sum(-2) / filled.sum(-2).clamp(min=1).to(emb.weight.dtype))
-        for name, proj in self.dense.items():
-            x = _feature(side, name, where).to(proj.weight.dtype)
-            present = presence.get(name)
-            if present is None:
-                # No presence mask given: a row is present when all its values are finite.
-                present = torch.isfinite(x).all(-1)
-            present = present.to(torch.bool).unsqueeze(-1)
-            x = torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
-            parts.append(torch.where(present, proj(x), self.missing[name]))
+        parts += encode_features(self.categorical, self.multi, self.dense, self.missing, side, presence, where)
         return torch.cat(parts, dim=-1)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,10 +205,10 @@ class ItemEncoder(nn.Module):
         return table[batch.item_pos], self.gather_history(table, batch.hist_pos, batch)
 
     def gather_history(self, table: torch.Tensor, index: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """table[index] (B, L, out_dim) plus the history's tag embeddings; a shared history (the collate's
-        stride-0 rows) is gathered and tagged once and expanded."""
+        """table[index] (B, L, out_dim) plus the history's tag embeddings; a shared history
+        (`Batch.shared_history`) is gathered and tagged once and expanded."""
         tags = self._tags(batch)
-        shared = index.dim() == 2 and index.shape[0] > 1 and index.stride(0) == 0
+        shared = batch.shared_history and index.dim() == 2 and index.shape[0] > 1
         rows = index[:1] if shared else index
         out = table[rows]
         if self.tag is not None:

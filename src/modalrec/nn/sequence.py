@@ -99,8 +99,10 @@ class TargetAttention(nn.Module):
         keys: torch.Tensor,
         mask: torch.Tensor,
         values: torch.Tensor | None = None,
+        shared: bool = False,
     ) -> torch.Tensor:
-        """query (B, d), keys (B, L, d), mask (B, L) -> pooled (B, d_values)."""
+        """query (B, d), keys (B, L, d), mask (B, L) -> pooled (B, d_values). `shared`: every row reads one
+        history (`Batch.shared_history`), which the serving transform (`nn.serving`) computes once."""
         values = keys if values is None else values
         w = self.weights(query, keys, mask)
         v = torch.where(mask.unsqueeze(-1), values, torch.zeros((), dtype=values.dtype, device=values.device))

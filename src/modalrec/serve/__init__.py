@@ -1,17 +1,19 @@
 """Serving: bundles (export/load without pickle), online user state, and the HTTP service.
 
-`export_bundle` / `load_bundle` live in `serve.bundle`, the state stores in `serve.state`, the FastAPI
-app (`create_app`) and `serve` in `serve.service`. FastAPI, uvicorn and faiss are imported only by
-the functions that need them (`pip install modalrec[serve]`).
+Modules, each one thing: `bundle` (export and load), `scoring` (sequences, batches through the bundle's feature
+pipeline, the model in serving mode), `registry` and `tables` (items registered after export), `retrieval`
+(candidates), `state` / `state_redis` (user state stores), `schemas` (the API's types), `ops` (metrics, rate
+limit, locks), `app` (the HTTP routes), `docs` (offline Swagger UI). No module names a model: models declare how
+they serve (`Model.prepare_serving`). FastAPI, uvicorn and faiss are imported only by the functions that need
+them (`pip install modalrec[serve]`).
 """
 
 from .bundle import Bundle, BundleError, export_bundle, load_bundle, verify_bundle
-from .state import RedisState, SQLiteState, StateStore, StoredEvent, open_state
+from .state import SQLiteState, StateStore, StoredEvent, open_state
 
 __all__ = [
     "Bundle",
     "BundleError",
-    "RedisState",
     "SQLiteState",
     "StateStore",
     "StoredEvent",
@@ -25,12 +27,12 @@ __all__ = [
 
 
 def create_app(*args, **kwargs):
-    from .service import create_app as _create_app
+    from .app import create_app as _create_app
 
     return _create_app(*args, **kwargs)
 
 
 def serve(*args, **kwargs):
-    from .service import serve as _serve
+    from .app import serve as _serve
 
     return _serve(*args, **kwargs)

@@ -1,8 +1,10 @@
 """Tasks: what is predicted and how it is judged. One explicit table."""
 
+from pathlib import Path
+
 from ..config import TaskConfig
 from ..data.interaction import InteractionData
-from .base import PreparedTask, SampleSet, Vocab
+from .base import PreparedTask, SampleSet
 from .ctr import CTRTask
 from .multilabel import MultiLabelTask
 from .topk import TopKTask
@@ -11,7 +13,14 @@ TASKS: dict[str, type[PreparedTask]] = {"ctr": CTRTask, "topk": TopKTask, "multi
 
 
 def prepare_task(data: InteractionData, cfg: TaskConfig) -> PreparedTask:
+    """Splits the data, fits the feature pipeline on the training period and builds the samples."""
     return TASKS[cfg.kind](data, cfg)
 
 
-__all__ = ["TASKS", "CTRTask", "MultiLabelTask", "PreparedTask", "SampleSet", "TopKTask", "Vocab", "prepare_task"]
+def load_task(run_dir: str | Path, cfg: TaskConfig, hashes: dict | None = None) -> PreparedTask:
+    """The prepared task of a run directory, from RUN/pipeline/ and RUN/data/ only (no raw data)."""
+    return TASKS[cfg.kind].load(run_dir, cfg, hashes)
+
+
+__all__ = ["TASKS", "CTRTask", "MultiLabelTask", "PreparedTask", "SampleSet", "TopKTask", "load_task",
+           "prepare_task"]

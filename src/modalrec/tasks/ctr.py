@@ -12,6 +12,10 @@ Split protocols (both chronological, both with the leakage guard):
   (`modalrec predict`), and its metrics are left out.
 A sample's history holds only the user's events strictly before the sample's time (`History.cut_before`).
 
+The training period, on which the feature pipeline is fitted (vocabularies, side tables, context codes,
+graphs): each user's events strictly before their first validation or test sample (with `global_time`,
+before the global cut-off for everybody).
+
 Context features (`task.context_features`): event columns read as categorical features of the sample
 itself (MicroLens' likes_level / views_level: the item's popularity level at impression time). Each is
 coded per sample once, here (`SampleSet.context`), and reaches the model as `Batch.context[name]` (B,)
@@ -23,17 +27,16 @@ evaluated samples leaks into the model's tables.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
 from ..config import TaskConfig
-from ..data.batch import Collator, History
 from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..eval.metrics import ctr_metrics
-from .base import PreparedTask, SampleSet, Vocab, build_item_side, channel_codes, channel_mask, encode_events
+from ..pipeline import FeaturePipeline, GraphFeatures, History, PipelineSettings
+from ..pipeline.context import fit_context
+from .base import EventLog, PreparedTask, SampleSet, channel_mask, fit_pipeline, sample_ids
 
 
 def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: str, valid: float,
@@ -62,79 +65,28 @@ def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: st
     return np.where(times >= tt, 2, np.where(times >= tv, 1, 0)).astype(np.int8)
 
 
-def _context_strings(col: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
-    """An event column as the strings its categorical codes are looked up by (nulls stay null): integers
-    as their decimal digits, floats only when every value is a whole number (an integer column that a
-    null turned into floats), booleans as true / false."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    typ = arr.type
-    if pa.types.is_dictionary(typ):
-        arr = arr.cast(typ.value_type)
-        typ = arr.type
-    if pa.types.is_null(typ):
-        return pa.nulls(len(arr), pa.string())
-    if pa.types.is_floating(typ):
-        vals = arr.to_numpy(zero_copy_only=False).astype(np.float64)
-        real = vals[~np.isnan(vals)] if len(vals) else vals
-        bad = ~np.isfinite(real) | (real != np.round(real))
-        if bad.any():
-            raise DataError(Problem("events", None, name, "a categorical context feature: strings or whole "
-                                    "numbers (task.context_features)", f"the number {real[bad][0]!r}"))
-        return pc.cast(pc.cast(arr, pa.int64()), pa.string())
-    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
-        return pc.cast(arr, pa.string())
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        return pc.cast(arr, pa.string())
-    raise DataError(Problem("events", None, name, "a categorical context feature: strings, integers or "
-                            "booleans (task.context_features)", str(typ)))
-
-
-def context_codes(table: pa.Table, names: list[str], rows: np.ndarray,
-                  train: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Vocab]]:
-    """Per-sample codes of the context features `names`: (name -> (len(rows),) int64, name -> Vocab).
-
-    `rows`: the samples' rows of `table`; `train`: (len(rows),) bool, the training samples. The vocabulary
-    holds the values of the training samples only (integers in numeric order, other values sorted as
-    strings); an empty value or one the training samples never hold is 0."""
-    missing = [n for n in names if n not in table.column_names]
-    if missing:
-        raise DataError([Problem("events", None, n, "an event column for task.context_features",
-                                 f"no such column; the events have {table.column_names}") for n in missing])
-    codes: dict[str, np.ndarray] = {}
-    vocabs: dict[str, Vocab] = {}
-    take = pa.array(rows, pa.int64())
-    for name in names:
-        col = table[name]
-        numeric = pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-        values = _context_strings(col.take(take), name)
-        seen = pc.unique(pc.drop_null(values.filter(pa.array(train, pa.bool_())))).to_pylist()
-        seen = sorted(seen, key=int) if numeric else sorted(seen)
-        vocab = Vocab(seen)
-        codes[name] = vocab.lookup(values)
-        vocabs[name] = vocab
-    return codes, vocabs
-
-
 class CTRTask(PreparedTask):
     kind = "ctr"
     monitor = "auc"
+    split_methods = ("per_user_time", "global_time", "column")
 
     def __init__(self, data: InteractionData, cfg: TaskConfig):
         self.cfg = cfg
-        enc = encode_events(data)
-        self.user_vocab, self.item_vocab = enc.user_vocab, enc.item_vocab
-        is_sample = channel_mask(enc.channels, cfg.sample_channels)
-        is_hist = channel_mask(enc.channels, cfg.history_channels or cfg.sample_channels)
+        self.check_split(cfg)
+        self.test_labels_hidden = False
+        log = EventLog.of(data)
+        is_sample = channel_mask(log.channels, cfg.sample_channels)
+        is_hist = channel_mask(log.channels, cfg.history_channels or cfg.sample_channels)
         if not is_sample.any():
             raise DataError(Problem("events", None, "channel", f"events in channels {cfg.sample_channels}",
                                     "none"))
-        if cfg.label_column not in enc.table.column_names:
+        if cfg.label_column not in log.table.column_names:
             raise DataError(Problem("events", None, cfg.label_column, "a label column for the ctr task",
-                                    f"columns {enc.table.column_names}"))
-        raw = enc.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)[is_sample]
+                                    f"columns {log.table.column_names}"))
+        raw = log.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)[is_sample]
         given = None
         if cfg.split.method == "column":
-            given = self._column_split(enc, is_sample, cfg.split.column)
+            given = self._column_split(log, is_sample, cfg.split.column)
             hidden = np.isnan(raw) & (given == 2)  # a challenge's hidden test labels
             raw = np.where(hidden, 0.0, raw)
             self.test_labels_hidden = bool(hidden.any())
@@ -145,119 +97,118 @@ class CTRTask(PreparedTask):
             r = int(np.flatnonzero(np.isnan(raw))[0])
             raise DataError(Problem("events", None, cfg.label_column, "a label on every sample event",
                                     f"{int(np.isnan(raw).sum())} empty, e.g. sample {r + 1}"))
-        labels = (raw >= cfg.label_threshold) if cfg.label_threshold is not None else raw
-        labels = labels.astype(np.float32)
+        hist_ch = cfg.history_channels or cfg.sample_channels or list(data.spec.channels)
+        settings = PipelineSettings(
+            task="ctr", max_history=cfg.max_history, sample_channels=cfg.sample_channels,
+            history_channels=cfg.history_channels, history_positive_only=cfg.history_positive_only,
+            history_tags={ch: code for code, ch in enumerate(hist_ch, start=1)} if cfg.history_channel_tags else {},
+            label_column=cfg.label_column, label_threshold=cfg.label_threshold, with_time=True,
+            token_scope=cfg.token_scope, context_features=list(cfg.context_features))
+        labels = FeaturePipeline.label_rule(raw, cfg.label_threshold)
         if cfg.label_threshold is None and not np.isin(labels, (0.0, 1.0)).all():
             raise DataError(Problem("events", None, cfg.label_column, "0/1 labels (or set task.label_threshold)",
                                     f"values such as {sorted(set(labels.tolist()))[:5]}"))
-        n_users = len(self.user_vocab)
-        if cfg.history_positive_only:  # past labels are known at prediction time: keep positives only
-            every = enc.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
-            positive = (every >= cfg.label_threshold) if cfg.label_threshold is not None else (every > 0)
-            is_hist = is_hist & np.nan_to_num(positive, nan=0).astype(bool)
-        tags, self.history_tags = None, {}
-        if cfg.history_channel_tags:
-            hist_ch = cfg.history_channels or cfg.sample_channels or list(data.spec.channels)
-            self.history_tags = {ch: code for code, ch in enumerate(hist_ch, start=1)}
-            tags = channel_codes(enc.channels[is_hist], self.history_tags)
-        self.history = History.build(enc.users[is_hist], enc.items[is_hist], enc.times[is_hist], n_users, tags)
-        users, items, times = enc.users[is_sample], enc.items[is_sample], enc.times[is_sample]
+        n_log_users = len(log.user_vocab)
+        users, times = log.users[is_sample], log.times[is_sample]
         if given is not None:
             split = given
         else:
-            split = assign_splits(users, times, n_users, cfg.split.method, cfg.split.valid, cfg.split.test)
+            split = assign_splits(users, times, n_log_users, cfg.split.method, cfg.split.valid, cfg.split.test)
+        # the training period: each user's events strictly before their first validation or test sample (and,
+        # for one global cut-off, before it for everybody): what the vocabularies and side tables are fitted on
+        later = split > 0
+        train_end = np.full(n_log_users, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(train_end, users[later], times[later])
+        if cfg.split.method == "global_time" and later.any():
+            train_end = np.minimum(train_end, times[later].min())
+        pipeline, user_map, item_map = fit_pipeline(data, cfg, log, log.times < train_end[log.users], settings)
+        self.pipeline, self.user_rows = pipeline, user_map
+        self.log_users = log.user_vocab
+        item_rows = item_map[log.items]
+        if cfg.history_positive_only:  # past labels are known at prediction time: keep positives only
+            every = log.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
+            positive = (every >= cfg.label_threshold) if cfg.label_threshold is not None else (every > 0)
+            is_hist = is_hist & np.nan_to_num(positive, nan=0).astype(bool)
+        is_hist &= item_rows > 0  # events of items the vocabulary does not hold are left out, as online
+        self.history = History.build(log.users[is_hist], item_rows[is_hist], log.times[is_hist], n_log_users,
+                                     pipeline.tag_codes(log.channels[is_hist]))
         cut = self.history.cut_before(users, times)
         sample_rows = np.flatnonzero(is_sample)
-        context, self.context_vocab = context_codes(enc.table, cfg.context_features, sample_rows, split == 0)
-        full = SampleSet(users, items, times, cut, labels, context=context)
+        context, pipeline.context = fit_context(log.table, cfg.context_features, sample_rows, split == 0)
+        full = SampleSet(users, item_rows[is_sample], times, cut, labels, context=context)
         self.splits = {name: full.take(np.flatnonzero(split == code))
                        for code, name in enumerate(("train", "valid", "test"))}
-        # each split's samples as rows of `events` (the sorted event table): `modalrec predict` writes
-        # predictions next to the samples' own columns (ids, time, a challenge's row id)
-        self.events = enc.table
-        self.split_rows = {name: sample_rows[split == code] for code, name in enumerate(("train", "valid", "test"))}
+        rows_of = {name: sample_rows[split == code] for code, name in enumerate(("train", "valid", "test"))}
         if cfg.train_recent is not None and len(self.splits["train"]):
             # the ranker learns from the last share of the period; history, graphs and the split stay as they are
             tr = self.splits["train"]
             keep = np.flatnonzero(tr.times >= np.quantile(tr.times, 1.0 - cfg.train_recent, method="higher"))
             self.splits["train"] = tr.take(keep)
-            self.split_rows["train"] = self.split_rows["train"][keep]
-        side, schema = build_item_side(data, self.item_vocab, cfg)
+            rows_of["train"] = rows_of["train"][keep]
+        self.sample_ids = {name: sample_ids(log, rows) for name, rows in rows_of.items()}
         tr = self.splits["train"]
-        n_items = schema.n_items
+        n_items = len(pipeline.items)
         counts = np.bincount(tr.items, minlength=n_items).astype(np.float64)
         pos = np.bincount(tr.items, weights=tr.labels, minlength=n_items)
         prior = float(tr.labels.mean()) if len(tr) else 0.5
-        schema.n_users = n_users
-        schema.item_counts = counts
-        schema.user_counts = np.bincount(tr.users, minlength=n_users).astype(np.float64)
-        schema.item_positive_rate = (pos + 20 * prior) / (counts + 20)
-        schema.context_categorical = {name: len(v) for name, v in self.context_vocab.items()}
-        schema.history_tags = dict(self.history_tags)
-        self.schema = schema
-        self.collator = Collator(self.history, side, cfg.max_history, with_time=True, token_scope=cfg.token_scope)
-        self.group_names = {}
-        self.gie = self.gie_train = None
+        pipeline.stats = {"item_counts": counts, "item_positive_rate": (pos + 20 * prior) / (counts + 20),
+                          "user_counts": np.bincount(user_map[tr.users], minlength=len(pipeline.users)).astype(np.float64)}
         if cfg.graph.enabled:
-            self._build_graph(enc, side, schema, cfg)
+            self._fit_graph(log, item_rows, cfg)
+        self.restore({"test_labels_hidden": self.test_labels_hidden}, {})
 
-    def _build_graph(self, enc, side, schema, cfg: TaskConfig) -> None:
+    def _fit_graph(self, log: EventLog, item_rows: np.ndarray, cfg: TaskConfig) -> None:
         """GIE over the training period's gifts: everything strictly before the first valid/test sample."""
-        from ..graph.gie import GraphExpansion
-
         g = cfg.graph
-        if g.streamer_feature not in side.categorical:
+        p = self.pipeline
+        if g.streamer_feature not in p.item_table.categorical:
             raise DataError(Problem("items", None, g.streamer_feature, "an item categorical feature naming the "
-                                    "streamer (task.graph.streamer_feature)", f"features {sorted(side.categorical)}"))
+                                    "streamer (task.graph.streamer_feature)",
+                                    f"features {sorted(p.item_table.categorical)}"))
         later = [s.times.min() for name, s in self.splits.items() if name != "train" and len(s)]
         cutoff = min(later) if later else np.iinfo(np.int64).max
-        is_gift = (enc.channels == g.channel) & (enc.times < cutoff)
+        is_gift = (log.channels == g.channel) & (log.times < cutoff)
         if not is_gift.any():
             raise DataError(Problem("events", None, "channel", f"'{g.channel}' events before the first "
                                     "validation/test sample (task.graph.channel)", "none"))
         weights = None
         if g.weight_column is not None:
-            if g.weight_column not in enc.table.column_names:
+            if g.weight_column not in log.table.column_names:
                 raise DataError(Problem("events", None, g.weight_column, "the edge weight column "
-                                        "(task.graph.weight_column)", f"columns {enc.table.column_names}"))
-            weights = np.nan_to_num(enc.table[g.weight_column].to_numpy(zero_copy_only=False)
+                                        "(task.graph.weight_column)", f"columns {log.table.column_names}"))
+            weights = np.nan_to_num(log.table[g.weight_column].to_numpy(zero_copy_only=False)
                                     .astype(np.float64)[is_gift])
-        self.streamer_code = side.categorical[g.streamer_feature]
-        self.gie = GraphExpansion.fit(enc.users[is_gift], self.streamer_code[enc.items[is_gift]], weights,
-                                      len(self.user_vocab), schema.item_categorical[g.streamer_feature], g.gie,
-                                      times=enc.times[is_gift])
-        schema.graph_init = self.gie.graph_init()
-        self.graph_cutoff = int(cutoff) if later else None
-        self.gie_train = None
-        if g.refresh > 1:
-            from ..graph.gie import RefreshedExpansion
+        group = p.item_table.categorical[g.streamer_feature]
+        p.graph = GraphFeatures.fit(self.user_rows[log.users[is_gift]], group[item_rows[is_gift]], log.times[is_gift],
+                                    weights, len(p.users), p.item_sizes.categorical[g.streamer_feature], g,
+                                    int(cutoff) if later else None, self.splits["train"].times)
 
-            tr = self.splits["train"].times
-            starts = np.unique(np.quantile(tr, np.arange(1, g.refresh) / g.refresh, method="higher").astype(np.int64))
-            end = int(cutoff) if later else int(max(tr.max(), enc.times[is_gift].max())) + 1
-            self.gie_train = RefreshedExpansion.fit(
-                enc.users[is_gift], self.streamer_code[enc.items[is_gift]], weights, enc.times[is_gift],
-                np.r_[starts[starts < end], end], self.gie)
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        super().restore(meta, arrays)
+        self.test_labels_hidden = bool(meta.get("test_labels_hidden", False))
+        g = self.pipeline.graph
+        self.group_code = None if g is None else self.pipeline.item_table.categorical[g.group_feature]
+
+    def meta(self) -> dict:
+        return {"test_labels_hidden": self.test_labels_hidden}
 
     def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
-        batch = self.collator(s.users, s.items, s.cut, s.times, s.labels)
-        batch.context = {name: torch.from_numpy(codes) for name, codes in s.context.items()}
-        if self.gie is not None:
+        graph = None
+        if self.pipeline.graph is not None:
             # as of each sample's time: a training sample never reads an expansion built from its own gift
             # (with task.graph.refresh, from the graph refreshed before the sample's window)
-            gie = self.gie_train if self.gie_train is not None else self.gie
-            batch.extra.update(gie.lookup(s.users, self.streamer_code[s.items], times=s.times))
-        return batch
+            graph = self.pipeline.graph.inputs(self.user_rows[s.users], self.group_code[s.items], s.times, train)
+        return self.collator(s.users, s.items, s.cut, s.times, s.labels, context=s.context, graph=graph)
 
     test_labels_hidden: bool = False
 
     @staticmethod
-    def _column_split(enc, is_sample: np.ndarray, column: str) -> np.ndarray:
+    def _column_split(log: EventLog, is_sample: np.ndarray, column: str) -> np.ndarray:
         """0/1/2 per sample from the event column `column` (train / valid / test)."""
-        if column not in enc.table.column_names:
+        if column not in log.table.column_names:
             raise DataError(Problem("events", None, column, "a split column (train / valid / test) for "
-                                    "task.split.method 'column'", f"columns {enc.table.column_names}"))
-        values = np.asarray(enc.table[column].to_numpy(zero_copy_only=False), dtype=object)[is_sample]
+                                    "task.split.method 'column'", f"columns {log.table.column_names}"))
+        values = np.asarray(log.table[column].to_numpy(zero_copy_only=False), dtype=object)[is_sample]
         codes = np.full(len(values), -1, np.int8)
         for code, name in enumerate(("train", "valid", "test")):
             codes[values == name] = code

@@ -23,21 +23,22 @@ every item available).
 
 Split (the paper's protocol): samples sorted chronologically (by time, then by their id; purchase
 event ids are chronological), the last `split.test` share is test, the rest is train, and the last
-`split.valid` share OF THE TRAINING PART is validation; no shuffling. `split.method` is not used.
+`split.valid` share OF THE TRAINING PART is validation; no shuffling (`split.method: chronological`, the
+only protocol of this task). Run directories keep the task's stores (`RUN/data/`), so evaluation reads no
+raw data.
 
 Batches (built at batch time from compact stores; nothing dense is kept per sample)
 ---------------------------------------------------------------------------------
 `Batch.label` (B, n_labels) float multi-hot; `Batch.group` (B,) the channel presence pattern;
-`Batch.extra`:
-- ``tp_channel`` (B, T) long: channel index of each touchpoint (1..C as in
-  `Schema.multichannel.channels`, 0 = padding); ``tp_mask`` (B, T) bool; touchpoints are left-aligned
-  in time order;
-- ``tok:<modality>`` (B, T, V) float multi-hot bag of a touchpoint's tokens over the ONE token
-  vocabulary shared by all token modalities (web tags and conversation keywords share ids in the
-  insurance release), ``vec:<modality>`` (B, T, D) float vector, ``wt:<modality>`` (B, T) weight of a
-  vector in an event-level mean (``n_sentences`` when the table has it, else 1), and ``has:<modality>``
-  (B, T) bool presence for each; an absent modality is all zeros with ``has`` False;
-- ``available`` (B, n_labels) bool.
+`Batch.touchpoints` (`data.batch.Touchpoints`):
+- `channel` (B, T) long: channel index of each touchpoint (1..C as in `Schema.multichannel.channels`,
+  0 = padding); `mask` (B, T) bool; touchpoints are left-aligned in time order;
+- `tokens[m]` (B, T, V) float multi-hot bag of a touchpoint's tokens over the ONE token vocabulary shared
+  by all token modalities (web tags and conversation keywords share ids in the insurance release),
+  `vectors[m]` (B, T, D) float vector, `weights[m]` (B, T) weight of a vector in an event-level mean
+  (``n_sentences`` when the table has it, else 1), and `presence[m]` (B, T) bool for each; an absent
+  modality is all zeros with presence False;
+- `available` (B, n_labels) bool.
 
 Model outputs and the loss
 --------------------------
@@ -64,12 +65,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TaskConfig
-from ..data.batch import Batch, History
+from ..data.batch import Batch, Touchpoints
 from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..eval.metrics import TopKAccumulator
 from ..models.base import ChannelSpec, MultiChannelSpec, Schema
-from .base import PreparedTask, SampleSet, Vocab
+from ..pipeline import FeatureMaps, FeaturePipeline, History, PipelineSettings, SideSizes, SideTable, Vocab
+from .base import PreparedTask, SampleSet
 
 AVAILABILITY = "availability"
 EVENT_KEY = "purchase_event_id"
@@ -100,8 +102,11 @@ class MultiLabelTask(PreparedTask):
     monitor = "loss"
     higher_is_better = False
 
+    split_methods = ("chronological",)
+
     def __init__(self, data: InteractionData, cfg: TaskConfig):
         self.cfg = cfg
+        self.check_split(cfg)
         spec = data.spec
         ev = data.events
         channels = np.asarray(ev["channel"].to_numpy(zero_copy_only=False), dtype=object)
@@ -123,13 +128,13 @@ class MultiLabelTask(PreparedTask):
         time = _times(ev)
         event_id = (np.asarray(ev["event_id"].to_numpy(zero_copy_only=False), dtype=object)
                     if "event_id" in ev.column_names else None)
-        self.user_vocab = Vocab(pd.unique(user).tolist())
-        uidx = self.user_vocab.lookup(user)
+        self.log_users = Vocab(pd.unique(user).tolist())
+        uidx = self.log_users.lookup(user)
 
         # ----------------------------------------------------------------- labels
         self.labels = self._label_ids(data, item[is_s])
         n_labels = len(self.labels)
-        self.item_vocab = Vocab(self.labels)  # label l <-> item index l + 1
+        label_vocab = Vocab(self.labels)  # label l <-> item index l + 1
 
         # ----------------------------------------------------------------- samples
         s_rows = np.flatnonzero(is_s)
@@ -163,12 +168,12 @@ class MultiLabelTask(PreparedTask):
         first, s_time, s_user = first[order], s_time[order], s_user[order]
         self.sample_keys = np.asarray(uniq_keys)[order]
 
-        lab_idx = self.item_vocab.lookup(item[s_rows]) - 1
+        lab_idx = label_vocab.lookup(item[s_rows]) - 1
         ok = lab_idx >= 0
         label_mat = np.zeros((n_s, n_labels), dtype=bool)
         label_mat[codes[ok], lab_idx[ok]] = True
         self.label_mat = label_mat
-        self.available = self._availability(data, event_id[first] if event_id is not None else None, n_s)
+        self.available = self._availability(data, label_vocab, event_id[first] if event_id is not None else None, n_s)
 
         # ----------------------------------------------------------------- touchpoints
         h_rows = np.flatnonzero(is_h)
@@ -189,7 +194,7 @@ class MultiLabelTask(PreparedTask):
             self.tp_ptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
             self.tp_ent = he[o].astype(np.int64)
         else:
-            hist = History.build(uidx[h_rows], ent_codes.astype(np.int64), time[h_rows], len(self.user_vocab))
+            hist = History.build(uidx[h_rows], ent_codes.astype(np.int64), time[h_rows], len(self.log_users))
             cut = hist.cut_before(s_user, s_time)
             length = np.minimum(cut, cfg.max_history)
             start = hist.ptr[s_user] + cut - length
@@ -219,17 +224,64 @@ class MultiLabelTask(PreparedTask):
                        "test": full.take(idx[n_train_all:])}
         self.split_bounds = (n_train, n_train_all)
 
-        # ----------------------------------------------------------------- schema
-        tr = idx[:n_train]
-        counts = label_mat[tr].sum(0).astype(np.float64)
-        self.schema = Schema(task="multilabel", n_users=len(self.user_vocab), n_items=n_labels + 1,
-                             max_history=cfg.max_history, n_labels=n_labels)
+        # ----------------------------------------------------------------- pipeline, schema
+        # the vocabularies: the training samples' users and the labels (no model reads a user id here)
+        train_users = Vocab([self.log_users.ids[u - 1] for u in pd.unique(s_user[:n_train])])
+        self.pipeline = FeaturePipeline(
+            PipelineSettings(task="multilabel", max_history=cfg.max_history, sample_channels=list(sample_ch),
+                             history_channels=list(hist_ch)),
+            train_users, label_vocab, SideTable(), FeatureMaps(), SideSizes())
+        self.pipeline.schema_extra = {"n_labels": n_labels}
+        self.history = History(np.zeros(len(self.log_users) + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        self.sample_ids = {name: pa.table({"user_id": pa.array([self.log_users.ids[u - 1] for u in part.users], pa.string()),
+                                           "sample": pa.array([str(k) for k in self.sample_keys[part.items]], pa.string()),
+                                           "time": pa.array(part.times, pa.int64())})
+                           for name, part in self.splits.items()}
+        self.restore({}, {})
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """The schema from the stores (the label counts and channel spec of the training samples)."""
+        if meta:  # loaded from a run directory
+            self.channel_names, self.labels = meta["channel_names"], meta["labels"]
+            self.token_vocab = Vocab(meta["token_vocab"])
+            self.modality_channels = {k: list(v) for k, v in meta["modality_channels"].items()}
+            self.split_bounds = tuple(meta["split_bounds"])
+            self.sample_keys = np.asarray(meta["sample_keys"], dtype=object)
+            for name in ("label_mat", "available", "tp_ptr", "tp_ent", "ent_channel", "pattern"):
+                setattr(self, name, arrays[name])
+            self.tokens = {m: (arrays[f"tok.{m}.ptr"], arrays[f"tok.{m}.tok"], arrays[f"tok.{m}.has"])
+                           for m in meta["token_modalities"]}
+            self.vectors = {m: (arrays[f"vec.{m}.mat"], arrays[f"vec.{m}.row_of"], arrays[f"vec.{m}.weight"])
+                            for m in meta["vector_modalities"]}
+        self.user_rows = np.r_[0, self.pipeline.users.lookup(self.log_users.ids)].astype(np.int64)
+        n_train = self.split_bounds[0]
+        tr = np.arange(n_train)
+        n_labels = len(self.labels)
+        counts = self.label_mat[tr].sum(0).astype(np.float64)
+        self.schema = Schema(task="multilabel", n_users=len(self.pipeline.users), n_items=n_labels + 1,
+                             max_history=self.cfg.max_history, n_labels=n_labels)
         self.schema.item_counts = counts
         self.schema.item_positive_rate = (counts + 0.5) / (len(tr) + 1.0)
         self.schema.multichannel = self._channel_spec(tr)
         self.group_names = {"test": self._group_list()}
         self.dropped: dict[str, np.ndarray] = {}  # drop_modality: name -> per-sample flag
-        self.ks = sorted({1, 2, 3, 4, 5} | {k for k in cfg.ks if k <= n_labels})
+        self.ks = sorted({1, 2, 3, 4, 5} | {k for k in self.cfg.ks if k <= n_labels})
+
+    def meta(self) -> dict:
+        return {"channel_names": list(self.channel_names), "labels": [str(x) for x in self.labels],
+                "token_vocab": self.token_vocab.ids, "split_bounds": [int(x) for x in self.split_bounds],
+                "modality_channels": {k: [int(c) for c in v] for k, v in self.modality_channels.items()},
+                "sample_keys": [str(k) for k in self.sample_keys],
+                "token_modalities": list(self.tokens), "vector_modalities": list(self.vectors)}
+
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        out = {name: getattr(self, name) for name in ("label_mat", "available", "tp_ptr", "tp_ent", "ent_channel",
+                                                      "pattern")}
+        for m, (ptr, tok, has) in self.tokens.items():
+            out |= {f"tok.{m}.ptr": ptr, f"tok.{m}.tok": tok, f"tok.{m}.has": has}
+        for m, (mat, row_of, weight) in self.vectors.items():
+            out |= {f"vec.{m}.mat": mat, f"vec.{m}.row_of": row_of, f"vec.{m}.weight": weight}
+        return out
 
     # ------------------------------------------------------------------------------------- robustness
     def drop_modality(self, name: str, rate: float, split: str = "test", seed: int = 0) -> dict:
@@ -286,7 +338,8 @@ class MultiLabelTask(PreparedTask):
         ids = pd.unique(sample_items).tolist()
         return sorted(ids, key=lambda s: (0, int(s), "") if str(s).lstrip("-").isdigit() else (1, 0, str(s)))
 
-    def _availability(self, data: InteractionData, sample_event_ids: np.ndarray | None, n_s: int) -> np.ndarray:
+    def _availability(self, data: InteractionData, label_vocab: Vocab, sample_event_ids: np.ndarray | None,
+                      n_s: int) -> np.ndarray:
         avail = np.ones((n_s, len(self.labels)), dtype=bool)
         table = data.content.get(AVAILABILITY)
         if table is None or sample_event_ids is None:
@@ -297,7 +350,7 @@ class MultiLabelTask(PreparedTask):
         parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
         has = row >= 0
         avail[row[has]] = False
-        lab = self.item_vocab.lookup(flat) - 1
+        lab = label_vocab.lookup(flat) - 1
         ok = (lab >= 0) & has[parent]
         avail[row[parent[ok]], lab[ok]] = True
         return avail
@@ -446,11 +499,8 @@ class MultiLabelTask(PreparedTask):
                     order = np.argsort(~keep, axis=1, kind="stable")
                     ent = np.where(np.take_along_axis(keep, order, 1), np.take_along_axis(ent, order, 1), 0)
                     mask = np.take_along_axis(keep, order, 1)
-        extra: dict[str, torch.Tensor] = {
-            "tp_channel": torch.from_numpy(np.where(mask, self.ent_channel[ent], 0)),
-            "tp_mask": torch.from_numpy(mask),
-            "available": torch.from_numpy(self.available[idx]),
-        }
+        tp = Touchpoints(channel=torch.from_numpy(np.where(mask, self.ent_channel[ent], 0)),
+                         mask=torch.from_numpy(mask), available=torch.from_numpy(self.available[idx]))
         b_of, t_of = np.nonzero(mask)
         e_of = ent[b_of, t_of]
         V = len(self.token_vocab)
@@ -467,8 +517,8 @@ class MultiLabelTask(PreparedTask):
             bag[b_of[rep], t_of[rep], tok[ptr[e_of][rep] + within]] = 1.0
             pres = np.zeros((B, T), bool)
             pres[b_of, t_of] = has[e_of] & kept(name)
-            extra[f"tok:{name}"] = torch.from_numpy(bag)
-            extra[f"has:{name}"] = torch.from_numpy(pres)
+            tp.tokens[name] = torch.from_numpy(bag)
+            tp.presence[name] = torch.from_numpy(pres)
         for name, (mat, row_of, weight) in self.vectors.items():
             r = row_of[e_of]
             ok = (r >= 0) & kept(name)
@@ -478,15 +528,15 @@ class MultiLabelTask(PreparedTask):
             wt[b_of[ok], t_of[ok]] = weight[r[ok]]
             pres = np.zeros((B, T), bool)
             pres[b_of[ok], t_of[ok]] = True
-            extra[f"vec:{name}"] = torch.from_numpy(vec)
-            extra[f"wt:{name}"] = torch.from_numpy(wt)
-            extra[f"has:{name}"] = torch.from_numpy(pres)
+            tp.vectors[name] = torch.from_numpy(vec)
+            tp.weights[name] = torch.from_numpy(wt)
+            tp.presence[name] = torch.from_numpy(pres)
         users = torch.from_numpy(s.users.astype(np.int64))
         return Batch(
             user=users, item=torch.zeros(B, dtype=torch.long),
             hist=torch.zeros((B, 0), dtype=torch.long), hist_mask=torch.zeros((B, 0), dtype=torch.bool),
             label=torch.from_numpy(self.label_mat[idx].astype(np.float32)),
-            group=torch.from_numpy(self.pattern[idx]), extra=extra,
+            group=torch.from_numpy(self.pattern[idx]), touchpoints=tp,
         )
 
     # ------------------------------------------------------------------------------------- loss, eval
@@ -529,7 +579,7 @@ class MultiLabelTask(PreparedTask):
             order = torch.argsort(label, dim=1, descending=True, stable=True)[:, :k]
             targets = torch.where(label.gather(1, order) > 0, order, torch.full_like(order, -1))
             names = [pattern_name(int(p), self.channel_names) for p in part.groups]
-            acc.add(logits, targets, ~batch.extra["available"], groups=names)
+            acc.add(logits, targets, ~batch.touchpoints.available, groups=names)
         res = acc.result()
         overall = dict(res)
         res.pop("n", None)

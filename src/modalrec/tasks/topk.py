@@ -4,8 +4,11 @@ Protocol: leave-last-out per user by time. For a user with >= `min_user_events` 
 test, the one before valid, the rest train. Leakage guard: a held-out event's history is the user's
 events strictly before its time, and the user's training sequence ends strictly before the valid
 event's time, so events sharing a held-out event's timestamp (same-second imports) are neither
-history nor training data. Ranking covers every item except padding and the items the user already
-met in the visible history (the held-out item itself is never excluded).
+history nor training data. Ranking covers every item except padding and, with `task.exclude_seen` (the
+default), the items the user already met in the visible history (the held-out item itself is never
+excluded); `exclude_seen: false` ranks them too (repeat consumption). The vocabulary is fitted on the
+training prefixes (and the items table): a held-out item first met in the held-out period cannot be
+ranked and counts as a miss.
 
 Training: each user's training sequence is cut into windows of `max_history`; the model predicts the
 next item at every position, by default with a softmax over every item (`train_negatives: 0`), or
@@ -16,44 +19,63 @@ candidate index 0) when the catalogue is too large for a full softmax.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from ..config import TaskConfig
-from ..data.batch import Batch, Collator, History
+from ..data.batch import Batch
 from ..data.interaction import InteractionData
 from ..eval.metrics import TopKAccumulator
-from .base import PreparedTask, SampleSet, build_item_side, channel_mask, encode_events
+from ..pipeline import History, PipelineSettings
+from .base import EventLog, PreparedTask, SampleSet, channel_mask, fit_pipeline
+
+
+def _ids(log: EventLog, s: SampleSet) -> pa.Table:
+    """Raw ids of samples: the user, the held-out (or window's last) item and its time."""
+    ids = np.asarray(log.user_vocab.ids, dtype=object)
+    return pa.table({"user_id": pa.array(ids[s.users - 1], pa.string()), "item_row": pa.array(s.items, pa.int64()),
+                     "time": pa.array(s.times, pa.int64())})
 
 
 class TopKTask(PreparedTask):
     kind = "topk"
     monitor = "ndcg@10"
+    split_methods = ("leave_last_out",)
 
     def __init__(self, data: InteractionData, cfg: TaskConfig):
         self.cfg = cfg
-        enc = encode_events(data)
-        self.user_vocab, self.item_vocab = enc.user_vocab, enc.item_vocab
-        keep = channel_mask(enc.channels, cfg.sample_channels)
-        users, items, times = enc.users[keep], enc.items[keep], enc.times[keep]
-        n_users = len(self.user_vocab)
-        self.history = h = History.build(users, items, times, n_users)
-        counts = np.diff(h.ptr)
+        self.check_split(cfg)
+        log = EventLog.of(data)
+        keep = channel_mask(log.channels, cfg.sample_channels)
+        users, times = log.users[keep], log.times[keep]
+        n_users = len(log.user_vocab)
+        # the held-out events on the raw sequences: per user with enough events, the last is test, the one
+        # before valid; the training period is every event strictly before the user's valid event
+        raw = History.build(users, log.items[keep], times, n_users)
+        counts = np.diff(raw.ptr)
         held = np.flatnonzero(counts >= cfg.min_user_events)
-        last = h.ptr[held + 1] - 1
-        test_t, valid_t = h.times[last], h.times[last - 1]
+        last = raw.ptr[held + 1] - 1
+        test_t, valid_t = raw.times[last], raw.times[last - 1]
+        train_end = np.full(n_users, np.iinfo(np.int64).max, dtype=np.int64)
+        train_end[held] = valid_t
+        settings = PipelineSettings(task="topk", max_history=cfg.max_history, sample_channels=cfg.sample_channels,
+                                    history_channels=cfg.sample_channels)
+        in_train = keep & (log.times < train_end[log.users])
+        pipeline, user_map, item_map = fit_pipeline(data, cfg, log, in_train, settings)
+        self.pipeline, self.user_rows, self.log_users = pipeline, user_map, log.user_vocab
+        rows = item_map[log.items]
+        known = keep & (rows > 0)  # events of items the vocabulary does not hold are left out, as online
+        self.history = h = History.build(log.users[known], rows[known], log.times[known], n_users)
         self.monitor = f"ndcg@{10 if 10 in cfg.ks else max(cfg.ks)}"
 
-        def held_out(u, pos, t):
-            cut = h.cut_before(u, t)
-            return SampleSet(u, h.items[pos], t, cut)
+        def held_out(u, pos, t):  # the held-out item's row (0: unknown, a sure miss) and its history
+            return SampleSet(u, item_map[raw.items[pos]], t, h.cut_before(u, t))
 
         test = held_out(held, last, test_t)
         valid = held_out(held, last - 1, valid_t)
         # training prefix: events strictly before the valid event (all events for train-only users)
-        n_train = counts.copy()
-        n_train[held] = valid.cut
-        win_users, win_ends = [], []
+        n_train = h.cut_before(np.arange(n_users), train_end)
         L = cfg.max_history
         for_users = np.flatnonzero(n_train >= 2)
         # windows end at n-1, n-1-L, ... >= 1; each predicts the item at every position from the next one
@@ -67,16 +89,10 @@ class TopKTask(PreparedTask):
             "valid": valid,
             "test": test,
         }
-        side, schema = build_item_side(data, self.item_vocab, cfg)
-        tr_mask = np.zeros(len(h.items), dtype=bool)
-        starts = h.ptr[:-1]
-        idx = np.repeat(starts, n_train) + (np.arange(n_train.sum()) - np.repeat(np.cumsum(n_train) - n_train, n_train))
-        tr_mask[idx] = True
-        schema.n_users = n_users
-        schema.item_counts = np.bincount(h.items[tr_mask], minlength=schema.n_items).astype(np.float64)
-        self.schema = schema
-        self.collator = Collator(h, side, cfg.max_history)
-        self.group_names = {}
+        self.sample_ids = {name: _ids(log, s) for name, s in self.splits.items()}
+        idx = np.repeat(h.ptr[:-1], n_train) + (np.arange(n_train.sum()) - np.repeat(np.cumsum(n_train) - n_train, n_train))
+        pipeline.stats = {"item_counts": np.bincount(h.items[idx], minlength=len(pipeline.items)).astype(np.float64)}
+        self.restore({}, {})
 
     def collate(self, s: SampleSet, train: bool, seed: int = 0, epoch: int = 0) -> Batch:
         batch = self.collator(s.users, s.items, s.cut, s.times)
@@ -107,14 +123,17 @@ class TopKTask(PreparedTask):
         return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
     def exclusion(self, s: SampleSet) -> torch.Tensor:
-        """(B, n_items) True where an item must not be ranked: padding and items already met."""
+        """(B, n_items) True where an item must not be ranked: padding, and the items already met in the
+        visible history unless `task.exclude_seen` is off (repeat consumption: the held-out item itself is
+        never excluded)."""
         b = len(s)
         ex = np.zeros((b, self.schema.n_items), dtype=bool)
         ex[:, 0] = True
-        lens = s.cut
-        rows = np.repeat(np.arange(b), lens)
-        pos = np.repeat(self.history.ptr[s.users], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
-        ex[rows, self.history.items[pos]] = True
+        if self.cfg.exclude_seen:
+            lens = s.cut
+            rows = np.repeat(np.arange(b), lens)
+            pos = np.repeat(self.history.ptr[s.users], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+            ex[rows, self.history.items[pos]] = True
         ex[np.arange(b), s.items] = False
         return torch.from_numpy(ex)
 
@@ -128,6 +147,9 @@ class TopKTask(PreparedTask):
             part = s.take(np.arange(start, min(start + bs, len(s))))
             batch = self.collate(part, train=False)
             scores = model(batch.to(device)).float().cpu()
+            # a held-out item the vocabulary does not hold (first met in the held-out period) cannot be ranked:
+            # it counts as a miss (its column, padding's, ranks behind every item)
+            scores[torch.from_numpy(part.items == 0), 0] = float("-inf")
             acc.add(scores, batch.item.view(-1, 1), self.exclusion(part))
         res = acc.result()
         res.pop("n", None)

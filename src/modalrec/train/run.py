@@ -1,9 +1,12 @@
 """A training run: config -> data -> task -> (model, Trainer) per seed -> the run directory.
 
 Run directory contract (DESIGN.md): config.yaml (fully resolved), manifest.json (dataset fingerprint,
-code and package versions, seeds, device, start/end), metrics.json (valid/test metric -> mean, std,
-runs over seeds; per-group breakdowns; timing; learning curves), checkpoints/seed_<s>/ (safetensors +
-JSON, atomic), report.html + plots/.
+code and package versions, seeds, device, start/end, sha256 of every file under pipeline/ and data/),
+metrics.json (valid/test metric -> mean, std, runs over seeds; per-group breakdowns; timing; learning
+curves; the model's inputs), pipeline/ (the fitted feature pipeline), data/ (the prepared samples and
+histories), checkpoints/seed_<s>/ (safetensors + JSON, atomic), report.html + plots/.
+
+Everything after training (evaluate, predict, export) reads the run directory only (`load_run`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import torch
 
 from .. import __version__
 from ..config import RunConfig, dump_config
+from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..datasets import load_dataset
-from ..models import build_model
+from ..models import _model_class, build_model
 from ..nn.layers import reinitialise
 from ..tasks import PreparedTask, prepare_task
 from .checkpoint import has_checkpoint, load_checkpoint
@@ -95,23 +99,33 @@ def _finite(obj):
 
 
 def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: InteractionData | None = None,
-              report: bool = True) -> dict:
-    """Trains every seed of `cfg` and writes the run directory `out`. Returns metrics.json's content."""
+              report: bool = True, echo=None) -> dict:
+    """Trains every seed of `cfg` and writes the run directory `out`. Returns metrics.json's content.
+
+    `resume`: continue each seed from its last checkpoint in `out` (an error when `out` holds none); `echo`
+    (a print function) says where each seed resumes."""
     ctx: DistContext = init_distributed(cfg.train.device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     out = Path(out)
+    if resume:
+        found = [s for s in cfg.seeds if has_checkpoint(out / "checkpoints" / f"seed_{s}", "last")]
+        if not found:
+            raise DataError(Problem(str(out / "checkpoints"), None, None, "a run to resume: the last checkpoint of "
+                                    f"seed {cfg.seeds[0]} (checkpoints/seed_{cfg.seeds[0]}/last.safetensors)",
+                                    "none; train without --resume to start one"))
     started = datetime.now(UTC).isoformat()
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
     data = data if data is not None else load_data(cfg)
     task = prepare_task(data, cfg.task)
+    saved = task.save(out) if ctx.is_main else {}  # RUN/pipeline/ and RUN/data/: what every later step reads
     valid_runs, test_runs, groups_runs, fits = [], [], [], []
     timing: dict[str, list[float]] = {"train_samples_per_s": [], "epoch_seconds": [], "eval_seconds": [],
                                       "peak_rss_mb": []}
     for seed in cfg.seeds:
-        fit, valid, test, groups, eval_s = _fit_seed(cfg, task, out, seed, resume, ctx)
+        fit, valid, test, groups, eval_s = _fit_seed(cfg, task, out, seed, resume, ctx, echo)
         fits.append(fit)
         valid_runs.append(valid)
         test_runs.append(test)
@@ -121,6 +135,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
         timing["eval_seconds"].append(eval_s)
         timing["peak_rss_mb"].append(peak_rss_mb())
     group_names = sorted({g for gr in groups_runs for g in gr})
+    schema = task.schema
     metrics = {
         "name": cfg.name, "model": cfg.model.name, "task": cfg.task.kind, "dataset": data.spec.name,
         "semi_synthetic": data.spec.semi_synthetic,
@@ -130,6 +145,12 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
         "timing": aggregate([{k: v[i] for k, v in timing.items()} for i in range(len(cfg.seeds))]),
         "history": [f.history for f in fits], "best_epoch": [f.best_epoch for f in fits],
         "samples": {k: len(v) for k, v in task.splits.items()},
+        # what the model read: the features the pipeline fitted (sizes) and the batch fields it emits
+        "inputs": {"model": sorted(_model_class(cfg.model.name).inputs),
+                   "user_features": sorted([*schema.user_categorical, *schema.user_multi, *schema.user_dense]),
+                   "item_features": sorted([*schema.item_categorical, *schema.item_multi, *schema.item_dense,
+                                            *schema.item_tokens]),
+                   "context_features": sorted(schema.context_categorical)},
     }
     metrics = _finite(metrics)
     if ctx.is_main:
@@ -142,6 +163,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
             "seeds": list(cfg.seeds), "device": str(device), "world_size": ctx.world,
             "torch_threads": torch.get_num_threads(), "started": started,
             "finished": datetime.now(UTC).isoformat(), "resumed": resume,
+            "files": saved,  # sha256 of every file under pipeline/ and data/, verified when they are read
         }
         _write_json(out / "metrics.json", metrics)
         _write_json(out / "manifest.json", manifest)
@@ -153,14 +175,19 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
 
 
 def _fit_seed(cfg: RunConfig, task: PreparedTask, out: Path, seed: int, resume: bool,
-              ctx: DistContext) -> tuple[FitResult, dict, dict, dict, float]:
+              ctx: DistContext, echo=None) -> tuple[FitResult, dict, dict, dict, float]:
     torch.manual_seed(seed)
     np.random.seed(seed)
     model = build_model(cfg.model.name, task.schema, cfg.model.params)
+    if cfg.train.epochs == 0 and model.trainable:
+        raise DataError(Problem("train.epochs", None, None, f"at least 1 epoch for model '{cfg.model.name}' (0 "
+                                "evaluates an untrained model; only models without trainable parameters, such as "
+                                "popularity, take 0)", "0"))
     reinitialise(model, cfg.model.init.scheme, cfg.model.init.embedding_std)
+    task.bind(model.inputs)
     ckpt = out / "checkpoints" / f"seed_{seed}"
     trainer = Trainer(task, model, cfg.train, ckpt, seed=seed, ctx=ctx)
-    fit = trainer.fit(resume=resume)
+    fit = trainer.fit(resume=resume, echo=echo if ctx.is_main else None)
     t0 = time.perf_counter()
     valid, _ = task.evaluate(model, "valid", cfg.train.eval_batch_size, trainer.device)
     test, groups = task.evaluate(model, "test", cfg.train.eval_batch_size, trainer.device)
@@ -180,21 +207,45 @@ def best_model(cfg: RunConfig, task: PreparedTask, run_dir: Path, seed: int) -> 
     return model
 
 
-def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | None = None,
-                 drop_modality: str | None = None, rate: float = 0.5, drop_seed: int = 0) -> dict:
-    """Re-evaluates the best checkpoint of every seed of a finished run (no training).
+def read_run(run_dir: Path) -> tuple[RunConfig, dict]:
+    """The resolved config and the manifest of a run directory; a clear error for a folder that is not one."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "manifest.json"):
+        if not (run_dir / name).is_file():
+            raise DataError(Problem(str(run_dir), None, None, "a run directory written by `modalrec train` "
+                                    "(config.yaml, manifest.json, pipeline/, data/, checkpoints/)",
+                                    f"no {name}" if run_dir.is_dir() else "no such directory"))
+    try:
+        cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (ValueError, yaml.YAMLError) as e:
+        raise DataError(Problem(str(run_dir), None, None, "the config.yaml and manifest.json `modalrec train` wrote",
+                                str(e).splitlines()[0])) from None
+    return cfg, manifest
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, PreparedTask]:
+    """A finished run's config and task, from the run directory alone (pipeline/ and data/, their files
+    verified against the manifest): no raw data is read and no content encoder runs."""
+    from ..tasks import load_task
+
+    cfg, manifest = read_run(run_dir)
+    return cfg, load_task(run_dir, cfg.task, manifest.get("files"))
+
+
+def evaluate_run(run_dir: Path, split: str = "test", drop_modality: str | None = None, rate: float = 0.5,
+                 drop_seed: int = 0) -> dict:
+    """Re-evaluates the best checkpoint of every seed of a finished run (no training, no raw data).
 
     `drop_modality`: a touchpoint channel or content modality removed from a share `rate` of the `split`
     samples that have it (the task's `drop_modality`, multilabel tasks), to measure robustness to a
     missing modality; the result then holds `dropped` (what was removed) and the per-group metrics."""
-    import yaml
-
-    from ..config import RunConfig as _RC
-
     run_dir = Path(run_dir)
-    cfg = _RC.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    data = data if data is not None else load_data(cfg)
-    task = prepare_task(data, cfg.task)
+    cfg, task = load_run(run_dir)
+    if split not in task.splits:
+        raise DataError(Problem("--split", None, None, f"one of {', '.join(task.splits)}", repr(split)))
     dropped = None
     if drop_modality is not None:
         if not hasattr(task, "drop_modality"):
@@ -204,6 +255,7 @@ def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | Non
     per_seed, per_seed_groups = [], []
     for seed in cfg.seeds:
         model = best_model(cfg, task, run_dir, seed)
+        task.bind(model.inputs)
         metrics, groups = task.evaluate(model, split, cfg.train.eval_batch_size)
         per_seed.append(metrics)
         per_seed_groups.append(groups)
@@ -214,49 +266,3 @@ def evaluate_run(run_dir: Path, split: str = "test", data: InteractionData | Non
     if dropped is not None:
         out["dropped"] = dropped
     return _finite(out)
-
-
-def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv",
-                data: InteractionData | None = None) -> Path:
-    """Click probabilities of a ctr run's best checkpoints on `split`, averaged over the run's seeds.
-
-    `fmt="csv"`: user_id, item_id, time, probability per sample (in the task's sample order);
-    `fmt="microlens"`: the WWW 2025 challenge submission (`ID,Task2`, ID = the row in test.parquet, read
-    from the events' `row` column). Written atomically."""
-    import yaml
-
-    from ..config import RunConfig as _RC
-
-    run_dir, out = Path(run_dir), Path(out)
-    cfg = _RC.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    if cfg.task.kind != "ctr":
-        raise ValueError(f"modalrec predict writes click probabilities of ctr runs; this run's task is "
-                         f"'{cfg.task.kind}'")
-    if fmt not in ("csv", "microlens"):
-        raise ValueError(f"--format must be csv or microlens, got {fmt!r}")
-    data = data if data is not None else load_data(cfg)
-    task = prepare_task(data, cfg.task)
-    if split not in task.splits:
-        raise ValueError(f"unknown split '{split}' (have {sorted(task.splits)})")
-    probs = []
-    for seed in cfg.seeds:
-        model = best_model(cfg, task, run_dir, seed)
-        logits = task.predict(model, split, cfg.train.eval_batch_size)
-        probs.append(1.0 / (1.0 + np.exp(-logits)))
-    p = np.mean(probs, axis=0) if probs else np.zeros(0)
-    rows = task.events.take(task.split_rows[split])
-    if fmt == "microlens":
-        from ..datasets.microlens import write_submission
-
-        if "row" not in rows.column_names:
-            raise ValueError("--format microlens needs the events' `row` column (data.source: microlens)")
-        return write_submission(rows["row"].to_numpy(zero_copy_only=False), p, out)
-    import pandas as pd
-
-    df = pd.DataFrame({"user_id": rows["user_id"].to_pylist(), "item_id": rows["item_id"].to_pylist(),
-                       "time": rows["time"].to_pylist(), "probability": p})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    return out

@@ -143,7 +143,9 @@ class Trainer:
             bar.set_postfix(loss=f"{total / max(n, 1):.4f}", refresh=False)
         return total / max(n, 1), n * self.ctx.world, time.perf_counter() - t0
 
-    def fit(self, resume: bool = False) -> FitResult:
+    def fit(self, resume: bool = False, echo=None) -> FitResult:
+        """Trains up to `cfg.epochs` epochs; `resume` continues from the `last` checkpoint when there is one
+        (`echo`, a print function, says so)."""
         res = FitResult()
         if self.optimizer is None:  # nothing to learn (e.g. Popularity): one evaluation, no epochs
             res.best_valid = self.evaluate("valid")
@@ -157,6 +159,11 @@ class Trainer:
             res.best_epoch, res.best_valid = st["best_epoch"], st["best_valid"]
             res.train_seconds, res.train_samples = st["train_seconds"], st["train_samples"]
             start, done = st["epoch"] + 1, st["done"]
+            if echo is not None:
+                echo(f"seed {self.seed}: resuming after epoch {st['epoch']} of {self.cfg.epochs}"
+                     + (" (already finished)" if done or st["epoch"] >= self.cfg.epochs else ""))
+        elif resume and echo is not None:
+            echo(f"seed {self.seed}: no checkpoint to resume, training from the start")
         for epoch in range(start, self.cfg.epochs + 1):
             if done:
                 break

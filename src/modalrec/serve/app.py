@@ -1,0 +1,436 @@
+"""The HTTP service: online events in, top-K and scores out, from one bundle and one state store.
+
+Request path of `/recommend`: the user's behaviour sequence (the bundle's seed history merged with the
+events the state store got since) -> candidate retrieval (`serve.retrieval`) -> the ranker scores every
+candidate (`serve.scoring`: the bundle's feature pipeline builds the batch, the model runs in serving mode)
+-> top K. Items registered after export (`POST /items`, `serve.registry`) are scoreable and retrievable at
+once; `DELETE /items/{id}` or their TTL removes them on every process sharing the state store.
+
+Writes (`POST /events`, `POST /items`, deleting items, and reading a user's stored state) need the API key:
+header `X-API-Key: KEY` or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403. /docs (Swagger
+UI) is served from the packaged assets, so it works without network access.
+"""
+
+from __future__ import annotations
+
+import gc
+import hmac
+import math
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import load_bundle
+from .ops import Limits, Metrics, RateLimiter
+from .schemas import (
+    MAX_BODY_BYTES,
+    Context,
+    DeletedItem,
+    DeleteItemResponse,
+    DeleteItemsRequest,
+    DeleteItemsResponse,
+    EventsRequest,
+    EventsResponse,
+    HistoryEvent,
+    ItemsRequest,
+    ItemsResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoredItem,
+    ScoreRequest,
+    ScoreResponse,
+    UserState,
+    to_seconds,
+)
+from .scoring import Scorer
+from .state import StoredEvent, open_state
+
+API_KEY_ENV = "MODALREC_API_KEY"
+
+
+def _field(loc) -> str:
+    parts = [p for p in loc if p not in ("body",)]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def default_state_url(bundle_dir: Path) -> str:
+    bundle_dir = Path(bundle_dir).resolve()
+    return f"sqlite:///{bundle_dir.parent / (bundle_dir.name + '-state.sqlite')}"
+
+
+def payload_vector_errors(events, dims: dict[str, int]) -> list[dict]:
+    """422 errors for payload vectors of a modality the model reads (a dense one, or a token modality: one
+    token) with another dimension, on any event of any channel."""
+    errors = []
+    for i, ev in enumerate(events):
+        for name, vec in ((ev.payload.vectors or {}) if ev.payload else {}).items():
+            if name in dims and len(vec) != dims[name]:
+                errors.append({"loc": ("body", "events", i, "payload", "vectors", name),
+                               "msg": f"expected {dims[name]} values for modality '{name}', found {len(vec)}",
+                               "type": "vector_dimension"})
+    return errors
+
+
+def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: str | None = None, *,
+               max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
+               rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None,
+               precision: str = "fp32"):
+    """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
+    bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
+    `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
+    with Retry-After above it; None: no limit. `item_sync_s`: how often (seconds) /recommend, /score and
+    /items look in the state store for items registered by other processes sharing it (0: at every request;
+    None: never, they then arrive at a restart). `item_ttl_s`: seconds after which a registered item without its
+    own `ttl_s` expires (None: never). `precision`: arithmetic of the serving fast paths (fp32 or bf16)."""
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi import Path as PathParam
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+
+    from .docs import mount_docs
+
+    if threads:
+        torch.set_num_threads(threads)
+    bundle = load_bundle(Path(bundle_dir))
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(max(1, threads or 1))
+    except ImportError:  # pragma: no cover
+        pass
+    state = open_state(state_url or default_state_url(Path(bundle_dir)))
+    scorer = Scorer(bundle, state, item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision)
+    registry = scorer.registry
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    metrics = Metrics({"model": bundle.model_name, "task": bundle.task, "seed": str(bundle.manifest.get("seed")),
+                       "state": state.kind, "items": str(bundle.n_items - 1), "precision": precision})
+    is_ctr = bundle.task == "ctr"
+    schema = bundle.schema
+    dims = dict(schema.item_dense) | {name: dim for name, (_, dim) in schema.item_tokens.items()}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        state.close()
+
+    app = FastAPI(
+        title="modalrec service", version=str(bundle.manifest.get("modalrec_version", "")),
+        description=(f"Serves bundle `{Path(bundle_dir).name}` (model `{bundle.model_name}`, task `{bundle.task}`). "
+                     "Write endpoints need the API key (header `X-API-Key` or `Authorization: Bearer`). "
+                     f"Request bodies are limited to {max_body_bytes} bytes (413 above). Unknown users and items "
+                     "are cold starts, never errors. Malformed payloads get 422 with `message` naming the field."),
+        lifespan=lifespan, docs_url=None, redoc_url=None,
+    )
+    mount_docs(app)
+    app.state.scorer = scorer
+    app.state.metrics = metrics
+    limiter = RateLimiter(rate_limit, rate_burst) if rate_limit else None
+    app.add_middleware(Limits, metrics=metrics, max_body_bytes=max_body_bytes, limiter=limiter)
+    require_key = _key_guard(key)
+
+    def unprocessable(errors: list[dict]) -> JSONResponse:
+        detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e.get("type", "value_error")}
+                  for e in errors]
+        message = "; ".join(f"{d['field']}: {d['msg']}" for d in detail[:10])
+        if len(detail) > 10:
+            message += f"; ... and {len(detail) - 10} more"
+        return JSONResponse({"detail": detail, "message": message}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return unprocessable(list(exc.errors()))
+
+    class _Invalid(Exception):
+        def __init__(self, errors):
+            self.errors = errors
+
+    @app.exception_handler(_Invalid)
+    async def _invalid2(request: Request, exc: _Invalid):
+        return unprocessable(exc.errors)
+
+    def sync_items() -> None:
+        """Items registered or deleted by other processes sharing the state store, then expired items
+        (throttled: see ItemRegistry.refresh_items)."""
+        changes = registry.refresh_items()
+        for result in ("registered", "replaced", "deleted"):
+            if changes[result]:
+                metrics.inc("modalrec_items_synced", result, changes[result])
+        if changes["expired"]:
+            metrics.inc("modalrec_items", "expired", changes["expired"])
+
+    def stage(name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        metrics.stage(name, t1 - t0)
+        return t1
+
+    def scored(items: list[str], idx: np.ndarray, logits: np.ndarray) -> list[ScoredItem]:
+        out = []
+        for item, i, s in zip(items, idx, logits):
+            p = 1.0 / (1.0 + math.exp(-s)) if is_ctr and math.isfinite(s) else None
+            out.append(ScoredItem(item=item, score=float(s), probability=p, known=bool(i > 0)))
+        return out
+
+    def check_context(ctx: Context) -> None:
+        if ctx.features or ctx.item_features:
+            errors = scorer.check_context(ctx.features, ctx.item_features)
+            if errors:
+                raise _Invalid(errors)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness and readiness: the bundle is loaded and the state store answers")
+    def healthz():
+        try:
+            ok = state.ping()
+        except Exception as e:  # noqa: BLE001 - any store failure is reported by the probe, not raised
+            return JSONResponse({"status": "error", "state": state.kind, "error": str(e)}, status_code=503)
+        return {"status": "ok" if ok else "error", "model": bundle.model_name, "task": bundle.task,
+                "state": state.kind, "users": len(bundle.pipeline.users) - 1, "items": bundle.n_items - 1,
+                "registered_items": registry.n_registered, "item_rows": len(registry.ids) - registry.ids.n_base,
+                "tombstones": registry.ids.tombstones, "precision": precision}
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: request counts, latency histograms, events, "
+             "cold starts")
+    def prom():
+        import prometheus_client
+
+        return Response(metrics.render(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    @app.post("/events", response_model=EventsResponse, tags=["events"], dependencies=[Depends(require_key)],
+              summary="Ingest a batch of interactions; acknowledged only once durably stored")
+    def post_events(req: EventsRequest) -> EventsResponse:
+        errors = payload_vector_errors(req.events, dims)
+        if errors:
+            raise _Invalid(errors)
+        now = int(time.time())
+        stored = [StoredEvent(user=ev.user, item=ev.item, channel=ev.channel, time=to_seconds(ev.time, now),
+                              value=ev.value, event_id=ev.event_id,
+                              payload=None if ev.payload is None else ev.payload.model_dump(exclude_none=True))
+                  for ev in req.events]
+        t0 = time.perf_counter()
+        res = state.append_events(stored)
+        stage("write", t0)
+        cold_user_events = int((bundle.pipeline.users.lookup([e.user for e in stored]) == 0).sum())
+        with_item = [e.item for e in stored if e.item is not None]
+        cold_item_events = int((scorer.item_index(with_item) == 0).sum()) if with_item else 0
+        metrics.inc("modalrec_events", "accepted", res.accepted)
+        metrics.inc("modalrec_events", "duplicate", res.duplicates)
+        if cold_user_events:
+            metrics.inc("modalrec_cold_starts", "event_user", cold_user_events)
+        if cold_item_events:
+            metrics.inc("modalrec_cold_starts", "event_item", cold_item_events)
+        return EventsResponse(accepted=res.accepted, duplicates=res.duplicates, cold_user_events=cold_user_events,
+                              cold_item_events=cold_item_events)
+
+    @app.post("/items", response_model=ItemsResponse, tags=["items"], dependencies=[Depends(require_key)],
+              summary="Register items that appeared after export (a new live segment, a new product): scoreable "
+                      "at once; acknowledged only once durably stored")
+    def post_items(req: ItemsRequest) -> ItemsResponse:
+        sync_items()  # an id another process registered counts as a replacement here too
+        t0 = time.perf_counter()
+        res, errors = registry.register(req.items)
+        if errors:
+            raise _Invalid(errors)
+        stage("items", t0)
+        for result in ("registered", "replaced", "known_to_bundle"):
+            if res[result]:
+                metrics.inc("modalrec_items", result, res[result])
+        return ItemsResponse(**res)
+
+    def delete_items(ids: list[str]) -> dict[str, str]:
+        sync_items()
+        t0 = time.perf_counter()
+        try:
+            results = registry.delete(ids)
+        except NotImplementedError as e:
+            raise HTTPException(501, str(e)) from None
+        stage("items", t0)
+        deleted = sum(r == "deleted" for r in results.values())
+        if deleted:
+            metrics.inc("modalrec_items", "deleted", deleted)
+        return results
+
+    @app.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"],
+                dependencies=[Depends(require_key)],
+                responses={404: {"description": "the id is not registered (never, or deleted or expired before)"},
+                           409: {"description": "the id is the bundle's: part of the exported model, not deletable"}},
+                summary="Delete an item registered through POST /items: unknown from now on (a cold start, never "
+                        "retrieved) on every process sharing the state store; acknowledged once durably stored")
+    def delete_item(item_id: str = PathParam(..., min_length=1, max_length=256)) -> DeleteItemResponse:
+        result = delete_items([item_id])[item_id]
+        if result == "bundle_item":
+            raise HTTPException(409, f"item '{item_id}' is part of the exported bundle: the trained model's items "
+                                     "stay as exported; only items registered through POST /items can be deleted")
+        if result == "not_registered":
+            raise HTTPException(404, f"item '{item_id}' is not registered: POST /items never registered it, or it "
+                                     "was deleted or expired before")
+        return DeleteItemResponse(id=item_id, items=registry.n_registered)
+
+    @app.post("/items/delete", response_model=DeleteItemsResponse, tags=["items"], dependencies=[Depends(require_key)],
+              summary="Delete several registered items; reports each id (deleted, not_registered, bundle_item) "
+                      "without failing the batch; acknowledged once durably stored")
+    def delete_items_batch(req: DeleteItemsRequest) -> DeleteItemsResponse:
+        results = delete_items(req.ids)
+        counts = {r: sum(v == r for v in results.values()) for r in ("deleted", "not_registered", "bundle_item")}
+        return DeleteItemsResponse(deleted=counts["deleted"], not_registered=counts["not_registered"],
+                                   bundle_items=counts["bundle_item"],
+                                   results=[DeletedItem(id=i, result=r) for i, r in results.items()],
+                                   items=registry.n_registered)
+
+    def sequence(user: str, ctx: Context, explicit: list[HistoryEvent] | None):
+        before = to_seconds(ctx.time)
+        if explicit is not None:
+            seq = scorer.explicit_history([(h.item, to_seconds(h.time), h.channel) for h in explicit], before)
+        else:
+            seq = scorer.history(user, before)
+        # without a given time the request happens now, after every event it reads
+        t = before if before is not None else max(int(time.time()), int(seq.times.max()) if len(seq.times) else 0)
+        return seq, t, before
+
+    @app.post("/recommend", response_model=RecommendResponse, tags=["recommend"],
+              summary="Top-K items for a user: ANN retrieval over item vectors, then the ranker")
+    async def recommend(req: RecommendRequest) -> RecommendResponse:
+        # on the event loop, not a worker thread: ranking is CPU-bound and holds the GIL anyway, and the hop to the
+        # thread pool (with the GIL handed back and forth while the loop reads other requests) cost ~1.5 ms of
+        # p50 under load (benchmarks/serve_load.py); /events, which waits on fsync, stays on the pool
+        sync_items()
+        check_context(req.context)
+        t0 = time.perf_counter()
+        cold = scorer.user_index(req.user) == 0
+        seq, t, before = sequence(req.user, req.context, None)
+        exclude = set(scorer.item_index(req.context.exclude).tolist()) if req.context.exclude else set()
+        t0 = stage("state", t0)
+        if req.candidates is not None:
+            cand = scorer.item_index(req.candidates)
+            names = list(req.candidates)
+            keep = [j for j, c in enumerate(cand) if c == 0 or c not in exclude]
+            cand, names = cand[keep], [names[j] for j in keep]
+            retrieved = {"ann": 0, "popular": 0, "given": len(cand)}
+        else:
+            query = scorer.retrieval_query(req.user, before)
+            if req.exclude_seen:
+                exclude |= set(query.tolist()) | set(seq.items.tolist())
+            cand, n_ann = scorer.retrieve(query, req.n_candidates, exclude)
+            names = [registry.ids.id_of(int(i)) for i in cand]
+            retrieved = {"ann": n_ann, "popular": len(cand) - n_ann, "given": 0}
+        t0 = stage("retrieval", t0)
+        if cold:
+            metrics.inc("modalrec_cold_starts", "recommend_user")
+        logits = (scorer.score(req.user, seq, t, cand, before=before,
+                               context=scorer.context_codes(req.context.features, req.context.item_features, names))
+                  if len(cand) else np.zeros(0))
+        top = np.argsort(-logits, kind="stable")[: req.k]
+        stage("rank", t0)
+        short = None
+        if len(top) < req.k:
+            short = (f"{len(top)} of the {req.k} items asked for: only {len(cand)} candidates "
+                     + ("were given" if req.candidates is not None else
+                        f"exist after exclusions (n_candidates {req.n_candidates})"))
+        return RecommendResponse(user=req.user, cold_start=cold, history_length=len(seq.items),
+                                 items=scored([names[j] for j in top], cand[top], logits[top]),
+                                 retrieved=retrieved, model=bundle.model_name, shortfall=short)
+
+    @app.post("/score", response_model=ScoreResponse, tags=["recommend"],
+              summary="Scores (ctr: click probabilities) of given items for a user")
+    async def score(req: ScoreRequest) -> ScoreResponse:  # on the event loop, as /recommend
+        sync_items()
+        check_context(req.context)
+        tags = bundle.pipeline.settings.history_tags
+        if req.history and tags:  # a tagged model: every channel named must be one it was trained to read
+            errors = [{"loc": ("body", "history", i, "channel"), "type": "value_error",
+                       "msg": f"unknown channel '{h.channel}'; the model's history reads {sorted(tags)}"}
+                      for i, h in enumerate(req.history) if h.channel is not None and h.channel not in tags]
+            if errors:
+                raise _Invalid(errors)
+        t0 = time.perf_counter()
+        cold = scorer.user_index(req.user) == 0
+        seq, t, before = sequence(req.user, req.context, req.history)
+        t0 = stage("state", t0)
+        cand = scorer.item_index(req.items)
+        ctx = scorer.context_codes(req.context.features, req.context.item_features, list(req.items))
+        logits = scorer.score(req.user, seq, t, cand, before=before, context=ctx)
+        stage("rank", t0)
+        if cold:
+            metrics.inc("modalrec_cold_starts", "score_user")
+        n_cold = int((cand == 0).sum())
+        if n_cold:
+            metrics.inc("modalrec_cold_starts", "score_item", n_cold)
+        return ScoreResponse(user=req.user, cold_start=cold, history_length=len(seq.items),
+                             scores=scored(list(req.items), cand, logits), model=bundle.model_name)
+
+    @app.get("/users/{user:path}", response_model=UserState, tags=["events"], dependencies=[Depends(require_key)],
+             summary="A user's stored online events (the latest `n`, default 100, at most 10000; oldest first) and "
+                     "counters")
+    def user_state(user: str, n: int = Query(100, ge=1, le=10_000)) -> UserState:
+        return UserState(user=user, known=scorer.user_index(user) > 0,
+                         events=[e.to_json() for e in state.recent(user, n)], counters=state.counters(user))
+
+    return app
+
+
+def _key_guard(key: str | None):
+    """The dependency the write endpoints declare: the API key, from X-API-Key or a bearer token."""
+    from fastapi import Depends, HTTPException
+    from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
+    bearer = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
+
+    def require_key(x_key: str | None = Depends(header_key),
+                    auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+        given = x_key or (auth.credentials if auth is not None else None)
+        if key is None:
+            raise HTTPException(403, f"writes are disabled: the service was started without an API key (${API_KEY_ENV})")
+        if not given:
+            raise HTTPException(401, "missing API key: send header X-API-Key (or Authorization: Bearer)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise HTTPException(403, "invalid API key")
+
+    return require_key
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """glibc's allocator: serve blocks up to `mmap_threshold` bytes from the heap and keep up to `trim_threshold`
+    freed bytes there instead of returning them to the system. A request's activations (a few MB each) are then
+    reused from one request to the next instead of being mapped, page-faulted and zeroed afresh (the default
+    thresholds cost a request over 200 x 100 (candidate, position) pairs about 40% of its scoring time). The
+    price is that the process keeps its peak heap. Returns whether both settings took (False off glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
+
+
+def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,
+          api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
+          rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0,
+          item_ttl_s: float | None = None, precision: str = "fp32") -> None:
+    """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
+    processes can share one state store: items registered or deleted through one reach the others within
+    `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own."""
+    import logging
+
+    import uvicorn
+
+    if os.environ.get("MODALREC_KEEP_FREED_MEMORY", "1") != "0" and not keep_freed_memory():
+        logging.getLogger("modalrec.serve").warning("could not tune the C allocator (not glibc?): requests map and "
+                                                    "fault their buffers afresh")
+    app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
+                     item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision)
+    # the bundle's objects live as long as the process: moved out of the collector's generations, a full
+    # collection during a request no longer walks them (tail latency)
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,185 @@
+"""Operating the service: Prometheus metrics, the per-client rate limit, the body size limit, and the
+read/write lock of the item tables. Each is a maintained package's; this module only wires them in.
+
+- metrics: `prometheus_client` (one registry per app, exposition format 0.0.4);
+- rate limit: `limits` (a moving window of `burst` requests per `burst / rate` seconds, rounded up to whole
+  seconds, per client address, in memory), answered 429 with Retry-After;
+- read/write lock: `readerwriterlock` (writer preferring: a registration waiting for the tables holds back new
+  requests, so it is not starved under load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+
+import prometheus_client as prom
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from readerwriterlock import rwlock
+
+prom.disable_created_metrics()
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+COUNTERS = {
+    "modalrec_events": ("result", "Events received, by result (accepted, duplicate)."),
+    "modalrec_items": ("result", ("Items received by /items, by result (registered, replaced, known_to_bundle, "
+                       "deleted), and expired: deleted by this process's TTL sweep.")),
+    "modalrec_items_synced": ("result", ("Items registered or deleted by other processes sharing the state store "
+                              "and applied here, by result (registered, replaced, deleted).")),
+    "modalrec_cold_starts": ("kind", "Requests or events about users/items unknown to the bundle."),
+}
+
+
+class Metrics:
+    """The service's Prometheus metrics: request counts and latencies by route, per-stage latencies, and the
+    event / item / cold-start counters, in a registry of their own (several apps in one process stay apart)."""
+
+    def __init__(self, info: dict[str, str]):
+        self.registry = prom.CollectorRegistry()
+        prom.Info("modalrec", "The served bundle.", registry=self.registry).info(info)
+        self.requests = prom.Counter("modalrec_requests", "HTTP requests by route, method and status code.",
+                                     ["route", "method", "status"], registry=self.registry)
+        self.latency = prom.Histogram("modalrec_request_duration_seconds", "Time from request start to the end of "
+                                      "the response, by route.", ["route"], buckets=BUCKETS, registry=self.registry)
+        self.stages = prom.Histogram("modalrec_stage_duration_seconds", "Time spent in each step of a request "
+                                     "(state, retrieval, rank, write).", ["stage"], buckets=BUCKETS,
+                                     registry=self.registry)
+        self.counters = {name: prom.Counter(name, help_, [label], registry=self.registry)
+                         for name, (label, help_) in COUNTERS.items()}
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def stage(self, name: str, seconds: float) -> None:
+        self.stages.labels(name).observe(seconds)
+
+    def inc(self, name: str, value: str, by: float = 1.0) -> None:
+        """Adds `by` to counter `name` (modalrec_events, ..., without _total) for label value `value`."""
+        self.counters[name].labels(value).inc(by)
+
+    def render(self) -> bytes:
+        return prom.generate_latest(self.registry)
+
+
+class RateLimiter:
+    """At most `burst` requests per client in any window of `burst / rate` seconds (rounded up to whole
+    seconds): `rate` requests per second on average, bursts of `burst` (default twice the rate)."""
+
+    def __init__(self, rate: float, burst: float | None = None):
+        if not rate > 0:
+            raise ValueError(f"rate limit must be > 0 requests/s, got {rate!r}")
+        self.rate = float(rate)
+        self.burst = max(1.0, float(burst if burst is not None else 2 * rate))
+        self.item = RateLimitItemPerSecond(int(self.burst), max(1, math.ceil(self.burst / self.rate)))
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def take(self, client: str) -> float:
+        """0.0 when the request may go (it is counted), else the seconds until the client may send again."""
+        if self.limiter.hit(self.item, client):
+            return 0.0
+        reset, _ = self.limiter.get_window_stats(self.item, client)
+        return max(reset - time.time(), 1e-3)
+
+
+class ReadWriteLock:
+    """Many readers (requests scoring with the item tables) or one writer (registrations, deletions)."""
+
+    def __init__(self):
+        self._lock = rwlock.RWLockWrite()
+
+    @contextmanager
+    def read(self):
+        with self._lock.gen_rlock():
+            yield
+
+    @contextmanager
+    def write(self):
+        with self._lock.gen_wlock():
+            yield
+
+
+class Limits:
+    """Pure ASGI middleware: per-client rate limit (429), body size limit (413) and per-request metrics.
+
+    The operations routes (/healthz, /metrics) are never rate limited: probes must see an overloaded
+    service as alive."""
+
+    UNLIMITED = ("/healthz", "/metrics")
+
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, limiter: RateLimiter | None = None):
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body_bytes
+        self.limiter = limiter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = {"code": 500}
+        if self.limiter is not None and scope.get("path") not in self.UNLIMITED:
+            client = (scope.get("client") or ("unknown", 0))[0]
+            wait = self.limiter.take(str(client))
+            if wait > 0.0:
+                try:
+                    return await self._too_many(send, wait)
+                finally:
+                    self.metrics.request("rate limited", scope.get("method", ""), 429, time.perf_counter() - t0)
+
+        async def send_wrapped(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+                return await self._too_large(send_wrapped)
+            if scope.get("method") in ("POST", "PUT", "PATCH"):
+                body, more = bytearray(), True
+                while more:  # read (and bound) the whole body before the app sees any of it
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                    if len(body) > self.max_body:
+                        return await self._too_large(send_wrapped)
+                sent = False
+
+                async def replay():
+                    nonlocal sent
+                    if not sent:
+                        sent = True
+                        return {"type": "http.request", "body": bytes(body), "more_body": False}
+                    return await receive()
+
+                await self.app(scope, replay, send_wrapped)
+            else:
+                await self.app(scope, receive, send_wrapped)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "other"
+            self.metrics.request(path, scope.get("method", ""), status["code"], time.perf_counter() - t0)
+
+    async def _too_many(self, send, wait: float):
+        retry = max(1, math.ceil(wait))
+        await self._error(send, 429, f"rate limit of {self.limiter.rate:g} requests/s per client (bursts of "
+                          f"{self.limiter.burst:g}) exceeded; retry after {retry} s", (b"retry-after", str(retry).encode()))
+
+    async def _too_large(self, send):
+        await self._error(send, 413, f"request body larger than {self.max_body} bytes", (b"connection", b"close"))
+
+    @staticmethod
+    async def _error(send, status: int, message: str, header: tuple[bytes, bytes]) -> None:
+        """A JSON error response ({"detail", "message"}) sent before the app sees the request."""
+        body = json.dumps({"detail": message, "message": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                header]})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,143 @@
+"""Candidate retrieval: the items a request's ranker scores.
+
+A quarter of the candidates come from the groups of the user's recent items (items sharing the first item
+categorical feature: a live segment's streamer, a movie's category; registered items of those groups first,
+latest first, then the bundle's most popular ones), then the nearest items to the recent items' weighted mean
+vector (the bundle's faiss index and an exact search over the registered items' vectors, merged by
+similarity), then popular items. A user without history gets popular items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.base import Model, Schema
+
+# Flat exact search up to this many items (a few ms at 1M x 64 would already be too slow); HNSW above.
+FLAT_INDEX_MAX_ITEMS = 200_000
+
+
+@torch.no_grad()
+def retrieval_vectors(model: Model, table, n_items: int, chunk: int = 4096) -> tuple[np.ndarray | None, str]:
+    """One retrieval vector per item row, and where it comes from: the model's own item representation where
+    it has one (`Model.item_vectors`: id, side features and content, so items with similar content sit close),
+    else an item id embedding of the model, else the first dense content modality; None when there is nothing
+    to retrieve with."""
+    model.eval()
+    probe, pres = table.gather(np.zeros(1, np.int64))
+    if model.item_vectors(torch.zeros(1, dtype=torch.long), probe, pres) is not None:
+        parts = []
+        for start in range(0, n_items, chunk):
+            ids = np.arange(start, min(start + chunk, n_items))
+            feats, pres = table.gather(ids)
+            parts.append(model.item_vectors(torch.from_numpy(ids), feats, pres).float().numpy())
+        return np.concatenate(parts), "item_encoder"
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding) and m.num_embeddings == n_items and m.embedding_dim >= 8:
+            return m.weight.detach().float().numpy().copy(), f"embedding:{name}"
+    for name, arr in table.dense.items():
+        vec = np.asarray(arr, dtype=np.float32).copy()
+        vec[~table.presence.get(name, np.ones(n_items, dtype=bool))] = 0.0
+        return vec, f"content:{name}"
+    return None, "none"
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    v = np.nan_to_num(vectors.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.where(norm > 0, v / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def build_index(vectors: np.ndarray):
+    """Inner-product index over rows 1..n-1 of L2-normalised vectors (cosine similarity)."""
+    import faiss
+
+    d = vectors.shape[1]
+    body = np.ascontiguousarray(vectors[1:])
+    if len(body) <= FLAT_INDEX_MAX_ITEMS:
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    index.add(body)
+    return index
+
+
+def popularity_order(schema: Schema) -> np.ndarray:
+    counts = schema.item_counts if schema.item_counts is not None else np.zeros(schema.n_items)
+    score = np.asarray(counts, dtype=np.float64).copy()
+    if schema.item_positive_rate is not None and schema.task == "ctr":
+        score = score * np.asarray(schema.item_positive_rate, dtype=np.float64)  # expected positives
+    order = np.lexsort((np.arange(len(score)), -score))
+    return order[order != 0].astype(np.int64)
+
+
+class Retriever:
+    """Candidates over the bundle's items and the items registered since (`registry`: their tables)."""
+
+    def __init__(self, bundle, registry, history_len: int = 20):
+        self.bundle = bundle
+        self.registry = registry
+        self.history_len = history_len
+        self.n_items = bundle.n_items
+
+    def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
+        """Up to `n` candidates (see the module doc); returns (candidates, how many came from the user's
+        history: group + ANN). Called under the registry's read lock."""
+        b, reg = self.bundle, self.registry
+        out: list[int] = []
+        seen = set(exclude)
+        seen.add(0)
+        n = min(n, self.n_items - 1 + reg.n_registered)
+        m = len(reg.ids.extra_ids)  # appended rows, tombstones (deleted items: alive False) included
+        live = reg.alive.extra[:m] if m else None
+        group = reg.group
+        if group is not None and len(query_items):
+            codes = set(group[query_items[-self.history_len:]].tolist()) - {0}
+            if codes:
+                same = b.popular[np.isin(group[b.popular], list(codes))]
+                if m:
+                    new = np.flatnonzero(np.isin(group.extra[:m], list(codes)) & live)
+                    new = new[np.argsort(-reg.born.extra[:m][new], kind="stable")] + self.n_items  # latest first
+                    same = np.concatenate([new, same])
+                for item in same[: max(1, n // 4)].tolist():
+                    if item not in seen:
+                        out.append(int(item))
+                        seen.add(int(item))
+        n_ann = 0
+        vectors = reg.vectors
+        if b.index is not None and vectors is not None and len(query_items):
+            recent = query_items[-self.history_len:]
+            w = 0.9 ** np.arange(len(recent))[::-1]  # the latest items weigh most
+            q = (vectors[recent] * w[:, None]).sum(0)
+            norm = np.linalg.norm(q)
+            if norm > 0:
+                want = n - n // 4  # a quarter stays for popular items: exploration beyond the history's neighbours
+                q = (q / norm).astype(np.float32)
+                k = min(b.index.ntotal, want + len(seen))
+                sims, ids = b.index.search(q[None, :], k)
+                found = [(float(s), int(i) + 1) for s, i in zip(sims[0], ids[0]) if i >= 0]
+                if m and reg.has_vector is not None:
+                    sim = vectors.extra[:m] @ q
+                    sim[~(reg.has_vector.extra[:m] & live)] = -np.inf
+                    top = min(m, want + len(seen))
+                    best = np.argpartition(-sim, top - 1)[:top] if top < m else np.arange(m)
+                    found += [(float(sim[j]), self.n_items + int(j)) for j in best if np.isfinite(sim[j])]
+                    found.sort(key=lambda x: -x[0])  # stable: the bundle's neighbours first on ties
+                for _, item in found:
+                    if item not in seen:
+                        out.append(item)
+                        seen.add(item)
+                        if len(out) >= want:
+                            break
+                n_ann = len(out)
+        n_ann = max(n_ann, len(out))
+        for item in b.popular:
+            if len(out) >= n:
+                break
+            item = int(item)
+            if item not in seen:
+                out.append(item)
+                seen.add(item)
+        return np.array(out, dtype=np.int64), n_ann

@@ -1,0 +1,278 @@
+"""The HTTP API's request and response types (pydantic): what each endpoint accepts and answers."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+
+MAX_BODY_BYTES = 1 << 20
+MAX_EVENTS = 1000
+MAX_ITEMS = 5000
+MAX_NEW_ITEMS = 1000  # items per POST /items
+MAX_TIME = 1 << 40
+
+
+def to_seconds(t: int | datetime | None, default: int | None = None) -> int | None:
+    if t is None:
+        return default
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+        return math.floor(t.timestamp())
+    return int(t)
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Channel = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")]
+
+
+def _parse_time(v: Any) -> int:
+    """Unix seconds (an integer, or a float: floored) or an ISO 8601 datetime (UTC when no zone)."""
+    if isinstance(v, datetime):
+        return to_seconds(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= MAX_TIME:
+        return math.floor(v)
+    if isinstance(v, str):
+        try:
+            return to_seconds(datetime.fromisoformat(v.strip()))
+        except ValueError:
+            pass
+    raise ValueError("expected unix seconds (a non-negative number) or an ISO 8601 datetime such as "
+                     f"2024-05-01T12:00:00Z, found {v!r}"[:200])
+
+
+Time = Annotated[int, PlainValidator(_parse_time), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "format": "date-time"}],
+    "description": "unix seconds or an ISO 8601 datetime"})]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Payload(_Strict):
+    """Modality payloads of an event; all optional, stored with the event."""
+
+    text: str | None = Field(None, max_length=20_000, description="conversation transcript, comment or query text")
+    action: str | None = Field(None, max_length=256, description="web action tag, e.g. 'quote_started'")
+    tags: list[Annotated[str, StringConstraints(max_length=128)]] | None = Field(None, max_length=64)
+    vectors: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)],
+                  Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=4096)]] | None = Field(
+        None, max_length=8,
+        description="modality -> precomputed content vector (e.g. an image or audio embedding); a modality "
+                    "the model reads must have its dimension")
+
+
+class Event(_Strict):
+    user: Id
+    item: Id | None = Field(None, description="the item interacted with (none for e.g. a conversation)")
+    channel: Channel = Field(..., description="kind of interaction: watch, comment, like, gift, click, purchase, "
+                                              "web_action, conversation, impression, ... (free text, [A-Za-z0-9_.:-])")
+    time: Time | None = Field(None, description="unix seconds or ISO 8601; default: when the service receives it")
+    value: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
+        None, description="e.g. watch seconds, gift amount, 0/1 click label")
+    event_id: Id | None = Field(None, description="idempotency key: a second event with the same user and id is ignored")
+    payload: Payload | None = None
+
+
+class EventsRequest(_Strict):
+    events: list[Event] = Field(..., min_length=1, max_length=MAX_EVENTS)
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"events": [
+        {"user": "u42", "item": "i7", "channel": "watch", "time": 1717000000, "value": 35.0, "event_id": "e-1"},
+        {"user": "u42", "item": "i7", "channel": "comment", "payload": {"text": "great goal!"}},
+        {"user": "u42", "channel": "conversation", "payload": {"text": "I'd like a quote for my car"}},
+    ]}]})
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(..., description="stored (durable when this response is sent)")
+    duplicates: int = Field(..., description="ignored: same user and event_id already stored")
+    cold_user_events: int = Field(..., description="events of users the bundle does not know (cold starts)")
+    cold_item_events: int = Field(..., description="events of items the bundle does not know (cold starts)")
+
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Vector = Annotated[list[Finite], Field(min_length=1, max_length=8192)]
+
+
+class NewItem(_Strict):
+    """An item that appeared after export, described as the model's side table describes items."""
+
+    id: Id
+    categorical: dict[Name, str | int | float | None] = Field(
+        default_factory=dict, max_length=256, description="item categorical (or numeric) feature -> raw value, "
+        "as in the training data (e.g. {\"streamer_id\": \"s7\"}); a value not seen in training, a null or a "
+        "feature left out is unknown (code 0), as offline")
+    multi: dict[Name, Annotated[list[str | int], Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=256, description="multi-valued feature -> raw values (e.g. "
+        "{\"tags\": [\"a\", \"b\"]}); values not seen in training are dropped")
+    text: dict[Name, Annotated[str, StringConstraints(max_length=100_000)]] = Field(
+        default_factory=dict, max_length=64, description="text modality -> its text, read as the model reads it "
+        "(a bag of the words seen in training)")
+    vectors: dict[Name, Vector] = Field(
+        default_factory=dict, max_length=64, description="dense content modality -> its precomputed vector, of "
+        "the dimension the model reads (e.g. an audio embedding)")
+    tokens: dict[Name, Annotated[list[Vector], Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=64, description="token modality -> its precomputed token vectors (frames, "
+        "comments), at most the model's token count T, each of its dimension; [] or left out: absent")
+    ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="seconds from this registration after which the item expires: it is then deleted "
+        "(as by DELETE /items/{id}) on every service process sharing the state store, within about a second of "
+        "that time. Default: the service's --item-ttl (none: never). Registering the id again restarts it")
+
+
+def _item_doc(item: NewItem, expires_at: float | None) -> str:
+    """The stored JSON document of a registered item: the validated request item, plus `expires_at` (unix
+    seconds) when it expires. An absolute time in the document, so every process sharing the store, and every
+    restart, agrees on when the item expires, whatever its own --item-ttl."""
+    body = item.model_dump_json(exclude_defaults=True)
+    if expires_at is None:
+        return body
+    return f'{body[:-1]},"expires_at":{json.dumps(float(expires_at))}}}'  # the object's last member
+
+
+def _read_doc(body: str) -> tuple[NewItem, float | None]:
+    """(item, expiry) of a stored document (`_item_doc`); ValueError when it is not one."""
+    d = json.loads(body)
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, found {type(d).__name__}")  # noqa: TRY004 - one error kind
+    expires = d.pop("expires_at", None)
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, float))
+                                or not math.isfinite(expires)):
+        raise ValueError(f"expires_at must be unix seconds, found {expires!r}"[:200])
+    return NewItem.model_validate(d), None if expires is None else float(expires)
+
+
+class ItemsRequest(_Strict):
+    items: list[NewItem] = Field(..., min_length=1, max_length=MAX_NEW_ITEMS)
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
+        {"id": "seg-123", "categorical": {"streamer_id": "s7"}, "vectors": {"speech_mfcc": [0.1, -0.3, 0.7]},
+         "tokens": {"frames_emb": [[0.2, 0.1, -0.4], [0.0, 0.3, 0.1]], "comments_emb": [[0.5, -0.1, 0.2]]}},
+    ]}]})
+
+
+class ItemsResponse(BaseModel):
+    registered: int = Field(..., description="new ids, scoreable from now on (durable when this response is sent)")
+    replaced: int = Field(..., description="ids registered before: their features are replaced (the latest wins)")
+    known_to_bundle: int = Field(..., description="ids the bundle knows: nothing changed, its tables stay as trained")
+    known_ids: list[str] = Field(..., description="those ids")
+    items: int = Field(..., description="items registered with the service in all")
+
+
+DeleteResult = Literal["deleted", "not_registered", "bundle_item"]
+
+
+class DeleteItemResponse(BaseModel):
+    id: str
+    result: Literal["deleted"] = Field("deleted", description="unknown from now on (durable when this response is "
+                                                               "sent): scored as a cold start, never retrieved")
+    items: int = Field(..., description="items registered with the service in all, after the deletion")
+
+
+class DeleteItemsRequest(_Strict):
+    ids: list[Id] = Field(..., min_length=1, max_length=MAX_NEW_ITEMS, description="registered item ids to delete")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": ["seg-123", "seg-124"]}]})
+
+
+class DeletedItem(BaseModel):
+    id: str
+    result: DeleteResult = Field(..., description="deleted: unknown from now on; not_registered: nothing to delete "
+                                                  "(never registered, or deleted or expired before); bundle_item: "
+                                                  "part of the exported model, not deletable")
+
+
+class DeleteItemsResponse(BaseModel):
+    deleted: int = Field(..., description="ids deleted (durable when this response is sent)")
+    not_registered: int = Field(..., description="ids neither registered nor known to the bundle: nothing to do")
+    bundle_items: int = Field(..., description="ids the bundle knows: unchanged (the exported model's items)")
+    results: list[DeletedItem] = Field(..., description="one per distinct id, in request order")
+    items: int = Field(..., description="items registered with the service in all, after the deletion")
+
+
+class Context(_Strict):
+    time: Time | None = Field(None, description="score as of this time: only events strictly before it are read "
+                                                "(default: now, every stored event)")
+    exclude: list[Id] = Field(default_factory=list, max_length=MAX_ITEMS, description="items never to recommend")
+    features: dict[str, str | int] = Field(
+        default_factory=dict, max_length=64, description="per-sample context features the model reads "
+        "(task.context_features, e.g. {\"views_level\": 3}) for every candidate; a feature left out, or a value "
+        "not seen in training, is read as unknown")
+    item_features: dict[Id, dict[str, str | int]] = Field(
+        default_factory=dict, max_length=MAX_ITEMS, description="per-candidate context features (item id -> "
+        "{feature: value}), over `features`, e.g. an item's likes_level at this impression")
+
+
+class RecommendRequest(_Strict):
+    user: Id
+    k: int = Field(10, ge=1, le=500)
+    context: Context = Field(default_factory=Context)
+    n_candidates: int = Field(200, ge=1, le=MAX_ITEMS, description="retrieved candidates the ranker scores")
+    candidates: list[Id] | None = Field(None, max_length=MAX_ITEMS, description="rank these instead of retrieving")
+    exclude_seen: bool = Field(False, description="leave out items in the user's recent history")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"user": "u42", "k": 5}, {"user": "u42", "k": 3, "context": {"exclude": ["i7"]}, "exclude_seen": True}]})
+
+
+class ScoredItem(BaseModel):
+    item: str
+    score: float = Field(..., description="the model's logit (ctr) or score (topk)")
+    probability: float | None = Field(None, description="ctr: sigmoid(score), the predicted probability")
+    known: bool = Field(..., description="False: an item neither the bundle knows nor POST /items registered, "
+                                         "scored as a cold start")
+
+
+class RecommendResponse(BaseModel):
+    user: str
+    cold_start: bool = Field(..., description="the user is unknown to the bundle (may still have online events)")
+    history_length: int = Field(..., description="events in the sequence the ranker read")
+    items: list[ScoredItem]
+    retrieved: dict[str, int] = Field(..., description="candidates by source: ann, popular, given")
+    model: str
+    shortfall: str | None = Field(None, description="why fewer than `k` items came back (fewer candidates than k "
+                                                    "after exclusions); null when all k did")
+
+
+class HistoryEvent(_Strict):
+    item: Id
+    time: Time
+    channel: str | None = Field(None, max_length=64, description="the event's channel (watch, gift, ...): its action "
+                                "tag for a model trained with task.history_channel_tags; default: the first history "
+                                "channel")
+
+
+class ScoreRequest(_Strict):
+    user: Id
+    items: list[Id] = Field(..., min_length=1, max_length=MAX_ITEMS)
+    context: Context = Field(default_factory=Context)
+    history: list[HistoryEvent] | None = Field(
+        None, max_length=10_000,
+        description="score with this behaviour sequence instead of the stored one (replay, what-if, parity checks)")
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"user": "u42", "items": ["i7", "i9", "new-item"]},
+        {"user": "u42", "items": ["i7"], "context": {"time": 1717000000},
+         "history": [{"item": "i3", "time": 1716990000}, {"item": "i9", "time": 1716995000}]}]})
+
+
+class ScoreResponse(BaseModel):
+    user: str
+    cold_start: bool
+    history_length: int
+    scores: list[ScoredItem]
+    model: str
+
+
+class UserState(BaseModel):
+    user: str
+    known: bool
+    events: list[dict[str, Any]]
+    counters: dict[str, dict[str, float]]

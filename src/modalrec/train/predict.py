@@ -1,0 +1,238 @@
+"""`modalrec predict`: scores and top-K lists from a run directory alone (its pipeline, data and checkpoints).
+
+- ctr, a split of the run: the click probability of every sample of the split (mean over the run's seeds).
+- ctr, a new events file (`--events`): the file's rows are coded through the saved pipeline (unknown users
+  and items are index 0, as for a service) and scored, each against the user's history strictly before it:
+  the run's recorded events plus the file's own events of the history channels.
+- topk (`--k`): each user's top-K items after their whole recorded history (plus the events of `--events`,
+  whose users are then the ones listed), the items they met excluded or kept as `task.exclude_seen` says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import torch
+
+from ..data.errors import DataError, Problem
+from ..pipeline import History, Vocab
+from ..tasks.base import PreparedTask, event_times
+from .run import best_model, load_run
+
+REQUIRED = ("user_id", "item_id", "time")
+
+
+def read_events(path: Path) -> pa.Table:
+    """A CSV/TSV/Parquet events file with at least user_id, item_id and time (unix seconds or ISO dates)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(Problem(str(path), None, None, "an events file (.csv, .tsv or .parquet)", "no such file"))
+    try:
+        if path.suffix.lower() == ".parquet":
+            table = pq.read_table(path)
+        else:
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=sep),
+                                  convert_options=pcsv.ConvertOptions(
+                                      column_types={"user_id": pa.string(), "item_id": pa.string()}))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(Problem(str(path), None, None, "a readable CSV/TSV (UTF-8, one header row) or Parquet file",
+                                str(e).splitlines()[0])) from None
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise DataError([Problem(str(path), None, c, f"a column named '{c}'", f"columns {table.column_names}")
+                         for c in missing])
+    for c in ("user_id", "item_id"):
+        if table[c].null_count:
+            r = int(np.flatnonzero(table[c].is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(Problem(str(path), r + 1, c, "an id on every row", "an empty value"))
+        table = table.set_column(table.column_names.index(c), c, table[c].cast(pa.string()))
+    t = table["time"]
+    if pa.types.is_string(t.type) or pa.types.is_large_string(t.type):
+        parsed = pd.to_datetime(pd.Series(t.to_pylist()), errors="coerce", utc=True)
+        if parsed.isna().any():
+            r = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise DataError(Problem(str(path), r + 1, "time", "unix seconds or an ISO date", repr(t[r].as_py())))
+        table = table.set_column(table.column_names.index("time"), "time",
+                                 pa.array(parsed.astype("int64").to_numpy() // 10**9, pa.int64()))
+    elif not (pa.types.is_integer(t.type) or pa.types.is_timestamp(t.type)):
+        raise DataError(Problem(str(path), None, "time", "unix seconds or an ISO date", str(t.type)))
+    elif t.null_count:
+        r = int(np.flatnonzero(t.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(Problem(str(path), r + 1, "time", "a time on every row", "an empty value"))
+    return table
+
+
+def _channels(task: PreparedTask, table: pa.Table) -> np.ndarray:
+    if "channel" in table.column_names:
+        return np.asarray(table["channel"].to_numpy(zero_copy_only=False), dtype=object)
+    s = task.pipeline.settings
+    default = (s.sample_channels or list(s.history_tags) or ["default"])[0]
+    return np.full(table.num_rows, default, dtype=object)
+
+
+def _with_events(task: PreparedTask, table: pa.Table, channels: np.ndarray) -> tuple[History, Vocab, np.ndarray]:
+    """The run's history extended with the file's history events: (history, log users incl. the file's new
+    ones, each row's log user)."""
+    p, s = task.pipeline, task.pipeline.settings
+    log_users = task.log_users.extended(table["user_id"].to_pylist())
+    users = log_users.lookup(table["user_id"])
+    items = p.items.lookup(table["item_id"])
+    times = event_times(table)
+    wanted = p.history_channels()
+    is_hist = np.ones(len(users), bool) if wanted is None else np.isin(channels, np.asarray(wanted, dtype=object))
+    if s.history_positive_only:
+        if s.label_column in table.column_names:
+            raw = table[s.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
+            is_hist &= np.nan_to_num(p.labels(raw), nan=0).astype(bool)
+        else:  # outcomes unknown: the file's events cannot join a history of positive events
+            is_hist &= False
+    is_hist &= items > 0
+    h = task.history
+    old_users = np.repeat(np.arange(h.n_users), np.diff(h.ptr))
+    tags = None if h.tags is None else np.concatenate([h.tags, p.tag_codes(channels[is_hist])])
+    merged = History.build(np.concatenate([old_users, users[is_hist]]), np.concatenate([h.items, items[is_hist]]),
+                           np.concatenate([h.times, times[is_hist]]), len(log_users), tags)
+    return merged, log_users, users
+
+
+@torch.no_grad()
+def _scores(task: PreparedTask, run_dir: Path, cfg, batches) -> np.ndarray:
+    """Mean over the run's seeds of the model outputs of `batches()` (a callable giving the batches)."""
+    outs = []
+    for seed in cfg.seeds:
+        model = best_model(cfg, task, run_dir, seed)
+        model.eval()
+        task.bind(model.inputs)
+        parts = [model(b).float() for b in batches(task)]
+        outs.append(torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0))
+    return np.mean(outs, axis=0)
+
+
+def predict_ctr_events(task: PreparedTask, run_dir: Path, cfg, table: pa.Table, batch_size: int) -> np.ndarray:
+    """Click probabilities of every row of a new events file whose channel is a sample channel (others: NaN)."""
+    p = task.pipeline
+    channels = _channels(task, table)
+    history, log_users, users = _with_events(task, table, channels)
+    wanted = p.settings.sample_channels
+    is_sample = np.ones(len(users), bool) if wanted is None else np.isin(channels, np.asarray(wanted, dtype=object))
+    rows = np.flatnonzero(is_sample)
+    items = p.items.lookup(table["item_id"])[rows]
+    times = event_times(table)[rows]
+    u = users[rows]
+    cut = history.cut_before(u, times)
+    user_rows = np.r_[0, p.users.lookup(log_users.ids)].astype(np.int64)
+    missing = [n for n in p.context if n not in table.column_names]
+    if missing:
+        raise DataError(Problem("--events", None, missing[0], "the context feature columns the model reads "
+                                f"({', '.join(p.context)})", f"columns {table.column_names}"))
+    context = p.context_codes(table, rows)
+    collate = p.collator(history, user_rows, inputs=None)
+    group = None if p.graph is None else p.item_table.categorical[p.graph.group_feature]
+
+    def batches(t):
+        collate.inputs = t.collator.inputs
+        for lo in range(0, len(rows), batch_size):
+            sl = slice(lo, lo + batch_size)
+            graph = None if p.graph is None else p.graph.inputs(user_rows[u[sl]], group[items[sl]], times[sl], False)
+            yield collate(u[sl], items[sl], cut[sl], times[sl], context={k: v[sl] for k, v in context.items()},
+                          graph=graph)
+
+    out = np.full(table.num_rows, np.nan)
+    out[rows] = 1.0 / (1.0 + np.exp(-_scores(task, run_dir, cfg, batches)))
+    return out
+
+
+def predict_topk(task: PreparedTask, run_dir: Path, cfg, k: int, table: pa.Table | None,
+                 exclude_seen: bool) -> pd.DataFrame:
+    """Each user's top-k items after their whole history: user_id, rank (1..k), item_id, score."""
+    p = task.pipeline
+    if table is not None:
+        history, log_users, users = _with_events(task, table, _channels(task, table))
+        who = np.unique(users)
+    else:
+        history, log_users = task.history, task.log_users
+        who = np.flatnonzero(np.diff(history.ptr) > 0)
+    user_rows = np.r_[0, p.users.lookup(log_users.ids)].astype(np.int64)
+    cut = np.diff(history.ptr)[who]
+    end = np.array([history.times[history.ptr[u + 1] - 1] + 1 if cut[j] else 0 for j, u in enumerate(who)], np.int64)
+    collate = p.collator(history, user_rows, inputs=None)
+    n_items = len(p.items)
+    k = min(k, n_items - 1)
+    step = max(1, min(512, (1 << 24) // max(n_items, 1)))
+
+    def batches(t):
+        collate.inputs = t.collator.inputs
+        for lo in range(0, len(who), step):
+            yield collate(who[lo:lo + step], np.zeros(len(who[lo:lo + step]), np.int64), cut[lo:lo + step],
+                          end[lo:lo + step])
+
+    scores = torch.from_numpy(_scores(task, run_dir, cfg, batches)).view(len(who), n_items)
+    scores[:, 0] = float("-inf")
+    if exclude_seen:
+        for j, u in enumerate(who):
+            seen = history.items[history.ptr[u]:history.ptr[u + 1]]
+            scores[j, torch.from_numpy(seen)] = float("-inf")
+    top = torch.topk(scores, k, dim=1)
+    ids = np.asarray(p.items.ids, dtype=object)
+    users = np.asarray(log_users.ids, dtype=object)[who - 1]
+    return pd.DataFrame({"user_id": np.repeat(users, k), "rank": np.tile(np.arange(1, k + 1), len(who)),
+                         "item_id": ids[top.indices.numpy().ravel() - 1], "score": top.values.numpy().ravel()})
+
+
+def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv", events: Path | None = None,
+                k: int | None = None, exclude_seen: bool | None = None) -> Path:
+    """Writes a run's predictions to `out` (CSV, atomically): see the module doc."""
+    run_dir, out = Path(run_dir), Path(out)
+    if fmt not in ("csv", "microlens"):
+        raise DataError(Problem("--format", None, None, "csv or microlens", repr(fmt)))
+    cfg, task = load_run(run_dir)
+    table = read_events(events) if events is not None else None
+    if cfg.task.kind == "topk":
+        if k is None:
+            raise DataError(Problem("--k", None, None, "the length of each user's top-K list for a topk run "
+                                    "(e.g. --k 10)", "none"))
+        if k < 1:
+            raise DataError(Problem("--k", None, None, "a list length of at least 1", str(k)))
+        seen = cfg.task.exclude_seen if exclude_seen is None else exclude_seen
+        return _write(predict_topk(task, run_dir, cfg, k, table, seen), out)
+    if cfg.task.kind != "ctr":
+        raise DataError(Problem(str(run_dir / "config.yaml"), None, "task.kind", "a ctr run (click probabilities) or a "
+                                "topk run (top-K lists with --k)", repr(cfg.task.kind)))
+    if k is not None:
+        raise DataError(Problem("--k", None, None, "top-K lists of a topk run; this run's task is ctr "
+                                "(it writes a probability per event)", str(k)))
+    if table is not None:
+        df = table.to_pandas()
+        df["probability"] = predict_ctr_events(task, run_dir, cfg, table, cfg.train.eval_batch_size)
+        return _write(df, out)
+    if split not in task.splits:
+        raise DataError(Problem("--split", None, None, f"one of {', '.join(task.splits)}", repr(split)))
+    s = task.splits[split]
+    logits = _scores(task, run_dir, cfg, lambda t: t.batches(split, cfg.train.eval_batch_size))
+    p = 1.0 / (1.0 + np.exp(-logits)) if len(s) else np.zeros(0)
+    ids = task.sample_ids[split]
+    if fmt == "microlens":
+        from ..datasets.microlens import write_submission
+
+        if "row" not in ids.column_names:
+            raise DataError(Problem("--format", None, None, "microlens: the events' `row` column (data.source: "
+                                    "microlens)", "no such column"))
+        return write_submission(ids["row"].to_numpy(zero_copy_only=False), p, out)
+    df = pd.DataFrame({"user_id": ids["user_id"].to_pylist(), "item_id": ids["item_id"].to_pylist(),
+                       "time": ids["time"].to_pylist(), "probability": p})
+    return _write(df, out)
+
+
+def _write(df: pd.DataFrame, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return out
