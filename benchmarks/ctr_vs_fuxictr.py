@@ -169,20 +169,21 @@ def build_data(args, data_dir: Path):
 
     data = load_data(args.data, args.text)
     task = prepare_task(data, task_config(args.text))
-    side, schema, hist = task.collator.item_side, task.schema, task.history
+    side, schema, hist = task.collator.item_table, task.schema, task.history
     data_dir.mkdir(parents=True, exist_ok=True)
     expected = {}
     for split, s in task.splits.items():
         pd.DataFrame({
             "user_index": s.users.astype(np.int64), "item_index": s.items.astype(np.int64),
-            "seq_len": s.cut.astype(np.int64), "user_id": s.users.astype(np.int64),
+            "seq_len": s.cut.astype(np.int64), "user_id": task.user_rows[s.users].astype(np.int64),
             "label": s.labels.astype(np.int64),  # int keeps the loader's stacked array integer
         }).to_parquet(data_dir / f"{split}.parquet", index=False)
         expected.update({f"{split}:users": s.users, f"{split}:items": s.items, f"{split}:cut": s.cut,
                          f"{split}:labels": s.labels})
     np.savez(data_dir / "expected_splits.npz", **expected)
-    seqs = [hist.items[hist.ptr[u]:hist.ptr[u + 1]].astype(np.int64) for u in range(schema.n_users)]
-    pd.DataFrame({"user_index": np.arange(schema.n_users), "full_item_seq": seqs}).to_parquet(
+    # histories are rows of the event log's users (`user_index`); `user_id` is the model's user vocabulary row
+    seqs = [hist.items[hist.ptr[u]:hist.ptr[u + 1]].astype(np.int64) for u in range(hist.n_users)]
+    pd.DataFrame({"user_index": np.arange(hist.n_users), "full_item_seq": seqs}).to_parquet(
         data_dir / "user_info.parquet", index=False)
     items = {"item_index": np.arange(schema.n_items), "item_id": np.arange(schema.n_items)}
     for name, arr in side.categorical.items():
@@ -213,7 +214,7 @@ def check_fuxictr_batch(task, batch_file: Path) -> str:
     import numpy as np
 
     z = np.load(batch_file)
-    side, test = task.collator.item_side, task.splits["test"]
+    side, test = task.collator.item_table, task.splits["test"]
     b = len(z["user_id"])
     fmask = z["mask"].astype(bool)
     ids = z["item:item_id"]
@@ -224,7 +225,7 @@ def check_fuxictr_batch(task, batch_file: Path) -> str:
         if a.shape != e.shape or not np.array_equal(a, e):
             problems.append(what)
 
-    same("user", z["user_id"].astype(np.int64), test.users[:b])
+    same("user", z["user_id"].astype(np.int64), task.user_rows[test.users[:b]])
     same("label", z["label"].astype(np.float32), test.labels[:b])
     same("target item", ids[:, -1], test.items[:b])
     same("history length", fmask.sum(1), mmask.sum(1))

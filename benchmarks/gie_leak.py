@@ -47,9 +47,10 @@ def scored(labels: np.ndarray, feature: np.ndarray, users: np.ndarray) -> dict:
 
 def split_inputs(task, split: str) -> dict:
     s = task.splits[split]
-    gie = task.gie_train if (split == "train" and task.gie_train is not None) else task.gie
-    target = task.streamer_code[s.items]
-    ex = gie.lookup(s.users, target, times=s.times)
+    g = task.pipeline.graph
+    gie = g.refreshed if (split == "train" and g.refreshed is not None) else g.expansion
+    target = task.group_code[s.items]
+    ex = gie.lookup(task.user_rows[s.users], target, times=s.times)
     ui, uw = ex["gie_user"].numpy(), ex["gie_user_w"].numpy().astype(np.float64)
     si, sw = ex["gie_streamer"].numpy(), ex["gie_streamer_w"].numpy().astype(np.float64)
     uw, sw = np.where(ui > 0, uw, 0.0), np.where(si > 0, sw, 0.0)
@@ -58,10 +59,10 @@ def split_inputs(task, split: str) -> dict:
     out = {"samples": len(y), "gift_rate": round(float(y.mean()), 4),
            "in_user_expansion": scored(y, (uw * (ui == target[:, None])).sum(1), users),
            "expansion_overlap": scored(y, (uw[:, :, None] * sw[:, None, :] * same).sum((1, 2)), users)}
-    init = task.gie.graph_init()
+    init = g.graph_init()
     ue, se = init.get("user"), init.get("streamer")
     if ue is not None and se is not None:
-        dot = (ue[users] * se[target]).sum(1)
+        dot = (ue[task.user_rows[users]] * se[target]).sum(1)
         m = ctr_metrics(y, dot, users)
         out["graphcl_dot"] = {"auc": round(float(m["auc"]), 4), "gauc": round(float(m["gauc"]), 4)}
         has = uw.sum(1) > 0

@@ -101,8 +101,8 @@ def main() -> None:
     s = task.splits["test"]
     labels = s.labels.astype(np.float64)
     users = s.users
-    target = task.streamer_code[s.items]  # streamer code of each sample's segment
-    ex = task.gie.lookup(users, target, times=s.times)
+    target = task.group_code[s.items]  # streamer code of each sample's segment
+    ex = task.pipeline.graph.expansion.lookup(task.user_rows[users], target, times=s.times)
     u_idx, u_w = ex["gie_user"].numpy(), ex["gie_user_w"].numpy().astype(np.float64)
     u_w = np.where(u_idx > 0, u_w, 0.0)
     in_exp = (u_w * (u_idx == target[:, None])).sum(1)
@@ -112,9 +112,9 @@ def main() -> None:
     ch = np.asarray(ev["channel"].to_numpy(zero_copy_only=False), dtype=object)
     t_ev = ev["time"].to_numpy(zero_copy_only=False).astype(np.int64)
     g = ch == "gift"
-    g_user = task.user_vocab.lookup(ev["user_id"].filter(g))
+    g_user = task.log_users.lookup(ev["user_id"].filter(g))  # event log rows, as the samples' users
     g_item = task.item_vocab.lookup(ev["item_id"].filter(g))
-    g_streamer, g_time = task.streamer_code[g_item], t_ev[g]
+    g_streamer, g_time = task.group_code[g_item], t_ev[g]
     first_gift: dict[tuple[int, int], int] = {}
     for u, a, t in zip(g_user.tolist(), g_streamer.tolist(), g_time.tolist()):
         first_gift[(u, a)] = min(t, first_gift.get((u, a), t))
@@ -124,7 +124,7 @@ def main() -> None:
     # the simulator's affinity of the user to the target's community (ground truth, for scale)
     ids, aff = true_affinity(cfg.data.params)
     row_of = {u: i for i, u in enumerate(ids.tolist())}
-    user_ids = [task.user_vocab.id_of(int(u)) for u in users]
+    user_ids = [task.log_users.id_of(int(u)) for u in users]
     urow = np.array([row_of[u] for u in user_ids])
     items = data.items
     community_of_item = dict(zip(items["item_id"].to_pylist(), items["gt_community"].to_pylist()))
@@ -133,9 +133,9 @@ def main() -> None:
     t_aff = aff[urow, comm]
 
     # the expansion's mass on the user's top community: streamer code -> community
-    code_comm = np.full(int(task.streamer_code.max()) + 1, -1)
+    code_comm = np.full(int(task.group_code.max()) + 1, -1)
     item_rows = task.item_vocab.lookup(items["item_id"])
-    code_comm[task.streamer_code[item_rows]] = np.asarray(items["gt_community"].to_pylist())
+    code_comm[task.group_code[item_rows]] = np.asarray(items["gt_community"].to_pylist())
     top = aff.argmax(1)[urow]
     mass = u_w.sum(1)
     on_top = (u_w * (code_comm[u_idx] == top[:, None])).sum(1)
@@ -159,18 +159,18 @@ def main() -> None:
              "user has an expansion": has_exp,
              "has an expansion, target never gifted before": has_exp & (gifted_before == 0)}
     feats = {"true_affinity": t_aff, "gifted_target_before": gifted_before, "in_user_expansion": in_exp}
-    if task.history.tags is not None and "gift" in task.history_tags:
+    if task.history.tags is not None and "gift" in task.pipeline.settings.history_tags:
         # how many gifts the ranker's tagged history window holds: across users it marks the generous ones, but
         # within a user a gift watch's window holds fewer of the user's OTHER gifts than a plain watch's does
         _, wmask, wpos = task.history.window(users, s.cut, cfg.task.max_history)
-        gift_tags = np.where(wmask, task.history.tags[wpos], 0) == task.history_tags["gift"]
+        gift_tags = np.where(wmask, task.history.tags[wpos], 0) == task.pipeline.settings.history_tags["gift"]
         feats["gifts_in_history_window"] = gift_tags.sum(1).astype(np.float64)
         # the one-hop signal a SIM ranker can read: a gift to the target's streamer among the last L history
         # events (its hard search by streamer finds it there), next to `gifted_target_before` (any earlier gift)
         for L in sorted({cfg.task.max_history, *args.windows}):
             items, wmask, wpos = task.history.window(users, s.cut, L)
-            gift = wmask & (np.where(wmask, task.history.tags[wpos], 0) == task.history_tags["gift"])
-            same = task.streamer_code[items] == target[:, None]
+            gift = wmask & (np.where(wmask, task.history.tags[wpos], 0) == task.pipeline.settings.history_tags["gift"])
+            same = task.group_code[items] == target[:, None]
             feats[f"gifted_target_in_last_{L}"] = (gift & same).any(1).astype(np.float64)
     table = scores_table(labels, users, feats, masks)
     n_groups = aff.shape[1]

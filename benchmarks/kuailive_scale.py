@@ -53,8 +53,9 @@ def child(args) -> None:
     task = prepare_task(data, cfg.task)
     out["prepare_s"], out["rss_after_prepare_mb"] = time.perf_counter() - t, peak_rss_mb()
     out["samples"] = {k: len(s) for k, s in task.splits.items()}
-    if task.gie is not None:
-        out["graph"] = {k: v for k, v in task.gie.stats.items() if isinstance(v, (int, float, dict))}
+    if task.pipeline.graph is not None:
+        stats = task.pipeline.graph.expansion.stats
+        out["graph"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, dict))}
     del task  # train_run prepares its own (the path of `modalrec train`); this one only timed the build
     t = time.perf_counter()
     m = train_run(cfg, Path(args.work) / args.child, data=data, report=False)

@@ -131,8 +131,8 @@ def buckets(data, task) -> dict[str, np.ndarray]:
     t = ev["time"].to_numpy(zero_copy_only=False).astype(np.int64)
     cutoff = int(task.splits["valid"].times.min())
     gifts = ev.filter(pa.array((ch == "gift") & (t < cutoff)))
-    uidx = task.user_vocab.lookup(gifts["user_id"])
-    n_gifts = np.bincount(uidx, minlength=len(task.user_vocab))[task.splits["test"].users]
+    uidx = task.log_users.lookup(gifts["user_id"])  # event log rows, as the samples' users
+    n_gifts = np.bincount(uidx, minlength=len(task.log_users))[task.splits["test"].users]
     return {"cold (0 gifts)": n_gifts == 0, "sparse (1-2 gifts)": (n_gifts >= 1) & (n_gifts <= 2),
             "heavy (>=3 gifts)": n_gifts >= 3}
 
@@ -204,7 +204,7 @@ def bucket_metrics(labels, logits, users, masks: dict[str, np.ndarray]) -> dict:
 def missing_content_curve(cfg, task, run_dir: Path, shares=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0) -> list:
     """MMBee's test metrics with every content modality absent on a share of the test segments."""
     model = model_of(cfg, task, run_dir, cfg.seeds[0])
-    side = task.collator.item_side
+    side = task.collator.item_table
     s = task.splits["test"]
     items = np.unique(s.items)
     rng = np.random.default_rng(seed)
@@ -238,7 +238,7 @@ def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0,
     `models`: name -> (model, its task); the tasks share vocabularies and splits (same data and split)."""
     task = next(iter(models.values()))[1]
     t0 = int(task.splits["test"].times.min())
-    streamer = task.collator.item_side.categorical["streamer_id"]
+    streamer = task.collator.item_table.categorical["streamer_id"]
     items = data.items
     seg_idx = task.item_vocab.lookup(items["item_id"])
     start = items["start_time"].to_numpy(zero_copy_only=False).astype(np.int64)
@@ -254,7 +254,7 @@ def topk_streamers(data, models: dict, n_users: int, k: int = 10, seed: int = 0,
     ch = np.asarray(ev["channel"].to_numpy(zero_copy_only=False), dtype=object)
     t = ev["time"].to_numpy(zero_copy_only=False).astype(np.int64)
     g = ev.filter(pa.array((ch == "gift") & (t >= t0)))
-    gu = task.user_vocab.lookup(g["user_id"])
+    gu = task.log_users.lookup(g["user_id"])  # event log rows: the History's
     gs = streamer[task.item_vocab.lookup(g["item_id"])]
     relevant: dict[int, set] = {}
     for u, a in zip(gu.tolist(), gs.tolist(), strict=True):

@@ -64,7 +64,7 @@ def build_bundle(model: str, max_history: int, epochs: int) -> Path:
     t0 = time.time()
     train_run(cfg, run, data=data, report=False)
     print(f"trained {model} (max_history {max_history}, {epochs} epoch(s)) in {time.time() - t0:.0f} s")
-    export_bundle(run, bundle, data=data, overwrite=True)
+    export_bundle(run, bundle, overwrite=True)
     return bundle
 
 
@@ -144,7 +144,7 @@ def precision_parity(bundle: Path, store, users: list[str], n_candidates: int, p
     import torch
 
     from modalrec.serve.bundle import load_bundle
-    from modalrec.serve.service import Scorer
+    from modalrec.serve.scoring import Scorer
 
     torch.set_num_threads(1)
     scorers = {p: Scorer(load_bundle(bundle), store, precision=p, item_sync_s=None) for p in ("fp32", precision)}
@@ -152,15 +152,14 @@ def precision_parity(bundle: Path, store, users: list[str], n_candidates: int, p
     diffs, same_set, same_order, spearman = [], [], [], []
     times = {p: [] for p in scorers}
     for u in users:
-        uidx = ref.user_index(u)
-        items, when, tags = ref.history(u, uidx)
-        t = int(when[-1]) + 1 if len(when) else int(time.time())
-        cand, _ = ref.retrieve(ref.retrieval_query(u, uidx, None), n_candidates, set())
+        seq = ref.history(u)
+        t = int(seq.times[-1]) + 1 if len(seq.times) else int(time.time())
+        cand, _ = ref.retrieve(ref.retrieval_query(u), n_candidates, set())
         out = {}
         for p, sc in scorers.items():
-            sc.score(uidx, items, when, t, cand, user=u, hist_tags=tags)  # warm
+            sc.score(u, seq, t, cand)  # warm
             t0 = time.perf_counter()
-            out[p] = sc.score(uidx, items, when, t, cand, user=u, hist_tags=tags)
+            out[p] = sc.score(u, seq, t, cand)
             times[p].append(time.perf_counter() - t0)
         a, b = out["fp32"], out[precision]
         diffs.append(np.abs(a - b))

@@ -12,7 +12,7 @@ import torch
 
 from modalrec.config import TaskConfig
 from modalrec.models import build_model
-from modalrec.serve.service import SharedHistoryAttention, with_serving_fast_paths
+from modalrec.nn.serving import SharedHistoryAttention, with_serving_fast_paths
 from modalrec.tasks import prepare_task
 
 from .test_tasks import make_data
@@ -129,6 +129,6 @@ def test_bf16_fast_path_is_close_to_fp32_and_keeps_the_weights(task):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_allocator_tuning_takes():
-    from modalrec.serve.service import keep_freed_memory
+    from modalrec.serve.app import keep_freed_memory
 
     assert keep_freed_memory() is True  # glibc accepted both settings (the service logs a warning otherwise)

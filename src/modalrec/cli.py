@@ -242,8 +242,9 @@ def serve(
                                         "history: fp32 (the offline scores to 1e-5) or bf16 (about half their time "
                                         "on CPUs with AVX512-BF16 or AMX; logits move by about 1e-4)."),
 ) -> None:
-    """Serve a bundle over HTTP: POST /events, /items, /recommend, /score; DELETE /items/ID; GET /healthz,
-    /metrics, /docs."""
+    """Serve a bundle over HTTP: POST /events, /items, /items/delete, /recommend, /score; DELETE /items/ID;
+    GET /users/ID (a user's stored events, ?n= default 100), /healthz, /metrics, /docs. Request bodies are capped
+    at 1 MiB (413 above)."""
     import secrets
 
     try:

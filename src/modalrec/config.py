@@ -31,6 +31,15 @@ class DataConfig(_Strict):
         None, description="frozen content encoders run on the raw modalities after loading (image -> EfficientNet-"
         "Lite0, audio -> ASR text vectors + MFCC statistics, text -> MiniLM), cached by content")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _path_needs_source(cls, raw):
+        if isinstance(raw, dict) and raw.get("path") is not None and "source" not in raw:
+            raise ValueError("data.source next to data.path (the dataset the path holds: a registered name such as "
+                             "movielens, a saved InteractionData folder or an import YAML); without a source the "
+                             "built-in demo world is generated and the path is ignored")
+        return raw
+
 
 SPLIT_METHODS = {"ctr": ("per_user_time", "global_time", "column"), "topk": ("leave_last_out",),
                  "multilabel": ("chronological",)}
@@ -122,8 +131,8 @@ class TaskConfig(_Strict):
         if self.split.method is None:
             self.split.method = methods[0]
         elif self.split.method not in methods:
-            raise ValueError(f"split.method '{self.split.method}': the {self.kind} task splits by "
-                             f"{' or '.join(methods)}")
+            raise ValueError(f"split.method of the {self.kind} task: {' or '.join(methods)}; found "
+                             f"'{self.split.method}'")
         names = self.context_features
         if names and self.kind != "ctr":
             raise ValueError(f"context_features {names}: only the ctr task reads per-sample context features, "
@@ -211,7 +220,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
         p = Path(path)
         if not p.exists():
             raise DataError(Problem(origin, None, None, "a YAML config file", "no such file"))
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            raise DataError(Problem(origin, None, None, "valid YAML",
+                                    f"{where}{getattr(e, 'problem', None) or str(e).splitlines()[0]}")) from None
         if not isinstance(loaded, dict):
             raise DataError(Problem(origin, None, None, "a YAML mapping", type(loaded).__name__))
         raw.update(loaded)
@@ -219,10 +234,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise DataError([
-            Problem(origin, None, ".".join(str(x) for x in err["loc"]), err["msg"].lower(), repr(err.get("input"))[:80])
-            for err in e.errors()
-        ]) from None
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            key = f"key '{where}': " if where else ""
+            if err["type"] == "value_error":  # our own validators: the message says what and why
+                problems.append(Problem(origin, None, None, key + err["msg"].removeprefix("Value error, ")))
+            else:
+                msg = err["msg"]
+                problems.append(Problem(origin, None, None, key + msg[:1].lower() + msg[1:],
+                                        repr(err.get("input"))[:80]))
+        raise DataError(problems) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

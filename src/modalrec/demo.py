@@ -79,11 +79,11 @@ def ctr_config(model: str, epochs: int) -> RunConfig:
     })
 
 
-def _export(run_dir: Path, out: Path, data) -> None:
+def _export(run_dir: Path, out: Path) -> None:
     try:  # `modalrec serve runs/demo/bundle`
         from .serve.bundle import export_bundle
 
-        export_bundle(run_dir, out, data=data, overwrite=True)
+        export_bundle(run_dir, out, overwrite=True)
     except ImportError as e:
         warnings.warn(f"serving bundle not written ({e}): install the serving extras, pip install 'modalrec[serve]'")
 
@@ -103,7 +103,7 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "lives
             train_run(ctr_config(model, epochs), run_dir, data=data, report=False)
             runs.append(run_dir)
         report = write_report(runs, out / "report.html", title="modalrec demo: CTR on the built-in simulated world")
-        _export(out, out / "bundle", data)
+        _export(out, out / "bundle")
         return report
     if world != "livestream":
         raise ValueError(f"unknown demo world '{world}' (livestream or ctr)")
@@ -126,7 +126,7 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "lives
     (out / "ground_truth.json").write_text(json.dumps(_ceiling(data, live("sim")), indent=2))
     report = write_report(runs, out / "report.html",
                           title="modalrec demo: live-stream gift prediction, SIM vs MMBee (simulated platform)")
-    _export(out, out / "bundle", data)
+    _export(out, out / "bundle")
     return report
 
 

@@ -7,9 +7,9 @@ support in `tasks` and the `Batch` fields they read in `inputs` (the pipeline em
 Serving protocol (what the service calls, for any model; `serve/` names none): `prepare_serving` turns on
 the model's exact faster inference paths for requests whose rows share one history (the shared layers'
 transforms in `nn.serving`, the item encoder's table of the bundle's items, a model's own memo),
-`forget_items` drops what the model memoised about items whose content changed, `item_vectors` gives the
-item representation retrieval searches, and `serve_target_tokens` says whether request batches must carry
-the targets' token tables.
+`forget_items` drops what the model memoised about items whose content changed, `item_representation`
+gives the item vectors retrieval searches, and `serve_target_tokens` says whether request batches must
+carry the targets' token tables.
 
 Output conventions (the task's loss and evaluator rely on them):
 - ctr: (B,) logits.
@@ -188,7 +188,7 @@ class Model(torch.nn.Module):
         """Serving: the content of these item table rows changed; drop anything memoised about them."""
 
     @torch.no_grad()
-    def item_vectors(self, ids: torch.Tensor, side: dict, presence: dict) -> torch.Tensor | None:
+    def item_representation(self, ids: torch.Tensor, side: dict, presence: dict) -> torch.Tensor | None:
         """The model's vector of each item (its item encoder's output: id, side features and content), what
         retrieval searches; None for a model without an item encoder."""
         from ..nn.item_encoder import ItemEncoder

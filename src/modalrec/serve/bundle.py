@@ -250,7 +250,7 @@ def item_vector_rows(model: Model, rows: list[dict], table, dim: int, source: st
         pres = {name: torch.from_numpy(np.array([r["presence"][name] for r in rows], dtype=bool))
                 for name in table.presence}
         with torch.inference_mode():
-            vec = model.item_vectors(torch.zeros(len(rows), dtype=torch.long), feats, pres).float().numpy()
+            vec = model.item_representation(torch.zeros(len(rows), dtype=torch.long), feats, pres).float().numpy()
     elif source.startswith("content:") and source[8:] in table.dense:
         name = source[8:]
         vec = np.stack([r["dense"][name].astype(np.float32) if r["presence"][name] else np.zeros(dim, np.float32)

@@ -21,17 +21,17 @@ FLAT_INDEX_MAX_ITEMS = 200_000
 @torch.no_grad()
 def retrieval_vectors(model: Model, table, n_items: int, chunk: int = 4096) -> tuple[np.ndarray | None, str]:
     """One retrieval vector per item row, and where it comes from: the model's own item representation where
-    it has one (`Model.item_vectors`: id, side features and content, so items with similar content sit close),
+    it has one (`Model.item_representation`: id, side features and content, so items with similar content sit close),
     else an item id embedding of the model, else the first dense content modality; None when there is nothing
     to retrieve with."""
     model.eval()
     probe, pres = table.gather(np.zeros(1, np.int64))
-    if model.item_vectors(torch.zeros(1, dtype=torch.long), probe, pres) is not None:
+    if model.item_representation(torch.zeros(1, dtype=torch.long), probe, pres) is not None:
         parts = []
         for start in range(0, n_items, chunk):
             ids = np.arange(start, min(start + chunk, n_items))
             feats, pres = table.gather(ids)
-            parts.append(model.item_vectors(torch.from_numpy(ids), feats, pres).float().numpy())
+            parts.append(model.item_representation(torch.from_numpy(ids), feats, pres).float().numpy())
         return np.concatenate(parts), "item_encoder"
     for name, m in model.named_modules():
         if isinstance(m, torch.nn.Embedding) and m.num_embeddings == n_items and m.embedding_dim >= 8:

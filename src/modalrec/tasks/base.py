@@ -186,6 +186,8 @@ class PreparedTask:
 
     @classmethod
     def check_split(cls, cfg: TaskConfig) -> None:
+        if cfg.split.method is None:
+            cfg.split.method = cls.split_methods[0]
         if cls.split_methods and cfg.split.method not in cls.split_methods:
             raise DataError(Problem("task.split.method", None, None,
                                     f"a split protocol of the '{cls.kind}' task: {', '.join(cls.split_methods)}",
@@ -204,7 +206,8 @@ class PreparedTask:
 
     def bind(self, inputs: frozenset[str] | None) -> None:
         """Batches from now on carry only the fields a model reads (`Model.inputs`; None: every field)."""
-        self.collator.inputs = inputs
+        if getattr(self, "collator", None) is not None:
+            self.collator.inputs = inputs
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
                 rank: int = 0, world: int = 1) -> Iterator[Batch]:

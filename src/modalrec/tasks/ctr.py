@@ -146,6 +146,9 @@ class CTRTask(PreparedTask):
             self.splits["train"] = tr.take(keep)
             rows_of["train"] = rows_of["train"][keep]
         self.sample_ids = {name: sample_ids(log, rows) for name, rows in rows_of.items()}
+        # in memory only (a task restored from a run directory has neither): each split's samples as rows of the
+        # sorted event table, for scripts that read other event columns next to them (a simulator's truth)
+        self.events, self.split_rows = log.table, rows_of
         tr = self.splits["train"]
         n_items = len(pipeline.items)
         counts = np.bincount(tr.items, minlength=n_items).astype(np.float64)
@@ -182,6 +185,8 @@ class CTRTask(PreparedTask):
         p.graph = GraphFeatures.fit(self.user_rows[log.users[is_gift]], group[item_rows[is_gift]], log.times[is_gift],
                                     weights, len(p.users), p.item_sizes.categorical[g.streamer_feature], g,
                                     int(cutoff) if later else None, self.splits["train"].times)
+
+    events = split_rows = None
 
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         super().restore(meta, arrays)
