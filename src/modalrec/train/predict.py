@@ -182,8 +182,10 @@ def predict_topk(task: PreparedTask, run_dir: Path, cfg, k: int, table: pa.Table
     top = torch.topk(scores, k, dim=1)
     ids = np.asarray(p.items.ids, dtype=object)
     users = np.asarray(log_users.ids, dtype=object)[who - 1]
-    return pd.DataFrame({"user_id": np.repeat(users, k), "rank": np.tile(np.arange(1, k + 1), len(who)),
-                         "item_id": ids[top.indices.numpy().ravel() - 1], "score": top.values.numpy().ravel()})
+    out = pd.DataFrame({"user_id": np.repeat(users, k), "rank": np.tile(np.arange(1, k + 1), len(who)),
+                        "item_id": ids[top.indices.numpy().ravel() - 1], "score": top.values.numpy().ravel()})
+    # a user who met all but a few items gets the items left (fewer than k), never an excluded one
+    return out[np.isfinite(out["score"].to_numpy())].reset_index(drop=True)
 
 
 def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv", events: Path | None = None,
