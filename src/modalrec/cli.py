@@ -178,7 +178,13 @@ def data_import(
         write_rejected(rejected, out / "rejected.csv")
         typer.echo(f"warning: {len(rejected)} bad row(s) left out, listed in {out / 'rejected.csv'}", err=True)
     s = data.summary()
-    typer.echo(f"imported {s['events']} events, {s['users']} users, {s['items']} items into {out}")
+    users = f"{s['users']} users"
+    if s.get("users_in_table", s["users"]) != s["users"]:
+        users += f" with events ({s['users_in_table']} in the users table)"
+    items = f"{s['items']} items"
+    if "items_in_table" in s:
+        items += f" with events ({s['items_in_table']} in the items table)"
+    typer.echo(f"imported {s['events']} events, {users}, {items} into {out}")
 
 
 @app.command()

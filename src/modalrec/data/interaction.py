@@ -136,12 +136,17 @@ class InteractionData:
             "name": self.spec.name,
             "events": ev.num_rows,
             "users": pc.count_distinct(ev["user_id"]).as_py(),
-            "items": pc.count_distinct(ev["item_id"]).as_py(),
+            "items": pc.count_distinct(ev["item_id"]).as_py(),  # items with events
             "channels": {
                 str(r["values"]): int(r["counts"]) for r in pc.value_counts(ev["channel"]).to_pylist()
             },
             "modalities": {k: v.num_rows for k, v in self.content.items()},
         }
+        # the side tables may list more (items never interacted with, users without events)
+        if self.items is not None:
+            out["items_in_table"] = self.items.num_rows
+        if self.users is not None:
+            out["users_in_table"] = self.users.num_rows
         if self.spec.semi_synthetic:
             out["semi_synthetic"] = True
         return out

@@ -1,0 +1,174 @@
+"""The import spec: the YAML mapping of `modalrec.data.importer.import_dataset`, as pydantic models.
+
+The format and its rules are described in `modalrec.data.importer`; `load_import_spec` reads and checks a
+spec file, reporting every problem as a `Problem` of that file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from datetime import date, datetime
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import DataError, Problem
+from .interaction import ModalityKind, _pydantic_problems
+from .timerange import TimeRange
+
+EVENT_CORE_COLUMNS = ("user_id", "item_id", "time", "channel", "label", "value", "event_id")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileSource(_Strict):
+    file: str
+    sep: str | None = None
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r} (Python's names: utf-8, latin-1, cp1252, utf-16, ...)") from None
+        return v
+
+
+class EventSource(FileSource):
+    user: str
+    item: str
+    time: str
+    time_format: str | None = None
+    label: str | None = None
+    value: str | None = None
+    channel: str | None = None
+    channel_column: str | None = None
+    event_id: str | None = None
+    keep: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_channel(self) -> EventSource:
+        if self.channel is not None and self.channel_column is not None:
+            raise ValueError("give either `channel` (a constant) or `channel_column`, not both")
+        clash = set(self.keep) & set(EVENT_CORE_COLUMNS)
+        if clash:
+            raise ValueError(f"`keep` columns may not be named like the core event columns: {sorted(clash)}")
+        return self
+
+
+class EntitySource(FileSource):
+    id: str
+    categorical: list[str] = Field(default_factory=list)
+    multi_categorical: dict[str, str] = Field(default_factory=dict)
+    numeric: list[str] = Field(default_factory=list)
+    text: list[str] = Field(default_factory=list)
+    keep: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _distinct_roles(self) -> EntitySource:
+        outputs = [*self.categorical, *self.multi_categorical, *self.numeric, *self.keep]
+        seen: set[str] = set()
+        for name in outputs:
+            if name in seen:
+                raise ValueError(f"column '{name}' is given two roles (categorical/multi_categorical/numeric/keep)")
+            seen.add(name)
+        if self.id in seen:
+            raise ValueError(f"the id column '{self.id}' cannot also be a feature")
+        for col, sep in self.multi_categorical.items():
+            if not sep:
+                raise ValueError(f"multi_categorical '{col}' needs a non-empty separator")
+        return self
+
+
+class ContentSource(FileSource):
+    name: str
+    entity: Literal["item", "user", "event"] = "item"
+    kind: ModalityKind
+    id: str
+    column: str | None = None
+    columns: list[str] | str | None = None
+    dim: int | None = Field(default=None, gt=0)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_value_source(self) -> ContentSource:
+        if (self.column is None) == (self.columns is None):
+            raise ValueError("give exactly one of `column` or `columns`")
+        if self.columns is not None and self.kind != "vector":
+            raise ValueError("`columns` (several numeric columns) is only for kind: vector")
+        if self.dim is not None and self.kind != "vector":
+            raise ValueError("`dim` is only for kind: vector")
+        return self
+
+
+TimeBound = int | float | datetime | date | str  # unix seconds, a YAML date (2024-01-01), or an ISO date(-time) string
+
+
+class TimeRangeSpec(_Strict):
+    """`time_range: {min: ..., max: ...}`: the plausible event times (see `modalrec.data.timerange`)."""
+
+    min: TimeBound | None = None
+    max: TimeBound | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> TimeRangeSpec:
+        self.rule()  # ValueError names the bad bound
+        return self
+
+    def rule(self) -> TimeRange:
+        return TimeRange.parse(self.min, self.max)
+
+
+class ImportSpec(_Strict):
+    """The YAML mapping of `import_dataset` (see `modalrec.data.importer` for the format)."""
+
+    name: str
+    description: str = ""
+    source: str = ""
+    citation: str = ""
+    events: list[EventSource] = Field(min_length=1)
+    items: EntitySource | None = None
+    users: EntitySource | None = None
+    content: list[ContentSource] = Field(default_factory=list)
+    time_range: TimeRangeSpec = Field(default_factory=TimeRangeSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ImportSpec:
+        names = [c.name for c in self.content]
+        if self.items is not None and self.items.text:
+            names.append("text")
+        if self.users is not None and self.users.text:
+            names.append("user_text")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"modality names must be unique (items.text is 'text', users.text is "
+                             f"'user_text'): {dup}")
+        for c in self.content:
+            if c.entity == "event" and not any(e.event_id for e in self.events):
+                raise ValueError(f"content '{c.name}' describes events, so an events file needs `event_id`")
+        return self
+
+
+def load_import_spec(path: str | os.PathLike) -> ImportSpec:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(Problem(str(path), None, None, "an import spec (YAML)", "no such file"))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise DataError(Problem(str(path), None, None, "valid YAML", f"{getattr(e, 'problem', e)}{where}")) from None
+    if not isinstance(raw, dict):
+        raise DataError(Problem(str(path), None, None, "a YAML mapping (name:, events:, ...)", type(raw).__name__))
+    try:
+        return ImportSpec.model_validate(raw)
+    except ValueError as e:  # pydantic ValidationError
+        raise DataError(_pydantic_problems(str(path), e)) from None
