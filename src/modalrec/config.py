@@ -76,6 +76,16 @@ class GraphTaskConfig(_Strict):
     gie: GIEConfig = Field(default_factory=GIEConfig)
 
 
+class EventTextConfig(_Strict):
+    """An item text modality built from events of the TRAINING period: the texts of `column` on the item's
+    events of `channel` (e.g. the tags users wrote on a movie), first occurrences in time order, joined; read as
+    a bag of words `<modality>_words`. Content written after a user's training period never reaches the model."""
+
+    modality: str = Field(..., description="name of the text modality to build (its words: <modality>_words)")
+    channel: str = Field(..., description="the events whose column holds the text, e.g. tag")
+    column: str = Field(..., description="the event column holding the text, e.g. tag")
+
+
 class TaskConfig(_Strict):
     kind: Literal["ctr", "topk", "multilabel"] = "ctr"
     label_column: str = Field("label", description="event column holding the label or the value to threshold")
@@ -93,6 +103,9 @@ class TaskConfig(_Strict):
     text_modalities: list[str] | None = Field(
         None, description="item text modalities turned into bag-of-words features (None: all text modalities)")
     max_words: int = Field(16, ge=1, description="words kept per item text")
+    event_text: list[EventTextConfig] = Field(
+        default_factory=list, description="item text modalities built from the training period's events (e.g. "
+        "MovieLens tags): see EventTextConfig")
     vector_modalities: list[str] | None = Field(None, description="item vector modalities joined as dense content")
     token_modalities: list[str] | None = Field(
         None, description="multi-valued item vector modalities joined as padded token tables, one token per value "
@@ -111,6 +124,11 @@ class TaskConfig(_Strict):
         "the item or the history), e.g. MicroLens' likes_level / views_level (an item's popularity level at "
         "impression time). Strings or integers; the vocabulary comes from the training samples only: an empty "
         "value or one first seen at validation/test is code 0 (unknown)")
+    unknown_target_rate: float | None = Field(
+        None, ge=0.0, lt=1.0, description="ctr (default 0.02; other tasks 0): the share of training samples whose target is shown as an item "
+        "the model knows nothing about (id, side features, content and graph expansion all unknown), drawn anew "
+        "every epoch, so the model learns how to score an item it never saw (a new item registered with an id only, "
+        "an unknown id) instead of extrapolating from inputs it was never trained on. 0: off")
     train_recent: float | None = Field(
         None, gt=0.0, le=1.0, description="ctr: train on the most recent share of the training period's samples "
         "only (by time; e.g. 0.3 = the last 30%), while histories, item statistics from the history and the "
@@ -137,6 +155,11 @@ class TaskConfig(_Strict):
         if names and self.kind != "ctr":
             raise ValueError(f"context_features {names}: only the ctr task reads per-sample context features, "
                              f"not '{self.kind}'")
+        if self.unknown_target_rate is None:
+            self.unknown_target_rate = 0.02 if self.kind == "ctr" else 0.0
+        elif self.unknown_target_rate > 0 and self.kind != "ctr":
+            raise ValueError(f"unknown_target_rate {self.unknown_target_rate}: only the ctr task hides training "
+                             f"targets, not '{self.kind}'")
         if self.train_recent is not None and self.kind != "ctr":
             raise ValueError(f"train_recent {self.train_recent}: only the ctr task reads it, not '{self.kind}'")
         if self.history_channel_tags and self.kind != "ctr":

@@ -154,6 +154,19 @@ class _Output:
     skipped: list[Problem]
 
 
+def _todo(data: InteractionData, cfg: ContentEncodingConfig) -> list[ModalitySpec]:
+    enabled = {"image": cfg.image != "off", "audio": cfg.audio != "off", "text": cfg.text != "off"}
+    return [m for m in data.spec.modalities if m.kind in RAW_KINDS and enabled[m.kind]
+            and (cfg.modalities is None or m.name in cfg.modalities)]
+
+
+def planned_modalities(data: InteractionData, cfg: ContentEncodingConfig | None = None) -> list[str]:
+    """The vector modalities `encode_content` will add (`<name>_emb`, `<name>_mfcc`), known without encoding."""
+    cfg = cfg if cfg is not None else ContentEncodingConfig()
+    return [f"{m.name}_{'mfcc' if view == 'mfcc' else 'emb'}" for m in _todo(data, cfg)
+            for view in (cfg.audio if m.kind == "audio" else [m.kind])]
+
+
 def encode_content(data: InteractionData, cfg: ContentEncodingConfig | None = None,
                    progress: bool = False) -> InteractionData:
     """A copy of `data` with its raw image / audio / text modalities also as vector modalities (see the module)."""
@@ -169,11 +182,9 @@ def encode_content(data: InteractionData, cfg: ContentEncodingConfig | None = No
                 raise ValueError(f"modality '{name}' is of kind '{kind}': only {RAW_KINDS} modalities are encoded")
             if not enabled[kind]:
                 raise ValueError(f"modality '{name}' was asked for, but the {kind} encoder is switched off")
-    todo = [m for m in data.spec.modalities if m.kind in RAW_KINDS and enabled[m.kind]
-            and (cfg.modalities is None or m.name in cfg.modalities)]
+    todo = _todo(data, cfg)
     # checked before any encoder runs: a clash found after an hour of transcription helps no one
-    planned = [f"{m.name}_{'mfcc' if view == 'mfcc' else 'emb'}" for m in todo
-               for view in (cfg.audio if m.kind == "audio" else [m.kind])]
+    planned = planned_modalities(data, cfg)
     for name in planned:
         if name in declared and declared[name].kind != "vector":
             raise ValueError(f"modality '{name}' exists with kind '{declared[name].kind}'; encoding would replace "

@@ -89,6 +89,13 @@ def build_model(name: str, schema: Schema, params: dict[str, Any] | None = None)
     return cls(schema, model_config(name, params))
 
 
+def required_modalities(name: str, params: dict[str, Any] | None = None) -> list[str]:
+    """The content modalities a model's config names as its inputs (a `modalities` list, e.g. MMBee's MFQ
+    inputs), so a run can check them against the data before the expensive work (content encoding)."""
+    cfg = model_config(name, params)
+    return list(getattr(cfg, "modalities", None) or [])
+
+
 def _model_class(name: str) -> type[Model]:
     try:
         return MODELS[name]

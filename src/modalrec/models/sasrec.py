@@ -82,8 +82,9 @@ class SASRec(Model):
             return torch.einsum("bld,blcd->blc", h, self.item_emb(cand))
         last = (batch.hist_mask.sum(1) - 1).clamp(min=0)  # an empty history reads position 0
         state = h[torch.arange(h.shape[0], device=h.device), last]  # (B, d)
-        if cand is not None:
-            return torch.einsum("bd,bcd->bc", state, self.item_emb(cand))
+        if cand is not None:  # a slate to rank (a service request): index 0, an item without a row, never ranks
+            scores = torch.einsum("bd,bcd->bc", state, self.item_emb(cand))
+            return scores.masked_fill(cand == 0, float("-inf"))
         scores = state @ self.item_emb.weight.T
         pad = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
         pad[0] = True

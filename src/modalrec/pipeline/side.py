@@ -262,8 +262,10 @@ class SideSizes:
 
 def fit_side(data, entity: str, vocab: Vocab, *, text_modalities: list[str] | None = None, max_words: int = 16,
              vector_modalities: list[str] | None = None, token_modalities: list[str] | None = None,
-             max_tokens: int = 8) -> tuple[SideTable, FeatureMaps, SideSizes]:
-    """The side table of `entity` ("item" or "user") over `vocab`'s rows, its raw value maps and sizes."""
+             max_tokens: int = 8, event_texts: dict[str, tuple[list[str], list[str]]] | None = None,
+             ) -> tuple[SideTable, FeatureMaps, SideSizes]:
+    """The side table of `entity` ("item" or "user") over `vocab`'s rows, its raw value maps and sizes.
+    `event_texts`: text modalities built from events (name -> (entity ids, texts)), read as bags of words."""
     n = len(vocab)
     table, maps, sizes = SideTable(), FeatureMaps(), SideSizes()
     frame = data.items if entity == "item" else data.users
@@ -320,17 +322,7 @@ def fit_side(data, entity: str, vocab: Vocab, *, text_modalities: list[str] | No
             texts = content["text"].to_pylist()
             if m.multi:  # several texts per entity (e.g. viewer comments): one bag over all of them
                 texts = [" ".join(t for t in (ts or []) if t) for ts in texts]
-            tokenised = [words(t) for t in texts]
-            counts = Counter(w for r, ws in zip(rows, tokenised) if r > 0 for w in set(ws))
-            name = f"{m.name}_words"
-            maps.multi[name] = Vocab(sorted(w for w, c in counts.items() if c >= 2))
-            maps.text[m.name] = name
-            arr = np.zeros((n, max_words), dtype=np.int64)
-            for r, ws in zip(rows, tokenised):
-                if r > 0:
-                    arr[r] = maps.multi_codes(name, ws, max_words, dedupe=True)
-            table.multi[name] = arr
-            sizes.multi[name] = len(maps.multi[name])
+            _fit_words(table, maps, sizes, m.name, rows, texts, n, max_words)
         elif m.kind == "vector" and m.multi and (token_modalities is None or m.name in token_modalities):
             tokens, mask, dim = _token_table(content, file, m.dim, rows, n, max_tokens)
             table.tokens[m.name], table.token_mask[m.name] = tokens, mask
@@ -346,7 +338,26 @@ def fit_side(data, entity: str, vocab: Vocab, *, text_modalities: list[str] | No
             dim = m.dim or len(vecs[0].as_py())
             flat = pc.list_flatten(vecs).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
             _put_dense(table, sizes, m.name, n, rows, flat)
+    for name, (ids, texts) in (event_texts or {}).items():
+        _fit_words(table, maps, sizes, name, vocab.lookup(list(ids)), texts, n, max_words)
     return table, maps, sizes
+
+
+def _fit_words(table: SideTable, maps: FeatureMaps, sizes: SideSizes, modality: str, rows: np.ndarray,
+               texts: list[str | None], n: int, max_words: int) -> None:
+    """A text modality as a bag of words `<modality>_words`: the words in >= 2 entities' texts (of rows in the
+    vocabulary), sorted; each entity's first `max_words` distinct known words."""
+    tokenised = [words(t) for t in texts]
+    counts = Counter(w for r, ws in zip(rows, tokenised) if r > 0 for w in set(ws))
+    name = f"{modality}_words"
+    maps.multi[name] = Vocab(sorted(w for w, c in counts.items() if c >= 2))
+    maps.text[modality] = name
+    arr = np.zeros((n, max_words), dtype=np.int64)
+    for r, ws in zip(rows, tokenised):
+        if r > 0:
+            arr[r] = maps.multi_codes(name, ws, max_words, dedupe=True)
+    table.multi[name] = arr
+    sizes.multi[name] = len(maps.multi[name])
 
 
 def _missing(v) -> bool:

@@ -103,7 +103,8 @@ def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_ev
     item_vocab = Vocab(list(dict.fromkeys(items)))
     item_table, item_maps, item_sizes = fit_side(
         data, "item", item_vocab, text_modalities=cfg.text_modalities, max_words=cfg.max_words,
-        vector_modalities=cfg.vector_modalities, token_modalities=cfg.token_modalities, max_tokens=cfg.max_tokens)
+        vector_modalities=cfg.vector_modalities, token_modalities=cfg.token_modalities, max_tokens=cfg.max_tokens,
+        event_texts=event_texts(log, cfg, train_events))
     user_table, user_maps, user_sizes = fit_side(
         data, "user", user_vocab, text_modalities=cfg.text_modalities, max_words=cfg.max_words,
         vector_modalities=cfg.vector_modalities) if cfg.user_features else (None, None, None)
@@ -113,6 +114,25 @@ def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_ev
     user_map = np.r_[0, user_vocab.lookup(log.user_vocab.ids)].astype(np.int64)
     item_map = np.r_[0, item_vocab.lookup(log.item_vocab.ids)].astype(np.int64)
     return pipeline, user_map, item_map
+
+
+def event_texts(log: EventLog, cfg: TaskConfig, train_events: np.ndarray) -> dict[str, tuple[list[str], list[str]]]:
+    """The item texts `task.event_text` asks for, from the training period's events only: per item, the distinct
+    values of the column (case-insensitive, first occurrence in time order) joined with ', '."""
+    out = {}
+    for spec in cfg.event_text:
+        if spec.column not in log.table.column_names:
+            raise DataError(Problem("events", None, spec.column, f"an event column holding the text of "
+                                    f"task.event_text '{spec.modality}'", f"columns {log.table.column_names}"))
+        text = np.asarray(log.table[spec.column].to_numpy(zero_copy_only=False), dtype=object)
+        rows = np.flatnonzero(train_events & (log.channels == spec.channel)
+                              & np.array([isinstance(t, str) and t.strip() != "" for t in text]))
+        rows = rows[np.argsort(log.times[rows], kind="stable")]
+        seen: dict[str, dict[str, str]] = {}
+        for item, value in zip(log.items[rows], text[rows]):
+            seen.setdefault(log.item_vocab.ids[item - 1], {}).setdefault(value.strip().lower(), value.strip())
+        out[spec.modality] = (list(seen), [", ".join(v.values()) for v in seen.values()])
+    return out
 
 
 @dataclass

@@ -198,6 +198,16 @@ class CTRTask(PreparedTask):
         return {"test_labels_hidden": self.test_labels_hidden}
 
     def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
+        rate = self.cfg.unknown_target_rate
+        if train and rate > 0 and len(s):
+            # a share of the targets becomes row 0, the unknown item (no id, features, content or expansion):
+            # what a new item with only an id looks like when served. Drawn from (seed, epoch, batch) so a
+            # resumed run draws the same
+            rng = np.random.default_rng([seed, epoch, int(s.users[0]), int(s.cut[0]), int(s.times[0]), len(s)])
+            hide = rng.random(len(s)) < rate
+            if hide.any():
+                s = s.take(np.arange(len(s)))
+                s.items = np.where(hide, 0, s.items)
         graph = None
         if self.pipeline.graph is not None:
             # as of each sample's time: a training sample never reads an expansion built from its own gift

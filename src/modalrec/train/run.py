@@ -36,11 +36,39 @@ from .trainer import DistContext, FitResult, Trainer, init_distributed, peak_rss
 
 def load_data(cfg: RunConfig) -> InteractionData:
     data = load_dataset(cfg.data.source, path=cfg.data.path, **cfg.data.params)
+    check_modalities(cfg, data)  # before the content encoders, which can take many minutes
     if cfg.data.encode is not None:  # raw frames / speech / text -> cached vector modalities
         from ..encoders.content import encode_content
 
         data = encode_content(data, cfg.data.encode, progress=cfg.train.progress)
     return data
+
+
+def check_modalities(cfg: RunConfig, data: InteractionData) -> None:
+    """The content modalities the model's config names exist in the data, or will once the configured content
+    encoders ran; else an error saying which are missing and, for audio features, what to install."""
+    from ..encoders.content import planned_modalities
+    from ..models import required_modalities
+
+    wanted = required_modalities(cfg.model.name, cfg.model.params)
+    if not wanted:
+        return
+    have = [m.name for m in data.spec.modalities]
+    if cfg.data.encode is not None:
+        have += planned_modalities(data, cfg.data.encode)
+    missing = [m for m in wanted if m not in have]
+    if not missing:
+        return
+    audio = [m.name for m in data.spec.modalities if m.kind == "audio"]
+    hint = ""
+    if any(m.endswith("_mfcc") for m in missing) and not audio:
+        hint = ("; the data has no audio modality, so no MFCC statistics can be computed: speech is rendered as audio "
+                "only where espeak-ng and sox are installed (Debian: apt-get install espeak-ng sox), otherwise it "
+                "stays a transcript (its vectors: <name>_emb)")
+    raise DataError(Problem("model.params.modalities", None, None,
+                            f"content modalities of dataset '{data.spec.name}' ({', '.join(sorted(set(have)))})",
+                            f"{', '.join(missing)}, which {'it does' if len(missing) == 1 else 'they do'} not have"
+                            + hint))
 
 
 def _summary(values: list[float]) -> dict:
