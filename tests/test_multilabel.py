@@ -126,11 +126,13 @@ def test_batch_holds_touchpoints_in_order_with_their_content(task, data, sim_dir
     emb = {r["entity_id"]: np.asarray(r["vector"], np.float32) for r in data.content["conversation_embedding"].to_pylist()}
     s = task.splits["train"]
     batch = task.collate(s.take(np.arange(min(len(s), 40))), train=True)
-    ex = batch.extra
+    ex = batch.touchpoints.flat()
     mc = task.schema.multichannel
     conv, sess = mc.channel("conversation"), mc.channel("session")
     for b, key in enumerate(task.sample_keys[s.items[:40]]):
         rows = users[users["purchase_event_id"] == key].sort_values("event_number")
+        # the sample's user, as a row of the pipeline's user vocabulary (the model's user ids)
+        assert task.pipeline.users.id_of(int(batch.user[b])) == str(rows["user_id"].iloc[0])
         assert int(ex["tp_mask"][b].sum()) == len(rows)
         for t, (_, r) in enumerate(rows.iterrows()):
             if pd.notna(r["conversation_id"]):
@@ -150,6 +152,21 @@ def test_batch_holds_touchpoints_in_order_with_their_content(task, data, sim_dir
     key = task.sample_keys[s.items[0]]
     want = sorted(str(i) for i in bought.loc[bought["purchase_event_id"] == key, "item_id"])
     assert sorted(task.labels[i] for i in np.flatnonzero(batch.label[0].numpy())) == want
+
+
+def test_batch_user_is_the_pipelines_user_row(task):
+    """`Batch.user` is the model's user id: the row in the pipeline's user vocabulary (the training samples'
+    users), 0 for a user first met after the training period; never a row of the event log's users."""
+    train_users = {task.log_users.id_of(int(u)) for u in task.splits["train"].users}
+    assert set(task.pipeline.users.ids) == train_users
+    unseen = 0
+    for s in task.splits.values():
+        got = task.collate(s, train=False).user.numpy()
+        want = [task.pipeline.users.lookup([task.log_users.id_of(int(u))])[0] for u in s.users]
+        np.testing.assert_array_equal(got, want)
+        assert (got < len(task.pipeline.users)).all()
+        unseen += int((got == 0).sum())
+    assert unseen > 0, "the fixture should hold users first met after the training period"
 
 
 def test_groups_follow_channel_presence(task, sim_dir):
@@ -179,7 +196,7 @@ def test_availability_is_read_and_unavailable_items_are_never_ranked(task, sim_d
         def forward(self, batch):
             scores = torch.linspace(0, 1, batch.label.shape[1]).repeat(batch.size, 1)
             if self.boost:  # unavailable items on top: they must not push the bought ones down
-                scores = scores + 100.0 * (~batch.extra["available"]).float()
+                scores = scores + 100.0 * (~batch.touchpoints.available).float()
             return scores
 
     plain, plain_groups = task.evaluate(Fixed(False), "train", 64)
@@ -240,7 +257,7 @@ def test_forward_backward_with_missing_modalities(name, gappy_task, data, teache
     groups = {pattern_name(int(p), task.channel_names) for p in s.groups}
     assert groups == {"conversation-only", "session-only", "both"}
     batch = task.collate(s, train=True)
-    ex = batch.extra
+    ex = batch.touchpoints.flat()
     sel = ex["tp_mask"] & (ex["tp_channel"] > 0)
     if name != "kd":
         assert (sel & ~ex["has:conversation_embedding"] & (ex["tp_channel"] == 1)).any()
@@ -312,7 +329,7 @@ def test_shared_space_models_take_any_number_of_channels(data):
     assert [c.name for c in t3.schema.multichannel.channels] == ["conversation", "session", "chat"]
     assert "both" not in t3.group_names["test"]
     batch = t3.collate(t3.splits["train"], train=True)
-    assert int(batch.extra["tp_channel"].max()) == 3
+    assert int(batch.touchpoints.channel.max()) == 3
     for name in ("keyword", "latent_feature", "relative_representation"):
         model = build_model(name, t3.schema, PARAMS[name])
         model.train()
@@ -370,47 +387,91 @@ def test_drop_channel_removes_its_touchpoints_and_repacks(data):
     info = t.drop_modality("conversation", 1.0, seed=3)
     assert info["kind"] == "channel" and info["dropped"] == info["eligible"] > 0
     after = t.collate(test, train=False)
-    ch, mask = after.extra["tp_channel"], after.extra["tp_mask"]
+    ch, mask = after.touchpoints.channel, after.touchpoints.mask
     assert not (ch == conv).any()  # every conversation of every test sample is gone
     # the remaining touchpoints stay left-aligned and in their order
     assert torch.equal(mask, torch.sort(mask.int(), dim=1, descending=True, stable=True).values.bool())
-    old = before.extra["tp_channel"]
+    old = before.touchpoints.channel
     for b in range(len(test)):
         assert old[b][(old[b] != 0) & (old[b] != conv)].tolist() == ch[b][mask[b]].tolist()
     assert torch.equal(after.group, before.group)  # samples keep their original availability group
     # valid samples are untouched
     v = t.splits["valid"]
     t2 = prepare_task(data, TaskConfig(kind="multilabel"))
-    assert torch.equal(t.collate(v, train=False).extra["tp_channel"], t2.collate(v, train=False).extra["tp_channel"])
+    assert torch.equal(t.collate(v, train=False).touchpoints.channel, t2.collate(v, train=False).touchpoints.channel)
 
 
 def test_drop_content_modality_at_a_rate(data):
     t = prepare_task(data, TaskConfig(kind="multilabel"))
     test = t.splits["test"]
     name = "conversation_embedding"
-    base = t.collate(test, train=False).extra[f"has:{name}"].any(1)
+    base = t.collate(test, train=False).touchpoints.presence[name].any(1)
     info = t.drop_modality(name, 0.5, seed=0)
     assert info["kind"] == "modality" and info["eligible"] == int(base.sum())
     after = t.collate(test, train=False)
-    lost = base & ~after.extra[f"has:{name}"].any(1)
+    lost = base & ~after.touchpoints.presence[name].any(1)
     assert int(lost.sum()) == info["dropped"] and 0 < info["dropped"] < info["eligible"]
-    assert torch.count_nonzero(after.extra[f"vec:{name}"][lost]) == 0
-    assert torch.equal(after.extra["tp_channel"], t.collate(test, train=False).extra["tp_channel"])
+    assert torch.count_nonzero(after.touchpoints.vectors[name][lost]) == 0
+    assert torch.equal(after.touchpoints.channel, t.collate(test, train=False).touchpoints.channel)
     with pytest.raises(KeyError, match="neither a touchpoint channel"):
         t.drop_modality("smell", 0.5)
     with pytest.raises(ValueError, match="rate"):
         t.drop_modality(name, 1.5)
 
 
-def test_cli_evaluate_drop_modality(teachers, data, monkeypatch):
+def test_cli_evaluate_drop_modality(teachers):
     """`modalrec evaluate RUN --drop-modality conversation --rate 1`: conversation-only test events lose all
     their evidence, so the Conversation model's metrics there fall; the other groups do not move."""
     from modalrec.train import run as run_mod
 
-    full = run_mod.evaluate_run(teachers["conversation"], data=data)
-    dropped = run_mod.evaluate_run(teachers["conversation"], data=data, drop_modality="conversation", rate=1.0)
+    full = run_mod.evaluate_run(teachers["conversation"])
+    dropped = run_mod.evaluate_run(teachers["conversation"], drop_modality="conversation", rate=1.0)
     assert dropped["dropped"]["dropped"] > 0
     g0, g1 = full["groups"]["test"], dropped["groups"]["test"]
     assert g1["conversation-only"]["map@3"]["mean"] < g0["conversation-only"]["map@3"]["mean"]
     if "session-only" in g0:
         assert g1["session-only"]["map@3"]["mean"] == pytest.approx(g0["session-only"]["map@3"]["mean"])
+
+
+@pytest.mark.parametrize("name", ["late_fusion", "relative_representation"])
+def test_evaluate_run_reads_the_run_directory_alone(name, sim_dir, tmp_path):
+    """A run trained from a raw data folder, that folder then deleted: `evaluate_run` (with and without
+    `drop_modality`) restores the task from RUN/pipeline/ and RUN/data/ and reproduces, exactly, the metrics
+    the training wrote for every seed and every group."""
+    import json
+    import shutil
+
+    raw = tmp_path / "raw"
+    shutil.copytree(sim_dir, raw)
+    params = dict(PARAMS[name], hidden=16)
+    cfg = RunConfig(name=name, data={"source": "insurance", "path": str(raw)}, task=TaskConfig(kind="multilabel"),
+                    model={"name": name, "params": params},
+                    train=TrainConfig(epochs=2, batch_size=32, progress=False), seeds=[0, 1])
+    run = tmp_path / "run"
+    train_run(cfg, run, report=False)
+    shutil.rmtree(raw)  # no raw data from here on
+    assert (run / "data" / "task.json").is_file() and (run / "pipeline").is_dir()
+    written = json.loads((run / "metrics.json").read_text())
+    assert len(written["test"]["map@3"]["runs"]) == 2 and "conversation-only" in written["groups"]["test"]
+
+    def same(got: dict, split: str) -> None:
+        assert got[split] == written[split]  # every metric, per seed (runs), mean and std: exactly
+        if split == "test":
+            assert got["groups"]["test"] == written["groups"]["test"]
+
+    from modalrec.train import run as run_mod
+
+    same(run_mod.evaluate_run(run), "test")
+    same(run_mod.evaluate_run(run, "valid"), "valid")
+    # the drop path on the restored task: rate 0 removes nothing and reproduces the training's metrics
+    none = run_mod.evaluate_run(run, drop_modality="conversation", rate=0.0)
+    assert none["dropped"]["eligible"] > 0 and none["dropped"]["dropped"] == 0
+    same(none, "test")
+    # while rate 1 removes every conversation of the test events: the conversation-only events move, the
+    # session-only ones (no conversation to drop) do not
+    gone = run_mod.evaluate_run(run, drop_modality="conversation", rate=1.0, drop_seed=3)
+    assert gone["dropped"]["dropped"] == gone["dropped"]["eligible"] > 0
+    g0, g1 = written["groups"]["test"], gone["groups"]["test"]
+    assert g1["conversation-only"] != g0["conversation-only"]
+    if "session-only" in g0:
+        assert g1["session-only"] == g0["session-only"]

@@ -135,9 +135,9 @@ def test_config_protocol_on_the_fixture(tmp_path):
     # the genre word of rating r1 and the tag word of t1 are ONE token of the shared vocabulary
     sci_fi = int(task.token_vocab.lookup(np.array(["sci-fi"], dtype=object))[0])
     j = keys.index("l2")
-    assert batch.extra["tok:rating_tokens"][j, 0, sci_fi] == 1
-    assert batch.extra["tok:tag_tokens"][j, 1, sci_fi] == 1
-    assert batch.extra["tp_channel"][j, :2].tolist() == [1, 2]
+    assert batch.touchpoints.tokens["rating_tokens"][j, 0, sci_fi] == 1
+    assert batch.touchpoints.tokens["tag_tokens"][j, 1, sci_fi] == 1
+    assert batch.touchpoints.channel[j, :2].tolist() == [1, 2]
     for name in SHARED:
         params = {"hidden": 16, "dropout": 0.0} | (
             {"latent_dim": 8} if name == "latent_feature" else {"n_anchors": 4, "encoding_dim": 8}

@@ -166,14 +166,14 @@ def test_config_protocol_buy_events_predict_the_category(tmp_path):
            for i, k in enumerate(task.sample_keys)}
     assert lab["5"] == ["10"] and lab["16"] == ["10"]  # item 302 is in category 10
     batch = task.collate(task.splits["train"], train=True)
-    bags = batch.extra[f"tok:{taobao.MODALITY}"]
+    bags = batch.touchpoints.tokens[taobao.MODALITY]
     assert bags.shape[-1] == len(task.token_vocab)  # one vocabulary (index 0: padding)
     i = list(task.sample_keys).index("5")
     tokens = [{task.token_vocab.id_of(j) for j in torch.nonzero(bags[i, t]).flatten().tolist()}
               for t in range(3)]
     assert tokens == [{"category:10", "behaviour:pv"}, {"category:11", "behaviour:pv"},
                       {"category:10", "behaviour:cart"}]
-    assert batch.extra["tp_channel"][i].tolist()[:4] == [1, 1, 2, 0]
+    assert batch.touchpoints.channel[i].tolist()[:4] == [1, 1, 2, 0]
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("taobao_*.yaml")))
@@ -206,6 +206,6 @@ def test_tokens_change_the_shared_space_prediction(tmp_path):
     model = build_model("keyword", task.schema, {"hidden": 16, "dropout": 0.0}).eval()
     batch = task.collate(task.splits["train"], train=False)
     before = model(batch)
-    key = f"tok:{taobao.MODALITY}"
-    batch.extra[key] = torch.roll(batch.extra[key], shifts=1, dims=-1)
+    tokens = batch.touchpoints.tokens
+    tokens[taobao.MODALITY] = torch.roll(tokens[taobao.MODALITY], shifts=1, dims=-1)
     assert not torch.allclose(before, model(batch))

@@ -531,7 +531,9 @@ class MultiLabelTask(PreparedTask):
             tp.vectors[name] = torch.from_numpy(vec)
             tp.weights[name] = torch.from_numpy(wt)
             tp.presence[name] = torch.from_numpy(pres)
-        users = torch.from_numpy(s.users.astype(np.int64))
+        # the model's user ids are the pipeline's rows (0: a user no training sample has), as in every task;
+        # `s.users` are rows of the event log's users
+        users = torch.from_numpy(self.user_rows[s.users].astype(np.int64))
         return Batch(
             user=users, item=torch.zeros(B, dtype=torch.long),
             hist=torch.zeros((B, 0), dtype=torch.long), hist_mask=torch.zeros((B, 0), dtype=torch.bool),
