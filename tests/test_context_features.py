@@ -74,15 +74,22 @@ def task() -> CTRTask:
 
 
 def raw_values(task: CTRTask, split: str, column: str) -> list:
-    return task.events[column].take(pa.array(task.split_rows[split])).to_pylist()
+    """The event column's values of a split's samples, in sample order: each sample found by its raw ids."""
+    events = make_data().events
+    keys = zip(events["user_id"].to_pylist(), events["item_id"].to_pylist(), events["time"].to_pylist())
+    row_of = {k: r for r, k in enumerate(keys)}
+    assert len(row_of) == events.num_rows  # (user, item, time) names one event
+    ids = task.sample_ids[split]
+    rows = [row_of[k] for k in zip(ids["user_id"].to_pylist(), ids["item_id"].to_pylist(), ids["time"].to_pylist())]
+    return events[column].take(pa.array(rows, pa.int64())).to_pylist()
 
 
 # --- codes ---------------------------------------------------------------------------------------
 
 
 def test_vocabulary_from_train_only_unseen_and_empty_are_zero(task):
-    assert task.context_vocab["level"].ids == ["2", "3", "10"]  # numeric order, no 7 / 99 / empty
-    assert task.context_vocab["mood"].ids == ["calm", "wild"]  # no "angry"
+    assert task.pipeline.context["level"].ids == ["2", "3", "10"]  # numeric order, no 7 / 99 / empty
+    assert task.pipeline.context["mood"].ids == ["calm", "wild"]  # no "angry"
     assert task.schema.context_categorical == {"level": 4, "mood": 3}
     want = {None: 0, 2: 1, 3: 2, 10: 3, 7: 0, 99: 0}
     moods = {None: 0, "calm": 1, "wild": 2, "angry": 0}
@@ -96,7 +103,7 @@ def test_vocabulary_from_train_only_unseen_and_empty_are_zero(task):
 
 def test_whole_floats_code_like_integers():
     task = CTRTask(make_data(), config(["level_f", "level"]))
-    assert task.context_vocab["level_f"].ids == ["2", "3", "10"]
+    assert task.pipeline.context["level_f"].ids == ["2", "3", "10"]
     for s in task.splits.values():
         np.testing.assert_array_equal(s.context["level_f"], s.context["level"])
 
@@ -121,7 +128,7 @@ def test_batches_carry_the_codes_of_their_samples(task):
 
 def test_no_context_features_no_context():
     task = CTRTask(make_data(), config([]))
-    assert task.schema.context_categorical == {} and task.context_vocab == {}
+    assert task.schema.context_categorical == {} and task.pipeline.context == {}
     assert task.collate(task.splits["train"], train=True).context == {}
 
 

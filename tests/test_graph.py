@@ -403,19 +403,20 @@ def test_task_refresh_gives_training_samples_the_windows_graphs_and_later_ones_t
     data = make_live_data()
     cfg = mmbee_config("unused").task
     one = prepare_task(data, cfg)
-    assert one.gie_train is None
+    assert one.pipeline.graph.refreshed is None
     task = prepare_task(data, cfg.model_copy(update={"graph": cfg.graph.model_copy(update={"refresh": 3})}))
-    assert len(task.gie_train.windows) == 3 and task.gie_train.bounds[-1] == task.graph_cutoff
+    refreshed = task.pipeline.graph.refreshed
+    assert len(refreshed.windows) == 3 and refreshed.bounds[-1] == task.pipeline.graph.edges_before
     tr = task.splits["train"]
-    win = task.gie_train.window_of(tr.times)
+    win = refreshed.window_of(tr.times)
     assert set(np.unique(win)) == {0, 1, 2}  # equal-count windows of the training samples
     batch = task.collate(tr, train=True)
-    assert (batch.extra["gie_user"][torch.from_numpy(win == 0)] == 0).all()
+    assert (batch.graph.user[torch.from_numpy(win == 0)] == 0).all()
     # a later window reads a graph without the gifts at or after its start, unlike the full graph
     late = win == 2
     full = one.collate(tr, train=True)
-    assert not all(torch.equal(batch.extra[k][torch.from_numpy(late)], full.extra[k][torch.from_numpy(late)])
-                   for k in ("gie_user", "gie_streamer"))
+    assert not all(torch.equal(getattr(batch.graph, k)[torch.from_numpy(late)], getattr(full.graph, k)[torch.from_numpy(late)])
+                   for k in ("user", "target"))
     for name in ("valid", "test"):  # evaluated samples: the graph of the whole training period
         a, b = task.collate(task.splits[name], train=False), one.collate(one.splits[name], train=False)
-        assert all(torch.equal(a.extra[k], b.extra[k]) for k in ("gie_user", "gie_user_w", "gie_streamer"))
+        assert all(torch.equal(getattr(a.graph, k), getattr(b.graph, k)) for k in ("user", "user_w", "target"))

@@ -12,8 +12,8 @@ import torch
 from pydantic import ValidationError
 
 from modalrec.config import RunConfig, TaskConfig
-from modalrec.pipeline import Collator, History
 from modalrec.models import ModelConfigError, build_model
+from modalrec.pipeline import Collator, History
 from modalrec.tasks.ctr import CTRTask
 
 from .test_tasks import make_data
@@ -43,11 +43,12 @@ def test_each_history_event_carries_its_channel():
     raw: dict[str, Counter] = {}
     for u, i, t, c in zip(ev["user_id"], ev["item_id"], ev["time"], ev["channel"]):
         raw.setdefault(u, Counter())[(i, t, TAGS[c])] += 1
-    for u in range(1, len(task.user_vocab)):
+    assert h.n_users == len(task.log_users)  # history rows are the event log's users
+    for u in range(1, len(task.log_users)):
         lo, hi = h.ptr[u], h.ptr[u + 1]
         got = Counter((task.item_vocab.id_of(int(i)), int(t), int(g))
                       for i, t, g in zip(h.items[lo:hi], h.times[lo:hi], h.tags[lo:hi]))
-        assert got == raw[task.user_vocab.id_of(u)]
+        assert got == raw[task.log_users.id_of(u)]
     # the collate's hist_tag is the window's tags, 0 on padding
     s = task.splits["train"]
     rows = np.arange(min(200, len(s)))
@@ -81,10 +82,10 @@ def test_tag_embedding_is_added_to_history_vectors_only(name):
         want = hist0 + enc.tag.weight[batch.hist_tag]
         assert torch.allclose(hist, want, atol=1e-6)
         assert not torch.allclose(hist[batch.hist_mask], hist0[batch.hist_mask])
-        # one shared history (a service request): tagged once, still a stride-0 view, the same values
+        # one shared history (a service request): flagged, tagged once, still a stride-0 view, the same values
         u, cut, t = s.users[rows[:1]], s.cut[rows[:1]], s.times[rows[:1]]
         shared = task.collator(np.repeat(u, 5), s.items[rows[:5]], np.repeat(cut, 5), np.repeat(t, 5))
-        assert shared.hist_tag.stride(0) == 0
+        assert shared.shared_history and shared.hist_tag.stride(0) == 0
         _, h_shared = enc.encode(shared)
         assert h_shared.stride(0) == 0
         one = task.collator(u, s.items[rows[:1]], cut, t)
@@ -128,12 +129,14 @@ def test_tagged_bundle_serves_like_offline(tagged_bundle, tmp_path):
     model's scores; the same event as a like instead of a click changes them."""
     from fastapi.testclient import TestClient
 
-    from modalrec.serve.service import create_app
+    from modalrec.serve.app import create_app
 
     task, model, bundle = tagged_bundle
     h = task.history
-    u = int(np.argmax(np.diff(h.ptr)))
-    user = task.user_vocab.id_of(u)
+    u = int(np.argmax(np.diff(h.ptr)))  # the event log's user (a history row) with the longest history
+    user = task.log_users.id_of(u)
+    row = int(task.user_rows[u])  # ... and their row in the pipeline's user vocabulary
+    assert row > 0 and task.user_vocab.id_of(row) == user
     items = np.arange(1, len(task.item_vocab))
     names = [task.item_vocab.id_of(int(i)) for i in items]
     t_req = 100_000
@@ -145,7 +148,7 @@ def test_tagged_bundle_serves_like_offline(tagged_bundle, tmp_path):
         c = len(items)
         with torch.no_grad():
             batch = col(np.zeros(c, np.int64), items, np.full(c, len(seq_items)), np.full(c, t_req))
-            batch.user = torch.full((c,), u)
+            batch.user = torch.full((c,), row)
             return model(batch).numpy()
 
     app = create_app(bundle, f"sqlite:///{tmp_path / 'state.sqlite'}", api_key="k")

@@ -65,13 +65,15 @@ def test_the_graph_and_the_titles_come_from_the_release(release, prepared):
     early = gifts[gifts[:, 3] // 1000 < cutoff]
     assert 0 < len(early) < len(gifts)
     gifters = task.user_vocab.lookup(np.unique(early[:, 0]).astype(str))
-    assert task.gie.stats["users_with_gifts"] == len(gifters)
-    assert task.gie.stats["u2a_edges"] == len(np.unique(early[:, 0] * 10**7 + early[:, 2]))  # (user, streamer) pairs
-    ex = task.gie.lookup(gifters, np.ones(len(gifters), np.int64))
+    assert (gifters > 0).all()  # the training period's gifters are in the pipeline's user vocabulary
+    gie = task.pipeline.graph.expansion
+    assert gie.stats["users_with_gifts"] == len(gifters)
+    assert gie.stats["u2a_edges"] == len(np.unique(early[:, 0] * 10**7 + early[:, 2]))  # (user, streamer) pairs
+    ex = gie.lookup(gifters, np.ones(len(gifters), np.int64))
     # most gifters have a U->A->A expansion (not those whose streamers share no gifter with another streamer)
     assert (ex["gie_user"].numpy() > 0).any(1).mean() > 0.5
     never = np.setdiff1d(np.arange(1, len(task.user_vocab)), gifters)
-    assert (task.gie.lookup(never, np.ones(len(never), np.int64))["gie_user"].numpy() == 0).all()
+    assert (gie.lookup(never, np.ones(len(never), np.int64))["gie_user"].numpy() == 0).all()
 
 
 def test_mmbee_learns_the_planted_gifting_and_beats_sim(release, tmp_path):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from modalrec.config import TaskConfig
+from modalrec.data.batch import GraphInputs
 from modalrec.data.errors import DataError
 from modalrec.data.interaction import DatasetSpec, FeatureSpec, InteractionData, ModalitySpec
 from modalrec.models import MODELS, build_model
@@ -120,14 +121,16 @@ def add_gie(batch, task: CTRTask, seed: int = 0):
     rng = np.random.default_rng(seed)
     n_codes = task.schema.item_categorical["streamer_id"]
     B = batch.size
-    for key in ("gie_user", "gie_streamer"):
+    parts = {}
+    for key in ("user", "target"):  # the user's U->A->A expansion, the target streamer's A->U->A one
         idx = rng.integers(1, n_codes, (B, K_GIE))
         idx[rng.random((B, K_GIE)) < 0.3] = 0
         idx[0] = 0  # a sample with no expansion at all
         w = rng.random((B, K_GIE)).astype(np.float32) + 0.05
         w[idx == 0] = 0.0
-        batch.extra[key] = torch.from_numpy(idx)
-        batch.extra[f"{key}_w"] = torch.from_numpy(w)
+        parts[key] = torch.from_numpy(idx)
+        parts[f"{key}_w"] = torch.from_numpy(w)
+    batch.graph = GraphInputs(**parts)
     return batch
 
 
@@ -406,19 +409,20 @@ def _scramble_masked(batch, seed: int = 3):
     for v in out.hist_side.values():
         v[pad] = torch.randint(1, 3, (n,), generator=g)
     out.hist_time[pad] = float("nan")
-    for key in ("gie_user", "gie_streamer"):
-        w = out.extra[f"{key}_w"]
-        w[out.extra[key] == 0] = float("nan")
+    g = out.graph
+    for idx, w in ((g.user, g.user_w), (g.target, g.target_w)):
+        w[idx == 0] = float("nan")
     return out
 
 
 def _wider_gie(batch):
     """The same batch with one more GIE column, all padding (index 0, a large weight)."""
     wide = copy.deepcopy(batch)
-    for key in ("gie_user", "gie_streamer"):
-        idx, w = wide.extra[key], wide.extra[f"{key}_w"]
-        wide.extra[key] = torch.cat([idx, torch.zeros_like(idx[:, :1])], dim=1)
-        wide.extra[f"{key}_w"] = torch.cat([w, torch.full_like(w[:, :1], 7.0)], dim=1)
+    g = wide.graph
+    for key in ("user", "target"):
+        idx, w = getattr(g, key), getattr(g, f"{key}_w")
+        setattr(g, key, torch.cat([idx, torch.zeros_like(idx[:, :1])], dim=1))
+        setattr(g, f"{key}_w", torch.cat([w, torch.full_like(w[:, :1], 7.0)], dim=1))
     return wide
 
 
@@ -440,8 +444,8 @@ def test_padding_and_absent_modalities_change_nothing(task, p):
                 mask = changed.uniq_side["frames_emb:mask"]
                 changed.uniq_side["frames_emb"][mask] += 1.0
             else:
-                real = changed.extra["gie_user"] > 0
-                changed.extra["gie_user_w"][real] = changed.extra["gie_user_w"][real].flip(0)
+                real = changed.graph.user > 0
+                changed.graph.user_w[real] = changed.graph.user_w[real].flip(0)
             assert (model(changed) - ref).abs().max() > 1e-5, change
 
 
@@ -509,10 +513,10 @@ def test_graph_init_starts_the_streamer_and_user_tables(task):
 def test_clear_errors(task):
     model = build_model("mmbee", task.schema, params())
     batch = task.collate(task.splits["train"], train=True)
-    with pytest.raises(ValueError, match=r"use_gie needs .*gie_user.*task.graph.enabled: true"):
+    with pytest.raises(ValueError, match=r"use_gie needs .*Batch.graph.*task.graph.enabled: true"):
         model(batch)
     bad = add_gie(copy.deepcopy(batch), task)
-    bad.extra["gie_streamer"][1, 0] = 99
+    bad.graph.target[1, 0] = 99
     with pytest.raises(ValueError, match="streamer index 99"):
         model(bad)
     with pytest.raises(ValueError, match=r"modalities \['nope'\] are neither token modalities"):
@@ -708,7 +712,8 @@ def test_gie_dropout_blanks_whole_samples_in_training_only(task):
     torch.manual_seed(0)
     model = build_model("mmbee", task.schema, params(gie_dropout=0.5, mfq_dropout=0.0))
     blank = copy.copy(batch)
-    blank.extra = {k: torch.zeros_like(v) for k, v in batch.extra.items()}
+    g = batch.graph
+    blank.graph = GraphInputs(*(torch.zeros_like(t) for t in (g.user, g.user_w, g.target, g.target_w)))
     model.eval()
     with torch.no_grad():
         full, none = model(batch), model(blank)

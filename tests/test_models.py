@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from modalrec.data.batch import Batch
-from modalrec.pipeline import SideTable
 from modalrec.models import MODELS, ModelConfigError, Schema, build_model
 from modalrec.nn import CausalTransformerBlock, CrossNetV2, ItemEncoder, TargetAttention, masked_mean
+from modalrec.pipeline import SideTable
 
 N_USERS, N_ITEMS, L, K, D = 8, 20, 6, 3, 8
 N_GENRES, N_TAGS, N_LABELS = 5, 7, 4
@@ -445,3 +445,161 @@ def test_layers_match_their_definitions():
     assert torch.isfinite(out).all() and (out[~m] == 0).all()
     out.sum().backward()
     assert torch.isfinite(h.grad).all()
+
+
+# --- declared inputs ------------------------------------------------------------------------------
+# Each model declares the Batch fields it reads (`Model.inputs`) and the pipeline's collate emits only those.
+# A field a model reads but does not declare would be missing from every training, evaluation and served
+# batch: scored with a batch collated for its declared inputs, every model must give exactly what it gives
+# with a batch holding every field. The toy task has everything a field can carry: side features and content
+# of items and users, per-sample context, history times and action tags, and (ctr) graph expansions.
+
+INPUT_PARAMS = {
+    "din": {"embed_dim": 8, "attention_hidden": [8], "mlp_hidden": [16]},
+    "dcnv2": {"embed_dim": 8, "dnn_hidden": [16]},
+    "sasrec": {"hidden_dim": 8, "n_heads": 1, "n_blocks": 1},
+    "sim": {"embed_dim": 8, "top_k": 3, "short_len": 2, "mlp_hidden": [16]},
+    "sdim": {"embed_dim": 8, "n_hashes": 4, "hash_bits": 2, "short_len": 2, "mlp_hidden": [16]},
+    "tin": {"embed_dim": 8, "mlp_hidden": [16]},
+    "qin": {"embed_dim": 8, "num_layers": 2},
+    # the toy items' streamer is their brand (the like events are the graph's edges), MFQ reads the dense vector
+    "mmbee": {"embed_dim": 8, "top_k": 3, "short_len": 2, "attention_hidden": [8], "mlp_hidden": [16],
+              "mfq_dim": 8, "mfq_queries": 2, "gie_dim": 8, "streamer_feature": "brand", "modalities": ["emb"]},
+}
+# every ctr / topk model of the table (a model added later is covered with its default parameters), and the
+# variants that read other fields
+INPUT_CASES = [pytest.param(name, kind, INPUT_PARAMS.get(name, {}), id=f"{name}-{kind}")
+               for name, cls in MODELS.items() for kind in ("ctr", "topk") if kind in cls.tasks]
+INPUT_CASES += [
+    pytest.param("mmbee", "ctr", {**INPUT_PARAMS["mmbee"], "mfq_scope": "target"}, id="mmbee-ctr-target_scope"),
+    pytest.param("sim", "ctr", {**INPUT_PARAMS["sim"], "search": "soft"}, id="sim-ctr-soft_search"),
+    pytest.param("tin", "ctr", {**INPUT_PARAMS["tin"], "temporal": "time"}, id="tin-ctr-time"),
+]
+
+
+def _full_data():
+    """test_tasks' toy data with a users table (categorical, multi-valued and a vector modality) and a per-sample
+    context column."""
+    import pyarrow as pa
+
+    from modalrec.data.interaction import FeatureSpec, InteractionData, ModalitySpec
+
+    from .test_tasks import make_data
+
+    base = make_data()
+    rng = np.random.default_rng(11)
+    user_ids = sorted(set(base.events["user_id"].to_pylist()))
+    users = pa.table({"user_id": user_ids, "region": [f"r{i % 3}" for i in range(len(user_ids))],
+                      "hobbies": [[f"h{i % 4}", f"h{(i + 1) % 6}"][: 1 + i % 2] for i in range(len(user_ids))]})
+    with_vec = user_ids[::2]  # the others lack the modality
+    uvec = pa.table({"entity_id": with_vec,
+                     "vector": [list(rng.normal(size=3).astype(np.float32)) for _ in with_vec]})
+    events = base.events.append_column("level", pa.array(rng.integers(0, 4, base.events.num_rows), pa.int64()))
+    spec = base.spec.model_copy(update={
+        "user_features": [FeatureSpec(name="region", kind="categorical"),
+                          FeatureSpec(name="hobbies", kind="multi_categorical")],
+        "modalities": [*base.spec.modalities, ModalitySpec(name="uvec", entity="user", kind="vector", dim=3)],
+        "event_columns": [*base.spec.event_columns, "level"]})
+    return InteractionData(spec, events, base.items, users, {**base.content, "uvec": uvec}).validate()
+
+
+@pytest.fixture(scope="module")
+def full_tasks():
+    from modalrec.config import TaskConfig
+    from modalrec.tasks import CTRTask, TopKTask
+
+    data = _full_data()
+    ctr = {"kind": "ctr", "sample_channels": ["click"], "history_channels": ["click", "like"], "max_history": 6,
+           "split": {"method": "global_time", "valid": 0.1, "test": 0.2}, "context_features": ["level"],
+           "graph": {"enabled": True, "channel": "like", "streamer_feature": "brand",
+                     "gie": {"pretrain_epochs": 0, "expansion_length": 4}}}
+    return {"ctr": CTRTask(data, TaskConfig(**ctr)),
+            "ctr_tags": CTRTask(data, TaskConfig(**ctr, history_channel_tags=True)),
+            "topk": TopKTask(data, TaskConfig(kind="topk", sample_channels=["click"], max_history=6,
+                                              train_negatives=5))}
+
+
+def test_the_full_toy_tasks_carry_every_field(full_tasks):
+    """The fixture of the declared-inputs test fills what it must: a field absent here could not be caught."""
+    task = full_tasks["ctr_tags"]
+    s = task.schema
+    assert s.user_categorical and s.user_multi and s.user_dense == {"uvec": 3}
+    assert s.context_categorical == {"level": 5} and s.history_tags == {"click": 1, "like": 2}
+    batch = task.collate(task.splits["valid"], train=False)
+    assert batch.graph is not None and bool((batch.graph.user > 0).any()) and bool((batch.graph.target > 0).any())
+    assert batch.hist_time is not None and batch.hist_tag is not None and batch.uniq is not None
+    assert set(batch.user_side) == {"region", "hobbies", "uvec"} and bool(batch.user_presence["uvec"].any())
+    assert bool((batch.context["level"] > 0).any()) and bool(batch.hist_mask.any())
+    assert full_tasks["topk"].schema.user_dense == {"uvec": 3}
+
+
+# not model inputs: what the task's loss and metrics read (label, group, targets) and the batch's flag
+NOT_INPUTS = {"label", "group", "targets", "shared_history"}
+
+
+def only_declared(batch: Batch, declared: frozenset[str], schema, seed: int = 5) -> Batch:
+    """The batch with every model-input field outside `declared` blanked (None, {}), and the four a Batch cannot
+    be without (user, item, hist, hist_mask) scrambled: what a collate emitting only the declared fields gives,
+    whatever the collate itself leaves out today."""
+    from dataclasses import fields
+
+    g = torch.Generator().manual_seed(seed)
+    out = copy.copy(batch)
+    for f in fields(Batch):
+        if f.name in declared or f.name in NOT_INPUTS:
+            continue
+        value = getattr(batch, f.name)
+        if f.name in ("user", "item", "hist"):
+            high = schema.n_users if f.name == "user" else schema.n_items
+            setattr(out, f.name, torch.randint(1, high, value.shape, generator=g))
+        elif f.name == "hist_mask":
+            setattr(out, f.name, torch.rand(value.shape, generator=g) < 0.5)
+        else:
+            setattr(out, f.name, {} if isinstance(value, dict) else None)
+    return out
+
+
+@pytest.mark.parametrize("name,kind,params", INPUT_CASES)
+def test_declared_inputs_are_everything_the_model_reads(full_tasks, name, kind, params):
+    cls = MODELS[name]
+    task = full_tasks[f"{kind}_tags" if kind == "ctr" and "hist_tag" in cls.inputs else kind]
+    torch.manual_seed(0)
+    model = build_model(name, task.schema, params).eval()
+    declared = frozenset(model.inputs)
+    assert declared, f"{name} declares no inputs"
+    collator = task.collator
+    valid = task.splits["valid"].take(np.arange(min(48, len(task.splits["valid"]))))
+    # one user's history against 8 targets (a service request): shared_history
+    request = valid.take(np.full(8, int(np.argmax(valid.cut)), dtype=np.int64))
+    request.items = valid.items[:8].copy()
+    cases = {"train": (task.splits["train"].take(np.arange(min(48, len(task.splits["train"])))), True),
+             "valid": (valid, False), "request": (request, False)}
+    for split, (part, train) in cases.items():
+        try:
+            collator.inputs = declared
+            lean = task.collate(part, train=train)
+            collator.inputs = None
+            full = task.collate(part, train=train)
+        finally:
+            collator.inputs = None
+        # the collate leaves out what the model does not read
+        for field, value in (("hist_side", lean.hist_side), ("hist_time", lean.hist_time), ("uniq", lean.uniq),
+                             ("user_side", lean.user_side)):
+            if field not in declared:
+                assert value is None or value == {}, (name, field)
+        assert full.shared_history == (split == "request") == lean.shared_history and bool(full.hist_mask.any())
+        with torch.no_grad():
+            want = model(full)
+            got = model(lean)
+            strict = model(only_declared(lean, declared, task.schema))
+        # ctr: every logit; topk: every item but padding (never ranked, -inf), also as a training candidate
+        if kind == "ctr":
+            real = want
+        elif full.candidates is None:
+            real = want[:, 1:]
+        else:
+            real = want[torch.broadcast_to(full.candidates, want.shape) > 0]
+        assert bool(torch.isfinite(real).all()), (name, split)
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"{name}: the collated {split} batch")
+        torch.testing.assert_close(strict, want, rtol=0, atol=0,
+                                   msg=f"{name}: the {split} batch without the fields it does not declare")

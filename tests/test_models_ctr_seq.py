@@ -481,7 +481,7 @@ def test_qin_quadratic_layer_matches_its_definition():
 
 def test_qin_inference_shortcuts_equal_the_training_path():
     """Without grad in eval mode, QIN folds its R rows and BatchNorm into one map (cached, recomputed when the
-    weights change) and, for a history shared by every row (stride 0: a served user's), folds the attention's
+    weights change) and, for a history shared by every row (`Batch.shared_history`: a served user's), folds the attention's
     projections into two (d, d) maps: both equal the plain path."""
     torch.manual_seed(0)
     model = build_model("qin", make_schema("ctr"), params("qin", num_rows=3)).eval()
@@ -512,11 +512,13 @@ def test_qin_inference_shortcuts_equal_the_training_path():
     query = torch.randn(B, d)
     keys = torch.randn(1, L, d).expand(B, L, d)
     mask = (torch.arange(L) < L - 2).unsqueeze(0).expand(B, L)
-    assert keys.stride(0) == 0 and att._keys_values(keys, mask)[2]
+    k, v, shared = att._keys_values(keys, mask, True)
+    assert shared and k.shape[0] == 1 and v.shape[0] == 1  # the one history is projected once
+    assert not att._keys_values(keys, mask, False)[2] and not att._keys_values(keys[:1], mask[:1], True)[2]
     with torch.no_grad():
-        torch.testing.assert_close(att(query, keys, mask), att(query, keys.contiguous(), mask.contiguous()),
-                                   rtol=0, atol=1e-5)
-        torch.testing.assert_close(att.weights(query, keys, mask),
+        torch.testing.assert_close(att(query, keys, mask, shared=True),
+                                   att(query, keys.contiguous(), mask.contiguous()), rtol=0, atol=1e-5)
+        torch.testing.assert_close(att.weights(query, keys, mask, shared=True),
                                    att.weights(query, keys.contiguous(), mask.contiguous()), rtol=0, atol=1e-5)
 
 

@@ -151,7 +151,7 @@ class ItemEncoder(nn.Module):
     @torch.no_grad()
     def cache_items(self, side_table, n_items: int, max_bytes: int = 256 << 20, chunk: int = 4096) -> bool:
         """Serving: encodes the items 1..n_items-1 once, with their features in `side_table` (the collate's item
-        table, `data.batch.ItemSide`, whose rows of those items never change), and from then on reads their
+        table, `pipeline.SideTable`, whose rows of those items never change), and from then on reads their
         vectors from that table when the encoder runs without grad in eval mode; id 0 (padding, and items the
         model has no row for) is encoded as before. The table is dropped when any weight changes (in place or
         replaced). Skipped (False) when it would take more than `max_bytes`."""
