@@ -58,7 +58,7 @@ class SplitConfig(_Strict):
 class GraphTaskConfig(_Strict):
     """ctr: graph-guided interest expansion (MMBee's GIE). Built from the TRAINING period's gift events
     (events of `channel` strictly before the first validation or test sample), so no evaluated gift is
-    in the graph; the expansions and GraphCL embeddings reach the model as `batch.extra["gie_*"]` and
+    in the graph; the expansions and GraphCL embeddings reach the model as `Batch.graph` (GraphInputs) and
     `schema.graph_init`."""
 
     enabled: bool = False
@@ -124,11 +124,6 @@ class TaskConfig(_Strict):
         "the item or the history), e.g. MicroLens' likes_level / views_level (an item's popularity level at "
         "impression time). Strings or integers; the vocabulary comes from the training samples only: an empty "
         "value or one first seen at validation/test is code 0 (unknown)")
-    unknown_target_rate: float | None = Field(
-        None, ge=0.0, lt=1.0, description="ctr (default 0.02; other tasks 0): the share of training samples whose target is shown as an item "
-        "the model knows nothing about (id, side features, content and graph expansion all unknown), drawn anew "
-        "every epoch, so the model learns how to score an item it never saw (a new item registered with an id only, "
-        "an unknown id) instead of extrapolating from inputs it was never trained on. 0: off")
     train_recent: float | None = Field(
         None, gt=0.0, le=1.0, description="ctr: train on the most recent share of the training period's samples "
         "only (by time; e.g. 0.3 = the last 30%), while histories, item statistics from the history and the "
@@ -155,11 +150,6 @@ class TaskConfig(_Strict):
         if names and self.kind != "ctr":
             raise ValueError(f"context_features {names}: only the ctr task reads per-sample context features, "
                              f"not '{self.kind}'")
-        if self.unknown_target_rate is None:
-            self.unknown_target_rate = 0.02 if self.kind == "ctr" else 0.0
-        elif self.unknown_target_rate > 0 and self.kind != "ctr":
-            raise ValueError(f"unknown_target_rate {self.unknown_target_rate}: only the ctr task hides training "
-                             f"targets, not '{self.kind}'")
         if self.train_recent is not None and self.kind != "ctr":
             raise ValueError(f"train_recent {self.train_recent}: only the ctr task reads it, not '{self.kind}'")
         if self.history_channel_tags and self.kind != "ctr":

@@ -14,11 +14,12 @@ What comes out:
   column: the task derives labels (e.g. rating >= 4) itself.
 - items: item_id, title, genres (list<string>), year (from the title, null when absent), imdb_id,
   tmdb_id (strings, when links.csv is there). Features: genres (multi_categorical), year (numeric).
-- modality "text" (item, text): "title. Genres: a, b. Tags: x, y." for EVERY movie, with the tags of
-  all users (the title is always there, so the modality always is too);
-  modality "user_tags" (item, text): the tags alone, present ONLY for the ~1,500 movies somebody
-  tagged: a real missing-modality pattern. Both use every tag in the file, including tags written
-  after a task's split time: models that must not see future content should not read them.
+- modality "text" (item, text): "title. Genres: a, b." for EVERY movie (the title is always there, so
+  the modality always is too). The tags users wrote are events (channel "tag", text in `tag`), not item
+  content: a task reads them as item text with `task.event_text` (e.g. {modality: user_tags, channel: tag,
+  column: tag}), built from the tags of its training period only, so a tag written after a user's test
+  time never reaches the model; present only for the movies tagged in that period (a real missing-modality
+  pattern).
 
 `min_rating_count` keeps only movies with at least that many ratings (their tags, items rows and
 content too). Research use only, no commercial use; cite Harper & Konstan (2015), see `CITATION`.
@@ -87,15 +88,6 @@ def _read(path: Path, problems: list[Problem]) -> pd.DataFrame | None:
     return df
 
 
-def _unique_tags(tags: pd.Series) -> str:
-    seen: dict[str, str] = {}
-    for t in tags:
-        key = t.strip().lower()
-        if key and key not in seen:
-            seen[key] = t.strip()
-    return ", ".join(seen.values())
-
-
 def load(path: str | os.PathLike, min_rating_count: int = 0) -> InteractionData:
     path = Path(path)
     if not path.is_dir():
@@ -146,23 +138,8 @@ def load(path: str | os.PathLike, min_rating_count: int = 0) -> InteractionData:
             item_cols[dst] = pa.array(vals.mask(vals == "", None).to_numpy(object), pa.string(), from_pandas=True)
     items = pa.table(item_cols)
 
-    by_movie = tags.sort_values("timestamp", kind="stable").groupby("movieId", sort=False)["tag"]
-    movie_tags = by_movie.agg(_unique_tags)
-    movie_tags = movie_tags[movie_tags != ""]
-    texts = []
-    for mid, title, g in zip(movies["movieId"], titles, genres):
-        text = title + "."
-        if g:
-            text += " Genres: " + ", ".join(g) + "."
-        t = movie_tags.get(mid)
-        if t:
-            text += " Tags: " + t + "."
-        texts.append(text)
-    content = {
-        "text": pa.table({"entity_id": item_cols["item_id"], "text": pa.array(texts, pa.string())}),
-        "user_tags": pa.table({"entity_id": pa.array(movie_tags.index.to_numpy(object), pa.string()),
-                               "text": pa.array(movie_tags.to_numpy(object), pa.string())}),
-    }
+    texts = [title + "." + (" Genres: " + ", ".join(g) + "." if g else "") for title, g in zip(titles, genres)]
+    content = {"text": pa.table({"entity_id": item_cols["item_id"], "text": pa.array(texts, pa.string())})}
     spec = DatasetSpec(
         name="movielens-latest-small",
         description="MovieLens latest-small: 5-star ratings and free-text tags"
@@ -171,10 +148,7 @@ def load(path: str | os.PathLike, min_rating_count: int = 0) -> InteractionData:
         channels=["rating", "tag"],
         item_features=[FeatureSpec(name="genres", kind="multi_categorical"), FeatureSpec(name="year", kind="numeric")],
         modalities=[
-            ModalitySpec(name="text", entity="item", kind="text",
-                         description="title, genres and every user's tags for the movie"),
-            ModalitySpec(name="user_tags", entity="item", kind="text",
-                         description="the tags users wrote; only movies that were tagged"),
+            ModalitySpec(name="text", entity="item", kind="text", description="title and genres of the movie"),
         ],
         event_columns=["tag"],
         source=SOURCE,
@@ -187,7 +161,8 @@ def load_multimodal(path: str | os.PathLike, cache: str | os.PathLike | None = N
                     modalities: tuple[str, ...] = ("text",), min_rating_count: int = 0) -> InteractionData:
     """MovieLens with item text embedded by the offline MiniLM encoder (`<modality>_emb`, 384-d).
 
-    The multimodal CTR benchmark of this project: item text = title + genres + the tags users wrote,
+    The multimodal CTR benchmark of this project: item text = title + genres (the tags users wrote are events,
+    read through `task.event_text` from the training period only),
     embedded once and cached by content (`cache`, default $MODALREC_CACHE or ~/.cache/modalrec, +
     /text), so later runs read the vectors instead of recomputing them. Needs the `text` extra."""
     from ..encoders.text import TextEncoder, encode_modality

@@ -84,6 +84,12 @@ class Schema:
     user_multi: dict[str, int] = field(default_factory=dict)  # multi-valued feature -> vocab size
     user_dense: dict[str, int] = field(default_factory=dict)  # dense content vector -> dim
     item_counts: np.ndarray | None = None  # training interactions per item index
+    # what an unknown item reads outside training (`nn.item_encoder.Unknowns`, `nn.layers.IdEmbedding`): the
+    # training samples' count of every code of each item categorical feature and of every value of each multi-valued
+    # one (index 0: samples whose list is empty), and each dense modality's training mean vector where the
+    # training samples always had it (absent: not listed)
+    item_code_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    item_dense_mean: dict[str, np.ndarray] = field(default_factory=dict)
     item_positive_rate: np.ndarray | None = None  # ctr: smoothed training positive rate per item
     user_counts: np.ndarray | None = None  # training samples per user index
     n_labels: int = 0

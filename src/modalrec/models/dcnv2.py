@@ -50,7 +50,7 @@ class DCNv2(Model):
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
         self.register_id_counts()
-        self.user = id_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim, counts=schema.user_counts)
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features
         x0_dim = cfg.embed_dim + self.items.out_dim * (2 if cfg.use_history else 1)
         x0_dim += self.context.out_dim if self.context else 0

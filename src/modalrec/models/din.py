@@ -52,7 +52,7 @@ class DIN(Model):
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
         self.register_id_counts()
-        self.user = id_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim, counts=schema.user_counts)
         d = self.items.out_dim
         self.attention = TargetAttention(
             d, cfg.attention_hidden, activation=cfg.attention_activation, softmax=cfg.attention_softmax

@@ -15,14 +15,15 @@ import torch
 from torch import nn
 
 from ..data.batch import Batch
-from ..nn.layers import context_codes
+from ..nn.layers import IdEmbedding, context_codes
 from .base import Model, ModelConfig, Schema
 
 
-def _weights(n: int) -> nn.Embedding:
+def _weights(n: int, counts=None) -> nn.Embedding:
     # Zero start: the loss is convex, and index 0 (padding/unknown) stays at 0 since padding_idx
-    # rows get no gradient.
-    emb = nn.Embedding(n, 1, padding_idx=0)
+    # rows get no gradient; with training `counts`, an unknown id reads the average trained weight outside
+    # training (`IdEmbedding`)
+    emb = IdEmbedding(n, 1, counts)
     nn.init.zeros_(emb.weight)
     return emb
 
@@ -37,9 +38,10 @@ class LogisticRegression(Model):
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None):
         super().__init__(schema, config or self.Config())
-        self.user = _weights(schema.n_users)
-        self.item = _weights(schema.n_items)
-        self.categorical = nn.ModuleDict({k: _weights(n) for k, n in schema.item_categorical.items()})
+        self.user = _weights(schema.n_users, schema.user_counts)
+        self.item = _weights(schema.n_items, schema.item_counts)
+        self.categorical = nn.ModuleDict({k: _weights(n, (schema.item_code_counts or {}).get(k))
+                                          for k, n in schema.item_categorical.items()})
         self.multi = nn.ModuleDict({k: _weights(n) for k, n in schema.item_multi.items()})
         # only with context features: a model without them keeps exactly its parameters
         self.context = (nn.ModuleDict({k: _weights(n) for k, n in schema.context_categorical.items()})

@@ -180,7 +180,7 @@ class QIN(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = id_embedding(schema.n_users, cfg.embed_dim) if cfg.use_user else None
+        self.user = id_embedding(schema.n_users, cfg.embed_dim, counts=schema.user_counts) if cfg.use_user else None
         d = self.items.out_dim
         self.attention = SparseTargetAttention(d, cfg.attention_dim or 2 * d)
         self.context = context_embedding(schema, cfg.embed_dim)  # None without task.context_features

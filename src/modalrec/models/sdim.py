@@ -60,7 +60,7 @@ class SDIM(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = id_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim, counts=schema.user_counts)
         d = self.items.out_dim
         g = torch.Generator().manual_seed(cfg.hash_seed)
         self.register_buffer("hyperplanes", torch.randn(d, cfg.n_hashes * cfg.hash_bits, generator=g))

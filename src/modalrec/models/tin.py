@@ -59,7 +59,7 @@ class TIN(Model):
         super().__init__(schema, config or self.Config())
         cfg = self.config
         self.items = ItemEncoder(schema, cfg.embed_dim, use_content=cfg.use_content)
-        self.user = id_embedding(schema.n_users, cfg.embed_dim)
+        self.user = id_embedding(schema.n_users, cfg.embed_dim, counts=schema.user_counts)
         d = self.items.out_dim
         # Row 0 is the target's own offset; positions 1..max_history, or time buckets 0..n-1 shifted by 1.
         n_codes = 1 + (schema.max_history if cfg.temporal == "position" else cfg.time_buckets)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..data.batch import Batch
-from .layers import versions
+from .layers import IdEmbedding, versions
 
 if TYPE_CHECKING:  # models import this module; a runtime import back would be circular
     from ..models.base import Schema
@@ -45,20 +45,60 @@ ITEM_INPUTS = frozenset({"item", "item_side", "presence", "hist", "hist_mask", "
                          "uniq", "uniq_side", "uniq_presence", "item_pos", "hist_pos"})
 
 
+class Unknowns(nn.Module):
+    """What an item the training data never described reads, outside training: an all-empty multi-valued
+    feature the frequency-weighted mean of its trained value rows, an absent dense modality the projection of its
+    training mean vector, each only where the training samples never had the feature empty or absent (then the
+    model learned what empty means: nothing changes). Together with `IdEmbedding` for ids and categorical codes,
+    an unknown item (a new item with only an id, an unknown id) is encoded as an average known item instead of
+    from inputs no training batch held. Buffers only (derived from the schema): the state dict is unchanged."""
+
+    def __init__(self, schema: Schema):
+        super().__init__()
+        counts = getattr(schema, "item_code_counts", None) or {}
+        self.multi = [name for name in schema.item_multi if name in counts and counts[name][0] == 0
+                      and counts[name][1:].sum() > 0]
+        for name in self.multi:
+            c = torch.as_tensor(np.asarray(counts[name], dtype=np.float32))
+            self.register_buffer(f"multi_{_buffer(name)}", c / c.sum(), persistent=False)
+        means = getattr(schema, "item_dense_mean", None) or {}
+        self.dense = [name for name in schema.item_dense if name in means]
+        for name in self.dense:
+            self.register_buffer(f"dense_{_buffer(name)}", torch.as_tensor(np.asarray(means[name], np.float32)),
+                                 persistent=False)
+
+    def multi_weights(self, name: str) -> torch.Tensor | None:
+        return getattr(self, f"multi_{_buffer(name)}") if name in self.multi and not self.training else None
+
+    def dense_mean(self, name: str) -> torch.Tensor | None:
+        return getattr(self, f"dense_{_buffer(name)}") if name in self.dense and not self.training else None
+
+
+def _buffer(name: str) -> str:
+    return name.replace(".", "_").replace(":", "_")
+
+
 def encode_features(categorical: nn.ModuleDict, multi: nn.ModuleDict, dense: nn.ModuleDict,
-                    missing: nn.ParameterDict, side: dict, presence: dict, where: str) -> list[torch.Tensor]:
+                    missing: nn.ParameterDict, side: dict, presence: dict, where: str,
+                    unknowns: Unknowns | None = None) -> list[torch.Tensor]:
     """The feature part of an entity vector, in schema order: one embedding per categorical feature, a masked
     mean of embeddings per multi-valued one (0 = empty slot), and per dense modality its projection where present
     or the learned `missing` vector where absent (absent values are selected away before the projection, so
-    they can neither change the output nor poison gradients)."""
+    they can neither change the output nor poison gradients). `unknowns`: what never-empty features read
+    when empty and never-absent modalities when absent (see `Unknowns`)."""
     parts = []
     for name, emb in categorical.items():
         parts.append(emb(_feature(side, name, where)))
     for name, emb in multi.items():
         tags = _feature(side, name, where)
         filled = (tags != 0).unsqueeze(-1)
+        n = filled.sum(-2)
         # padding_idx 0 embeds to zero, so the sum only counts real tags; divide by their number.
-        parts.append(emb(tags).sum(-2) / filled.sum(-2).clamp(min=1).to(emb.weight.dtype))
+        part = emb(tags).sum(-2) / n.clamp(min=1).to(emb.weight.dtype)
+        w = unknowns.multi_weights(name) if unknowns is not None else None
+        if w is not None and bool((n == 0).any()):
+            part = torch.where(n > 0, part, w.to(emb.weight.dtype) @ emb.weight)
+        parts.append(part)
     for name, proj in dense.items():
         x = _feature(side, name, where).to(proj.weight.dtype)
         present = presence.get(name)
@@ -67,7 +107,9 @@ def encode_features(categorical: nn.ModuleDict, multi: nn.ModuleDict, dense: nn.
             present = torch.isfinite(x).all(-1)
         present = present.to(torch.bool).unsqueeze(-1)
         x = torch.where(present, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        parts.append(torch.where(present, proj(x), missing[name]))
+        mean = unknowns.dense_mean(name) if unknowns is not None else None
+        absent = missing[name] if mean is None else proj(mean.to(proj.weight.dtype))
+        parts.append(torch.where(present, proj(x), absent))
     return parts
 
 
@@ -116,9 +158,12 @@ class ItemEncoder(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.use_content = use_content
-        self.id = nn.Embedding(schema.n_items, embed_dim, padding_idx=0) if use_id else None
+        # unknown ids and codes (0) read the average trained row outside training (`IdEmbedding`): a new item with
+        # only an id scores as an average item rather than from the zero vector no training batch held
+        self.id = IdEmbedding(schema.n_items, embed_dim, schema.item_counts) if use_id else None
         self.categorical = nn.ModuleDict(
-            {name: nn.Embedding(n, embed_dim, padding_idx=0) for name, n in schema.item_categorical.items()}
+            {name: IdEmbedding(n, embed_dim, (schema.item_code_counts or {}).get(name))
+             for name, n in schema.item_categorical.items()}
         )
         self.multi = nn.ModuleDict(
             {name: nn.Embedding(n, embed_dim, padding_idx=0) for name, n in schema.item_multi.items()}
@@ -143,6 +188,7 @@ class ItemEncoder(nn.Module):
             nn.init.normal_(self.tag.weight, std=init_std)
             with torch.no_grad():
                 self.tag.weight[0].zero_()
+        self.unknowns = Unknowns(schema)
         self._table: tuple | None = None  # (weights' key, (n, out_dim) vectors of ids 1..n-1): `cache_items`
 
     def _weights_key(self) -> tuple:
@@ -190,7 +236,8 @@ class ItemEncoder(nn.Module):
     def _encode(self, ids: torch.Tensor, side: dict, presence: dict, where: str = "item_side") -> torch.Tensor:
         """forward without the cached table."""
         parts = [self.id(ids)] if self.id is not None else []
-        parts += encode_features(self.categorical, self.multi, self.dense, self.missing, side, presence, where)
+        parts += encode_features(self.categorical, self.multi, self.dense, self.missing, side, presence, where,
+                                 self.unknowns)
         return torch.cat(parts, dim=-1)
 
     def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

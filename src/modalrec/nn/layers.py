@@ -151,9 +151,42 @@ def mba_penalty(embedding: nn.Embedding, ids: torch.Tensor, counts: torch.Tensor
     return weight * (w.pow(2).sum(-1) / counts[rows].clamp(min=1.0)).sum()
 
 
-def id_embedding(n: int, dim: int, std: float = 0.05) -> nn.Embedding:
-    """Embedding of an id vocabulary whose row 0 (padding / unknown) is and stays the zero vector."""
-    emb = nn.Embedding(n, dim, padding_idx=0)
+class IdEmbedding(nn.Embedding):
+    """An embedding of a vocabulary whose index 0 is padding and unknown values.
+
+    With the training frequency of every index (`counts`, e.g. `Schema.item_counts`) and when index 0 never
+    occurred at a real training position, an unknown value (index 0) is, outside training, embedded as the
+    frequency-weighted mean of the trained rows: an item, user or feature value the training data never held
+    reads as an average known one, instead of the zero vector the network never met in training (a new item
+    with only an id, a user first seen after training, a streamer that joined later). Padding positions are
+    masked by every layer that reads a sequence, so they may read the mean too. Training is unchanged (index 0
+    never occurs there at a real position) and the weights are those of `nn.Embedding` (same state dict)."""
+
+    def __init__(self, n: int, dim: int, counts=None):
+        super().__init__(n, dim, padding_idx=0)
+        w = None
+        if counts is not None:
+            c = torch.as_tensor(counts, dtype=torch.float32).reshape(-1)[:n].clone()
+            if len(c) == n and float(c[0]) == 0.0 and float(c.sum()) > 0:
+                w = c / c.sum()
+        self.register_buffer("known_weights", w, persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = super().forward(ids)
+        w = self.known_weights
+        if w is None or self.training:
+            return out
+        unknown = ids == 0
+        if not bool(unknown.any()):
+            return out
+        mean = w.to(self.weight.dtype) @ self.weight  # (dim,): the average trained row
+        return torch.where(unknown.unsqueeze(-1), mean, out)
+
+
+def id_embedding(n: int, dim: int, std: float = 0.05, counts=None) -> IdEmbedding:
+    """Embedding of an id vocabulary whose row 0 (padding / unknown) is and stays the zero vector; with the
+    training `counts` of every index, unknown ids read the average trained row outside training (`IdEmbedding`)."""
+    emb = IdEmbedding(n, dim, counts)
     nn.init.normal_(emb.weight, std=std)
     with torch.no_grad():
         emb.weight[0].zero_()

@@ -90,14 +90,14 @@ class Collator:
         if self.with_time and times is not None and self.wants("hist_time"):
             dt = times[:rows, None] - self.history.times[pos]
             batch.hist_time = rows_of(torch.from_numpy(np.where(mask, dt, 0).astype(np.float32)))
-        if self.history.tags is not None:
+        if self.history.tags is not None and self.wants("hist_tag"):
             tags = self.history.tags[pos] if len(self.history.tags) else 0
             batch.hist_tag = rows_of(torch.from_numpy(np.where(mask, tags, 0)))
         if self.user_table and self.wants("user_side"):
             batch.user_side, batch.user_presence = self.user_table.gather(np.asarray(rows_u, dtype=np.int64))
-        if context:
+        if context and self.wants("context"):
             batch.context = {name: torch.from_numpy(np.asarray(codes, dtype=np.int64)) for name, codes in context.items()}
-        batch.graph = graph
+        batch.graph = graph if self.wants("graph") else None
         if self.n_model_items is not None:
             self._to_model_ids(batch)
         return batch

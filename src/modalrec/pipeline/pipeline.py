@@ -117,6 +117,8 @@ class FeaturePipeline:
             user_categorical=dict(self.user_sizes.categorical), user_multi=dict(self.user_sizes.multi),
             user_dense=dict(self.user_sizes.dense),
             item_counts=self.stats.get("item_counts"), item_positive_rate=self.stats.get("item_positive_rate"),
+            item_code_counts={k.split(".", 1)[1]: v for k, v in self.stats.items() if k.startswith("code_counts.")},
+            item_dense_mean={k.split(".", 1)[1]: v for k, v in self.stats.items() if k.startswith("dense_mean.")},
             user_counts=self.stats.get("user_counts"),
             graph_init=self.graph.graph_init() if self.graph is not None else {},
             context_categorical={n: len(v) for n, v in self.context.items()},
@@ -124,6 +126,24 @@ class FeaturePipeline:
         )
 
     # ------------------------------------------------------------------------------------- coding events
+    def count_codes(self, items: np.ndarray) -> None:
+        """What an unknown item reads (`Schema.item_code_counts`, `item_dense_mean`), over the training samples'
+        items `items`: the frequency of every categorical code, of every multi-valued value (index 0: samples whose
+        list is empty), and the mean vector of every dense modality the training samples always had."""
+        t = self.item_table
+        for name, codes in t.categorical.items():
+            self.stats[f"code_counts.{name}"] = np.bincount(codes[items], minlength=self.item_sizes.categorical[name]
+                                                            ).astype(np.float64)
+        for name, arr in t.multi.items():
+            rows = arr[items]
+            counts = np.bincount(rows[rows > 0], minlength=self.item_sizes.multi[name]).astype(np.float64)
+            counts[0] = float((rows == 0).all(1).sum())
+            self.stats[f"code_counts.{name}"] = counts
+        for name, arr in t.dense.items():
+            present = np.asarray(t.presence[name][items], dtype=bool)
+            if len(items) and present.all():
+                self.stats[f"dense_mean.{name}"] = np.asarray(arr[items], dtype=np.float64).mean(0)
+
     def history_channels(self) -> list[str] | None:
         s = self.settings
         return s.history_channels or s.sample_channels
@@ -302,7 +322,7 @@ class FeaturePipeline:
                         else SideTable()),
             user_maps=FeatureMaps.from_json(meta["user_maps"]), user_sizes=_sizes_of(meta["user_sizes"]),
             context={n: Vocab(v) for n, v in meta.get("context", {}).items()},
-            stats={k: v for k, v in stats_raw.items() if k in _STAT_FIELDS},
+            stats={k: v for k, v in stats_raw.items() if k in _STAT_FIELDS or k.startswith(("code_counts.", "dense_mean."))},
             graph=GraphFeatures.load(folder / "graph") if meta.get("graph") else None,
             schema_extra=extra,
         )

@@ -156,6 +156,7 @@ class CTRTask(PreparedTask):
         prior = float(tr.labels.mean()) if len(tr) else 0.5
         pipeline.stats = {"item_counts": counts, "item_positive_rate": (pos + 20 * prior) / (counts + 20),
                           "user_counts": np.bincount(user_map[tr.users], minlength=len(pipeline.users)).astype(np.float64)}
+        pipeline.count_codes(tr.items)
         if cfg.graph.enabled:
             self._fit_graph(log, item_rows, cfg)
         self.restore({"test_labels_hidden": self.test_labels_hidden}, {})
@@ -198,18 +199,8 @@ class CTRTask(PreparedTask):
         return {"test_labels_hidden": self.test_labels_hidden}
 
     def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
-        rate = self.cfg.unknown_target_rate
-        if train and rate > 0 and len(s):
-            # a share of the targets becomes row 0, the unknown item (no id, features, content or expansion):
-            # what a new item with only an id looks like when served. Drawn from (seed, epoch, batch) so a
-            # resumed run draws the same
-            rng = np.random.default_rng([seed, epoch, int(s.users[0]), int(s.cut[0]), int(s.times[0]), len(s)])
-            hide = rng.random(len(s)) < rate
-            if hide.any():
-                s = s.take(np.arange(len(s)))
-                s.items = np.where(hide, 0, s.items)
         graph = None
-        if self.pipeline.graph is not None:
+        if self.pipeline.graph is not None and self.collator.wants("graph"):
             # as of each sample's time: a training sample never reads an expansion built from its own gift
             # (with task.graph.refresh, from the graph refreshed before the sample's window)
             graph = self.pipeline.graph.inputs(self.user_rows[s.users], self.group_code[s.items], s.times, train)

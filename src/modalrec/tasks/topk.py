@@ -92,6 +92,7 @@ class TopKTask(PreparedTask):
         self.sample_ids = {name: _ids(log, s) for name, s in self.splits.items()}
         idx = np.repeat(h.ptr[:-1], n_train) + (np.arange(n_train.sum()) - np.repeat(np.cumsum(n_train) - n_train, n_train))
         pipeline.stats = {"item_counts": np.bincount(h.items[idx], minlength=len(pipeline.items)).astype(np.float64)}
+        pipeline.count_codes(h.items[idx])
         self.restore({}, {})
 
     def collate(self, s: SampleSet, train: bool, seed: int = 0, epoch: int = 0) -> Batch:
