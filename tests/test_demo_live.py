@@ -15,7 +15,7 @@ def test_demo_runs_without_espeak(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
 
     from modalrec.demo import run_demo
-    from modalrec.serve.service import create_app
+    from modalrec.serve.app import create_app
 
     monkeypatch.setenv("MODALREC_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"

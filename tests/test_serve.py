@@ -25,10 +25,10 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
 from modalrec.config import RunConfig
-from modalrec.pipeline import Collator, History
 from modalrec.models import build_model
+from modalrec.pipeline import Collator, History
+from modalrec.serve.app import create_app
 from modalrec.serve.bundle import BundleError, export_bundle, load_bundle
-from modalrec.serve.service import create_app
 from modalrec.serve.state import StoredEvent, open_state
 from modalrec.tasks import prepare_task
 from modalrec.train.checkpoint import load_checkpoint
@@ -45,7 +45,7 @@ T_FUTURE = 100_000  # later than every toy event (toy times are < 6000)
 def _train_and_export(cfg: RunConfig, data, root):
     """Trains `cfg` for its epochs, exports the bundle to root/bundle; returns (task, the best model in eval)."""
     train_run(cfg, root / "run", data=data, report=False)
-    export_bundle(root / "run", root / "bundle", data=data)
+    export_bundle(root / "run", root / "bundle")
     task = prepare_task(data, cfg.task)
     model = build_model(cfg.model.name, task.schema, cfg.model.params)
     load_checkpoint(root / "run" / "checkpoints" / "seed_0", "best", model, restore_rng=False)
@@ -77,23 +77,41 @@ def client(served, tmp_path):
 
 
 def _hist_events(task, u: int, cut: int) -> list[dict]:
+    """The first `cut` history events of the event log's user `u` as a request's own history."""
     lo = task.history.ptr[u]
     return [{"item": task.item_vocab.id_of(int(i)), "time": int(t)}
             for i, t in zip(task.history.items[lo:lo + cut], task.history.times[lo:lo + cut])]
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` with exactly `labels` in a Prometheus exposition (None: no such sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
 # ------------------------------------------------------------------------------------------- bundle
+
+
+BUNDLE_FILES = {"config.yaml", "model.safetensors", "history.safetensors", "history_users.parquet",
+                "item_vectors.safetensors", "items.faiss", "pipeline/pipeline.json", "pipeline/users.parquet",
+                "pipeline/items.parquet", "pipeline/item_table.safetensors", "pipeline/stats.safetensors"}
 
 
 def test_bundle_layout_hashes_and_no_pickle(served, monkeypatch, tmp_path):
     b = served["bundle"]
     manifest = json.loads((b / "manifest.json").read_text())
-    expected = {"config.yaml", "schema.json", "schema.safetensors", "model.safetensors", "vocab_users.json",
-                "vocab_items.json", "item_side.safetensors", "history.safetensors", "item_vectors.safetensors",
-                "items.faiss", "vocab_item_features.json"}
-    assert set(manifest["files"]) == expected
-    assert {p.name for p in b.iterdir()} == expected | {"manifest.json"}
+    assert set(manifest["files"]) == BUNDLE_FILES
+    assert {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()} == BUNDLE_FILES | {"manifest.json"}
     assert manifest["model"] == "din" and manifest["retrieval"]["source"] == "item_encoder"
+    # the bundle's pipeline is the run's, file for file
+    run_files = json.loads((served["root"] / "run" / "manifest.json").read_text())["files"]["pipeline"]
+    assert {f"pipeline/{name}": digest for name, digest in run_files.items()} == {
+        name: meta["sha256"] for name, meta in manifest["files"].items() if name.startswith("pipeline/")}
 
     def boom(*a, **k):
         raise AssertionError("a bundle must load without unpickling anything")
@@ -103,13 +121,15 @@ def test_bundle_layout_hashes_and_no_pickle(served, monkeypatch, tmp_path):
     monkeypatch.setattr(torch, "load", boom)
     bundle = load_bundle(b)
     task = served["task"]
-    assert bundle.item_vocab.ids == task.item_vocab.ids and bundle.user_vocab.ids == task.user_vocab.ids
+    assert bundle.pipeline.items.ids == task.item_vocab.ids and bundle.pipeline.users.ids == task.user_vocab.ids
+    table = bundle.pipeline.item_table
     for group in ("categorical", "multi", "dense", "presence"):
-        want, got = getattr(task.collator.item_table, group), getattr(bundle.item_side, group)
+        want, got = getattr(task.collator.item_table, group), getattr(table, group)
         assert set(want) == set(got) and all(np.array_equal(want[k], got[k]) for k in want)
-    assert bundle.item_side.presence and not bundle.item_side.presence["emb"].all()  # missing modality kept
+    assert table.presence and not table.presence["emb"].all()  # missing modality kept
     assert bundle.index.ntotal == len(task.item_vocab) - 1
-    # the seed history is each user's last max_history events
+    # the seed history is each user's last max_history events, rows named by history_users
+    assert bundle.history_users.ids == task.log_users.ids
     u = int(np.argmax(np.diff(task.history.ptr)))
     lo, hi = task.history.ptr[u], task.history.ptr[u + 1]
     assert hi - lo > MAX_HISTORY
@@ -118,12 +138,23 @@ def test_bundle_layout_hashes_and_no_pickle(served, monkeypatch, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(b, bad)
-    (bad / "vocab_items.json").write_text((bad / "vocab_items.json").read_text().replace("i1", "x1", 1))
-    with pytest.raises(BundleError, match="vocab_items.json.*sha256"):
+    vocab = bad / "pipeline" / "items.parquet"
+    raw = bytearray(vocab.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    vocab.write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match=r"pipeline/items\.parquet.*sha256"):
         load_bundle(bad)
     (bad / "items.faiss").unlink()
     with pytest.raises(BundleError, match="items.faiss"):
         load_bundle(bad)
+    # a bundle of an older format is refused with what to do
+    old = tmp_path / "old"
+    shutil.copytree(b, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 2
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="export the run again"):
+        load_bundle(old)
 
 
 def test_cli_export(served, tmp_path):
@@ -170,7 +201,7 @@ def _check_parity(served, client, tol: float) -> None:
     for u, t, cut in keys:
         rows = groups[(u, t, cut)]
         resp = client.post("/score", json={
-            "user": task.user_vocab.id_of(u), "items": [task.item_vocab.id_of(int(s.items[r])) for r in rows],
+            "user": task.log_users.id_of(u), "items": [task.item_vocab.id_of(int(s.items[r])) for r in rows],
             "context": {"time": t}, "history": _hist_events(task, u, cut)})
         assert resp.status_code == 200, resp.text
         body = resp.json()
@@ -187,15 +218,18 @@ def test_parity_of_stored_state(served, client):
     task, model = served["task"], served["model"]
     h = task.history
     counts = np.diff(h.ptr)
-    u = int(np.argmax(counts))
-    user = task.user_vocab.id_of(u)
+    u = int(np.argmax(counts))  # the event log's user (a History row)
+    user = task.log_users.id_of(u)
+    uidx = int(task.user_rows[u])  # their row in the model's user vocabulary
+    assert uidx > 0
     items = np.arange(1, len(task.item_vocab))
 
     def offline(history: History, n: int) -> np.ndarray:
         col = Collator(history, task.collator.item_table, MAX_HISTORY, with_time=True)
         c = len(items)
         with torch.no_grad():
-            return model(col(np.full(c, u), items, np.full(c, n), np.full(c, T_FUTURE))).numpy()
+            return model(col(np.full(c, u), items, np.full(c, n), np.full(c, T_FUTURE),
+                             user_rows=np.full(c, uidx))).numpy()
 
     def served_scores() -> np.ndarray:
         resp = client.post("/score", json={"user": user, "items": [task.item_vocab.id_of(int(i)) for i in items],
@@ -218,9 +252,39 @@ def test_parity_of_stored_state(served, client):
     c = len(items)
     with torch.no_grad():  # row 0 of this one-user History holds user u's sequence; the model reads user u
         batch = col(np.zeros(c, np.int64), items, np.full(c, len(ext_items)), np.full(c, T_FUTURE))
-        batch.user = torch.full((c,), u)
+        batch.user = torch.full((c,), uidx)
         want = model(batch).numpy()
     assert np.abs(served_scores() - want).max() <= 1e-5
+
+
+def test_concurrent_requests_score_their_own_sequences(client):
+    """Requests scored at once in several threads each get the scores of their own sequence (the batch builder
+    is not shared between them)."""
+    from modalrec.pipeline import Sequence
+
+    scorer = client.app.state.scorer
+    cand = np.arange(1, scorer.n_items)
+    seqs = [Sequence(np.array([1, 2, 3]), np.array([10, 20, 30]), np.zeros(3, np.int64)),
+            Sequence(np.array([7, 8, 9, 11, 12]), np.array([10, 20, 30, 40, 50]), np.zeros(5, np.int64))]
+    want = [scorer.score(None, seq, 100, cand) for seq in seqs]
+    wrong = []
+
+    def run(k: int) -> None:
+        for _ in range(300):
+            if not np.allclose(scorer.score(None, seqs[k], 100, cand), want[k], atol=1e-6):
+                wrong.append(k)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=run, args=(k % 2,)) for k in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong, f"{len(wrong)} requests scored another request's sequence"
 
 
 def test_item_encoder_cache_equals_encoding(served):
@@ -295,12 +359,12 @@ def test_topk_bundle_parity(served, tmp_path):
     with TestClient(app) as c:
         for r in rows:
             u, t, cut = int(s.users[r]), int(s.times[r]), int(s.cut[r])
-            resp = c.post("/score", json={"user": task.user_vocab.id_of(u), "items": items, "context": {"time": t},
+            resp = c.post("/score", json={"user": task.log_users.id_of(u), "items": items, "context": {"time": t},
                                           "history": _hist_events(task, u, cut)})
             got = np.array([x["score"] for x in resp.json()["scores"]])
             assert np.abs(got - offline[r, 1:]).max() <= 1e-5
             assert resp.json()["scores"][0]["probability"] is None  # ranking scores, not probabilities
-        rec = c.post("/recommend", json={"user": task.user_vocab.id_of(int(s.users[0])), "k": 5}).json()
+        rec = c.post("/recommend", json={"user": task.log_users.id_of(int(s.users[0])), "k": 5}).json()
         assert len(rec["items"]) == 5 and rec["model"] == "sasrec"
 
 
@@ -326,13 +390,35 @@ def test_recommend_changes_after_events_and_cold_start(client):
     names = {x["item"] for x in b2["items"]}
     assert not names & {"i4", "i8", "i15", "i1"}
     b3 = client.post("/recommend", json={"user": "u3", "k": 2, "candidates": ["i2", "i5", "zzz"]}).json()
-    assert b3["retrieved"]["given"] == 3 and len(b3["items"]) == 2
+    assert b3["retrieved"]["given"] == 3 and len(b3["items"]) == 2 and b3["shortfall"] is None
+    b4 = client.post("/recommend", json={"user": "u3", "k": 5, "candidates": ["i2", "i5", "zzz"]}).json()
+    assert len(b4["items"]) == 3 and "3 of the 5" in b4["shortfall"] and "were given" in b4["shortfall"]
+    assert client.post("/recommend", json={"user": "newcomer", "k": 10}).json()["shortfall"] is None
     # unknown user and unknown item: cold starts, not errors
     r = client.post("/score", json={"user": "stranger", "items": ["i2", "never-seen"]})
     assert r.status_code == 200
     body = r.json()
     assert body["cold_start"] and [x["known"] for x in body["scores"]] == [True, False]
     assert all(0 < x["probability"] < 1 for x in body["scores"])
+
+
+def test_items_without_a_score_are_null_and_never_recommended(client, monkeypatch):
+    """A model may give no score to a candidate (-inf: a ranking model never ranks an item it has no row for):
+    /score answers null for it (JSON has no infinity), /recommend leaves it out and says why in shortfall."""
+    scorer = client.app.state.scorer
+    model = scorer.model
+
+    def unranked_first(batch):
+        out = model(batch).clone()
+        out[0] = float("-inf")
+        return out
+
+    monkeypatch.setattr(scorer, "model", unranked_first)
+    body = client.post("/score", json={"user": "u3", "items": ["i2", "i5"]}).json()["scores"]
+    assert [x["score"] is None for x in body] == [True, False] and body[0]["probability"] is None
+    assert 0 < body[1]["probability"] < 1
+    rec = client.post("/recommend", json={"user": "u3", "k": 2, "candidates": ["i2", "i5"]}).json()
+    assert [x["item"] for x in rec["items"]] == ["i5"] and "1 of them without a score" in rec["shortfall"]
 
 
 def test_events_idempotent_and_user_state(client):
@@ -414,9 +500,9 @@ def test_healthz_metrics_openapi(client):
     client.post("/events", json={"events": [{"user": "u1", "item": "i1", "channel": "watch", "value": 12}]},
                 headers=AUTH)
     text = client.get("/metrics").text
-    assert 'modalrec_requests_total{route="/recommend",method="POST",status="200"} 1' in text
-    assert 'modalrec_request_duration_seconds_bucket{route="/recommend",le="+Inf"} 1' in text
-    assert 'modalrec_events_total{result="accepted"} 1' in text
+    assert metric(text, "modalrec_requests_total", route="/recommend", method="POST", status="200") == 1.0
+    assert metric(text, "modalrec_request_duration_seconds_bucket", route="/recommend", le="+Inf") == 1.0
+    assert 'modalrec_events_total{result="accepted"} 1.0' in text
     assert "# TYPE modalrec_request_duration_seconds histogram" in text
     assert 'modalrec_stage_duration_seconds_count{stage="rank"}' in text
     spec = client.get("/openapi.json").json()
@@ -489,7 +575,7 @@ def test_kill_9_loses_no_acknowledged_event(served, tmp_path):
     state = f"sqlite:///{tmp_path / 'state.sqlite'}"
     port = _free_port()
     proc = _start_service(served["bundle"], state, port)
-    acked: list[str] = []
+    acked: list[list[str]] = [[], [], []]  # per writer (user k0, k1, k2)
     stop = threading.Event()
 
     def writer(w: int) -> None:
@@ -505,33 +591,38 @@ def test_kill_9_loses_no_acknowledged_event(served, tmp_path):
                 except httpx.HTTPError:
                     return  # the service died mid-request: not acknowledged
                 if r.status_code == 200:
-                    acked.extend(ids)
+                    acked[w].extend(ids)
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
     try:
         for t in threads:
             t.start()
         deadline = time.time() + 30
-        while len(acked) < 60 and time.time() < deadline:
+        # every writer past a full history, and enough in all (the threads start and get the GIL unevenly)
+        while (sum(map(len, acked)) < 60 or min(map(len, acked)) < 2 * MAX_HISTORY) and time.time() < deadline:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # kill -9 while the writers are mid-flight
         proc.wait(10)
         stop.set()
         for t in threads:
             t.join(10)
-        assert len(acked) >= 60
+        n_acked = [len(a) for a in acked]
+        assert sum(n_acked) >= 60 and min(n_acked) >= 2 * MAX_HISTORY, n_acked
         port = _free_port()
         proc = _start_service(served["bundle"], state, port)
-        stored: set[str] = set()
+        stored: list[set[str]] = []
         for w in range(3):
             r = httpx.get(f"http://127.0.0.1:{port}/users/k{w}", params={"n": 10000}, headers=AUTH, timeout=10)
-            stored |= {e["event_id"] for e in r.json()["events"]}
-        missing = set(acked) - stored
-        print(f"kill -9 after {len(acked)} acknowledged events; {len(acked) - len(missing)} found after restart")
+            stored.append({e["event_id"] for e in r.json()["events"]})
+        missing = set().union(*acked) - set().union(*stored)
+        print(f"kill -9 after {sum(n_acked)} acknowledged events; {sum(n_acked) - len(missing)} found after restart")
         assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
-        # and the restarted service reads them: the user's history is there
-        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user": "k0"}, timeout=10).json()
-        assert r["history_length"] == MAX_HISTORY
+        # and the restarted service reads them: each user's history is there (every acknowledged event of a
+        # known item and a history channel, plus any the service stored but could not acknowledge before it died)
+        for w in range(3):
+            r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user": f"k{w}"}, timeout=10).json()
+            assert len(stored[w]) >= len(acked[w]) and r["history_length"] == min(MAX_HISTORY, len(stored[w]))
+            assert r["history_length"] == MAX_HISTORY
     finally:
         stop.set()
         proc.kill()
@@ -606,14 +697,12 @@ def test_service_on_redis(served, redis_server):
 def test_retrieval_brings_the_groups_of_recent_items_first(served, tmp_path):
     """Group retrieval: items sharing the first item categorical feature with the user's recent items (the
     streamer of a watched segment, say) come first, most popular first, then ANN and popular items."""
-    from modalrec.serve.bundle import load_bundle
-    from modalrec.serve.service import Scorer
-    from modalrec.serve.state import open_state
+    from modalrec.serve.scoring import Scorer
 
     bundle = load_bundle(served["bundle"])
     scorer = Scorer(bundle, open_state(f"sqlite:///{tmp_path / 's.sqlite'}"))
-    assert scorer.group is not None
-    group = scorer.group
+    group = scorer.registry.group
+    assert group is not None
     item = int(np.flatnonzero(group > 0)[0])
     cand, n_hist = scorer.retrieve(np.array([item]), 12, exclude={item})
     same = [int(i) for i in bundle.popular if group[i] == group[item] and i != item]
@@ -625,21 +714,34 @@ def test_retrieval_brings_the_groups_of_recent_items_first(served, tmp_path):
     assert n0 == 0 and cold.tolist() == [int(i) for i in bundle.popular[:5]]
 
 
-def test_rate_limiter_token_bucket():
-    from modalrec.serve.service import RateLimiter
+def test_rate_limiter_moving_window(monkeypatch):
+    """`burst` requests per client in any window of ceil(burst / rate) seconds (limits' moving window); the
+    wait of a refused request is the time until its window frees a slot; idle clients are forgotten."""
+    import types
 
-    now = [0.0]
-    lim = RateLimiter(rate=2.0, burst=3, max_clients=2, clock=lambda: now[0])
+    import limits.storage.memory
+
+    from modalrec.serve import ops
+    from modalrec.serve.ops import RateLimiter
+
+    now = [1000.0]
+    fake = types.SimpleNamespace(time=lambda: now[0])
+    monkeypatch.setattr(limits.storage.memory, "time", fake)
+    monkeypatch.setattr(ops, "time", fake)
+    lim = RateLimiter(rate=2.0, burst=3)  # 3 requests per 2 s
     assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]  # the burst
-    assert lim.take("a") == pytest.approx(0.5)  # empty: one token every 0.5 s
-    assert lim.take("b") == 0.0  # other clients have their own bucket
-    now[0] += 0.5
-    assert lim.take("a") == 0.0 and lim.take("a") > 0.0
+    assert lim.take("a") == pytest.approx(2.0)  # full: the window's oldest request leaves in 2 s
+    assert lim.take("b") == 0.0  # other clients have their own window
+    now[0] += 1.0
+    assert lim.take("a") == pytest.approx(1.0)
+    now[0] += 1.001
+    assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0] and lim.take("a") > 0.0  # the window moved on
     now[0] += 10.0
     lim.take("c")
-    lim.take("d")  # over max_clients: idle (refilled) buckets are forgotten, the state stays bounded
-    assert len(lim._buckets) <= 2
-    assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]  # a forgotten client starts full
+    lim.take("d")  # a and b were idle for a whole window: forgotten, the state stays bounded
+    assert set(lim.clients) == {"c", "d"}
+    assert not any(key.split("/")[1] in ("a", "b") for key in lim.limiter.storage.events)
+    assert [lim.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]  # a forgotten client starts with its full burst
     with pytest.raises(ValueError, match="rate limit"):
         RateLimiter(0)
 
@@ -653,7 +755,8 @@ def test_rate_limit_answers_429_with_retry_after(served, tmp_path):
         r = c.post("/events", json={"events": [{"user": "u1", "item": "i1", "channel": "click"}]}, headers=AUTH)
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "0.5 requests/s" in r.json()["message"]
         assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200  # probes exempt
-        assert 'route="rate limited",method="POST",status="429"} 2' in c.get("/metrics").text
+        assert metric(c.get("/metrics").text, "modalrec_requests_total", route="rate limited", method="POST",
+                      status="429") == 2.0
         assert c.get("/users/u1?n=5", headers=AUTH).status_code == 429
     st = open_state(f"sqlite:///{tmp_path / 's.sqlite'}")
     try:
@@ -683,8 +786,8 @@ def test_context_features_served_like_offline(tmp_path):
         "model": {"name": "din", "params": {"embed_dim": 8}},
         "train": {"epochs": 1, "batch_size": 32, "progress": False, "num_threads": 1}, "seeds": [0]})
     train_run(cfg, tmp_path / "run", data=data, report=False)
-    export_bundle(tmp_path / "run", tmp_path / "bundle", data=data)
-    assert json.loads((tmp_path / "bundle" / "vocab_context.json").read_text()) == {
+    export_bundle(tmp_path / "run", tmp_path / "bundle")
+    assert json.loads((tmp_path / "bundle" / "pipeline" / "pipeline.json").read_text())["context"] == {
         "level": ["2", "3", "10"], "mood": ["calm", "wild"]}
     task = prepare_task(data, cfg.task)
     model = build_model("din", task.schema, cfg.model.params)
@@ -697,7 +800,7 @@ def test_context_features_served_like_offline(tmp_path):
     worst, varied = 0.0, set()
     with TestClient(app) as c:
         for r in range(len(s)):
-            u, item = task.user_vocab.id_of(int(s.users[r])), task.item_vocab.id_of(int(s.items[r]))
+            u, item = task.log_users.id_of(int(s.users[r])), task.item_vocab.id_of(int(s.items[r]))
             feats = {k: v for k, v in (("level", level[r]), ("mood", mood[r])) if v is not None}
             body = {"user": u, "items": [item], "history": _hist_events(task, int(s.users[r]), int(s.cut[r])),
                     "context": {"time": int(s.times[r])}}

@@ -23,10 +23,15 @@ pytest.importorskip("faiss")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient
 
-from modalrec.pipeline import Collator, History, SideTable
-from modalrec.serve.bundle import ITEM_FEATURES_FILE, load_bundle, normalise, sha256_of
-from modalrec.serve.service import AppendableRows, ItemIds, Scorer, create_app
+from modalrec.data.batch import GraphInputs
+from modalrec.pipeline import Collator, History, Sequence, SideTable
+from modalrec.pipeline.pipeline import sha256_of
+from modalrec.serve.app import create_app
+from modalrec.serve.bundle import load_bundle
+from modalrec.serve.retrieval import normalise
+from modalrec.serve.scoring import Scorer
 from modalrec.serve.state import SQLiteState, open_state
+from modalrec.serve.tables import AppendableRows, ItemIds
 
 from .test_serve import redis_server  # noqa: F401 - a fixture
 from .test_serve import served as din_served  # noqa: F401 - a fixture (toy DIN run and bundle)
@@ -36,7 +41,7 @@ from .test_serve_mmbee import served as mmbee_served  # noqa: F401 - a fixture (
 KEY = "test-key"
 AUTH = {"X-API-Key": KEY}
 NOW = 4_000_000_000  # later than every toy event
-
+MAPS_FILE = "pipeline/pipeline.json"  # the pipeline's settings and raw value maps
 
 
 def _app(bundle, url: str, **kw):
@@ -94,9 +99,10 @@ def _with_copies(side: SideTable, rows: list[int]) -> SideTable:
 @torch.no_grad()
 def _offline(served, side: SideTable, uidx: int, hist: list[int], times: list[int], t: int,
              cands: list[int], tags: list[int] | None = None) -> np.ndarray:
-    """The offline model's logits for one user's sequence at time t, every item index beyond the model's
-    id tables (the appended copies) given as id 0 while its side features are the copied originals'. `tags`:
-    the events' action tag codes, for a task with a tagged history."""
+    """The offline model's logits for one user (`uidx`: their row in the model's user vocabulary) with this
+    sequence at time t, every item index beyond the model's id tables (the appended copies) given as id 0 while
+    its side features are the copied originals'. `tags`: the events' action tag codes, for a task with a tagged
+    history. A task with graph features reads the user's offline expansion."""
     task, model = served["task"], served["model"]
     n = task.schema.n_items
     col = task.collator
@@ -106,17 +112,21 @@ def _offline(served, side: SideTable, uidx: int, hist: list[int], times: list[in
         h_items, h_times = np.zeros(1, np.int64), np.full(1, t, np.int64)
         h_tags = None if h_tags is None else np.zeros(1, np.int64)
     history = History(np.array([0, len(hist)]), h_items, h_times, h_tags)
-    collate = Collator(history, side, col.max_history, col.with_time, col.token_scope)
+    collate = Collator(history, side, col.max_history, user_table=col.user_table, with_time=col.with_time,
+                       token_scope=col.token_scope)
     c = len(cands)
     cand = np.array(cands, np.int64)
-    batch = collate(np.zeros(c, np.int64), cand, np.full(c, len(hist)), np.full(c, t))
-    batch.user = batch.group = torch.full((c,), uidx, dtype=torch.long)
+    batch = collate(np.zeros(c, np.int64), cand, np.full(c, len(hist)), np.full(c, t),
+                    user_rows=np.full(c, uidx, np.int64))
+    batch.group = torch.full((c,), uidx, dtype=torch.long)
     for name in ("item", "uniq", "hist"):
         v = getattr(batch, name)
         setattr(batch, name, v.masked_fill(v >= n, 0))
-    if getattr(task, "gie", None) is not None:
-        codes = side.categorical[served["cfg"].task.graph.streamer_feature]
-        batch.extra.update(task.gie.lookup(np.full(c, uidx), codes[cand]))
+    g = task.pipeline.graph
+    if g is not None:
+        parts = g.expansion.lookup(np.full(c, uidx), side.categorical[g.group_feature][cand])
+        batch.graph = GraphInputs(parts["gie_user"], parts["gie_user_w"], parts["gie_streamer"],
+                                  parts["gie_streamer_w"])
     return model(batch).numpy().astype(np.float64)
 
 
@@ -129,33 +139,38 @@ def _user_with_history(task, min_len: int = 3) -> int:
 
 
 def test_bundle_exports_the_item_feature_vocabularies(din_served):  # noqa: F811 - the fixture
-    """vocab_item_features.json is in the manifest with its hash and reproduces every item's codes."""
+    """The pipeline's raw value maps (pipeline/pipeline.json) are in the manifest with their hash and reproduce
+    every item's codes."""
     b, task, data = din_served["bundle"], din_served["task"], din_served["data"]
     manifest = json.loads((b / "manifest.json").read_text())
-    assert manifest["files"][ITEM_FEATURES_FILE]["sha256"] == sha256_of(b / ITEM_FEATURES_FILE)
-    fv = load_bundle(b).item_features
+    assert manifest["files"][MAPS_FILE]["sha256"] == sha256_of(b / MAPS_FILE)
+    fv = load_bundle(b).pipeline.item_maps
     assert set(fv.categorical) == {"brand"} and set(fv.multi) == {"genres", "text_words"}
     assert fv.text == {"text": "text_words"}
     side = task.collator.item_table
     for r in data.items.to_pylist():
         i = int(task.item_vocab.lookup([r["item_id"]])[0])
-        assert fv.categorical_code("brand", r["brand"]) == side.categorical["brand"][i]
+        assert fv.code("brand", r["brand"]) == side.categorical["brand"][i]
         k = side.multi["genres"].shape[1]
         assert np.array_equal(fv.multi_codes("genres", r["genres"], k), side.multi["genres"][i])
-    assert fv.categorical_code("brand", "never-seen") == 0 and fv.categorical_code("brand", None) == 0
+    assert fv.code("brand", "never-seen") == 0 and fv.code("brand", None) == 0
 
 
-def test_old_bundles_load_and_take_content(din_served, tmp_path):  # noqa: F811 - the fixture
+def test_a_feature_without_raw_value_map_takes_content_only(din_served, tmp_path):  # noqa: F811 - the fixture
+    """A bundle whose pipeline cannot code a feature's raw values (no map for it) loads; registering that
+    feature is refused naming the field, content is taken."""
     old = tmp_path / "old"
     shutil.copytree(din_served["bundle"], old)
-    (old / ITEM_FEATURES_FILE).unlink()
+    meta = json.loads((old / MAPS_FILE).read_text())
+    del meta["item_maps"]["categorical"]["brand"]
+    (old / MAPS_FILE).write_text(json.dumps(meta))
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["files"][ITEM_FEATURES_FILE]
+    manifest["files"][MAPS_FILE]["sha256"] = sha256_of(old / MAPS_FILE)
     (old / "manifest.json").write_text(json.dumps(manifest))
-    assert load_bundle(old).item_features is None
+    assert "brand" not in load_bundle(old).pipeline.item_maps.categorical
     with _app(old, f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         r = _register(c, [{"id": "n1", "categorical": {"brand": "b1"}}], 422)
-        assert r["detail"][0]["field"] == "items[0].categorical.brand" and "export" in r["message"]
+        assert r["detail"][0]["field"] == "items[0].categorical.brand" and "raw value map" in r["message"]
         assert _register(c, [{"id": "n1", "vectors": {"emb": [0.1, 0.2, 0.3, 0.4]}}])["registered"] == 1
 
 
@@ -176,7 +191,7 @@ def test_new_item_scores_as_its_twin_with_id_0(din_served, tmp_path):  # noqa: F
         assert res == {"registered": 4, "replaced": 0, "known_to_bundle": 0, "known_ids": [], "items": 4}
         new = [f"new-{o}" for o in originals]
         u = _user_with_history(task)
-        user = task.user_vocab.id_of(u)
+        user, uidx = task.log_users.id_of(u), int(task.user_rows[u])
         lo = task.history.ptr[u]
         cut = min(5, int(task.history.ptr[u + 1] - lo))
         h_items = [int(i) for i in task.history.items[lo:lo + cut]]
@@ -185,7 +200,7 @@ def test_new_item_scores_as_its_twin_with_id_0(din_served, tmp_path):  # noqa: F
         history = [{"item": task.item_vocab.id_of(i), "time": tt} for i, tt in zip(h_items, h_times)]
         known = [task.item_vocab.id_of(i) for i in (2, 3)]
         got = _scores(c, user, new + known + ["never-registered"], context={"time": t}, history=history)
-        want = _offline(din_served, side, u, h_items, h_times, t, list(range(n, n + 4)) + [2, 3, 0])
+        want = _offline(din_served, side, uidx, h_items, h_times, t, list(range(n, n + 4)) + [2, 3, 0])
         assert np.abs(got - want).max() <= 1e-5
         assert np.abs(got[:4] - got[-1]).max() > 1e-4  # the features count: not a cold start
         resp = c.post("/score", json={"user": user, "items": new[:1] + ["never-registered"]}).json()
@@ -194,7 +209,7 @@ def test_new_item_scores_as_its_twin_with_id_0(din_served, tmp_path):  # noqa: F
         # a new item inside the history (explicit), its id 0 there too
         hist2 = history + [{"item": new[0], "time": t}, {"item": new[3], "time": t + 1}]
         got = _scores(c, user, known, context={"time": t + 2}, history=hist2)
-        want = _offline(din_served, side, u, h_items + [n, n + 3], h_times + [t, t + 1], t + 2, [2, 3])
+        want = _offline(din_served, side, uidx, h_items + [n, n + 3], h_times + [t, t + 1], t + 2, [2, 3])
         assert np.abs(got - want).max() <= 1e-5
 
         # ... and from /events of a user the bundle does not know
@@ -221,18 +236,19 @@ def test_new_segment_scores_as_its_twin_with_id_0(mmbee_served, tmp_path):  # no
     with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         assert _register(c, [_raw_item(mmbee_served, o, f"live/{o}") for o in originals])["registered"] == 3
         new = [f"live/{o}" for o in originals]
-        u = int(np.flatnonzero((np.diff(task.history.ptr) >= 3) & (task.gie.user_seq[:, 0] > 0))[0])
-        user = task.user_vocab.id_of(u)
+        expanded = task.pipeline.graph.expansion.user_seq[task.user_rows, 0] > 0  # per event log user
+        u = int(np.flatnonzero((np.diff(task.history.ptr) >= 3) & expanded)[0])
+        user, uidx = task.log_users.id_of(u), int(task.user_rows[u])
         lo = task.history.ptr[u]
         h_items = [int(i) for i in task.history.items[lo:lo + 3]]
         h_times = [int(t) for t in task.history.times[lo:lo + 3]]
         h_tags = [int(g) for g in task.history.tags[lo:lo + 3]]  # the fixture's history is tagged: watch, gift
-        channel = {code: name for name, code in task.history_tags.items()}
+        channel = {code: name for name, code in task.pipeline.settings.history_tags.items()}
         t = h_times[-1] + 1
         history = [{"item": task.item_vocab.id_of(i), "time": tt, "channel": channel[g]}
                    for i, tt, g in zip(h_items, h_times, h_tags)]
         cands = new + originals
-        want = _offline(mmbee_served, side, u, h_items, h_times, t, [n, n + 1, n + 2] + idx, h_tags)
+        want = _offline(mmbee_served, side, uidx, h_items, h_times, t, [n, n + 1, n + 2] + idx, h_tags)
         for _ in range(2):  # the second request reads the memoised MFQ vectors
             got = _scores(c, user, cands, context={"time": t}, history=history)
             assert np.abs(got - want).max() <= 1e-5
@@ -265,13 +281,19 @@ def test_hot_content_vs_none(mmbee_served, tmp_path):  # noqa: F811 - the fixtur
                                          "candidates": ["seg-hot-copy", "seg-bare", "unknown-seg"]}).json()
         assert {x["item"]: x["score"] for x in rec["items"]} == pytest.approx(
             dict(zip(["seg-hot-copy", "seg-bare", "unknown-seg"], s)), abs=1e-6)
-        # a gift to a registered segment is a gift to its streamer (GIE's online U->A->A)
+        # a gift to a registered segment is a gift to its streamer (the graph's online U->A->A expansion)
         scorer = c.app.state.scorer
         c.post("/events", json={"events": [{"user": user, "item": "seg-bare", "channel": "gift", "value": 1.0,
                                             "time": NOW - 10}]}, headers=AUTH)
-        codes, _ = scorer.new_gifts(user)
+        online = scorer.pipeline.graph.online
+        expand, edges = online.expand, []
+        online.expand = lambda u, groups, amounts: (edges.append(groups.tolist()), expand(u, groups, amounts))[1]
+        try:
+            _scores(c, user, ["seg-bare"], context={"time": NOW})
+        finally:
+            online.expand = expand
         hot_idx = scorer.item_index([seg_id(hot)])
-        assert codes.tolist() == scorer.side.categorical["streamer_id"][hot_idx].tolist()
+        assert edges == [scorer.pipeline.item_table.categorical["streamer_id"][hot_idx].tolist()]
 
 
 # ---------------------------------------------------------------------------------- (c) validation
@@ -288,8 +310,8 @@ def test_invalid_items_get_422(mmbee_served, tmp_path):  # noqa: F811 - the fixt
              "expected 4 values"),
             ({"id": "x", "tokens": {"nope_emb": [[0.0] * 4]}}, "items[1].tokens.nope_emb", "unknown token modality"),
             ({"id": "x", "vectors": {"frames_emb": [0.0] * 6}}, "items[1].vectors.frames_emb", "under 'tokens'"),
-            ({"id": "x", "categorical": {"nope": "v"}}, "items[1].categorical.nope", "unknown item categorical"),
-            ({"id": "x", "multi": {"tags": ["a"]}}, "items[1].multi.tags", "unknown item multi-valued"),
+            ({"id": "x", "categorical": {"nope": "v"}}, "items[1].categorical.nope", "unknown categorical feature"),
+            ({"id": "x", "multi": {"tags": ["a"]}}, "items[1].multi.tags", "unknown multi-valued feature"),
             ({"id": "x", "text": {"title": "hello"}}, "items[1].text.title", "unknown text modality"),
             ({"id": "x", "tokens": {"frames_emb": [[1e6] * 6]}}, "items[1].tokens.frames_emb", "float16"),
             ({"id": "x", "vectors": {"speech_mfcc": [0.1, "a", 0.3]}}, "items[1].vectors.speech_mfcc[1]", ""),
@@ -309,6 +331,15 @@ def test_invalid_items_get_422(mmbee_served, tmp_path):  # noqa: F811 - the fixt
         assert res == {"registered": 1, "replaced": 0, "known_to_bundle": 1, "known_ids": [seg_id(4)], "items": 1}
         assert np.array_equal(_scores(c, "u001", [seg_id(4)], context={"time": NOW}), before)
         assert "modalrec_items_total" in c.get("/metrics").text
+        # an event's payload vector of a modality the model reads: one token's dimension for a token modality
+        ev = {"user": "u001", "item": seg_id(4), "channel": "watch"}
+        for name, dim in (("frames_emb", 6), ("speech_mfcc", 3)):
+            bad = {**ev, "payload": {"vectors": {name: [0.0] * (dim + 1)}}}
+            r = c.post("/events", json={"events": [{**ev, "payload": {"vectors": {name: [0.0] * dim}}}, bad]},
+                       headers=AUTH)
+            assert r.status_code == 422 and r.json()["detail"][0]["field"] == f"events[1].payload.vectors.{name}"
+            assert f"expected {dim} values" in r.json()["message"]
+        assert c.get("/users/u001", headers=AUTH).json()["events"] == []  # a refused batch stores nothing
 
 
 # ------------------------------------------------------------------------------------ (d) restarts
@@ -327,7 +358,7 @@ def _check_restart(served, url: str) -> None:
         assert c.get("/healthz").json()["registered_items"] == 3
         after = _scores(c, user, items, context={"time": NOW})
         assert np.abs(after - before).max() <= 1e-6
-        assert c.app.state.scorer.replayed == 3
+        assert c.app.state.scorer.registry.replayed == 3
 
 
 def test_registered_items_survive_a_restart_sqlite(mmbee_served, tmp_path):  # noqa: F811 - the fixture
@@ -368,20 +399,20 @@ def test_registered_items_are_retrieved(din_served, tmp_path):  # noqa: F811 - t
     with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         _register(c, [_raw_item(din_served, "i0", "twin-a"), _raw_item(din_served, "i0", "twin-b")])
         scorer = c.app.state.scorer
+        reg = scorer.registry
         a, b = (int(i) for i in scorer.item_index(["twin-a", "twin-b"]))
-        enc = scorer.encoder
         feats, pres = task.collator.item_table.gather(task.item_vocab.lookup(["i0"]))
-        with torch.no_grad():
-            want = normalise(enc(torch.zeros(1, dtype=torch.long), feats, pres).numpy())
-        assert np.allclose(scorer.vectors[np.array([b])], want, atol=1e-6) and scorer.has_vector[np.array([b])].all()
+        with torch.no_grad():  # the model's item vector (its item encoder's) of i0's features with id 0
+            want = normalise(scorer.model.item_representation(torch.zeros(1, dtype=torch.long), feats, pres).numpy())
+        assert np.allclose(reg.vectors[np.array([b])], want, atol=1e-6) and reg.has_vector[np.array([b])].all()
         cand, n_hist = scorer.retrieve(np.array([a]), 10, exclude={a})
         assert cand[0] == b and n_hist >= 1  # its group's newest item first
-        group, scorer.group = scorer.group, None
+        group, reg.group = reg.group, None
         try:
             cand, _ = scorer.retrieve(np.array([a]), 10, exclude={a})
             assert cand[0] == b  # the nearest vector: an identical one
         finally:
-            scorer.group = group
+            reg.group = group
         c.post("/events", json={"events": [{"user": "fan", "item": "twin-a", "channel": "click", "time": 100}]},
                headers=AUTH)
         rec = c.post("/recommend", json={"user": "fan", "k": 20, "n_candidates": 20}).json()
@@ -447,13 +478,13 @@ def test_registration_while_scoring(din_served, tmp_path):  # noqa: F811 - the f
 
         def score():
             ids = [f"live-{k}" for k in range(0, 40, 3)] + ["i1"]
-            s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
+            s = scorer.score(None, Sequence.empty(), NOW, scorer.item_index(ids))
             assert np.isfinite(s).all()
 
         with _repeated_in_threads(score):
             for k in range(40):
                 _register(c, [_raw_item(din_served, f"i{k % 7}", f"live-{k}"), _raw_item(din_served, "i3", "live-0")])
-        assert scorer.n_registered == 40
+        assert scorer.registry.n_registered == 40
 
 
 # ----------------------------------------------------------------- (f) several processes on one store
@@ -502,11 +533,11 @@ def _check_sync(served, url: str) -> None:
     req = {"user": user, "items": ["shared-x", "shared-y", "unknown-seg"], "context": {"time": NOW}}
     rec = {"user": user, "k": 3, "context": {"time": NOW}, "candidates": req["items"]}
     with _app(served["bundle"], url, item_sync_s=0) as a, _app(served["bundle"], url, item_sync_s=0) as b:
-        sa, sb = a.app.state.scorer, b.app.state.scorer
+        sa, sb = a.app.state.scorer.registry, b.app.state.scorer.registry
         forgotten = {"a": [], "b": []}
         for name, sc in (("a", sa), ("b", sb)):
-            forget = sc.model.forget
-            sc.model.forget = lambda items, _f=forget, _n=name: (forgotten[_n].append(list(items)), _f(items))
+            forget = sc.model.forget_items
+            sc.model.forget_items = lambda items, _f=forget, _n=name: (forgotten[_n].append(list(items)), _f(items))
         assert [x["known"] for x in b.post("/score", json=req).json()["scores"]] == [False, False, False]
 
         _register(a, [_raw_item(served, seg_id(a_seg), "shared-x"),
@@ -544,8 +575,8 @@ def _check_sync(served, url: str) -> None:
                       - _scores(b, user, ["shared-y"], context={"time": NOW})).max() <= 1e-5
         assert a.get("/healthz").json()["registered_items"] == 4 and sa.items_synced == 2
         metrics = b.get("/metrics").text
-        assert 'modalrec_items_synced_total{result="registered"} 2' in metrics
-        assert 'modalrec_items_synced_total{result="replaced"} 2' in metrics
+        assert 'modalrec_items_synced_total{result="registered"} 2.0' in metrics
+        assert 'modalrec_items_synced_total{result="replaced"} 2.0' in metrics
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -564,7 +595,7 @@ def test_concurrent_syncs_apply_once(mmbee_served, tmp_path):  # noqa: F811 - th
     """Handler threads syncing at once: every stored item is applied once (the others skip or find nothing)."""
     url = f"sqlite:///{tmp_path / 's.sqlite'}"
     with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
-        sb = b.app.state.scorer
+        sb = b.app.state.scorer.registry
         _register(a, [{"id": f"c{k}", "categorical": {"streamer_id": f"a{k % N_STREAMERS}"}} for k in range(20)])
         got: list[tuple[int, int]] = []
         barrier = threading.Barrier(6)
@@ -587,7 +618,7 @@ def test_sync_is_throttled(mmbee_served, tmp_path):  # noqa: F811 - the fixture
     url = f"sqlite:///{tmp_path / 's.sqlite'}"
     req = {"user": "u001", "items": ["late"], "context": {"time": NOW}}
     with _app(mmbee_served["bundle"], url, item_sync_s=60) as a, _app(mmbee_served["bundle"], url, item_sync_s=60) as b:
-        sb = b.app.state.scorer
+        sb = b.app.state.scorer.registry
         clock = [1000.0]
         sb.clock = lambda: clock[0]
         assert b.post("/score", json=req).json()["scores"][0]["known"] is False  # synced at t = 1000: nothing
@@ -606,7 +637,7 @@ def test_sync_is_throttled(mmbee_served, tmp_path):  # noqa: F811 - the fixture
         assert len(queries) == 1
         assert sb.sync_items(force=True) == (0, 0) and len(queries) == 2
     with _app(mmbee_served["bundle"], url, item_sync_s=None) as c:  # off: replay only
-        sc = c.app.state.scorer
+        sc = c.app.state.scorer.registry
         assert sc.item_sync_s is None and sc.replayed == 1
         with _app(mmbee_served["bundle"], url) as a:
             _register(a, [{"id": "later", "categorical": {"streamer_id": "a1"}}])
@@ -636,7 +667,7 @@ def test_old_sqlite_items_table_is_migrated(mmbee_served, tmp_path):  # noqa: F8
     path = tmp_path / "old.sqlite"
     url = _old_state_file(path)
     with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
-        sa, sb = a.app.state.scorer, b.app.state.scorer
+        sa, sb = a.app.state.scorer.registry, b.app.state.scorer.registry
         assert sa.replayed == sb.replayed == 2 and sa._item_seq == 0
         _register(a, [{"id": "new-1", "categorical": {"streamer_id": "a3"}},
                       {"id": "old-1", "categorical": {"streamer_id": "a4"}}])  # an old item replaced
@@ -669,9 +700,9 @@ def test_a_store_without_items_since_disables_syncing(mmbee_served, tmp_path):  
     st = SQLiteState(tmp_path / "s.sqlite")
     st.put_items([("kept", '{"id":"kept","categorical":{"streamer_id":"a1"}}')])
     scorer = Scorer(load_bundle(mmbee_served["bundle"]), _NoSyncStore(st), item_sync_s=0)
-    assert scorer.item_sync_s is None and scorer.replayed == 1
+    assert scorer.registry.item_sync_s is None and scorer.registry.replayed == 1
     st.put_items([("unseen", '{"id":"unseen"}')])
-    assert scorer.sync_items(force=True) == (0, 0) and scorer.item_index(["unseen"])[0] == 0
+    assert scorer.registry.sync_items(force=True) == (0, 0) and scorer.item_index(["unseen"])[0] == 0
     st.close()
 
 
@@ -725,23 +756,24 @@ def test_new_items_take_old_tombstone_rows(mmbee_served, tmp_path):  # noqa: F81
     with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c, \
             _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 'fresh.sqlite'}") as fresh:
         scorer = c.app.state.scorer
+        reg = scorer.registry
         now = [0.0]
-        scorer.clock = lambda: now[0]
+        reg.clock = lambda: now[0]
         forgotten = []
-        forget = scorer.model.forget
-        scorer.model.forget = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
+        forget = scorer.model.forget_items
+        scorer.model.forget_items = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
         _register(c, [_raw_item(mmbee_served, seg_id(segs[0]), "old-0"), _raw_item(mmbee_served, seg_id(segs[1]), "old-1")])
         old = [int(i) for i in scorer.item_index(["old-0", "old-1"])]
         _register(c, [_raw_item(mmbee_served, seg_id(segs[3]), "keeper")])  # a row after theirs, registered before
         keeper = int(scorer.item_index(["keeper"])[0])
         _scores(c, user, ["old-0", "old-1"], context={"time": NOW})  # memoises their content under those indices
-        rows = len(scorer.ids)
+        rows = len(reg.ids)
         assert c.post("/items/delete", json={"ids": ["old-0", "old-1"]}, headers=AUTH).status_code == 200
-        now[0] = scorer.ids.reuse_after_s + 1.0
+        now[0] = reg.ids.reuse_after_s + 1.0
         forgotten.clear()
         _register(c, [_raw_item(mmbee_served, seg_id(segs[2]), "new-0"), _raw_item(mmbee_served, seg_id(segs[3]), "new-1")])
         new = [int(i) for i in scorer.item_index(["new-0", "new-1"])]
-        assert sorted(new) == sorted(old) and len(scorer.ids) == rows and scorer.ids.reused == 2
+        assert sorted(new) == sorted(old) and len(reg.ids) == rows and reg.ids.reused == 2
         h = c.get("/healthz").json()
         assert (h["registered_items"], h["item_rows"], h["tombstones"]) == (3, 3, 0)
         assert sorted(forgotten[-1]) == sorted(old)
@@ -825,7 +857,7 @@ def test_deleted_item_is_a_cold_start_and_never_retrieved(din_served, tmp_path):
         scores = c.post("/score", json=req).json()["scores"]
         assert [x["known"] for x in scores] == [False, False, True]
         assert scores[0]["score"] == pytest.approx(scores[1]["score"], abs=1e-6)
-        assert scorer.item_index(["twin-a"])[0] == a and not scorer.alive[np.array([b])][0]  # a's index unchanged
+        assert scorer.item_index(["twin-a"])[0] == a and not scorer.registry.alive[np.array([b])][0]  # a's index
         assert c.get("/healthz").json()["registered_items"] == 1
 
         for query in (np.array([a]), np.array([a, b])):  # b's own row in the query too
@@ -833,11 +865,12 @@ def test_deleted_item_is_a_cold_start_and_never_retrieved(din_served, tmp_path):
             assert b not in cand.tolist() and a in cand.tolist()
         cand, n_hist = scorer.retrieve(np.zeros(0, np.int64), 10_000, exclude=set())  # popular only
         assert n_hist == 0 and b not in cand.tolist()
-        group, scorer.group = scorer.group, None  # the exact vector search alone (b's vector is a's: nearest)
+        reg = scorer.registry
+        group, reg.group = reg.group, None  # the exact vector search alone (b's vector is a's: nearest)
         try:
             assert b not in scorer.retrieve(np.array([a]), 10_000, exclude={a})[0].tolist()
         finally:
-            scorer.group = group
+            reg.group = group
         assert "twin-b" not in [x["item"] for x in c.post("/recommend", json=rec).json()["items"]]
         ev = c.post("/events", json={"events": [{"user": "fan", "item": "twin-b", "channel": "click"}]},
                     headers=AUTH).json()
@@ -850,7 +883,7 @@ def test_deleted_item_is_a_cold_start_and_never_retrieved(din_served, tmp_path):
         r = c.delete("/items/i3", headers=AUTH)
         assert r.status_code == 409 and "'i3'" in r.json()["detail"] and "bundle" in r.json()["detail"]
         assert c.delete(f"/items/{'x' * 257}", headers=AUTH).status_code == 422
-        assert 'modalrec_items_total{result="deleted"} 2' in c.get("/metrics").text
+        assert 'modalrec_items_total{result="deleted"} 2.0' in c.get("/metrics").text
 
         paths = c.get("/openapi.json").json()["paths"]
         assert {"404", "409"} <= set(paths["/items/{item_id}"]["delete"]["responses"])
@@ -859,7 +892,7 @@ def test_deleted_item_is_a_cold_start_and_never_retrieved(din_served, tmp_path):
 
 
 def test_batch_delete_reports_each_id(din_served, tmp_path):  # noqa: F811 - the fixture
-    from modalrec.serve.service import MAX_NEW_ITEMS
+    from modalrec.serve.schemas import MAX_NEW_ITEMS
 
     with _app(din_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         _register(c, [{"id": "x", "vectors": {"emb": [0.1, 0.2, 0.3, 0.4]}},
@@ -886,8 +919,8 @@ def test_registering_a_deleted_id_again(mmbee_served, tmp_path):  # noqa: F811 -
     with _app(mmbee_served["bundle"], f"sqlite:///{tmp_path / 's.sqlite'}") as c:
         scorer = c.app.state.scorer
         forgotten = []
-        forget = scorer.model.forget
-        scorer.model.forget = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
+        forget = scorer.model.forget_items
+        scorer.model.forget_items = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
         _register(c, [_raw_item(mmbee_served, seg_id(a_seg), "seg-x"), _raw_item(mmbee_served, seg_id(b_seg), "fresh")])
         old = int(scorer.item_index(["seg-x"])[0])
         first = _scores(c, user, ["seg-x", "fresh"], context={"time": NOW})
@@ -895,12 +928,11 @@ def test_registering_a_deleted_id_again(mmbee_served, tmp_path):  # noqa: F811 -
         assert c.delete("/items/seg-x", headers=AUTH).status_code == 200
         assert forgotten == [[old]]  # the deleted item's memo is dropped
         # a request that looked seg-x up before its deletion scores the old index now: MFQ memoises a's content
-        uidx = scorer.user_index(user)
-        scorer.score(uidx, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, np.array([old]), user=user)
-        rows = len(scorer.ids)
+        scorer.score(user, Sequence.empty(), NOW, np.array([old]))
+        rows = len(scorer.registry.ids)
         res = _register(c, [_raw_item(mmbee_served, seg_id(b_seg), "seg-x")])
         assert res["registered"] == 1 and res["replaced"] == 0 and res["items"] == 2
-        assert int(scorer.item_index(["seg-x"])[0]) == old and len(scorer.ids) == rows  # its row, reused
+        assert int(scorer.item_index(["seg-x"])[0]) == old and len(scorer.registry.ids) == rows  # its row, reused
         assert forgotten[-1] == [old]  # the reused index's memo is dropped again
         again = _scores(c, user, ["seg-x", "fresh"], context={"time": NOW})
         assert abs(again[0] - again[1]) <= 1e-5  # as a fresh registration of b's content
@@ -914,13 +946,13 @@ def _check_delete_restart(served, url: str) -> None:
         _register(c, [{"id": "r1", "categorical": {"streamer_id": "a1"}}, {"id": "r2", "categorical": {"streamer_id": "a2"}}])
         assert c.delete("/items/r1", headers=AUTH).status_code == 200
     with _app(served["bundle"], url) as c:
-        assert c.app.state.scorer.replayed == 1 and c.get("/healthz").json()["registered_items"] == 1
+        assert c.app.state.scorer.registry.replayed == 1 and c.get("/healthz").json()["registered_items"] == 1
         assert [x["known"] for x in c.post("/score", json={"user": user, "items": ["r1", "r2"]}).json()["scores"]] == [
             False, True]
         assert c.delete("/items/r1", headers=AUTH).status_code == 404
         _register(c, [{"id": "r1", "categorical": {"streamer_id": "a3"}}])
     with _app(served["bundle"], url) as c:
-        assert c.app.state.scorer.replayed == 2
+        assert c.app.state.scorer.registry.replayed == 2
         assert [x["known"] for x in c.post("/score", json={"user": user, "items": ["r1", "r2"]}).json()["scores"]] == [
             True, True]
 
@@ -938,28 +970,28 @@ def _check_delete_sync(served, url: str) -> None:
     req = {"user": user, "items": ["sx", "sy", "unknown-seg"], "context": {"time": NOW}}
     with _app(served["bundle"], url, item_sync_s=0) as a, _app(served["bundle"], url, item_sync_s=0) as b, \
             _app(served["bundle"], url, item_sync_s=None) as lone:
-        sa, sb = a.app.state.scorer, b.app.state.scorer
+        sa, sb = a.app.state.scorer.registry, b.app.state.scorer.registry
         forgotten = []
-        forget = sb.model.forget
-        sb.model.forget = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
+        forget = sb.model.forget_items
+        sb.model.forget_items = lambda items: (forgotten.append(sorted(int(i) for i in items)), forget(items))
         _register(a, [_raw_item(served, seg_id(a_seg), "sx"), {"id": "sy", "categorical": {"streamer_id": "a1"}}])
         on_b = b.post("/score", json=req).json()["scores"]
         assert [x["known"] for x in on_b] == [True, True, False]
-        sx = int(sb.item_index(["sx"])[0])
+        sx = int(sb.ids.lookup(["sx"])[0])
 
         assert a.delete("/items/sx", headers=AUTH).status_code == 200
         on_b = b.post("/score", json=req).json()["scores"]
         assert [x["known"] for x in on_b] == [False, True, False]
         assert on_b[0]["score"] == pytest.approx(on_b[2]["score"], abs=1e-6)
         assert forgotten == [[sx]] and sb.deletions_synced == 1 and sb.n_registered == 1
-        assert sx not in sb.retrieve(np.array([sx]), 10_000, exclude=set())[0].tolist()
-        assert 'modalrec_items_synced_total{result="deleted"} 1' in b.get("/metrics").text
+        assert sx not in b.app.state.scorer.retrieve(np.array([sx]), 10_000, exclude=set())[0].tolist()
+        assert 'modalrec_items_synced_total{result="deleted"} 1.0' in b.get("/metrics").text
         assert sa.deletions_synced == 0  # A read its own tombstone back: nothing to do
 
         _register(a, [_raw_item(served, seg_id(a_seg), "sx")])  # again, on A
         assert np.abs(_scores(a, user, req["items"], context={"time": NOW})
                       - _scores(b, user, req["items"], context={"time": NOW})).max() <= 1e-5
-        assert int(sb.item_index(["sx"])[0]) == sx and forgotten[-1] == [sx]  # B's tombstone row reused
+        assert int(sb.ids.lookup(["sx"])[0]) == sx and forgotten[-1] == [sx]  # B's tombstone row reused
 
         # `lone` never syncs: it does not know sy, yet deleting it there deletes it in the store
         r = lone.post("/items/delete", json={"ids": ["sy", "never"]}, headers=AUTH).json()
@@ -984,7 +1016,7 @@ def _check_ttl(served, url: str) -> None:
     req = {"user": user, "items": ["short", "default", "keep", "unknown-seg"], "context": {"time": NOW}}
 
     def fake_clocks(client):
-        sc = client.app.state.scorer
+        sc = client.app.state.scorer.registry
         sc.clock, sc.wall_clock = (lambda: mono[0]), (lambda: wall[0])
         return sc
 
@@ -1006,8 +1038,8 @@ def _check_ttl(served, url: str) -> None:
         assert known(b) == [False, True, True, False]  # B's sweep deletes it (in the store)
         assert _scores(b, user, ["short"], context={"time": NOW})[0] == pytest.approx(cold, abs=1e-6)
         assert known(a) == [False, True, True, False]  # A reads the tombstone
-        assert 'modalrec_items_total{result="expired"} 1' in b.get("/metrics").text
-        assert 'modalrec_items_synced_total{result="deleted"} 1' in a.get("/metrics").text
+        assert 'modalrec_items_total{result="expired"} 1.0' in b.get("/metrics").text
+        assert 'modalrec_items_synced_total{result="deleted"} 1.0' in a.get("/metrics").text
         wall[0], mono[0] = 1_000_100.0, 7.0  # default's expiry (A's item_ttl_s)
         assert known(a) == [False, False, True, False] and known(b) == [False, False, True, False]
         assert [i for i, _ in sa.state.load_items()] == ["keep"]
@@ -1019,7 +1051,7 @@ def _check_ttl(served, url: str) -> None:
         _register(a, [{"id": "short", "categorical": {"streamer_id": "a1"}, "ttl_s": 10}])  # until 1_000_115
         wall[0], mono[0] = 1_000_110.0, 9.0
         assert sb.expire_items() == (0, 1)  # B had not synced: its copy expires here only, the store keeps A's
-        assert sb.item_index(["short"])[0] == 0
+        assert sb.ids.lookup(["short"])[0] == 0
         assert known(b)[0] and known(a)[0]  # B's sync brings A's registration
         wall[0], mono[0] = 1_000_115.0, 10.0
         assert not known(a)[0] and not known(b)[0]
@@ -1027,7 +1059,7 @@ def _check_ttl(served, url: str) -> None:
 
         _register(a, [{"id": "late", "categorical": {"streamer_id": "a4"}, "ttl_s": 5}])  # until 1_000_120
     with _app(served["bundle"], url) as c:  # a restart after the expiry: replayed, swept before the first score
-        assert c.app.state.scorer.replayed == 2
+        assert c.app.state.scorer.registry.replayed == 2
         fake_clocks(c)
         wall[0] = 1_000_121.0
         assert [x["known"] for x in c.post("/score", json={**req, "items": ["late", "keep"]}).json()["scores"]] == [
@@ -1064,11 +1096,11 @@ def test_deleting_from_an_old_sqlite_database(mmbee_served, tmp_path):  # noqa: 
     url = _old_state_file(path)
     req = {"user": "u001", "items": ["old-1", "old-2"], "context": {"time": NOW}}
     with _app(mmbee_served["bundle"], url, item_sync_s=0) as a, _app(mmbee_served["bundle"], url, item_sync_s=0) as b:
-        assert a.app.state.scorer.replayed == b.app.state.scorer.replayed == 2
+        assert a.app.state.scorer.registry.replayed == b.app.state.scorer.registry.replayed == 2
         assert a.delete("/items/old-1", headers=AUTH).status_code == 200
         assert [x["known"] for x in b.post("/score", json=req).json()["scores"]] == [False, True]
     with _app(mmbee_served["bundle"], url) as c:
-        assert c.app.state.scorer.replayed == 1
+        assert c.app.state.scorer.registry.replayed == 1
         assert [x["known"] for x in c.post("/score", json=req).json()["scores"]] == [False, True]
     st = SQLiteState(path)
     assert st.items_since(0) == ([("old-1", None)], 1) and [i for i, _ in st.load_items()] == ["old-2"]
@@ -1085,14 +1117,14 @@ def test_deletion_while_scoring(din_served, tmp_path):  # noqa: F811 - the fixtu
 
         def work():
             ids = [f"live-{k}" for k in range(10)] + ["i1", "anchor"]
-            s = scorer.score(0, np.zeros(0, np.int64), np.zeros(0, np.int64), NOW, scorer.item_index(ids))
+            s = scorer.score(None, Sequence.empty(), NOW, scorer.item_index(ids))
             assert np.isfinite(s).all()
             cand, _ = scorer.retrieve(np.array([anchor]), 50, exclude=set())
-            assert all(i < scorer.n_items or scorer.alive[np.array([i])][0] for i in cand.tolist())
+            assert all(i < scorer.n_items or scorer.registry.alive[np.array([i])][0] for i in cand.tolist())
 
         with _repeated_in_threads(work):
             for k in range(30):
                 _register(c, [_raw_item(din_served, f"i{k % 7}", f"live-{k % 10}")])
                 if k % 3 == 2:
                     c.post("/items/delete", json={"ids": [f"live-{j}" for j in range(k % 10)]}, headers=AUTH)
-        assert len(scorer.ids) <= scorer.n_items + 11  # rows reused: one per distinct id
+        assert len(scorer.registry.ids) <= scorer.n_items + 11  # rows reused: one per distinct id

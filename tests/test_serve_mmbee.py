@@ -1,5 +1,5 @@
-"""Serving MMBee: the bundle carries the token tables, item_tokens / graph_init and the fitted graph
-expansion; the service builds the offline batch (target token tables, gie_* extras) and recomputes a
+"""Serving MMBee: the bundle's pipeline carries the token tables, item_tokens / graph_init and the fitted
+graph features; the service builds the offline batch (target token tables, graph inputs) and recomputes a
 user's U->A->A expansion when new gifts arrive.
 
 The data is a hand-built live-stream world (the content helpers of test_mmbee): 20 segments of 5
@@ -26,8 +26,8 @@ from modalrec.config import RunConfig
 from modalrec.data.interaction import InteractionData
 from modalrec.graph import build_u2a, expand_users
 from modalrec.models import build_model
+from modalrec.serve.app import create_app
 from modalrec.serve.bundle import BundleError, export_bundle, load_bundle
-from modalrec.serve.service import create_app
 from modalrec.tasks import prepare_task
 from modalrec.train.checkpoint import load_checkpoint
 from modalrec.train.run import train_run
@@ -101,11 +101,20 @@ def mmbee_config(source: str, scope: str = "target") -> RunConfig:
     })
 
 
+GRAPH_FILES = {"pipeline/graph/gie.safetensors", "pipeline/graph/gie.json", "pipeline/graph/totals.safetensors",
+               "pipeline/graph/graph.json"}
+
+
+def _tags(task) -> dict[int, str]:
+    """Action tag code -> channel of the task's tagged history."""
+    return {code: name for name, code in task.pipeline.settings.history_tags.items()}
+
+
 def _trained(root, data, scope: str) -> dict:
     cfg = mmbee_config(str(root / "data"), scope)
     run = root / f"run-{scope}"
     train_run(cfg, run, data=data, report=False)
-    export_bundle(run, root / f"bundle-{scope}", data=data)
+    export_bundle(run, root / f"bundle-{scope}")
     task = prepare_task(data, cfg.task)
     model = build_model("mmbee", task.schema, cfg.model.params)
     load_checkpoint(run / "checkpoints" / "seed_0", "best", model, restore_rng=False)
@@ -133,7 +142,7 @@ def client(served, tmp_path):
 def _hist_events(task, u: int, cut: int) -> list[dict]:
     """The user's first `cut` history events as a request's own history, each with its channel."""
     h, lo = task.history, task.history.ptr[u]
-    channel = {code: name for name, code in task.history_tags.items()}
+    channel = _tags(task)
     return [{"item": task.item_vocab.id_of(int(i)), "time": int(t), "channel": channel[int(g)]}
             for i, t, g in zip(h.items[lo:lo + cut], h.times[lo:lo + cut], h.tags[lo:lo + cut])]
 
@@ -150,9 +159,8 @@ def _gifts(user: str, streamer: int, n: int, t0: int | None = None) -> list[dict
 def test_export_round_trips_tokens_graph_init_and_graph(served):
     b, task = served["bundle"], served["task"]
     manifest = json.loads((b / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["model"] == "mmbee"
-    graph_files = {"graph/gie.safetensors", "graph/gie.json", "graph/gifts.safetensors"}
-    assert graph_files <= set(manifest["files"])
+    assert manifest["format_version"] == 3 and manifest["model"] == "mmbee"
+    assert GRAPH_FILES <= set(manifest["files"])
     on_disk = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
     assert on_disk == set(manifest["files"]) | {"manifest.json"}
 
@@ -166,7 +174,7 @@ def test_export_round_trips_tokens_graph_init_and_graph(served):
         assert got.dtype == v.dtype and np.array_equal(got, v)
     for name in ("item_counts", "item_positive_rate", "user_counts"):
         assert np.array_equal(getattr(schema, name), getattr(want, name))
-    side, want_side = bundle.item_side, task.collator.item_table
+    side, want_side = bundle.pipeline.item_table, task.collator.item_table
     for group in ("categorical", "multi", "dense", "presence", "tokens", "token_mask"):
         w, g = getattr(want_side, group), getattr(side, group)
         assert set(w) == set(g), group
@@ -174,17 +182,22 @@ def test_export_round_trips_tokens_graph_init_and_graph(served):
             assert g[k].dtype == np.asarray(w[k]).dtype and np.array_equal(g[k], np.asarray(w[k])), (group, k)
     absent = int(task.item_vocab.lookup([seg_id(7)])[0])  # a segment without frames: an all-False mask row
     assert side.tokens["frames_emb"].dtype == np.float16 and not side.token_mask["frames_emb"][absent].any()
-    assert bundle.token_scope == "target"
+    assert bundle.pipeline.settings.token_scope == "target"
 
-    e, want_e = bundle.graph.expansion, task.gie
+    graph, want_graph = bundle.pipeline.graph, task.pipeline.graph
+    e, want_e = graph.expansion, want_graph.expansion
     for name in ("user_seq", "user_w", "streamer_seq", "streamer_w", "user_emb", "streamer_emb"):
         assert np.array_equal(getattr(e, name), getattr(want_e, name)), name
         assert getattr(e, name).dtype == getattr(want_e, name).dtype
     for name in ("indptr", "indices", "data"):
         assert np.array_equal(getattr(e.a2a, name), getattr(want_e.a2a, name))
+        assert np.array_equal(getattr(graph.totals, name), getattr(want_graph.totals, name))
     assert e.cfg == want_e.cfg
-    assert bundle.graph.gifts_before == task.graph_cutoff
-    assert np.array_equal(bundle.graph.streamer_code, want_side.categorical["streamer_id"])
+    # the graph holds every gift before the first validation / test sample, and no later one
+    cutoff = min(int(s.times.min()) for name, s in task.splits.items() if name != "train" and len(s))
+    assert graph.edges_before == want_graph.edges_before == cutoff
+    assert (graph.channel, graph.group_feature) == ("gift", "streamer_id")
+    assert np.array_equal(side.categorical[graph.group_feature], want_side.categorical["streamer_id"])
     # the model restored from the bundle is the run's model
     got_w, want_w = bundle.model.state_dict(), served["model"].state_dict()
     assert set(got_w) == set(want_w) and all(torch.equal(got_w[k], want_w[k]) for k in want_w)
@@ -198,7 +211,7 @@ def test_cli_export_and_the_gift_totals_reproduce_the_offline_expansion(served, 
     res = CliRunner().invoke(app, ["export", str(served["run"]), "--out", str(tmp_path / "b")])
     assert res.exit_code == 0, res.output
     bundle = load_bundle(tmp_path / "b")
-    online = bundle.graph.online
+    online = bundle.pipeline.graph.online
     assert online.matches_offline()
     e = online.expansion
     for u in range(e.n_users):  # no new gifts: every user's recomputation is the offline row, bit for bit
@@ -209,20 +222,20 @@ def test_cli_export_and_the_gift_totals_reproduce_the_offline_expansion(served, 
 def test_tampered_or_missing_graph_files_are_named(served, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(served["bundle"], bad)
-    f = bad / "graph" / "gie.safetensors"
+    f = bad / "pipeline" / "graph" / "gie.safetensors"
     raw = bytearray(f.read_bytes())
     raw[-1] ^= 0x01
     f.write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match=r"graph/gie\.safetensors.*sha256"):
+    with pytest.raises(BundleError, match=r"pipeline/graph/gie\.safetensors.*sha256"):
         load_bundle(bad)
-    shutil.copy(served["bundle"] / "graph" / "gie.safetensors", f)
+    shutil.copy(served["bundle"] / "pipeline" / "graph" / "gie.safetensors", f)
     load_bundle(bad)
-    (bad / "graph" / "gifts.safetensors").unlink()
-    with pytest.raises(BundleError, match=r"graph/gifts\.safetensors.*no such file"):
+    (bad / "pipeline" / "graph" / "totals.safetensors").unlink()
+    with pytest.raises(BundleError, match=r"pipeline/graph/totals\.safetensors.*no such file"):
         load_bundle(bad)
     # a manifest naming a file outside the bundle is refused before anything is read
     manifest = json.loads((served["bundle"] / "manifest.json").read_text())
-    manifest["files"]["../escape.json"] = manifest["files"].pop("graph/gifts.safetensors")
+    manifest["files"]["../escape.json"] = manifest["files"].pop("pipeline/graph/totals.safetensors")
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"escape\.json"):
         load_bundle(bad)
@@ -245,13 +258,14 @@ def _parity(served, client) -> float:
     users_with_gie = 0
     gifts_read = 0
     worst = 0.0
+    user_seq = task.pipeline.graph.expansion.user_seq  # rows: the model's user vocabulary
     for u, t, cut in keys:
         rows = groups[(u, t, cut)]
-        users_with_gie += int(task.gie.user_seq[u, 0] > 0)
+        users_with_gie += int(user_seq[task.user_rows[u], 0] > 0)
         history = _hist_events(task, u, cut)
         gifts_read += sum(e["channel"] == "gift" for e in history[-served["cfg"].task.max_history:])
         resp = client.post("/score", json={
-            "user": task.user_vocab.id_of(u), "items": [task.item_vocab.id_of(int(s.items[r])) for r in rows],
+            "user": task.log_users.id_of(u), "items": [task.item_vocab.id_of(int(s.items[r])) for r in rows],
             "context": {"time": t}, "history": history})
         assert resp.status_code == 200, resp.text
         got = np.array([x["score"] for x in resp.json()["scores"]])
@@ -268,27 +282,29 @@ def test_parity_with_offline_predict(served, client):
 
 
 def test_the_service_builds_the_offline_batch(served, client):
-    """Beyond the scores: the ranker's batch holds the offline tensors (target token tables, gie_* extras)."""
+    """Beyond the scores: the ranker's batch holds the offline tensors (target token tables, graph inputs)."""
     task = served["task"]
     scorer = client.app.state.scorer
     seen = []
-    model = scorer.bundle.model
-    scorer.bundle.model = lambda batch: seen.append(batch) or model(batch)
+    model = scorer.model
+    scorer.model = lambda batch: seen.append(batch) or model(batch)
     try:
         s = task.splits["test"]
-        u = int(s.users[np.argmax(task.gie.user_seq[s.users, 0] > 0)])  # a user with an expansion
+        expanded = task.pipeline.graph.expansion.user_seq[task.user_rows[s.users], 0] > 0
+        u = int(s.users[np.argmax(expanded)])  # a user with an expansion
         rows = np.flatnonzero(s.users == u)[:4]
         rows = rows[s.times[rows] == s.times[rows[0]]]
         t, cut = int(s.times[rows[0]]), int(s.cut[rows[0]])
-        _scores(client, task.user_vocab.id_of(u), [task.item_vocab.id_of(int(i)) for i in s.items[rows]],
+        _scores(client, task.log_users.id_of(u), [task.item_vocab.id_of(int(i)) for i in s.items[rows]],
                 context={"time": t}, history=_hist_events(task, u, cut))
     finally:
-        scorer.bundle.model = model
+        scorer.model = model
     got, want = seen[-1], task.collate(s.take(rows), train=False)
-    assert set(got.extra) == set(want.extra) == {"gie_user", "gie_user_w", "gie_streamer", "gie_streamer_w"}
-    for k in want.extra:
-        assert got.extra[k].dtype == want.extra[k].dtype and torch.equal(got.extra[k], want.extra[k]), k
-    assert got.extra["gie_user"].gt(0).any() and got.extra["gie_streamer"].gt(0).any()
+    assert got.graph is not None and want.graph is not None
+    for k in ("user", "user_w", "target", "target_w"):
+        g, w = getattr(got.graph, k), getattr(want.graph, k)
+        assert g.dtype == w.dtype and torch.equal(g, w), k
+    assert got.graph.user.gt(0).any() and got.graph.target.gt(0).any()
     tokens = {"frames_emb", "frames_emb:mask", "comments_emb", "comments_emb:mask"}
     # the served batch comes without the targets' token tables: MMBee loads them (through the scorer's source)
     # only for the segments it has not fused yet; they are the offline rows
@@ -299,7 +315,7 @@ def test_the_service_builds_the_offline_batch(served, client):
         w, g = getattr(want, field), getattr(got, field)
         w = {k: v for k, v in w.items() if k not in tokens}
         assert set(w) == set(g) and all(torch.equal(w[k], g[k]) for k in w), field
-    for field in ("user", "item", "hist", "hist_mask", "hist_time"):
+    for field in ("user", "item", "hist", "hist_mask", "hist_time", "hist_tag"):
         assert torch.equal(getattr(got, field), getattr(want, field)), field
     assert not got.uniq_side.keys() & {"frames_emb", "comments_emb"}  # token_scope target: targets only
 
@@ -310,7 +326,7 @@ def test_parity_when_mfq_reads_every_item(served, tmp_path):
     root.mkdir()
     shutil.copytree(served["root"] / "data", root / "data")
     other = _trained(root, served["data"], "all")
-    assert load_bundle(other["bundle"]).token_scope == "all"
+    assert load_bundle(other["bundle"]).pipeline.settings.token_scope == "all"
     app = create_app(other["bundle"], f"sqlite:///{tmp_path / 'state.sqlite'}", api_key=KEY)
     with TestClient(app) as c:
         assert _parity(other, c) <= 1e-5
@@ -326,13 +342,18 @@ def _scores(client, user: str, items: list[str], **extra) -> np.ndarray:
 
 
 def _expansion(client, user: str) -> tuple[np.ndarray, np.ndarray]:
+    """The user's U->A->A expansion (K,) ids and scores as the service's requests read it now."""
     scorer = client.app.state.scorer
-    return scorer.user_expansion(user, scorer.user_index(user))
+    p = scorer.pipeline
+    group = p.item_table.categorical[p.graph.group_feature]
+    graph = p.graph_request(scorer.user_index(user), scorer.fetch(user), scorer.item_index, group,
+                            np.ones(1, np.int64), None)
+    return graph.user[0].numpy(), graph.user_w[0].numpy()
 
 
 def _check_new_gifts_change_only_the_gifter(served, client):
     task = served["task"]
-    online = client.app.state.scorer.graph.online
+    online = client.app.state.scorer.pipeline.graph.online
     e = online.expansion
     # a user of community 0 with an offline expansion, another one as the control
     gifters = [u for u in range(1, e.n_users) if e.user_seq[u, 0] > 0 and int(task.user_vocab.id_of(u)[1:]) < 12]
@@ -355,7 +376,7 @@ def _check_new_gifts_change_only_the_gifter(served, client):
     seq, w = _expansion(client, ua)
     assert not (np.array_equal(seq, e.user_seq[a]) and np.array_equal(w, e.user_w[a]))
     # the same scoring as a refit of the whole U->A->A table with these gifts in the graph
-    stream_code = task.streamer_code
+    stream_code = task.group_code
     gift_items = task.item_vocab.lookup([g["item"] for g in new])
     totals = online.totals
     rows = np.concatenate([totals.rows_of_entries(), np.full(len(new), a)])
@@ -382,11 +403,16 @@ def _check_new_gifts_change_only_the_gifter(served, client):
 
 
 def _scores_offline_like(client, user: str, items: list[str], t: int) -> np.ndarray:
-    """The scores with the offline expansion (Scorer.score without the raw user id) at time t."""
+    """The scores at time t of the user's sequence as of t, with the graph's offline expansion of the user
+    (Scorer.score reading no stored gift)."""
     scorer = client.app.state.scorer
-    uidx = scorer.user_index(user)
-    seq = scorer.history(user, uidx, t)
-    return scorer.score(uidx, seq.items, seq.times, t, scorer.item_index(items), hist_tags=seq.tags)
+    seq = scorer.history(user, t)
+    fetch = scorer.fetch
+    scorer.fetch = lambda u: (lambda *a, **k: [])
+    try:
+        return scorer.score(user, seq, t, scorer.item_index(items), before=t)
+    finally:
+        scorer.fetch = fetch
 
 
 def test_new_gifts_change_the_gifters_expansion_only(served, client):
@@ -405,14 +431,14 @@ def test_training_samples_read_expansions_as_of_their_time(served):
     sample before a user's later gifts sees fewer (never its own gift), evaluation samples see the whole
     training period's expansion (what the bundle serves)."""
     task = served["task"]
-    g = task.gie
+    g = task.pipeline.graph.expansion
     assert g.prefix_ptr is not None
     tr, te = task.splits["train"], task.splits["test"]
     b_tr = task.collate(tr, train=False)
-    want = g.lookup(tr.users, task.streamer_code[tr.items], times=tr.times)
-    assert torch.equal(b_tr.extra["gie_user"], want["gie_user"])
-    full = torch.from_numpy(g.user_seq[tr.users])
-    assert not torch.equal(b_tr.extra["gie_user"], full)  # early training samples see less than the full row
+    want = g.lookup(task.user_rows[tr.users], task.group_code[tr.items], times=tr.times)
+    assert torch.equal(b_tr.graph.user, want["gie_user"])
+    full = torch.from_numpy(g.user_seq[task.user_rows[tr.users]])
+    assert not torch.equal(b_tr.graph.user, full)  # early training samples see less than the full row
     b_te = task.collate(te, train=False)
-    assert torch.equal(b_te.extra["gie_user"], torch.from_numpy(g.user_seq[te.users]))
-    assert torch.equal(b_te.extra["gie_user_w"], torch.from_numpy(g.user_w[te.users]))
+    assert torch.equal(b_te.graph.user, torch.from_numpy(g.user_seq[task.user_rows[te.users]]))
+    assert torch.equal(b_te.graph.user_w, torch.from_numpy(g.user_w[task.user_rows[te.users]]))

@@ -254,7 +254,7 @@ def serve(
     import secrets
 
     try:
-        from .serve.service import serve as run_service
+        from .serve.app import serve as run_service
         from .serve.state import StateURLError
     except ImportError as e:  # pragma: no cover
         _fail(f"{e}: install the serving extras (pip install 'modalrec[serve]')")

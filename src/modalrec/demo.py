@@ -112,7 +112,9 @@ def run_demo(out: Path = Path("runs/demo"), epochs: int = 3, world: str = "lives
     def live(model: str) -> RunConfig:
         return live_config(model, epochs, preset, n_users, espeak)
 
-    data = load_data(live("mmbee"))  # simulate (cached) + encode the content (cached)
+    # simulate (cached) + encode the content (cached); SIM's config names no content modality to check, MMBee's
+    # below follows what the data has (speech as MFCC statistics needs espeak-ng, else it is a transcript)
+    data = load_data(live("sim"))
     runs = []
     for model in ("sim", "mmbee"):
         run_dir = out if model == "mmbee" else out / "compare" / model

@@ -3,9 +3,9 @@
 Modules, each one thing: `bundle` (export and load), `scoring` (sequences, batches through the bundle's feature
 pipeline, the model in serving mode), `registry` and `tables` (items registered after export), `retrieval`
 (candidates), `state` / `state_redis` (user state stores), `schemas` (the API's types), `ops` (metrics, rate
-limit, locks), `app` (the HTTP routes), `docs` (offline Swagger UI). No module names a model: models declare how
-they serve (`Model.prepare_serving`). FastAPI, uvicorn and faiss are imported only by the functions that need
-them (`pip install modalrec[serve]`).
+limit, locks, the API key), `app` (the HTTP routes), `docs` (offline Swagger UI). No module names a model:
+models declare how they serve (`Model.prepare_serving`). FastAPI, uvicorn and faiss are imported only by the
+functions that need them (`pip install modalrec[serve]`).
 """
 
 from .bundle import Bundle, BundleError, export_bundle, load_bundle, verify_bundle

@@ -14,7 +14,6 @@ UI) is served from the packaged assets, so it works without network access.
 from __future__ import annotations
 
 import gc
-import hmac
 import math
 import os
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from .bundle import load_bundle
-from .ops import Limits, Metrics, RateLimiter
+from .ops import Limits, Metrics, RateLimiter, keep_freed_memory, key_guard
 from .schemas import (
     MAX_BODY_BYTES,
     Context,
@@ -133,7 +132,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     app.state.metrics = metrics
     limiter = RateLimiter(rate_limit, rate_burst) if rate_limit else None
     app.add_middleware(Limits, metrics=metrics, max_body_bytes=max_body_bytes, limiter=limiter)
-    require_key = _key_guard(key)
+    require_key = key_guard(key, API_KEY_ENV)
 
     def unprocessable(errors: list[dict]) -> JSONResponse:
         detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e.get("type", "value_error")}
@@ -171,10 +170,14 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         return t1
 
     def scored(items: list[str], idx: np.ndarray, logits: np.ndarray) -> list[ScoredItem]:
+        """Response items; a score the model gives as -inf (an item it never ranks) or NaN is null."""
         out = []
-        for item, i, s in zip(items, idx, logits):
-            p = 1.0 / (1.0 + math.exp(-s)) if is_ctr and math.isfinite(s) else None
-            out.append(ScoredItem(item=item, score=float(s), probability=p, known=bool(i > 0)))
+        for item, i, s in zip(items, idx, logits.tolist()):
+            finite = math.isfinite(s)
+            p = None
+            if is_ctr and finite:  # the logistic function without overflow for large |s|
+                p = 1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s))
+            out.append(ScoredItem(item=item, score=s if finite else None, probability=p, known=bool(i > 0)))
         return out
 
     def check_context(ctx: Context) -> None:
@@ -324,13 +327,17 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         logits = (scorer.score(req.user, seq, t, cand, before=before,
                                context=scorer.context_codes(req.context.features, req.context.item_features, names))
                   if len(cand) else np.zeros(0))
-        top = np.argsort(-logits, kind="stable")[: req.k]
+        order = np.argsort(-logits, kind="stable")
+        top = order[np.isfinite(logits[order])][: req.k]  # a candidate the model does not rank (-inf) never comes
         stage("rank", t0)
         short = None
         if len(top) < req.k:
             short = (f"{len(top)} of the {req.k} items asked for: only {len(cand)} candidates "
                      + ("were given" if req.candidates is not None else
                         f"exist after exclusions (n_candidates {req.n_candidates})"))
+            unranked = int((~np.isfinite(logits)).sum())
+            if unranked:
+                short += f", {unranked} of them without a score from the model (not ranked)"
         return RecommendResponse(user=req.user, cold_start=cold, history_length=len(seq.items),
                                  items=scored([names[j] for j in top], cand[top], logits[top]),
                                  retrieved=retrieved, model=bundle.model_name, shortfall=short)
@@ -371,46 +378,6 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                          events=[e.to_json() for e in state.recent(user, n)], counters=state.counters(user))
 
     return app
-
-
-def _key_guard(key: str | None):
-    """The dependency the write endpoints declare: the API key, from X-API-Key or a bearer token."""
-    from fastapi import Depends, HTTPException
-    from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-
-    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
-    bearer = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
-
-    def require_key(x_key: str | None = Depends(header_key),
-                    auth: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
-        given = x_key or (auth.credentials if auth is not None else None)
-        if key is None:
-            raise HTTPException(403, f"writes are disabled: the service was started without an API key (${API_KEY_ENV})")
-        if not given:
-            raise HTTPException(401, "missing API key: send header X-API-Key (or Authorization: Bearer)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            raise HTTPException(403, "invalid API key")
-
-    return require_key
-
-
-def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 512 << 20) -> bool:
-    """glibc's allocator: serve blocks up to `mmap_threshold` bytes from the heap and keep up to `trim_threshold`
-    freed bytes there instead of returning them to the system. A request's activations (a few MB each) are then
-    reused from one request to the next instead of being mapped, page-faulted and zeroed afresh (the default
-    thresholds cost a request over 200 x 100 (candidate, position) pairs about 40% of its scoring time). The
-    price is that the process keeps its peak heap. Returns whether both settings took (False off glibc)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
 
 
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,

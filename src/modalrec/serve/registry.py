@@ -55,7 +55,7 @@ class ItemRegistry:
         self.maps = bundle.pipeline.item_maps
         self.n_items = bundle.n_items  # rows of the model's item id tables
         self._rw = lock
-        # the group of an item: its first categorical feature (the streamer of a live segment, a movie's category)
+        # the group of an item: its first categorical feature (the creator of a video, a movie's category)
         cats = self.table.categorical
         self.group_feature = next(iter(cats), None)
         self.group = cats[self.group_feature] if cats else None
@@ -222,7 +222,7 @@ class ItemRegistry:
                             getattr(self.state, "kind", "?"), e)
                 return 0, 0, 0
             # own registrations and items seen before come back with the body applied here: not applied again
-            # (a replacement would drop MMBee's memoised content for nothing). Tombstones (body None) of ids
+            # (a replacement would drop a model's memoised content for nothing). Tombstones (body None) of ids
             # known here drop them; of ids unknown here (own deletions among them) change nothing. Each id
             # comes once, in its latest state, so the two lists commute
             changed = [(i, body) for i, body in docs if body is not None and self._applied.get(i) != body]

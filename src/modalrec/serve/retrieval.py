@@ -1,7 +1,7 @@
 """Candidate retrieval: the items a request's ranker scores.
 
 A quarter of the candidates come from the groups of the user's recent items (items sharing the first item
-categorical feature: a live segment's streamer, a movie's category; registered items of those groups first,
+categorical feature: a video's creator, a movie's category; registered items of those groups first,
 latest first, then the bundle's most popular ones), then the nearest items to the recent items' weighted mean
 vector (the bundle's faiss index and an exact search over the registered items' vectors, merged by
 similarity), then popular items. A user without history gets popular items.
@@ -119,11 +119,12 @@ class Retriever:
                 sims, ids = b.index.search(q[None, :], k)
                 found = [(float(s), int(i) + 1) for s, i in zip(sims[0], ids[0]) if i >= 0]
                 if m and reg.has_vector is not None:
-                    sim = vectors.extra[:m] @ q
-                    sim[~(reg.has_vector.extra[:m] & live)] = -np.inf
+                    similarity = vectors.extra[:m] @ q
+                    similarity[~(reg.has_vector.extra[:m] & live)] = -np.inf
                     top = min(m, want + len(seen))
-                    best = np.argpartition(-sim, top - 1)[:top] if top < m else np.arange(m)
-                    found += [(float(sim[j]), self.n_items + int(j)) for j in best if np.isfinite(sim[j])]
+                    best = np.argpartition(-similarity, top - 1)[:top] if top < m else np.arange(m)
+                    found += [(float(similarity[j]), self.n_items + int(j)) for j in best
+                              if np.isfinite(similarity[j])]
                     found.sort(key=lambda x: -x[0])  # stable: the bundle's neighbours first on ties
                 for _, item in found:
                     if item not in seen:

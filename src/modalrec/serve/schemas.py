@@ -70,11 +70,11 @@ class Payload(_Strict):
 class Event(_Strict):
     user: Id
     item: Id | None = Field(None, description="the item interacted with (none for e.g. a conversation)")
-    channel: Channel = Field(..., description="kind of interaction: watch, comment, like, gift, click, purchase, "
+    channel: Channel = Field(..., description="kind of interaction: watch, comment, like, click, purchase, "
                                               "web_action, conversation, impression, ... (free text, [A-Za-z0-9_.:-])")
     time: Time | None = Field(None, description="unix seconds or ISO 8601; default: when the service receives it")
     value: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
-        None, description="e.g. watch seconds, gift amount, 0/1 click label")
+        None, description="e.g. watch seconds, an amount paid, 0/1 click label")
     event_id: Id | None = Field(None, description="idempotency key: a second event with the same user and id is ignored")
     payload: Payload | None = None
 
@@ -107,7 +107,7 @@ class NewItem(_Strict):
     id: Id
     categorical: dict[Name, str | int | float | None] = Field(
         default_factory=dict, max_length=256, description="item categorical (or numeric) feature -> raw value, "
-        "as in the training data (e.g. {\"streamer_id\": \"s7\"}); a value not seen in training, a null or a "
+        "as in the training data (e.g. {\"creator_id\": \"c7\"}); a value not seen in training, a null or a "
         "feature left out is unknown (code 0), as offline")
     multi: dict[Name, Annotated[list[str | int], Field(max_length=1024)]] = Field(
         default_factory=dict, max_length=256, description="multi-valued feature -> raw values (e.g. "
@@ -119,8 +119,8 @@ class NewItem(_Strict):
         default_factory=dict, max_length=64, description="dense content modality -> its precomputed vector, of "
         "the dimension the model reads (e.g. an audio embedding)")
     tokens: dict[Name, Annotated[list[Vector], Field(max_length=1024)]] = Field(
-        default_factory=dict, max_length=64, description="token modality -> its precomputed token vectors (frames, "
-        "comments), at most the model's token count T, each of its dimension; [] or left out: absent")
+        default_factory=dict, max_length=64, description="token modality -> its precomputed token vectors (video "
+        "frames, reviews), at most the model's token count T, each of its dimension; [] or left out: absent")
     ttl_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         None, description="seconds from this registration after which the item expires: it is then deleted "
         "(as by DELETE /items/{id}) on every service process sharing the state store, within about a second of "
@@ -153,8 +153,8 @@ class ItemsRequest(_Strict):
     items: list[NewItem] = Field(..., min_length=1, max_length=MAX_NEW_ITEMS)
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
-        {"id": "seg-123", "categorical": {"streamer_id": "s7"}, "vectors": {"speech_mfcc": [0.1, -0.3, 0.7]},
-         "tokens": {"frames_emb": [[0.2, 0.1, -0.4], [0.0, 0.3, 0.1]], "comments_emb": [[0.5, -0.1, 0.2]]}},
+        {"id": "seg-123", "categorical": {"creator_id": "c7"}, "vectors": {"audio_emb": [0.1, -0.3, 0.7]},
+         "tokens": {"frame_emb": [[0.2, 0.1, -0.4], [0.0, 0.3, 0.1]], "review_emb": [[0.5, -0.1, 0.2]]}},
     ]}]})
 
 
@@ -203,11 +203,11 @@ class Context(_Strict):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_ITEMS, description="items never to recommend")
     features: dict[str, str | int] = Field(
         default_factory=dict, max_length=64, description="per-sample context features the model reads "
-        "(task.context_features, e.g. {\"views_level\": 3}) for every candidate; a feature left out, or a value "
+        "(task.context_features, e.g. {\"price_level\": 3}) for every candidate; a feature left out, or a value "
         "not seen in training, is read as unknown")
     item_features: dict[Id, dict[str, str | int]] = Field(
         default_factory=dict, max_length=MAX_ITEMS, description="per-candidate context features (item id -> "
-        "{feature: value}), over `features`, e.g. an item's likes_level at this impression")
+        "{feature: value}), over `features`, e.g. an item's discount_level at this impression")
 
 
 class RecommendRequest(_Strict):
@@ -224,7 +224,8 @@ class RecommendRequest(_Strict):
 
 class ScoredItem(BaseModel):
     item: str
-    score: float = Field(..., description="the model's logit (ctr) or score (topk)")
+    score: float | None = Field(..., description="the model's logit (ctr) or score (topk); null where the model "
+                                "gives none (a ranking model never ranks an item without a row in its id tables)")
     probability: float | None = Field(None, description="ctr: sigmoid(score), the predicted probability")
     known: bool = Field(..., description="False: an item neither the bundle knows nor POST /items registered, "
                                          "scored as a cold start")
@@ -244,7 +245,7 @@ class RecommendResponse(BaseModel):
 class HistoryEvent(_Strict):
     item: Id
     time: Time
-    channel: str | None = Field(None, max_length=64, description="the event's channel (watch, gift, ...): its action "
+    channel: str | None = Field(None, max_length=64, description="the event's channel (watch, like, ...): its action "
                                 "tag for a model trained with task.history_channel_tags; default: the first history "
                                 "channel")
 

@@ -16,6 +16,7 @@ not registered) are cold: stored and counted, left out of the model's sequence. 
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import numpy as np
@@ -135,7 +136,9 @@ class Scorer:
                 group = self.pipeline.item_table.categorical[self.pipeline.graph.group_feature]
                 graph = self.pipeline.graph_request(uidx, self.fetch(user) if user is not None else None,
                                                     self.item_index, group, candidates, before)
-            batch = self.pipeline.request(self.collate, uidx, seq, t, candidates, context, graph)
+            # a copy per request: the pipeline points the collator at this request's one-user history, and
+            # requests of other threads must not see it
+            batch = self.pipeline.request(copy.copy(self.collate), uidx, seq, t, candidates, context, graph)
             out = self.model(batch)
         return out.float().reshape(-1).numpy().astype(np.float64)
 
