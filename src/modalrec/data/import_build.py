@@ -109,5 +109,6 @@ def build(spec: ImportSpec, events: list, entities: dict, contents: list) -> Int
         name=spec.name, description=spec.description, semi_synthetic=False,
         channels=channels or ["default"], item_features=features["item"], user_features=features["user"],
         modalities=modalities, event_columns=keep_cols, source=spec.source, citation=spec.citation,
+        time_range=[float(spec.time_range.rule().min_s), float(spec.time_range.rule().max_s)],
     )
     return InteractionData(ds, ev_table, side["item"], side["user"], content)

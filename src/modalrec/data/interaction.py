@@ -76,6 +76,10 @@ class DatasetSpec(BaseModel):
     user_features: list[FeatureSpec] = Field(default_factory=list)
     modalities: list[ModalitySpec] = Field(default_factory=list)
     event_columns: list[str] = Field(default_factory=list, description="extra event columns kept as-is")
+    time_range: list[float] | None = Field(
+        None, min_length=2, max_length=2, description="[min, max] plausible event times in unix seconds (an import "
+        "spec's time_range); None: the default range of modalrec.data.timerange. The service checks incoming "
+        "events against the range of the data its bundle was trained on")
     source: str = ""
     citation: str = ""
 

@@ -88,6 +88,13 @@ class PipelineSettings:
     with_time: bool = False
     token_scope: str = "all"
     context_features: list[str] = field(default_factory=list)
+    time_range: list[float] | None = None  # the data's plausible event times (None: the default range)
+
+    def time_rule(self):
+        """The plausible range of event times (`data.timerange.TimeRange`) online events are checked against."""
+        from ..data.timerange import DEFAULT_TIME_RANGE, TimeRange
+
+        return DEFAULT_TIME_RANGE if self.time_range is None else TimeRange(*self.time_range)
 
 
 @dataclass

@@ -208,6 +208,10 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
               summary="Ingest a batch of interactions; acknowledged only once durably stored")
     def post_events(req: EventsRequest) -> EventsResponse:
         errors = payload_vector_errors(req.events, dims)
+        rule = bundle.pipeline.settings.time_rule()  # the import's rule: the same check at import and online
+        errors += [{"loc": ("body", "events", i, "time"), "type": "time_range",
+                    "msg": f"expected {rule.expected()}, found {rule.found(ev.time)}"}
+                   for i, ev in enumerate(req.events) if ev.time is not None and rule.message(ev.time) is not None]
         if errors:
             raise _Invalid(errors)
         now = int(time.time())

@@ -108,6 +108,7 @@ def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_ev
     user_table, user_maps, user_sizes = fit_side(
         data, "user", user_vocab, text_modalities=cfg.text_modalities, max_words=cfg.max_words,
         vector_modalities=cfg.vector_modalities) if cfg.user_features else (None, None, None)
+    settings.time_range = data.spec.time_range
     pipeline = FeaturePipeline(settings, user_vocab, item_vocab, item_table, item_maps, item_sizes)
     if user_table is not None:
         pipeline.user_table, pipeline.user_maps, pipeline.user_sizes = user_table, user_maps, user_sizes
