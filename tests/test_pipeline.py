@@ -126,6 +126,10 @@ def test_an_unknown_item_scores_as_an_average_known_one(name):
     items' scores, for every user: it reads the average trained rows, never an input no training batch held
     (live-stream MMBee with its content and graph: tests/test_serve_mmbee.py)."""
     data = make_data(n_users=30, n_items=40, n_events=2500)
+    # 20 brands: a target's brand is often not in the history (SIM's hard search then finds nothing), as in real data
+    items = data.items.set_column(data.items.column_names.index("brand"), "brand",
+                                  pa.array([f"b{i % 20}" for i in range(data.items.num_rows)]))
+    data = InteractionData(data.spec, data.events, items, None, data.content)
     task = prepare_task(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=8))
     torch.manual_seed(0)
     model = build_model(name, task.schema, PARAMS.get(name, {"embed_dim": 8}))
@@ -162,3 +166,28 @@ def test_topk_never_ranks_an_item_without_a_row(name):
     with torch.no_grad():
         out = model(batch)
     assert torch.isneginf(out[:, 0]).all() and torch.isfinite(out[:, 1:]).all()
+
+
+def test_offline_evaluation_scores_an_unknown_target_by_the_users_prior():
+    """A test sample whose item the vocabulary does not hold (first seen after training) is scored as served: the
+    mean probability of the same sample with each probe item of the pipeline as its target."""
+    data = make_data(n_users=20, n_items=30, n_events=900)
+    late = pa.table({"user_id": ["u1", "u2"], "item_id": ["late-item"] * 2, "time": pa.array([10_000, 10_001], pa.int64()),
+                     "label": [1.0, 0.0], "channel": ["click"] * 2})
+    data = InteractionData(data.spec, pa.concat_tables([data.events.select(late.column_names), late]), data.items,
+                           None, data.content)
+    task = prepare_task(data, TaskConfig(kind="ctr", sample_channels=["click"], max_history=5,
+                                         split={"method": "global_time", "valid": 0.1, "test": 0.1}))
+    torch.manual_seed(0)
+    model = build_model("din", task.schema, {"embed_dim": 8}).eval()
+    task.bind(model.inputs)
+    s = task.splits["test"]
+    rows = np.flatnonzero(s.items == 0)
+    assert len(rows) == 2 and len(task.pipeline.prior_items()) > 0
+    logits = task.predict(model, "test", 64)
+    for r in rows:
+        probe = s.take(np.full(len(task.pipeline.prior_items()), r))
+        probe.items = task.pipeline.prior_items()
+        with torch.no_grad():
+            want = task.pipeline.prior_of(model(task.collate(probe, train=False)).numpy()[None, :])[0]
+        assert logits[r] == pytest.approx(want, abs=1e-6)

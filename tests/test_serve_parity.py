@@ -146,14 +146,20 @@ def _offline(ctx: dict, table: SideTable, uidx: int, items: list[int], times: li
         batch = collate(np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([n]), np.array([t]),
                         user_rows=np.array([uidx]))
         batch.candidates = torch.from_numpy(np.where(cand < task.schema.n_items, cand, 0)).view(1, -1)
-        return model(batch).float().reshape(-1).numpy().astype(np.float64)
+        scores = model(batch).float().reshape(-1).numpy().astype(np.float64)
+        return np.where(p.uninformed(cand, table), -np.inf, scores)  # top-K: never ranked
     graph = None
     if p.graph is not None:
         parts = p.graph.expansion.lookup(np.full(c, uidx), table.categorical[p.graph.group_feature][cand])
         graph = GraphInputs(parts["gie_user"], parts["gie_user_w"], parts["gie_streamer"], parts["gie_streamer_w"])
     batch = collate(np.zeros(c, np.int64), cand, np.full(c, n), np.full(c, t), user_rows=np.full(c, uidx),
                     graph=graph)
-    return model(batch).float().reshape(-1).numpy().astype(np.float64)
+    scores = model(batch).float().reshape(-1).numpy().astype(np.float64)
+    blank = p.uninformed(cand, table)
+    if blank.any():  # an item the model knows nothing about: the user's mean score over the probe items
+        probes = p.prior_items()
+        scores[blank] = p.prior_of(_offline(ctx, table, uidx, items, times, tags, t, list(probes))[None, :])[0]
+    return scores
 
 
 @pytest.mark.parametrize("name", SERVED)
@@ -205,6 +211,15 @@ def test_service_scores_as_offline(name, tmp_path):
                              history=_as_request(task, h_items, h_times, h_tags))
         want = _offline(ctx, table, uidx, h_items, h_times, h_tags, t, rows)
         assert known == [True, True, True, False]
+        # the id never registered: no trained id, no feature, no content: the user's prior (ctr: the mean
+        # probability over the probe items, so never above every probe; top-K: never ranked)
+        if topk:
+            assert got[3] == -np.inf
+        else:
+            probes = [task.item_vocab.id_of(int(i)) for i in task.pipeline.prior_items()]
+            probe_scores, _ = _scores(client, task.log_users.id_of(u), probes, context={"time": t},
+                                      history=_as_request(task, h_items, h_times, h_tags))
+            assert probe_scores.min() <= got[3] <= probe_scores.max()
         if "item_side" in MODELS[name].inputs:  # its features reach the model: not scored as an unknown item
             assert abs(got[0] - got[3]) > 1e-7
         assert _gap(got, want) <= TOL, f"(b) registered item: {got} vs {want}"

@@ -210,10 +210,6 @@ class SIM(Model):
             cat_t = batch.item_side[self.category]
             cat_h = batch.hist_side[self.category]
             match = mask & (cat_h == cat_t.unsqueeze(1)) & (cat_t.unsqueeze(1) != 0)
-            if not self.training and self.items.categorical[self.category].known_weights is not None:
-                # a target category no training sample lacked is unknown (a new item): nothing to search by,
-                # so the most recent behaviours are retrieved, as for an average item, not none at all
-                match = torch.where((cat_t == 0).unsqueeze(1), mask, match)
             pos = torch.arange(L, device=mask.device, dtype=torch.float32).unsqueeze(0)
             score = torch.where(mask, match.float() * (2 * L) + pos, torch.full((), -1.0, device=mask.device))
             idx = score.topk(k, dim=1).indices

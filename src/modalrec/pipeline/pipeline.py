@@ -39,8 +39,9 @@ from .side import FeatureMaps, SideSizes, SideTable
 from .vocab import Vocab
 
 FORMAT = "modalrec-pipeline"
+PRIOR_PROBES = 64  # items drawn from the training targets whose mean score is an unknown item's
 VERSION = 1
-_STAT_FIELDS = ("item_counts", "item_positive_rate", "user_counts")
+_STAT_FIELDS = ("item_counts", "item_positive_rate", "user_counts", "prior_items")
 
 
 class Sequence(NamedTuple):
@@ -150,6 +151,53 @@ class FeaturePipeline:
             present = np.asarray(t.presence[name][items], dtype=bool)
             if len(items) and present.all():
                 self.stats[f"dense_mean.{name}"] = np.asarray(arr[items], dtype=np.float64).mean(0)
+
+    def uninformed(self, rows: np.ndarray, table: SideTable | None = None) -> np.ndarray:
+        """(n,) bool: item rows the model knows nothing about: no id it was trained with (row 0, or a row
+        registered after training) and not one side feature, content value or token of their own. Such an item
+        is scored by the prior (ctr: the user's mean score over `prior_items`; top-K: never ranked), never by a model
+        extrapolating from an input no training batch held (an unknown id, a new item registered with an id only)."""
+        table = table if table is not None else self.item_table
+        rows = np.asarray(rows, dtype=np.int64)
+        out = (rows == 0) | (rows >= len(self.items))
+        if self.settings.task != "ctr":
+            return rows == 0  # top-K: an item without a row of the model's is never ranked (the model says so)
+        if not out.any():
+            return out
+        sel = np.flatnonzero(out)
+        r = rows[sel]
+        has = np.zeros(len(r), dtype=bool)
+        for arr in table.categorical.values():
+            has |= np.asarray(arr[r]) > 0
+        for arr in table.multi.values():
+            has |= (np.asarray(arr[r]) > 0).any(1)
+        for arr in table.presence.values():
+            has |= np.asarray(arr[r], dtype=bool)
+        for arr in table.token_mask.values():
+            has |= np.asarray(arr[r], dtype=bool).any(1)
+        out[sel] = ~has
+        return out
+
+    def prior_items(self) -> np.ndarray:
+        """ctr: the probe items of the prior (`fit_prior`): what an item the model knows nothing about is taken to
+        be, a target drawn at random from the training samples."""
+        return np.asarray(self.stats.get("prior_items", np.zeros(0)), dtype=np.int64)
+
+    def fit_prior(self, items: np.ndarray, n: int = PRIOR_PROBES, seed: int = 0) -> None:
+        """Draws the prior's probe items among the training samples' targets (so in proportion to how often each
+        was a target)."""
+        items = np.asarray(items, dtype=np.int64)
+        items = items[items > 0]
+        if len(items):
+            pick = np.random.default_rng(seed).choice(len(items), size=min(n, len(items)), replace=False)
+            self.stats["prior_items"] = np.sort(items[pick]).astype(np.float64)
+
+    @staticmethod
+    def prior_of(probe_logits: np.ndarray) -> np.ndarray:
+        """(n, P) logits of n users' samples against the P probe items -> (n,) the logit of the mean probability:
+        the user's expected score of an item drawn at random, the score of an item the model knows nothing about."""
+        p = np.clip((1.0 / (1.0 + np.exp(-probe_logits))).mean(-1), 1e-7, 1 - 1e-7)
+        return np.log(p / (1 - p))
 
     def history_channels(self) -> list[str] | None:
         s = self.settings

@@ -139,8 +139,29 @@ class Scorer:
             # a copy per request: the pipeline points the collator at this request's one-user history, and
             # requests of other threads must not see it
             batch = self.pipeline.request(copy.copy(self.collate), uidx, seq, t, candidates, context, graph)
-            out = self.model(batch)
-        return out.float().reshape(-1).numpy().astype(np.float64)
+            out = self.model(batch).float().reshape(-1).numpy().astype(np.float64)
+            # an item the model knows nothing about (an unknown id, an item registered with an id only) gets the
+            # user's prior, as offline, not an extrapolation from inputs no training batch held
+            blank = self.pipeline.uninformed(candidates, self.pipeline.item_table)
+            if blank.any():
+                out[blank] = self._prior(uidx, user, seq, t, before, context, blank)
+        return out
+
+    def _prior(self, uidx, user, seq, t, before, context, blank) -> float:
+        """ctr: the mean probability (as a logit) of the user's request with each of the pipeline's probe items as
+        the candidate, with the request's context of the first unknown candidate; top-K: -inf (never ranked)."""
+        probes = self.pipeline.prior_items()
+        if self.pipeline.settings.task != "ctr" or not len(probes):
+            return float("-inf")
+        j = int(np.flatnonzero(blank)[0])
+        ctx = {name: np.full(len(probes), codes[j], np.int64) for name, codes in (context or {}).items()}
+        graph = None
+        if self.pipeline.graph is not None:
+            group = self.pipeline.item_table.categorical[self.pipeline.graph.group_feature]
+            graph = self.pipeline.graph_request(uidx, self.fetch(user) if user is not None else None,
+                                                self.item_index, group, probes, before)
+        batch = self.pipeline.request(copy.copy(self.collate), uidx, seq, t, probes, ctx, graph)
+        return float(self.pipeline.prior_of(self.model(batch).float().reshape(1, -1).numpy().astype(np.float64))[0])
 
     def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
         with self.lock.read():

@@ -157,6 +157,7 @@ class CTRTask(PreparedTask):
         pipeline.stats = {"item_counts": counts, "item_positive_rate": (pos + 20 * prior) / (counts + 20),
                           "user_counts": np.bincount(user_map[tr.users], minlength=len(pipeline.users)).astype(np.float64)}
         pipeline.count_codes(tr.items)
+        pipeline.fit_prior(tr.items)
         if cfg.graph.enabled:
             self._fit_graph(log, item_rows, cfg)
         self.restore({"test_labels_hidden": self.test_labels_hidden}, {})
@@ -229,9 +230,22 @@ class CTRTask(PreparedTask):
 
     @torch.no_grad()
     def predict(self, model: torch.nn.Module, split: str, batch_size: int, device="cpu") -> np.ndarray:
+        """Logits of a split's samples; a target the model knows nothing about gets the user's prior (as served:
+        the mean probability of the same sample with each of the pipeline's probe items as its target)."""
         model.eval()
         outs = [model(b.to(device)).float().cpu() for b in self.batches(split, batch_size)]
-        return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+        logits = torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
+        s = self.splits[split]
+        blank = np.flatnonzero(self.pipeline.uninformed(s.items))
+        probes = self.pipeline.prior_items()
+        if len(blank) and len(probes):
+            part = s.take(np.repeat(blank, len(probes)))
+            part.items = np.tile(probes, len(blank))
+            per = max(1, batch_size // len(probes)) * len(probes)
+            out = [model(self.collate(part.take(np.arange(lo, min(lo + per, len(part)))), train=False).to(device))
+                   .float().cpu() for lo in range(0, len(part), per)]
+            logits[blank] = self.pipeline.prior_of(torch.cat(out).numpy().reshape(len(blank), len(probes)))
+        return logits
 
     def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device="cpu") -> tuple[dict, dict]:
         if split == "test" and self.test_labels_hidden:
