@@ -90,6 +90,10 @@ class PipelineSettings:
     token_scope: str = "all"
     context_features: list[str] = field(default_factory=list)
     time_range: list[float] | None = None  # the data's plausible event times (None: the default range)
+    # how raw content became the vectors the model reads: the run's content encoding settings (`data.encode`,
+    # None: none ran) and every modality of the data it was fitted on (raw and encoded, with the encoder and
+    # version that made each vector modality), so new raw content is encoded exactly as training's was
+    content: dict | None = None
 
     def time_rule(self):
         """The plausible range of event times (`data.timerange.TimeRange`) online events are checked against."""

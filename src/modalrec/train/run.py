@@ -148,6 +148,9 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
         (out / "config.yaml").write_text(dump_config(cfg))
     data = data if data is not None else load_data(cfg)
     task = prepare_task(data, cfg.task)
+    task.pipeline.settings.content = {
+        "encode": None if cfg.data.encode is None else cfg.data.encode.model_dump(mode="json"),
+        "modalities": [m.model_dump(mode="json") for m in data.spec.modalities]}
     saved = task.save(out) if ctx.is_main else {}  # RUN/pipeline/ and RUN/data/: what every later step reads
     valid_runs, test_runs, groups_runs, fits = [], [], [], []
     timing: dict[str, list[float]] = {"train_samples_per_s": [], "epoch_seconds": [], "eval_seconds": [],
