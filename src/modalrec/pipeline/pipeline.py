@@ -398,11 +398,11 @@ def _sizes_of(raw: dict) -> SideSizes:
 
 
 def _ids(path: Path, vocab: Vocab) -> None:
-    pq.write_table(pa.table({"id": pa.array(vocab.ids, pa.string())}), path)
+    pq.write_table(pa.table({"id": vocab.array}), path)
 
 
 def _read_ids(path: Path) -> Vocab:
-    return Vocab(pq.read_table(path)["id"].to_pylist())
+    return Vocab(pq.read_table(path)["id"])
 
 
 def sha256_of(path: Path) -> str:

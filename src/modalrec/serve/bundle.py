@@ -127,7 +127,7 @@ def export_bundle(run_dir: Path, out: Path, seed: int | None = None, overwrite: 
         save_pt(state, str(tmp / "model.safetensors"))
         seed_h = task.history.last(int(cfg.task.max_history))
         save_np({k: np.ascontiguousarray(v) for k, v in seed_h.arrays().items()}, str(tmp / "history.safetensors"))
-        pq.write_table(pa.table({"id": pa.array(task.log_users.ids, pa.string())}), tmp / "history_users.parquet")
+        pq.write_table(pa.table({"id": task.log_users.array}), tmp / "history_users.parquet")
         vectors, source = retrieval_vectors(model, task.pipeline.item_table, schema.n_items)
         retrieval = {"source": source, "metric": "inner_product", "normalised": True, "index": None, "dim": None}
         if vectors is not None:
@@ -217,7 +217,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                           str(e).splitlines()[0]) from None
     model.eval()
     history = History.from_arrays(load_np(str(path / "history.safetensors")))
-    history_users = Vocab(pq.read_table(path / "history_users.parquet")["id"].to_pylist())
+    history_users = Vocab(pq.read_table(path / "history_users.parquet")["id"])
     if history.n_users != len(history_users) or bool(schema.history_tags) != (history.tags is not None):
         raise BundleError(path / "history.safetensors", f"{len(history_users)} history rows"
                           + (" with action tags" if schema.history_tags else ""),

@@ -96,10 +96,10 @@ def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_ev
     content) and the events of the training period (`train_events`, a mask over the log). Returns the
     pipeline and the maps from the log's user and item rows to the pipeline's (0: unknown)."""
     users = list(data.users["user_id"].to_pylist()) if data.users is not None else []
-    users += [log.user_vocab.ids[i - 1] for i in pd.unique(log.users[train_events])]
+    users += log.user_vocab.take(pd.unique(log.users[train_events])).to_pylist()
     user_vocab = Vocab(list(dict.fromkeys(users)))
     items = list(data.items["item_id"].to_pylist()) if data.items is not None else []
-    items += [log.item_vocab.ids[i - 1] for i in pd.unique(log.items[train_events])]
+    items += log.item_vocab.take(pd.unique(log.items[train_events])).to_pylist()
     item_vocab = Vocab(list(dict.fromkeys(items)))
     item_table, item_maps, item_sizes = fit_side(
         data, "item", item_vocab, text_modalities=cfg.text_modalities, max_words=cfg.max_words,
@@ -112,8 +112,8 @@ def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_ev
     pipeline = FeaturePipeline(settings, user_vocab, item_vocab, item_table, item_maps, item_sizes)
     if user_table is not None:
         pipeline.user_table, pipeline.user_maps, pipeline.user_sizes = user_table, user_maps, user_sizes
-    user_map = np.r_[0, user_vocab.lookup(log.user_vocab.ids)].astype(np.int64)
-    item_map = np.r_[0, item_vocab.lookup(log.item_vocab.ids)].astype(np.int64)
+    user_map = np.r_[0, user_vocab.lookup(log.user_vocab.array)].astype(np.int64)
+    item_map = np.r_[0, item_vocab.lookup(log.item_vocab.array)].astype(np.int64)
     return pipeline, user_map, item_map
 
 
@@ -262,7 +262,7 @@ class PreparedTask:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: np.ascontiguousarray(v) for k, v in self.history.arrays().items()},
                   str(folder / "history.safetensors"))
-        pq.write_table(pa.table({"id": pa.array(self.log_users.ids, pa.string())}), folder / "log_users.parquet")
+        pq.write_table(pa.table({"id": self.log_users.array}), folder / "log_users.parquet")
         for name, s in self.splits.items():
             save_file(s.arrays(), str(folder / f"samples_{name}.safetensors"))
             pq.write_table(self.sample_ids[name], folder / f"samples_{name}.parquet")
@@ -295,8 +295,8 @@ class PreparedTask:
         task.cfg = cfg
         task.pipeline = pipeline
         task.history = History.from_arrays(load_file(str(folder / "history.safetensors")))
-        task.log_users = Vocab(pq.read_table(folder / "log_users.parquet")["id"].to_pylist())
-        task.user_rows = np.r_[0, pipeline.users.lookup(task.log_users.ids)].astype(np.int64)
+        task.log_users = Vocab(pq.read_table(folder / "log_users.parquet")["id"])
+        task.user_rows = np.r_[0, pipeline.users.lookup(task.log_users.array)].astype(np.int64)
         task.splits = {n: SampleSet.from_arrays(load_file(str(folder / f"samples_{n}.safetensors")))
                        for n in info["splits"]}
         task.sample_ids = {n: pq.read_table(folder / f"samples_{n}.parquet") for n in info["splits"]}

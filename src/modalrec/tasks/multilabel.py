@@ -253,7 +253,7 @@ class MultiLabelTask(PreparedTask):
                            for m in meta["token_modalities"]}
             self.vectors = {m: (arrays[f"vec.{m}.mat"], arrays[f"vec.{m}.row_of"], arrays[f"vec.{m}.weight"])
                             for m in meta["vector_modalities"]}
-        self.user_rows = np.r_[0, self.pipeline.users.lookup(self.log_users.ids)].astype(np.int64)
+        self.user_rows = np.r_[0, self.pipeline.users.lookup(self.log_users.array)].astype(np.int64)
         n_train = self.split_bounds[0]
         tr = np.arange(n_train)
         n_labels = len(self.labels)

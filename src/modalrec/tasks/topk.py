@@ -33,8 +33,7 @@ from .base import EventLog, PreparedTask, SampleSet, channel_mask, fit_pipeline
 
 def _ids(log: EventLog, s: SampleSet) -> pa.Table:
     """Raw ids of samples: the user, the held-out (or window's last) item and its time."""
-    ids = np.asarray(log.user_vocab.ids, dtype=object)
-    return pa.table({"user_id": pa.array(ids[s.users - 1], pa.string()), "item_row": pa.array(s.items, pa.int64()),
+    return pa.table({"user_id": log.user_vocab.take(s.users), "item_row": pa.array(s.items, pa.int64()),
                      "time": pa.array(s.times, pa.int64())})
 
 
