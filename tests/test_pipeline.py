@@ -48,13 +48,12 @@ def test_event_text_comes_from_the_training_period_only():
     table = task.pipeline.item_table.multi["user_tags_words"]
     assert table.shape[0] == len(task.item_vocab)
     assert maps.text == {"user_tags": "user_tags_words"}
-    from modalrec.tasks.base import EventLog, event_texts
+    from modalrec.tasks.base import event_texts
+    from modalrec.tasks.ctr_steps import ctr_log, scan
 
-    log = EventLog.of(_tagged())
-    train = np.zeros(len(log.users), bool)
-    train[log.times < 1000] = True
-    ids, texts = event_texts(log, task.cfg, train)["user_tags"]
-    assert dict(zip(ids, texts)) == {"m0": "pixar", "m1": "noir"}  # case-insensitive, first form kept
+    texts = scan(ctr_log(_tagged().events, task.cfg), task.cfg, None)["texts"]
+    ids, joined = event_texts(texts, task.cfg)["user_tags"]
+    assert dict(zip(ids, joined)) == {"m0": "pixar", "m1": "noir"}  # case-insensitive, first form kept
 
 
 def test_vocabularies_hold_the_catalogue_and_the_training_period():

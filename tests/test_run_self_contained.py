@@ -55,10 +55,10 @@ def test_run_directory_holds_its_pipeline_and_data_hashed(ctr_run):
     (run / "pipeline" / "items.parquet").write_bytes((run / "pipeline" / "items.parquet").read_bytes())  # unchanged
     corrupt = root / "corrupt"
     shutil.copytree(run, corrupt)
-    with open(corrupt / "data" / "samples_test.safetensors", "r+b") as f:
+    with open(corrupt / "data" / "samples" / "test" / "labels.npy", "r+b") as f:
         f.seek(-8, 2)
         f.write(b"\x00\x01\x02\x03\x04\x05\x06\x07")
-    with pytest.raises(DataError, match="samples_test.safetensors.*sha256"):
+    with pytest.raises(DataError, match="labels.npy.*sha256"):
         load_run(corrupt)
 
 

@@ -127,7 +127,13 @@ def _offline(served, side: SideTable, uidx: int, hist: list[int], times: list[in
         parts = g.expansion.lookup(np.full(c, uidx), side.categorical[g.group_feature][cand])
         batch.graph = GraphInputs(parts["gie_user"], parts["gie_user_w"], parts["gie_streamer"],
                                   parts["gie_streamer_w"])
-    return model(batch).numpy().astype(np.float64)
+    out = model(batch).numpy().astype(np.float64)
+    blank = task.pipeline.uninformed(cand, side)
+    if blank.any():  # an item the model knows nothing about: the user's mean score over the probe items
+        probes = task.pipeline.prior_items()
+        probe = _offline(served, side, uidx, hist, times, t, list(probes), tags)
+        out[blank] = task.pipeline.prior_of(probe[None, :])[0]
+    return out
 
 
 def _user_with_history(task, min_len: int = 3) -> int:

@@ -121,6 +121,16 @@ class InteractionData:
             self.users = _as_string(self.users, "user_id")
         self.content = {k: _as_string(v, "entity_id") for k, v in self.content.items()}
 
+    # ------------------------------------------------------------------ partitions
+    # one partition: the events table (`data.partitioned.PartitionedData` has many, read one at a time)
+    n_partitions = 1
+
+    def partition(self, i: int = 0, columns: list[str] | None = None) -> pa.Table:
+        return self.events if columns is None else self.events.select(columns)
+
+    def partitions(self, columns: list[str] | None = None):
+        yield self.partition(0, columns)
+
     # ------------------------------------------------------------------ summary
     @property
     def num_events(self) -> int:

@@ -182,6 +182,34 @@ class FeaturePipeline:
         out[sel] = ~has
         return out
 
+    def count_codes_from(self, item_counts: np.ndarray) -> None:
+        """`count_codes` from the training targets' count of every item row (`item_counts`): the same numbers,
+        reduced over partitions."""
+        t, w = self.item_table, np.asarray(item_counts, dtype=np.float64)
+        for name, codes in t.categorical.items():
+            self.stats[f"code_counts.{name}"] = np.bincount(np.asarray(codes), weights=w,
+                                                            minlength=self.item_sizes.categorical[name])
+        for name, arr in t.multi.items():
+            arr = np.asarray(arr)
+            slots = np.repeat(w, arr.shape[1]).reshape(arr.shape)
+            filled = arr > 0
+            counts = np.bincount(arr[filled], weights=slots[filled], minlength=self.item_sizes.multi[name])
+            counts[0] = float(w[~filled.any(1)].sum())
+            self.stats[f"code_counts.{name}"] = counts
+        for name, arr in t.dense.items():
+            present = np.asarray(t.presence[name], dtype=bool)
+            used = w > 0
+            if used.any() and present[used].all():
+                self.stats[f"dense_mean.{name}"] = (np.asarray(arr, np.float64)[used] * w[used, None]).sum(0) / w.sum()
+
+    def fit_prior_from(self, item_counts: np.ndarray, n: int = PRIOR_PROBES, seed: int = 0) -> None:
+        """`fit_prior` from the training targets' count of every item row: `n` probes drawn in proportion."""
+        w = np.asarray(item_counts, dtype=np.float64).copy()
+        w[0] = 0.0
+        if w.sum() > 0:
+            pick = np.random.default_rng(seed).choice(len(w), size=n, p=w / w.sum())
+            self.stats["prior_items"] = np.sort(pick).astype(np.float64)
+
     def prior_items(self) -> np.ndarray:
         """ctr: the probe items of the prior (`fit_prior`): what an item the model knows nothing about is taken to
         be, a target drawn at random from the training samples."""

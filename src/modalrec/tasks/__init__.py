@@ -12,8 +12,15 @@ from .topk import TopKTask
 TASKS: dict[str, type[PreparedTask]] = {"ctr": CTRTask, "topk": TopKTask, "multilabel": MultiLabelTask}
 
 
-def prepare_task(data: InteractionData, cfg: TaskConfig) -> PreparedTask:
-    """Splits the data, fits the feature pipeline on the training period and builds the samples."""
+def prepare_task(data: InteractionData, cfg: TaskConfig, out: str | Path | None = None, engine=None) -> PreparedTask:
+    """Splits the data, fits the feature pipeline on the training period and builds the samples; `out` (RUN/data):
+    write the prepared arrays there, memory-mapped (data of many partitions); `engine`: how per-partition steps
+    are mapped (`tasks.engine`)."""
+    if cfg.kind == "ctr":
+        return CTRTask(data, cfg, out=out, engine=engine)
+    if getattr(data, "n_partitions", 1) > 1:
+        raise NotImplementedError(f"the {cfg.kind} task reads one partition of events; this dataset has "
+                                  f"{data.n_partitions}")
     return TASKS[cfg.kind](data, cfg)
 
 

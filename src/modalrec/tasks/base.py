@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from safetensors.numpy import load_file, save_file
 
 from ..config import TaskConfig
 from ..data.batch import Batch
@@ -38,6 +36,7 @@ from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..models.base import Schema
 from ..pipeline import Collator, FeaturePipeline, History, PipelineSettings, Vocab, fit_side, hash_tree
+from .store import read_arrays, write_arrays, write_task_json
 
 DATA_DIR = "data"
 PIPELINE_DIR = "pipeline"
@@ -65,16 +64,15 @@ class EventLog:
 
     @classmethod
     def of(cls, data: InteractionData) -> EventLog:
-        ev = data.events
+        return cls.of_table(data.events)
+
+    @classmethod
+    def of_table(cls, ev: pa.Table) -> EventLog:
+        """The events of one table (a partition of users, or all), with the users and items it names."""
         if ev.num_rows == 0:
             raise DataError(Problem("events", None, None, "at least one event", "an empty table"))
-        uv = Vocab(pc.unique(ev["user_id"]).to_pylist())
-        item_ids = pc.unique(ev["item_id"]).to_pylist()
-        if data.items is not None:
-            known = data.items["item_id"].to_pylist()
-            seen = set(known)
-            item_ids = known + [i for i in item_ids if i not in seen]
-        iv = Vocab(item_ids)
+        uv = Vocab(pc.unique(ev["user_id"]))
+        iv = Vocab(pc.unique(ev["item_id"]))
         users = uv.lookup(ev["user_id"])
         items = iv.lookup(ev["item_id"])
         times = event_times(ev)
@@ -90,21 +88,24 @@ def channel_mask(channels: np.ndarray, wanted: list[str] | None) -> np.ndarray:
     return np.isin(channels, np.asarray(wanted, dtype=object))
 
 
-def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_events: np.ndarray,
-                 settings: PipelineSettings) -> tuple[FeaturePipeline, np.ndarray, np.ndarray]:
+def fit_pipeline(data, cfg: TaskConfig, train_users: pa.Array, train_items: pa.Array, settings: PipelineSettings,
+                 texts: dict[str, tuple[list[str], list[str]]] | None = None) -> FeaturePipeline:
     """The pipeline's vocabularies and side tables, fitted on the catalogue (items / users tables and their
-    content) and the events of the training period (`train_events`, a mask over the log). Returns the
-    pipeline and the maps from the log's user and item rows to the pipeline's (0: unknown)."""
-    users = list(data.users["user_id"].to_pylist()) if data.users is not None else []
-    users += log.user_vocab.take(pd.unique(log.users[train_events])).to_pylist()
-    user_vocab = Vocab(list(dict.fromkeys(users)))
-    items = list(data.items["item_id"].to_pylist()) if data.items is not None else []
-    items += log.item_vocab.take(pd.unique(log.items[train_events])).to_pylist()
-    item_vocab = Vocab(list(dict.fromkeys(items)))
+    content) and the ids of the training period's events: the catalogue's ids in its order, then the others
+    sorted (the same vocabulary however the events were partitioned)."""
+
+    def vocab(table, key: str, ids: pa.Array) -> Vocab:
+        known = table[key].combine_chunks().cast(pa.string()) if table is not None else pa.array([], pa.string())
+        known = pc.unique(known)
+        rest = pc.unique(ids.cast(pa.string()))
+        rest = rest.filter(pc.invert(pc.is_in(rest, value_set=known)))
+        return Vocab(pa.concat_arrays([known, pc.take(rest, pc.sort_indices(rest))]))
+
+    user_vocab, item_vocab = vocab(data.users, "user_id", train_users), vocab(data.items, "item_id", train_items)
     item_table, item_maps, item_sizes = fit_side(
         data, "item", item_vocab, text_modalities=cfg.text_modalities, max_words=cfg.max_words,
         vector_modalities=cfg.vector_modalities, token_modalities=cfg.token_modalities, max_tokens=cfg.max_tokens,
-        event_texts=event_texts(log, cfg, train_events))
+        event_texts=texts)
     user_table, user_maps, user_sizes = fit_side(
         data, "user", user_vocab, text_modalities=cfg.text_modalities, max_words=cfg.max_words,
         vector_modalities=cfg.vector_modalities) if cfg.user_features else (None, None, None)
@@ -112,26 +113,24 @@ def fit_pipeline(data: InteractionData, cfg: TaskConfig, log: EventLog, train_ev
     pipeline = FeaturePipeline(settings, user_vocab, item_vocab, item_table, item_maps, item_sizes)
     if user_table is not None:
         pipeline.user_table, pipeline.user_maps, pipeline.user_sizes = user_table, user_maps, user_sizes
-    user_map = np.r_[0, user_vocab.lookup(log.user_vocab.array)].astype(np.int64)
-    item_map = np.r_[0, item_vocab.lookup(log.item_vocab.array)].astype(np.int64)
-    return pipeline, user_map, item_map
+    return pipeline
 
 
-def event_texts(log: EventLog, cfg: TaskConfig, train_events: np.ndarray) -> dict[str, tuple[list[str], list[str]]]:
-    """The item texts `task.event_text` asks for, from the training period's events only: per item, the distinct
-    values of the column (case-insensitive, first occurrence in time order) joined with ', '."""
+def event_texts(texts: list, cfg: TaskConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """The item texts `task.event_text` asks for, from the training period's text events (`texts`: per partition
+    (modality, item ids, times, values)): per item, the distinct values (case-insensitive, the first occurrence in
+    time order, then by value, kept) joined with ', '."""
     out = {}
     for spec in cfg.event_text:
-        if spec.column not in log.table.column_names:
-            raise DataError(Problem("events", None, spec.column, f"an event column holding the text of "
-                                    f"task.event_text '{spec.modality}'", f"columns {log.table.column_names}"))
-        text = np.asarray(log.table[spec.column].to_numpy(zero_copy_only=False), dtype=object)
-        rows = np.flatnonzero(train_events & (log.channels == spec.channel)
-                              & np.array([isinstance(t, str) and t.strip() != "" for t in text]))
-        rows = rows[np.argsort(log.times[rows], kind="stable")]
+        parts = [t for t in texts if t[0] == spec.modality]
+        items = np.concatenate([np.asarray(t[1].to_numpy(zero_copy_only=False), dtype=object) for t in parts]) \
+            if parts else np.zeros(0, object)
+        times = np.concatenate([t[2] for t in parts]) if parts else np.zeros(0, np.int64)
+        values = np.concatenate([t[3] for t in parts]) if parts else np.zeros(0, object)
+        order = np.lexsort((values.astype(str), times))
         seen: dict[str, dict[str, str]] = {}
-        for item, value in zip(log.items[rows], text[rows]):
-            seen.setdefault(log.item_vocab.ids[item - 1], {}).setdefault(value.strip().lower(), value.strip())
+        for item, value in zip(items[order], values[order]):
+            seen.setdefault(item, {}).setdefault(value.strip().lower(), value.strip())
         out[spec.modality] = (list(seen), [", ".join(v.values()) for v in seen.values()])
     return out
 
@@ -254,29 +253,41 @@ class PreparedTask:
         """Task-specific arrays saved with the data (subclasses add theirs)."""
         return {}
 
+    # the folder whose arrays this task reads memory-mapped (RUN/data), or None: they are in memory
+    data_dir: Path | None = None
+    # split -> [0, end of shard 0, end of shard 1, ...]: the sample range of each partition (one shard in memory)
+    shards: dict[str, list[int]] | None = None
+
+    def shard_bounds(self, split: str) -> list[int]:
+        b = self.shards.get(split) if self.shards else None
+        return list(b) if b else [0, len(self.splits[split])]
+
     def save(self, run_dir: str | Path) -> dict[str, dict[str, str]]:
-        """Writes RUN/pipeline/ and RUN/data/; returns their {file: sha256} for the manifest."""
+        """Writes RUN/pipeline/ and RUN/data/ (`tasks.store`; arrays already written there by a partitioned
+        preparation stay as they are); returns their {file: sha256} for the manifest."""
         run_dir = Path(run_dir)
         hashes = {PIPELINE_DIR: self.pipeline.save(run_dir / PIPELINE_DIR)}
         folder = run_dir / DATA_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: np.ascontiguousarray(v) for k, v in self.history.arrays().items()},
-                  str(folder / "history.safetensors"))
+        if self.data_dir is None or Path(self.data_dir).resolve() != folder.resolve():
+            write_arrays(folder / "history", self.history.arrays())
+            for name, s in self.splits.items():
+                write_arrays(folder / "samples" / name, s.arrays())
+                (folder / "ids").mkdir(exist_ok=True)
+                pq.write_table(self.sample_ids[name], folder / "ids" / f"{name}.parquet")
         pq.write_table(pa.table({"id": self.log_users.array}), folder / "log_users.parquet")
-        for name, s in self.splits.items():
-            save_file(s.arrays(), str(folder / f"samples_{name}.safetensors"))
-            pq.write_table(self.sample_ids[name], folder / f"samples_{name}.parquet")
         extra = self.extra_arrays()
         if extra:
-            save_file({k: np.ascontiguousarray(v) for k, v in extra.items()}, str(folder / "task.safetensors"))
-        (folder / "task.json").write_text(json.dumps({"kind": self.kind, "splits": list(self.splits),
-                                                      "meta": self.meta()}, indent=1, allow_nan=False))
+            write_arrays(folder / "extra", extra)
+        write_task_json(folder, self.kind, list(self.splits), self.meta(),
+                        {name: self.shard_bounds(name) for name in self.splits})
         hashes[DATA_DIR] = hash_tree(folder)
         return hashes
 
     @classmethod
     def load(cls, run_dir: str | Path, cfg: TaskConfig, hashes: dict[str, dict[str, str]] | None = None) -> PreparedTask:
-        """The task of a run directory, from RUN/pipeline/ and RUN/data/ alone (files verified against `hashes`)."""
+        """The task of a run directory, from RUN/pipeline/ and RUN/data/ alone (files verified against `hashes`;
+        arrays memory-mapped)."""
         from ..pipeline import verify_tree
 
         run_dir = Path(run_dir)
@@ -294,14 +305,15 @@ class PreparedTask:
         task = cls.__new__(cls)
         task.cfg = cfg
         task.pipeline = pipeline
-        task.history = History.from_arrays(load_file(str(folder / "history.safetensors")))
+        task.data_dir = folder
+        task.history = History.from_arrays(read_arrays(folder / "history"))
         task.log_users = Vocab(pq.read_table(folder / "log_users.parquet")["id"])
         task.user_rows = np.r_[0, pipeline.users.lookup(task.log_users.array)].astype(np.int64)
-        task.splits = {n: SampleSet.from_arrays(load_file(str(folder / f"samples_{n}.safetensors")))
-                       for n in info["splits"]}
-        task.sample_ids = {n: pq.read_table(folder / f"samples_{n}.parquet") for n in info["splits"]}
-        extra_file = folder / "task.safetensors"
-        task.restore(info.get("meta", {}), load_file(str(extra_file)) if extra_file.is_file() else {})
+        task.splits = {n: SampleSet.from_arrays(read_arrays(folder / "samples" / n)) for n in info["splits"]}
+        task.shards = info.get("shards", {})
+        task.sample_ids = {n: pq.read_table(folder / "ids" / f"{n}.parquet") for n in info["splits"]
+                           if (folder / "ids" / f"{n}.parquet").exists()}
+        task.restore(info.get("meta", {}), read_arrays(folder / "extra", mmap=False))
         return task
 
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -26,6 +26,8 @@ evaluated samples leaks into the model's tables.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,9 +36,10 @@ from ..config import TaskConfig
 from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..eval.metrics import ctr_metrics
-from ..pipeline import FeaturePipeline, GraphFeatures, History, PipelineSettings
-from ..pipeline.context import fit_context
-from .base import EventLog, PreparedTask, SampleSet, channel_mask, fit_pipeline, sample_ids
+from ..pipeline import GraphFeatures, PipelineSettings, Vocab
+from .base import PreparedTask, event_texts, fit_pipeline
+from .ctr_steps import build, ctr_log, reduce_builds, reduce_scans, sample_times, scan
+from .store import ShardSink
 
 
 def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: str, valid: float,
@@ -65,38 +68,46 @@ def assign_splits(users: np.ndarray, times: np.ndarray, n_users: int, method: st
     return np.where(times >= tt, 2, np.where(times >= tv, 1, 0)).astype(np.int8)
 
 
+def global_cutoffs(times: np.ndarray, valid: float, test: float) -> tuple[float, float]:
+    """`global_time`: (valid cut-off, test cut-off) over every sample time (a sample at or after a cut-off is in
+    its split)."""
+    t_test = np.quantile(times, 1 - test) if test > 0 and len(times) else np.inf
+    t_valid = np.quantile(times, 1 - test - valid) if valid > 0 and len(times) else t_test
+    return float(t_valid), float(t_test)
+
+
 class CTRTask(PreparedTask):
     kind = "ctr"
     monitor = "auc"
     split_methods = ("per_user_time", "global_time", "column")
 
-    def __init__(self, data: InteractionData, cfg: TaskConfig):
+    def __init__(self, data: InteractionData, cfg: TaskConfig, out=None, engine=None):
+        """`data`: an InteractionData (one partition) or a PartitionedData (read one partition at a time);
+        `out`: the folder for the prepared arrays (RUN/data: memory-mapped there; None: in memory); `engine`: how
+        the per-partition steps are mapped (`tasks.engine`; None: in this process)."""
+        from .engine import local_engine
+
         self.cfg = cfg
         self.check_split(cfg)
-        self.test_labels_hidden = False
-        log = EventLog.of(data)
-        is_sample = channel_mask(log.channels, cfg.sample_channels)
-        is_hist = channel_mask(log.channels, cfg.history_channels or cfg.sample_channels)
-        if not is_sample.any():
-            raise DataError(Problem("events", None, "channel", f"events in channels {cfg.sample_channels}",
-                                    "none"))
-        if cfg.label_column not in log.table.column_names:
-            raise DataError(Problem("events", None, cfg.label_column, "a label column for the ctr task",
-                                    f"columns {log.table.column_names}"))
-        raw = log.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)[is_sample]
-        given = None
-        if cfg.split.method == "column":
-            given = self._column_split(log, is_sample, cfg.split.column)
-            hidden = np.isnan(raw) & (given == 2)  # a challenge's hidden test labels
-            raw = np.where(hidden, 0.0, raw)
-            self.test_labels_hidden = bool(hidden.any())
-            if self.test_labels_hidden and not hidden[given == 2].all():
-                raise DataError(Problem("events", None, cfg.label_column, "labels on every test sample or on none",
-                                        f"{int(hidden.sum())} of {int((given == 2).sum())} test labels empty"))
-        if np.isnan(raw).any():
-            r = int(np.flatnonzero(np.isnan(raw))[0])
-            raise DataError(Problem("events", None, cfg.label_column, "a label on every sample event",
-                                    f"{int(np.isnan(raw).sum())} empty, e.g. sample {r + 1}"))
+        engine = engine or local_engine()
+        n = data.n_partitions
+        one = n == 1 and out is None  # small data: one partition, kept in memory, read once
+        loaders = [lambda: data.partition(0)] if n == 1 else data.loaders()
+        cache: dict = {}
+
+        def load(i: int):
+            if one and i in cache:
+                return cache[i]
+            log = ctr_log(loaders[i](), cfg)
+            if one:
+                cache[i] = log
+            return log
+
+        cutoffs = None
+        if cfg.split.method == "global_time":  # one cut-off for everybody: every partition's sample times first
+            times = np.concatenate(engine.map(lambda i: sample_times(load(i), cfg), range(n)))
+            cutoffs = global_cutoffs(times, cfg.split.valid, cfg.split.test)
+        scans = engine.map(lambda i: scan(load(i), cfg, cutoffs), range(n))
         hist_ch = cfg.history_channels or cfg.sample_channels or list(data.spec.channels)
         settings = PipelineSettings(
             task="ctr", max_history=cfg.max_history, sample_channels=cfg.sample_channels,
@@ -104,89 +115,57 @@ class CTRTask(PreparedTask):
             history_tags={ch: code for code, ch in enumerate(hist_ch, start=1)} if cfg.history_channel_tags else {},
             label_column=cfg.label_column, label_threshold=cfg.label_threshold, with_time=True,
             token_scope=cfg.token_scope, context_features=list(cfg.context_features))
-        labels = FeaturePipeline.label_rule(raw, cfg.label_threshold)
-        if cfg.label_threshold is None and not np.isin(labels, (0.0, 1.0)).all():
-            raise DataError(Problem("events", None, cfg.label_column, "0/1 labels (or set task.label_threshold)",
-                                    f"values such as {sorted(set(labels.tolist()))[:5]}"))
-        n_log_users = len(log.user_vocab)
-        users, times = log.users[is_sample], log.times[is_sample]
-        if given is not None:
-            split = given
-        else:
-            split = assign_splits(users, times, n_log_users, cfg.split.method, cfg.split.valid, cfg.split.test)
-        # the training period: each user's events strictly before their first validation or test sample (and,
-        # for one global cut-off, before it for everybody): what the vocabularies and side tables are fitted on
-        later = split > 0
-        train_end = np.full(n_log_users, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(train_end, users[later], times[later])
-        if cfg.split.method == "global_time" and later.any():
-            train_end = np.minimum(train_end, times[later].min())
-        pipeline, user_map, item_map = fit_pipeline(data, cfg, log, log.times < train_end[log.users], settings)
-        self.pipeline, self.user_rows = pipeline, user_map
-        self.log_users = log.user_vocab
-        item_rows = item_map[log.items]
-        if cfg.history_positive_only:  # past labels are known at prediction time: keep positives only
-            every = log.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
-            positive = (every >= cfg.label_threshold) if cfg.label_threshold is not None else (every > 0)
-            is_hist = is_hist & np.nan_to_num(positive, nan=0).astype(bool)
-        is_hist &= item_rows > 0  # events of items the vocabulary does not hold are left out, as online
-        self.history = History.build(log.users[is_hist], item_rows[is_hist], log.times[is_hist], n_log_users,
-                                     pipeline.tag_codes(log.channels[is_hist]))
-        cut = self.history.cut_before(users, times)
-        sample_rows = np.flatnonzero(is_sample)
-        context, pipeline.context = fit_context(log.table, cfg.context_features, sample_rows, split == 0)
-        full = SampleSet(users, item_rows[is_sample], times, cut, labels, context=context)
-        self.splits = {name: full.take(np.flatnonzero(split == code))
-                       for code, name in enumerate(("train", "valid", "test"))}
-        rows_of = {name: sample_rows[split == code] for code, name in enumerate(("train", "valid", "test"))}
-        if cfg.train_recent is not None and len(self.splits["train"]):
-            # the ranker learns from the last share of the period; history, graphs and the split stay as they are
-            tr = self.splits["train"]
-            keep = np.flatnonzero(tr.times >= np.quantile(tr.times, 1.0 - cfg.train_recent, method="higher"))
-            self.splits["train"] = tr.take(keep)
-            rows_of["train"] = rows_of["train"][keep]
-        self.sample_ids = {name: sample_ids(log, rows) for name, rows in rows_of.items()}
-        # in memory only (a task restored from a run directory has neither): each split's samples as rows of the
-        # sorted event table, for scripts that read other event columns next to them (a simulator's truth)
-        self.events, self.split_rows = log.table, rows_of
-        tr = self.splits["train"]
-        n_items = len(pipeline.items)
-        counts = np.bincount(tr.items, minlength=n_items).astype(np.float64)
-        pos = np.bincount(tr.items, weights=tr.labels, minlength=n_items)
-        prior = float(tr.labels.mean()) if len(tr) else 0.5
-        pipeline.stats = {"item_counts": counts, "item_positive_rate": (pos + 20 * prior) / (counts + 20),
-                          "user_counts": np.bincount(user_map[tr.users], minlength=len(pipeline.users)).astype(np.float64)}
-        pipeline.count_codes(tr.items)
-        pipeline.fit_prior(tr.items)
+        reduced = reduce_scans(scans)
+        self.test_labels_hidden = reduced["hidden"]
+        pipeline = fit_pipeline(data, cfg, reduced["users"], reduced["items"], settings,
+                                event_texts(reduced["texts"], cfg))
+        pipeline.context = {name: Vocab(v) for name, v in reduced["context"].items()}
+        recent = None
+        if cfg.train_recent is not None and len(reduced["train_times"]):
+            recent = float(np.quantile(reduced["train_times"], 1.0 - cfg.train_recent, method="higher"))
+        built = engine.map(lambda i: build(load(i), pipeline, cfg, cutoffs, recent), range(n))
+        sink = ShardSink(None if out is None else Path(out))
+        self.data_dir = None if out is None else Path(out)
+        for part, _ in built:
+            sink.add(part)
+        self.history, self.splits, self.log_users, self.sample_ids = sink.finish()
+        self.shards = sink.bounds
+        self.user_rows = np.r_[0, pipeline.users.lookup(self.log_users.array)].astype(np.int64)
+        self.pipeline = pipeline
+        stats = reduce_builds([b for _, b in built], len(pipeline.items), len(pipeline.users))
+        prior = stats.pop("prior")
+        pipeline.stats = stats
+        pipeline.count_codes_from(stats["item_counts"])
+        pipeline.fit_prior_from(stats["item_counts"])
+        if one:  # in memory only: each split's samples as rows of the sorted event table (for scripts)
+            log = cache[0]
+            self.events, self.split_rows = log.log.table, built[0][1]["rows"]
         if cfg.graph.enabled:
-            self._fit_graph(log, item_rows, cfg)
+            self._fit_graph(np.concatenate([b["train_times"] for _, b in built]) if built else np.zeros(0),
+                            [b["edges"] for _, b in built], reduced["later_min"])
+        del prior
         self.restore({"test_labels_hidden": self.test_labels_hidden}, {})
 
-    def _fit_graph(self, log: EventLog, item_rows: np.ndarray, cfg: TaskConfig) -> None:
-        """GIE over the training period's gifts: everything strictly before the first valid/test sample."""
-        g = cfg.graph
+    def _fit_graph(self, train_times: np.ndarray, edges: list, later_min) -> None:
+        """GIE over the training period's edges: every gift strictly before the first valid/test sample."""
+        g = self.cfg.graph
         p = self.pipeline
         if g.streamer_feature not in p.item_table.categorical:
             raise DataError(Problem("items", None, g.streamer_feature, "an item categorical feature naming the "
                                     "streamer (task.graph.streamer_feature)",
                                     f"features {sorted(p.item_table.categorical)}"))
-        later = [s.times.min() for name, s in self.splits.items() if name != "train" and len(s)]
-        cutoff = min(later) if later else np.iinfo(np.int64).max
-        is_gift = (log.channels == g.channel) & (log.times < cutoff)
-        if not is_gift.any():
+        users, items, times, weights = (np.concatenate([e[k] for e in edges]) for k in range(4))
+        keep = times < (later_min if later_min is not None else np.iinfo(np.int64).max)
+        if not keep.any():
             raise DataError(Problem("events", None, "channel", f"'{g.channel}' events before the first "
                                     "validation/test sample (task.graph.channel)", "none"))
-        weights = None
-        if g.weight_column is not None:
-            if g.weight_column not in log.table.column_names:
-                raise DataError(Problem("events", None, g.weight_column, "the edge weight column "
-                                        "(task.graph.weight_column)", f"columns {log.table.column_names}"))
-            weights = np.nan_to_num(log.table[g.weight_column].to_numpy(zero_copy_only=False)
-                                    .astype(np.float64)[is_gift])
         group = p.item_table.categorical[g.streamer_feature]
-        p.graph = GraphFeatures.fit(self.user_rows[log.users[is_gift]], group[item_rows[is_gift]], log.times[is_gift],
-                                    weights, len(p.users), p.item_sizes.categorical[g.streamer_feature], g,
-                                    int(cutoff) if later else None, self.splits["train"].times)
+        # a canonical order (user, streamer, time): the graph does not depend on how the events were partitioned
+        u, a, t, w = users[keep], group[items[keep]], times[keep], weights[keep]
+        order = np.lexsort((t, a, u))
+        p.graph = GraphFeatures.fit(u[order], a[order], t[order], None if g.weight_column is None else w[order],
+                                    len(p.users), p.item_sizes.categorical[g.streamer_feature], g,
+                                    int(later_min) if later_min is not None else None, np.sort(train_times))
 
     events = split_rows = None
 
@@ -208,22 +187,6 @@ class CTRTask(PreparedTask):
         return self.collator(s.users, s.items, s.cut, s.times, s.labels, context=s.context, graph=graph)
 
     test_labels_hidden: bool = False
-
-    @staticmethod
-    def _column_split(log: EventLog, is_sample: np.ndarray, column: str) -> np.ndarray:
-        """0/1/2 per sample from the event column `column` (train / valid / test)."""
-        if column not in log.table.column_names:
-            raise DataError(Problem("events", None, column, "a split column (train / valid / test) for "
-                                    "task.split.method 'column'", f"columns {log.table.column_names}"))
-        values = np.asarray(log.table[column].to_numpy(zero_copy_only=False), dtype=object)[is_sample]
-        codes = np.full(len(values), -1, np.int8)
-        for code, name in enumerate(("train", "valid", "test")):
-            codes[values == name] = code
-        if (codes < 0).any():
-            r = int(np.flatnonzero(codes < 0)[0])
-            raise DataError(Problem("events", None, column, "train, valid or test",
-                                    f"{values[r]!r} on sample {r + 1}"))
-        return codes
 
     def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(output.float(), batch.label)

@@ -61,7 +61,10 @@ class TopKTask(PreparedTask):
         settings = PipelineSettings(task="topk", max_history=cfg.max_history, sample_channels=cfg.sample_channels,
                                     history_channels=cfg.sample_channels)
         in_train = keep & (log.times < train_end[log.users])
-        pipeline, user_map, item_map = fit_pipeline(data, cfg, log, in_train, settings)
+        pipeline = fit_pipeline(data, cfg, log.user_vocab.take(np.unique(log.users[in_train])),
+                                log.item_vocab.take(np.unique(log.items[in_train])), settings)
+        user_map = np.r_[0, pipeline.users.lookup(log.user_vocab.array)].astype(np.int64)
+        item_map = np.r_[0, pipeline.items.lookup(log.item_vocab.array)].astype(np.int64)
         self.pipeline, self.user_rows, self.log_users = pipeline, user_map, log.user_vocab
         rows = item_map[log.items]
         known = keep & (rows > 0)  # events of items the vocabulary does not hold are left out, as online

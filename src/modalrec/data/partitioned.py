@@ -1,0 +1,144 @@
+"""A dataset whose events are partitioned by user: the layout of data larger than memory.
+
+    DATASET/dataset.yaml
+    DATASET/events/part-00000.parquet ... part-<P-1>.parquet    a user's events are all in one file
+    DATASET/items.parquet, users.parquet, content/<modality>.parquet    the catalogue, as in InteractionData
+
+`partition_of(user_ids, n)` is the partition of a user (a stable hash: the same on every machine and process),
+so every per-user computation (splits, histories, samples) runs on one partition at a time. `PartitionedData`
+has the fields of `InteractionData` but its events, read one partition at a time (`partitions()`); an
+`InteractionData` is one partition (its `partitions()` yields its events table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+
+from .errors import DataError, Problem
+from .interaction import DatasetSpec, InteractionData, _as_string
+
+PART = "part-{:05d}.parquet"
+
+
+def partition_of(user_ids: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """(len,) int64 partition of each user id: a stable 64-bit hash of the id (pandas' SipHash with its fixed key:
+    the same on every machine and in every process), modulo n."""
+    if n <= 1:
+        return np.zeros(len(user_ids), dtype=np.int64)
+    ids = np.asarray(pc.cast(user_ids, pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    return (pd.util.hash_array(ids, categorize=True) % np.uint64(n)).astype(np.int64)
+
+
+@dataclass
+class PartitionedData:
+    spec: DatasetSpec
+    parts: list[Path]  # one Parquet file of events per partition
+    items: pa.Table | None = None
+    users: pa.Table | None = None
+    content: dict[str, pa.Table] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.items is not None:
+            self.items = _as_string(self.items, "item_id")
+        if self.users is not None:
+            self.users = _as_string(self.users, "user_id")
+        self.content = {k: _as_string(v, "entity_id") for k, v in self.content.items()}
+
+    @property
+    def n_partitions(self) -> int:
+        return len(self.parts)
+
+    def partition(self, i: int, columns: list[str] | None = None) -> pa.Table:
+        """The events of partition i (in file order), with `columns` only when given."""
+        t = pq.read_table(self.parts[i], columns=columns)
+        t = _as_string(_as_string(t, "user_id"), "item_id") if columns is None or "user_id" in columns else t
+        if "channel" not in t.column_names and (columns is None or "channel" in columns):
+            t = t.append_column("channel", pa.array([self.spec.channels[0]] * t.num_rows, pa.string()))
+        return t
+
+    def partitions(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+        for i in range(len(self.parts)):
+            yield self.partition(i, columns)
+
+    def loaders(self, columns: list[str] | None = None) -> list[Callable[[], pa.Table]]:
+        """One zero-argument loader per partition (what an engine ships to its workers)."""
+        return [lambda i=i: self.partition(i, columns) for i in range(len(self.parts))]
+
+    @property
+    def num_events(self) -> int:
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self.parts)
+
+    def summary(self) -> dict:
+        users, items, channels, n = set(), set(), {}, 0
+        for t in self.partitions(["user_id", "item_id", "channel"]):
+            n += t.num_rows
+            users.update(pc.unique(t["user_id"]).to_pylist())
+            items.update(pc.unique(t["item_id"]).to_pylist())
+            for r in pc.value_counts(t["channel"]).to_pylist():
+                channels[str(r["values"])] = channels.get(str(r["values"]), 0) + int(r["counts"])
+        out = {"name": self.spec.name, "events": n, "users": len(users), "items": len(items),
+               "channels": channels, "modalities": {k: v.num_rows for k, v in self.content.items()},
+               "partitions": len(self.parts)}
+        if self.items is not None:
+            out["items_in_table"] = self.items.num_rows
+        if self.users is not None:
+            out["users_in_table"] = self.users.num_rows
+        return out
+
+    def fingerprint(self) -> str:
+        """Content hash: the partition files' bytes, the catalogue tables and the spec."""
+        h = hashlib.sha256(self.spec.model_dump_json().encode())
+        for p in self.parts:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        for t in (self.items, self.users, *(self.content[k] for k in sorted(self.content))):
+            if t is not None:
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, t.schema) as w:
+                    w.write_table(t)
+                h.update(sink.getvalue().to_pybytes())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PartitionedData:
+        path = Path(path)
+        spec_file = path / "dataset.yaml"
+        if not spec_file.exists():
+            raise DataError(Problem(str(spec_file), None, None, "a dataset.yaml describing the dataset",
+                                    "no such file"))
+        spec = DatasetSpec.model_validate(yaml.safe_load(spec_file.read_text()) or {})
+        parts = sorted((path / "events").glob("part-*.parquet"))
+        if not parts:
+            raise DataError(Problem(str(path / "events"), None, None, "event partitions part-*.parquet",
+                                    "none"))
+
+        def opt(p: Path) -> pa.Table | None:
+            return pq.read_table(p) if p.exists() else None
+
+        content = {m.name: pq.read_table(path / "content" / f"{m.name}.parquet") for m in spec.modalities
+                   if (path / "content" / f"{m.name}.parquet").exists()}
+        return cls(spec, parts, opt(path / "items.parquet"), opt(path / "users.parquet"), content)
+
+
+def write_partitioned(data: InteractionData, path: str | os.PathLike, n: int) -> PartitionedData:
+    """`data` saved in the partitioned layout with `n` partitions (rows keep their file order in each)."""
+    path = Path(path)
+    data.save(path)
+    (path / "events.parquet").unlink()
+    (path / "events").mkdir(exist_ok=True)
+    part = partition_of(data.events["user_id"], n)
+    for i in range(n):
+        pq.write_table(data.events.filter(pa.array(part == i)), path / "events" / PART.format(i))
+    return PartitionedData.load(path)

@@ -1,0 +1,232 @@
+"""The ctr task's per-partition steps: scan (what the pipeline is fitted on) and build (histories and samples).
+
+Both are pure functions of one partition of users (and, for build, the fitted pipeline): the embedded engine maps
+them over the partitions in this process, a distributed one on its workers (`tasks.engine`). Their outputs are
+small (sets of ids, counts) or written as shards (`tasks.store.ShardSink`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import TaskConfig
+from ..data.errors import DataError, Problem
+from ..pipeline import FeaturePipeline, History
+from ..pipeline.context import context_strings
+from .base import EventLog, SampleSet, channel_mask, sample_ids
+from .store import Partial
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class CtrLog:
+    """One partition's events as the ctr task reads them."""
+
+    log: EventLog
+    is_sample: np.ndarray
+    is_hist: np.ndarray
+    raw: np.ndarray  # the label column of the samples (float, NaN where empty)
+    given: np.ndarray | None  # the data's own split (method column), 0/1/2 per sample
+
+
+def ctr_log(table: pa.Table, cfg: TaskConfig) -> CtrLog:
+    log = EventLog.of_table(table)
+    is_sample = channel_mask(log.channels, cfg.sample_channels)
+    is_hist = channel_mask(log.channels, cfg.history_channels or cfg.sample_channels)
+    if not is_sample.any():
+        raise DataError(Problem("events", None, "channel", f"events in channels {cfg.sample_channels}", "none"))
+    if cfg.label_column not in log.table.column_names:
+        raise DataError(Problem("events", None, cfg.label_column, "a label column for the ctr task",
+                                f"columns {log.table.column_names}"))
+    raw = log.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)[is_sample]
+    given = column_split(log, is_sample, cfg.split.column) if cfg.split.method == "column" else None
+    return CtrLog(log, is_sample, is_hist, raw, given)
+
+
+def column_split(log: EventLog, is_sample: np.ndarray, column: str) -> np.ndarray:
+    """0/1/2 per sample from the event column `column` (train / valid / test)."""
+    if column not in log.table.column_names:
+        raise DataError(Problem("events", None, column, "a split column (train / valid / test) for "
+                                "task.split.method 'column'", f"columns {log.table.column_names}"))
+    values = np.asarray(log.table[column].to_numpy(zero_copy_only=False), dtype=object)[is_sample]
+    codes = np.full(len(values), -1, np.int8)
+    for code, name in enumerate(SPLITS):
+        codes[values == name] = code
+    if (codes < 0).any():
+        r = int(np.flatnonzero(codes < 0)[0])
+        raise DataError(Problem("events", None, column, "train, valid or test", f"{values[r]!r} on sample {r + 1}"))
+    return codes
+
+
+def sample_times(c: CtrLog, cfg: TaskConfig) -> np.ndarray:
+    return c.log.times[c.is_sample]
+
+
+def _labels(c: CtrLog, cfg: TaskConfig, split: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The samples' 0/1 labels and whether the test labels are hidden (a challenge's test set)."""
+    raw = c.raw
+    hidden = False
+    if c.given is not None:
+        h = np.isnan(raw) & (split == 2)
+        hidden = bool(h.any())
+        if hidden and not h[split == 2].all():
+            raise DataError(Problem("events", None, cfg.label_column, "labels on every test sample or on none",
+                                    f"{int(h.sum())} of {int((split == 2).sum())} test labels empty"))
+        raw = np.where(h, 0.0, raw)
+    if np.isnan(raw).any():
+        r = int(np.flatnonzero(np.isnan(raw))[0])
+        raise DataError(Problem("events", None, cfg.label_column, "a label on every sample event",
+                                f"{int(np.isnan(raw).sum())} empty, e.g. sample {r + 1}"))
+    labels = FeaturePipeline.label_rule(raw, cfg.label_threshold)
+    if cfg.label_threshold is None and not np.isin(labels, (0.0, 1.0)).all():
+        raise DataError(Problem("events", None, cfg.label_column, "0/1 labels (or set task.label_threshold)",
+                                f"values such as {sorted(set(labels.tolist()))[:5]}"))
+    return labels, hidden
+
+
+def split_of(c: CtrLog, cfg: TaskConfig, cutoffs: tuple[float, float] | None) -> np.ndarray:
+    """0 = train, 1 = valid, 2 = test per sample of the partition."""
+    from .ctr import assign_splits
+
+    if c.given is not None:
+        return c.given
+    users, times = c.log.users[c.is_sample], c.log.times[c.is_sample]
+    if cutoffs is not None:
+        t_valid, t_test = cutoffs
+        return np.where(times >= t_test, 2, np.where(times >= t_valid, 1, 0)).astype(np.int8)
+    return assign_splits(users, times, len(c.log.user_vocab), cfg.split.method, cfg.split.valid, cfg.split.test)
+
+
+def _train_events(c: CtrLog, split: np.ndarray, cutoffs) -> np.ndarray:
+    """Each user's events strictly before their first validation or test sample (with one global cut-off:
+    before it for everybody): the training period."""
+    users, times = c.log.users[c.is_sample], c.log.times[c.is_sample]
+    later = split > 0
+    end = np.full(len(c.log.user_vocab), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(end, users[later], times[later])
+    if cutoffs is not None and later.any():
+        end = np.minimum(end, times[later].min())
+    return c.log.times < end[c.log.users]
+
+
+def scan(c: CtrLog, cfg: TaskConfig, cutoffs) -> dict:
+    """What the pipeline is fitted on, from one partition: the training period's user and item ids, the training
+    samples' context values, the event texts, and the first validation / test time."""
+    split = split_of(c, cfg, cutoffs)
+    _, hidden = _labels(c, cfg, split)
+    train = _train_events(c, split, cutoffs)
+    log = c.log
+    out = {"users": log.user_vocab.take(np.unique(log.users[train])),
+           "items": log.item_vocab.take(np.unique(log.items[train])), "hidden": hidden,
+           "has_test": bool((split == 2).any()), "context": {}, "texts": []}
+    rows = np.flatnonzero(c.is_sample)
+    for name in cfg.context_features:
+        if name not in log.table.column_names:
+            raise DataError([Problem("events", None, n, "an event column for task.context_features",
+                                     f"no such column; the events have {log.table.column_names}")
+                             for n in cfg.context_features if n not in log.table.column_names])
+        col = log.table[name]
+        values = context_strings(col.take(pa.array(rows[split == 0], pa.int64())), name)
+        out["context"][name] = (pc.unique(pc.drop_null(values)), pa.types.is_integer(col.type)
+                                or pa.types.is_floating(col.type))
+    for spec in cfg.event_text:
+        if spec.column not in log.table.column_names:
+            raise DataError(Problem("events", None, spec.column, f"an event column holding the text of "
+                                    f"task.event_text '{spec.modality}'", f"columns {log.table.column_names}"))
+        text = np.asarray(log.table[spec.column].to_numpy(zero_copy_only=False), dtype=object)
+        keep = np.flatnonzero(train & (log.channels == spec.channel)
+                              & np.array([isinstance(t, str) and t.strip() != "" for t in text]))
+        out["texts"].append((spec.modality, log.item_vocab.take(log.items[keep]), log.times[keep], text[keep]))
+    later = log.times[c.is_sample][split > 0]
+    out["later_min"] = int(later.min()) if len(later) else None
+    out["train_times"] = log.times[c.is_sample][split == 0] if cfg.train_recent is not None else np.zeros(0, np.int64)
+    return out
+
+
+def reduce_scans(scans: list[dict]) -> dict:
+    def unique(arrays):
+        return pc.unique(pa.concat_arrays([a for a in arrays if len(a)] or [pa.array([], pa.string())]))
+
+    hidden = [s["hidden"] for s in scans if s["has_test"]]
+    if hidden and any(hidden) != all(hidden):
+        raise DataError(Problem("events", None, "label", "labels on every test sample or on none",
+                                "some partitions' test labels empty, others' not"))
+    context = {}
+    for name in (scans[0]["context"] if scans else {}):
+        values = unique([s["context"][name][0] for s in scans]).to_pylist()
+        numeric = scans[0]["context"][name][1]
+        context[name] = sorted(values, key=int) if numeric else sorted(values)
+    later = [s["later_min"] for s in scans if s["later_min"] is not None]
+    return {"users": unique([s["users"] for s in scans]), "items": unique([s["items"] for s in scans]),
+            "hidden": bool(hidden) and all(hidden), "context": context,
+            "texts": [t for s in scans for t in s["texts"]], "later_min": min(later) if later else None,
+            "train_times": np.concatenate([s["train_times"] for s in scans]) if scans else np.zeros(0)}
+
+
+def build(c: CtrLog, pipeline: FeaturePipeline, cfg: TaskConfig, cutoffs, recent: float | None
+          ) -> tuple[Partial, dict]:
+    """One partition's history and samples (users as the partition's rows) with the statistics the pipeline
+    reduces: training counts per item and user, the label sum, the training times and the graph's edges."""
+    log = c.log
+    split = split_of(c, cfg, cutoffs)
+    labels, _ = _labels(c, cfg, split)
+    user_map = np.r_[0, pipeline.users.lookup(log.user_vocab.array)].astype(np.int64)
+    item_map = np.r_[0, pipeline.items.lookup(log.item_vocab.array)].astype(np.int64)
+    item_rows = item_map[log.items]
+    is_hist = c.is_hist.copy()
+    if cfg.history_positive_only:  # past labels are known at prediction time: keep positives only
+        every = log.table[cfg.label_column].to_numpy(zero_copy_only=False).astype(np.float64)
+        positive = (every >= cfg.label_threshold) if cfg.label_threshold is not None else (every > 0)
+        is_hist &= np.nan_to_num(positive, nan=0).astype(bool)
+    is_hist &= item_rows > 0  # events of items the vocabulary does not hold are left out, as online
+    n_users = len(log.user_vocab)
+    history = History.build(log.users[is_hist], item_rows[is_hist], log.times[is_hist], n_users,
+                            pipeline.tag_codes(log.channels[is_hist]))
+    users, times = log.users[c.is_sample], log.times[c.is_sample]
+    cut = history.cut_before(users, times)
+    rows = np.flatnonzero(c.is_sample)
+    context = {name: vocab.lookup(context_strings(log.table[name].take(pa.array(rows, pa.int64())), name))
+               for name, vocab in pipeline.context.items()}
+    full = SampleSet(users, item_rows[c.is_sample], times, cut, labels, context=context)
+    samples = {name: full.take(np.flatnonzero(split == code)) for code, name in enumerate(SPLITS)}
+    rows_of = {name: rows[split == code] for code, name in enumerate(SPLITS)}
+    if recent is not None and len(samples["train"]):
+        # the ranker learns from the last share of the period; history, graphs and the split stay as they are
+        keep = np.flatnonzero(samples["train"].times >= recent)
+        samples["train"] = samples["train"].take(keep)
+        rows_of["train"] = rows_of["train"][keep]
+    tr = samples["train"]
+    n_items = len(pipeline.items)
+    stats = {"item_counts": np.bincount(tr.items, minlength=n_items).astype(np.float64),
+             "positives": np.bincount(tr.items, weights=tr.labels, minlength=n_items),
+             "user_counts": np.bincount(user_map[tr.users], minlength=len(pipeline.users)).astype(np.float64),
+             "label_sum": float(tr.labels.sum()), "n_train": len(tr), "train_times": tr.times, "rows": rows_of}
+    g = cfg.graph
+    if g.enabled:
+        is_edge = log.channels == g.channel
+        weights = np.zeros(int(is_edge.sum()))
+        if g.weight_column is not None:
+            if g.weight_column not in log.table.column_names:
+                raise DataError(Problem("events", None, g.weight_column, "the edge weight column "
+                                        "(task.graph.weight_column)", f"columns {log.table.column_names}"))
+            weights = np.nan_to_num(log.table[g.weight_column].to_numpy(zero_copy_only=False)
+                                    .astype(np.float64)[is_edge])
+        stats["edges"] = (user_map[log.users[is_edge]], item_rows[is_edge], log.times[is_edge], weights)
+    ids = {name: sample_ids(log, r) for name, r in rows_of.items()}
+    return Partial(log.user_vocab.array, history, samples, ids), stats
+
+
+def reduce_builds(stats: list[dict], n_items: int, n_users: int) -> dict:
+    """The pipeline's training statistics over every partition (what `Schema` carries)."""
+    counts = np.sum([s["item_counts"] for s in stats], axis=0) if stats else np.zeros(n_items)
+    pos = np.sum([s["positives"] for s in stats], axis=0) if stats else np.zeros(n_items)
+    n = sum(s["n_train"] for s in stats)
+    prior = sum(s["label_sum"] for s in stats) / n if n else 0.5
+    return {"item_counts": counts, "item_positive_rate": (pos + 20 * prior) / (counts + 20),
+            "user_counts": np.sum([s["user_counts"] for s in stats], axis=0) if stats else np.zeros(n_users),
+            "prior": prior}
