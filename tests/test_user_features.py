@@ -23,12 +23,10 @@ def _write_shop(folder, n_users: int = 40, n_items: int = 30, n_events: int = 15
     gender = rng.choice(["F", "M"], n_users)
     with open(folder / "users.csv", "w") as f:
         f.write("uid,age,gender,occupation\n")
-        for u in range(n_users):
-            f.write(f"u{u},{rng.integers(18, 70)},{gender[u]},{rng.choice(['artist', 'doctor', 'student'])}\n")
+        f.writelines(f"u{u},{rng.integers(18, 70)},{gender[u]},{rng.choice(['artist', 'doctor', 'student'])}\n" for u in range(n_users))
     with open(folder / "items.csv", "w") as f:
         f.write("sku,brand\n")
-        for i in range(n_items):
-            f.write(f"i{i},b{i % 3}\n")
+        f.writelines(f"i{i},b{i % 3}\n" for i in range(n_items))
     with open(folder / "clicks.csv", "w") as f:
         f.write("uid,sku,ts,clicked\n")
         for _ in range(n_events):
