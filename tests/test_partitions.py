@@ -49,9 +49,9 @@ def test_partitioned_preparation_equals_in_memory(tmp_path, method):
     data.events = data.events.append_column("level", pa.array([str(i % 5) for i in range(data.events.num_rows)]))
     parts = write_partitioned(data, tmp_path / "parts", 4)
     assert isinstance(parts, PartitionedData) and parts.n_partitions == 4 and parts.num_events == 4000
-    cfg = dict(kind="ctr", sample_channels=["click"], history_channels=["click", "like"], max_history=6,
-               history_channel_tags=True, context_features=["level"],
-               split={"method": method, "valid": 0.1, "test": 0.2})
+    cfg = {"kind": "ctr", "sample_channels": ["click"], "history_channels": ["click", "like"], "max_history": 6,
+               "history_channel_tags": True, "context_features": ["level"],
+               "split": {"method": method, "valid": 0.1, "test": 0.2}}
     mem = CTRTask(data, TaskConfig(**cfg))
     disk = CTRTask(parts, TaskConfig(**cfg), out=tmp_path / "run" / "data")
     assert mem.item_vocab == disk.item_vocab and mem.user_vocab == disk.user_vocab
