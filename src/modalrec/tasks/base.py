@@ -173,16 +173,39 @@ class SampleSet:
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
-                  world: int = 1) -> Iterator[np.ndarray]:
+                  world: int = 1, bounds: list[int] | None = None, start: int = 0) -> Iterator[np.ndarray]:
     """Global batches of `batch_size`; under DDP each rank takes its contiguous share of every batch,
-    so the averaged gradient equals the single-process gradient of the same global batch."""
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        chunk = order[start : start + batch_size]
-        if world > 1:
-            chunk = np.array_split(chunk, world)[rank]
-        if len(chunk):
-            yield chunk
+    so the averaged gradient equals the single-process gradient of the same global batch.
+
+    With one shard the order is a permutation of all samples. With several (`bounds`: the sample range of
+    each partition) the shards come in a seeded order and each is permuted on its own, so a batch reads one
+    shard's memory-mapped rows and only one shard's order is ever in memory. The order depends on
+    (seed, epoch) only, never on the number of processes. `start` skips that many global batches (a resumed
+    epoch) without building them."""
+    if bounds is None or len(bounds) <= 2:
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        pieces: Iterator[np.ndarray] = iter([order])
+    else:
+        lo, hi = np.asarray(bounds[:-1]), np.asarray(bounds[1:])
+        shard_order = np.random.default_rng([seed, epoch]).permutation(len(lo)) if shuffle else np.arange(len(lo))
+        pieces = (lo[k] + (np.random.default_rng([seed, epoch, int(k)]).permutation(hi[k] - lo[k]) if shuffle
+                           else np.arange(hi[k] - lo[k])) for k in shard_order)
+    carry, b = np.zeros(0, dtype=np.int64), 0
+    for piece in pieces:
+        carry = np.concatenate([carry, piece]) if len(carry) else piece
+        while len(carry) >= batch_size:
+            chunk, carry = carry[:batch_size], carry[batch_size:]
+            b += 1
+            if b > start:
+                yield from _share(chunk, rank, world)
+    if len(carry) and b >= start:
+        yield from _share(carry, rank, world)
+
+
+def _share(chunk: np.ndarray, rank: int, world: int) -> Iterator[np.ndarray]:
+    chunk = np.array_split(chunk, world)[rank] if world > 1 else chunk
+    if len(chunk):
+        yield chunk
 
 
 class PreparedTask:
@@ -230,9 +253,12 @@ class PreparedTask:
             self.collator.inputs = inputs
 
     def batches(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                rank: int = 0, world: int = 1) -> Iterator[Batch]:
+                rank: int = 0, world: int = 1, start: int = 0) -> Iterator[Batch]:
+        """A split's batches (`batch_indices`: shard by shard when the task has several); `start` skips
+        that many global batches."""
         s = self.splits[split]
-        for idx in batch_indices(len(s), batch_size, shuffle, seed, epoch, rank, world):
+        for idx in batch_indices(len(s), batch_size, shuffle, seed, epoch, rank, world, self.shard_bounds(split),
+                                 start):
             yield self.collate(s.take(idx), train=(split == "train"), seed=seed, epoch=epoch)
 
     def collate(self, s: SampleSet, train: bool, seed: int = 0, epoch: int = 0) -> Batch:

@@ -1,7 +1,8 @@
 """The one Trainer: fits any model on any prepared task.
 
 Early stopping on a validation metric, LR on plateau, gradient clipping, an atomic checkpoint every
-epoch (`last`) plus the best weights (`best`), exact resume, DDP under `torchrun` (gloo on CPU, nccl
+epoch or every `train.checkpoint_every` steps (`last`) plus the best weights (`best`), exact resume
+(mid-epoch too: the epoch's batch order is a function of (seed, epoch), so the done batches are skipped), DDP under `torchrun` (gloo on CPU, nccl
 on GPU), bf16 autocast on GPU, progress bars. The model knows nothing about this loop; the task
 supplies batches, the loss and the evaluation.
 
@@ -116,15 +117,23 @@ class Trainer:
         metrics, _ = self.task.evaluate(self.model, split, self.cfg.eval_batch_size, self.device)
         return metrics
 
-    def _train_epoch(self, epoch: int) -> tuple[float, int, float]:
+    def _train_epoch(self, epoch: int, res: FitResult, fit_state: dict, partial: dict | None = None
+                     ) -> tuple[float, int, float]:
+        """One epoch (from `partial`, a mid-epoch checkpoint's position and running sums, when resuming);
+        with `train.checkpoint_every` = k, the `last` checkpoint is rewritten every k global steps."""
         self.net.train()
-        total, n, t0 = 0.0, 0, time.perf_counter()
+        partial = partial or {}
+        step = int(partial.get("step", 0))
+        total, n = float(partial.get("loss_sum", 0.0)), int(partial.get("samples", 0))
+        before = float(partial.get("seconds", 0.0))
+        t0 = time.perf_counter()
         n_batches = math.ceil(self.task.train_size() / self.cfg.batch_size)
         amp = self.cfg.amp and self.device.type == "cuda"
+        every = self.cfg.checkpoint_every
         bar = tqdm(self.task.batches("train", self.cfg.batch_size, shuffle=True, seed=self.seed, epoch=epoch,
-                                     rank=self.ctx.rank, world=self.ctx.world),
-                   total=n_batches, desc=f"seed {self.seed} epoch {epoch}", leave=False, mininterval=1.0,
-                   disable=not (self.cfg.progress and self.ctx.is_main))
+                                     rank=self.ctx.rank, world=self.ctx.world, start=step),
+                   total=n_batches, initial=step, desc=f"seed {self.seed} epoch {epoch}", leave=False,
+                   mininterval=1.0, disable=not (self.cfg.progress and self.ctx.is_main))
         for batch in bar:
             batch = batch.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -140,34 +149,55 @@ class Trainer:
             self.optimizer.step()
             total += float(loss.detach()) * batch.size
             n += batch.size
+            step += 1
             bar.set_postfix(loss=f"{total / max(n, 1):.4f}", refresh=False)
-        return total / max(n, 1), n * self.ctx.world, time.perf_counter() - t0
+            if every and step % every == 0 and step < n_batches:
+                self._save_last(res, fit_state, epoch - 1, {
+                    "epoch": epoch, "step": step, "loss_sum": total, "samples": n,
+                    "seconds": before + time.perf_counter() - t0})
+        return total / max(n, 1), n * self.ctx.world, before + time.perf_counter() - t0
+
+    def _save_last(self, res: FitResult, fit_state: dict, epoch: int, partial: dict | None = None) -> None:
+        """The `last` checkpoint: after `epoch` completed epochs, plus the position in the next one (`partial`)."""
+        if self.ckpt_dir is not None and self.ctx.is_main:
+            save_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer, {
+                "epoch": epoch, "history": res.history, "best": fit_state["best"], "bad_epochs": fit_state["bad"],
+                "best_epoch": res.best_epoch, "best_valid": res.best_valid, "done": fit_state["done"],
+                "scheduler": self.scheduler.state_dict(), "train_seconds": res.train_seconds,
+                "train_samples": res.train_samples, "seed": self.seed, "partial": partial,
+            })
+        if self.ctx.world > 1:
+            dist.barrier()
 
     def fit(self, resume: bool = False, echo=None) -> FitResult:
         """Trains up to `cfg.epochs` epochs; `resume` continues from the `last` checkpoint when there is one
-        (`echo`, a print function, says so)."""
+        (`echo`, a print function, says so), mid-epoch when it was written mid-epoch."""
         res = FitResult()
         if self.optimizer is None:  # nothing to learn (e.g. Popularity): one evaluation, no epochs
             res.best_valid = self.evaluate("valid")
             res.history = [{"epoch": 0, "train_loss": None, "lr": None, "seconds": 0.0, "valid": res.best_valid}]
             return res
-        best, bad, start, done = None, 0, 1, False
+        state = {"best": None, "bad": 0, "done": False}
+        start, partial = 1, None
         if resume and self.ckpt_dir is not None and has_checkpoint(self.ckpt_dir, "last"):
             st = load_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer)
             self.scheduler.load_state_dict(st["scheduler"])
-            res.history, best, bad = st["history"], st["best"], st["bad_epochs"]
+            res.history, state = st["history"], {"best": st["best"], "bad": st["bad_epochs"], "done": st["done"]}
             res.best_epoch, res.best_valid = st["best_epoch"], st["best_valid"]
             res.train_seconds, res.train_samples = st["train_seconds"], st["train_samples"]
-            start, done = st["epoch"] + 1, st["done"]
+            start, partial = st["epoch"] + 1, st.get("partial")
             if echo is not None:
-                echo(f"seed {self.seed}: resuming after epoch {st['epoch']} of {self.cfg.epochs}"
-                     + (" (already finished)" if done or st["epoch"] >= self.cfg.epochs else ""))
+                where = (f"at step {partial['step']} of epoch {partial['epoch']}" if partial
+                         else f"after epoch {st['epoch']}")
+                echo(f"seed {self.seed}: resuming {where} of {self.cfg.epochs}"
+                     + (" (already finished)" if state["done"] or st["epoch"] >= self.cfg.epochs else ""))
         elif resume and echo is not None:
             echo(f"seed {self.seed}: no checkpoint to resume, training from the start")
         for epoch in range(start, self.cfg.epochs + 1):
-            if done:
+            if state["done"]:
                 break
-            loss, n, secs = self._train_epoch(epoch)
+            loss, n, secs = self._train_epoch(epoch, res, state, partial)
+            partial = None
             res.train_seconds += secs
             res.train_samples += n
             valid = self.evaluate("valid")
@@ -177,23 +207,15 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step(value)
             res.history.append({"epoch": epoch, "train_loss": loss, "lr": lr, "seconds": secs, "valid": valid})
-            if self._better(value, best):
-                best, bad, res.best_epoch, res.best_valid = value, 0, epoch, valid
+            if self._better(value, state["best"]):
+                state["best"], state["bad"], res.best_epoch, res.best_valid = value, 0, epoch, valid
                 if self.ckpt_dir is not None and self.ctx.is_main:
                     save_checkpoint(self.ckpt_dir, "best", self.model)
             else:
-                bad += 1
-            done = bad >= self.cfg.patience
-            if self.ckpt_dir is not None and self.ctx.is_main:
-                save_checkpoint(self.ckpt_dir, "last", self.model, self.optimizer, {
-                    "epoch": epoch, "history": res.history, "best": best, "bad_epochs": bad,
-                    "best_epoch": res.best_epoch, "best_valid": res.best_valid, "done": done,
-                    "scheduler": self.scheduler.state_dict(), "train_seconds": res.train_seconds,
-                    "train_samples": res.train_samples, "seed": self.seed,
-                })
-            if self.ctx.world > 1:
-                dist.barrier()
-            res.stopped_early = done
+                state["bad"] += 1
+            state["done"] = state["bad"] >= self.cfg.patience
+            self._save_last(res, state, epoch)
+            res.stopped_early = state["done"]
         trained = [h for h in res.history if h.get("seconds")]
         res.epoch_seconds = sum(h["seconds"] for h in trained) / max(len(trained), 1)
         if self.ckpt_dir is not None and has_checkpoint(self.ckpt_dir, "best"):
