@@ -95,3 +95,49 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(sharded_task, tmp_path
         assert torch.equal(a, b), k
     assert [h["train_loss"] for h in res.history] == [h["train_loss"] for h in ref_res.history]
     assert res.train_samples == ref_res.train_samples
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_partitioned_dataset_trains_on_two_nodes_like_one_process(tmp_path, toy_dir):
+    """A dataset folder with events/part-*.parquet trains through the CLI; torchrun with two nodes (two launches
+    on 127.0.0.1, one process each, RUN on the filesystem both see) matches one process; the run evaluates from
+    RUN alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from modalrec.data.interaction import InteractionData
+
+    from .test_trainer import CLI, write_config
+
+    parts = tmp_path / "parts"
+    write_partitioned(InteractionData.load(toy_dir), parts, 3)
+    cfg_path = write_config(tmp_path / "c.yaml", parts, train={"epochs": 3, "batch_size": 128,
+                                                                "checkpoint_every": 7})
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(CLI + ["train", str(cfg_path), "--out", str(single)], check=True, env=env, capture_output=True)
+    assert len(json.loads((single / "data" / "task.json").read_text())["shards"]["train"]) == 4
+    port = _free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank",
+                               str(rank), "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port",
+                               str(port), "-m", "modalrec.cli", "train", str(cfg_path), "--out", str(ddp)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    logs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    a = json.loads((single / "metrics.json").read_text())
+    b = json.loads((ddp / "metrics.json").read_text())
+    assert json.loads((ddp / "manifest.json").read_text())["world_size"] == 2
+    assert a["samples"] == b["samples"]
+    assert abs(a["valid"]["auc"]["mean"] - b["valid"]["auc"]["mean"]) < 0.005
+    r = subprocess.run(CLI + ["evaluate", str(single)], check=True, env=env, capture_output=True, text=True)
+    assert json.loads(r.stdout)["test"]["auc"]["mean"] == a["test"]["auc"]["mean"]

@@ -10,32 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from modalrec.config import load_config
 from modalrec.train.run import train_run
 
-from .test_tasks import make_data
-
 CLI = [sys.executable, "-m", "modalrec.cli"]
-
-
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory) -> Path:
-    """The toy data with a label the item decides (80% clicks on even items, 20% on odd ones): a model converges
-    to the same AUC from any start, so runs that differ only in float rounding (DDP) agree."""
-    import numpy as np
-    import pyarrow as pa
-
-    d = tmp_path_factory.mktemp("toy") / "data"
-    data = make_data(n_users=60, n_items=80, n_events=6000)
-    item = np.array([int(i[1:]) for i in data.events["item_id"].to_pylist()])
-    rng = np.random.default_rng(1)
-    label = (rng.random(len(item)) < np.where(item % 2 == 0, 0.8, 0.2)).astype(np.float64)
-    data.events = data.events.set_column(data.events.column_names.index("label"), "label", pa.array(label))
-    data.save(d)
-    return d
 
 
 def write_config(path: Path, data_dir: Path, **over) -> Path:

@@ -184,6 +184,13 @@ def load_dataset(source: str | os.PathLike, path: str | os.PathLike | None = Non
         raise DataError(Problem(name, None, "data.source", f"a registered dataset ({', '.join(sorted(DATASETS))}) "
                                 "when data.path is given (otherwise data.source is itself the path)", "unknown name"))
     p = Path(source)
+    if p.is_dir() and (p / "events").is_dir() and not (p / "events.parquet").exists():
+        from ..data.partitioned import PartitionedData  # events/part-*.parquet: read one partition at a time
+
+        if params:
+            raise DataError(Problem(name, None, "data.params", "no parameters for a partitioned dataset",
+                                    ", ".join(sorted(params))))
+        return PartitionedData.load(p)
     if p.is_dir():
         return InteractionData.load(p, **params)
     if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):

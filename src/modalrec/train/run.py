@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .. import __version__
 from ..config import RunConfig, dump_config
@@ -30,6 +31,7 @@ from ..datasets import load_dataset
 from ..models import _model_class, build_model
 from ..nn.layers import reinitialise
 from ..tasks import PreparedTask, prepare_task
+from ..tasks.base import DATA_DIR
 from .checkpoint import has_checkpoint, load_checkpoint
 from .trainer import DistContext, FitResult, Trainer, init_distributed, peak_rss_mb, resolve_device
 
@@ -147,11 +149,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
     data = data if data is not None else load_data(cfg)
-    task = prepare_task(data, cfg.task)
-    task.pipeline.settings.content = {
-        "encode": None if cfg.data.encode is None else cfg.data.encode.model_dump(mode="json"),
-        "modalities": [m.model_dump(mode="json") for m in data.spec.modalities]}
-    saved = task.save(out) if ctx.is_main else {}  # RUN/pipeline/ and RUN/data/: what every later step reads
+    task, saved = _prepare(cfg, data, out, ctx)
     valid_runs, test_runs, groups_runs, fits = [], [], [], []
     timing: dict[str, list[float]] = {"train_samples_per_s": [], "epoch_seconds": [], "eval_seconds": [],
                                       "peak_rss_mb": []}
@@ -203,6 +201,29 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, data: Interaction
 
             write_report([out], out / "report.html")
     return metrics
+
+
+def _prepare(cfg: RunConfig, data, out: Path, ctx: DistContext) -> tuple[PreparedTask, dict]:
+    """The prepared task, saved as RUN/pipeline/ and RUN/data/ (what every later step reads).
+
+    Data in one partition is prepared in memory by every process. Partitioned data is prepared once, by rank 0,
+    straight into RUN/data/ (memory-mapped); the other processes wait and read it from there, so under
+    torchrun RUN must be on a filesystem every node sees."""
+    from ..tasks import load_task
+
+    partitioned = getattr(data, "n_partitions", 1) > 1
+    task = None
+    if ctx.is_main or not partitioned:
+        task = prepare_task(data, cfg.task, out=out / DATA_DIR if partitioned else None)
+        task.pipeline.settings.content = {
+            "encode": None if cfg.data.encode is None else cfg.data.encode.model_dump(mode="json"),
+            "modalities": [m.model_dump(mode="json") for m in data.spec.modalities]}
+    saved = task.save(out) if ctx.is_main else {}
+    if partitioned and ctx.world > 1:
+        dist.barrier()
+        if not ctx.is_main:
+            task = load_task(out, cfg.task)
+    return task, saved
 
 
 def _fit_seed(cfg: RunConfig, task: PreparedTask, out: Path, seed: int, resume: bool,
