@@ -34,12 +34,17 @@ def test_sharded_order_covers_each_sample_once_shard_by_shard():
     shard = np.searchsorted(bounds, flat, side="right") - 1
     assert (np.diff(shard) != 0).sum() == 3  # each shard's samples come together
     assert not np.array_equal(flat, np.concatenate(list(batch_indices(150, 16, True, 5, 2, bounds=bounds))))
-    # under DDP every rank takes its contiguous share of the same global batches, whatever the world size
+    # under DDP each rank streams its own range of the epoch's order (disjoint shards but at the cuts), in as
+    # many steps as one process
     for world in (2, 3):
         ranks = [list(batch_indices(150, 16, True, 5, 1, rank=r, world=world, bounds=bounds)) for r in range(world)]
-        assert len({len(r) for r in ranks}) == 1
-        for k, whole in enumerate(batches):
-            assert np.array_equal(np.concatenate([r[k] for r in ranks]), whole)
+        assert [len(r) for r in ranks] == [10] * world
+        every = np.concatenate([np.concatenate(r) for r in ranks])
+        assert np.array_equal(every, flat)  # rank after rank: the epoch's order cut in `world` pieces
+        for r in range(world):  # each step takes about batch_size / world samples on every rank
+            assert all(abs(len(b) - 150 / world / 10) <= 1 for b in ranks[r])
+        resumed = list(batch_indices(150, 16, True, 5, 1, rank=1, world=world, bounds=bounds, start=3))
+        assert all(np.array_equal(a, b) for a, b in zip(resumed, ranks[1][3:])) and len(resumed) == 7
     # a resumed epoch skips the done batches and goes on with the same ones
     assert all(np.array_equal(a, b) for a, b in zip(batches[4:], batch_indices(150, 16, True, 5, 1, bounds=bounds,
                                                                                  start=4)))

@@ -174,32 +174,53 @@ class SampleSet:
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, rank: int = 0,
                   world: int = 1, bounds: list[int] | None = None, start: int = 0) -> Iterator[np.ndarray]:
-    """Global batches of `batch_size`; under DDP each rank takes its contiguous share of every batch,
-    so the averaged gradient equals the single-process gradient of the same global batch.
+    """The batches of one process for one epoch; `start` skips that many steps (a resumed epoch) without
+    building them.
 
-    With one shard the order is a permutation of all samples. With several (`bounds`: the sample range of
-    each partition) the shards come in a seeded order and each is permuted on its own, so a batch reads one
-    shard's memory-mapped rows and only one shard's order is ever in memory. The order depends on
-    (seed, epoch) only, never on the number of processes. `start` skips that many global batches (a resumed
-    epoch) without building them."""
+    One shard (data prepared in memory): global batches of `batch_size` from one permutation of all samples;
+    under DDP each rank takes its contiguous share of every batch, so the averaged gradient equals the
+    single-process gradient of the same global batch.
+
+    Several shards (`bounds`: the sample range of each partition, memory-mapped): the shards come in a seeded
+    order and each is permuted on its own (the shuffle buffer is one shard's sample indices), so a batch reads
+    one shard's rows. Under DDP the epoch's order is cut into `world` contiguous ranges: each rank streams its own
+    shards (disjoint but for the one at each cut), in ceil(n / batch_size) steps on every rank."""
+    steps = -(-n // batch_size)
     if bounds is None or len(bounds) <= 2:
         order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-        pieces: Iterator[np.ndarray] = iter([order])
-    else:
-        lo, hi = np.asarray(bounds[:-1]), np.asarray(bounds[1:])
-        shard_order = np.random.default_rng([seed, epoch]).permutation(len(lo)) if shuffle else np.arange(len(lo))
-        pieces = (lo[k] + (np.random.default_rng([seed, epoch, int(k)]).permutation(hi[k] - lo[k]) if shuffle
-                           else np.arange(hi[k] - lo[k])) for k in shard_order)
-    carry, b = np.zeros(0, dtype=np.int64), 0
-    for piece in pieces:
-        carry = np.concatenate([carry, piece]) if len(carry) else piece
-        while len(carry) >= batch_size:
-            chunk, carry = carry[:batch_size], carry[batch_size:]
-            b += 1
-            if b > start:
-                yield from _share(chunk, rank, world)
-    if len(carry) and b >= start:
-        yield from _share(carry, rank, world)
+        for b in range(start, steps):
+            yield from _share(order[b * batch_size:(b + 1) * batch_size], rank, world)
+        return
+    lo, hi = np.asarray(bounds[:-1], dtype=np.int64), np.asarray(bounds[1:], dtype=np.int64)
+    shard_order = np.random.default_rng([seed, epoch]).permutation(len(lo)) if shuffle else np.arange(len(lo))
+    sizes = (hi - lo)[shard_order]
+    first = np.concatenate([[0], np.cumsum(sizes)])  # where each shard starts in the epoch's order
+    cut = np.linspace(0, n, world + 1).round().astype(np.int64)  # this rank's range of the epoch's order
+    if world == 1:  # batches of batch_size, the last one shorter
+        lens = np.minimum(batch_size, n - batch_size * np.arange(steps))
+    else:  # the rank's range in `steps` near-equal batches
+        lens = np.diff(np.linspace(0, cut[rank + 1] - cut[rank], steps + 1).round().astype(np.int64))
+    ends = cut[rank] + np.cumsum(lens)  # each step's end in the epoch's order
+    shard, perm, buf = -1, None, []
+    for step in range(steps):
+        if step < start:
+            continue
+        a, z = int(ends[step] - lens[step]), int(ends[step])
+        while a < z:  # the step's positions, shard by shard
+            k = int(np.searchsorted(first, a, side="right") - 1)
+            if k != shard:
+                shard = k
+                size = int(sizes[k])
+                perm = (np.random.default_rng([seed, epoch, int(shard_order[k])]).permutation(size) if shuffle
+                        else np.arange(size)) + lo[shard_order[k]]
+            take = min(z, int(first[k + 1])) - a
+            buf.append(perm[a - first[k]:a - first[k] + take])
+            a += take
+        if buf:
+            chunk = np.concatenate(buf)
+            buf = []
+            if len(chunk):
+                yield chunk
 
 
 def _share(chunk: np.ndarray, rank: int, world: int) -> Iterator[np.ndarray]:
