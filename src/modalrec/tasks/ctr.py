@@ -123,11 +123,15 @@ class CTRTask(PreparedTask):
         recent = None
         if cfg.train_recent is not None and len(reduced["train_times"]):
             recent = float(np.quantile(reduced["train_times"], 1.0 - cfg.train_recent, method="higher"))
-        built = engine.map(lambda i: build(load(i), pipeline, cfg, cutoffs, recent), range(n))
         sink = ShardSink(None if out is None else Path(out))
         self.data_dir = None if out is None else Path(out)
-        for part, _ in built:
+        built = []  # each partition's statistics; its arrays go to the sink as they come (one partition in memory)
+        for part, stats in engine.imap(lambda i: build(load(i), pipeline, cfg, cutoffs, recent), range(n)):
             sink.add(part)
+            if not one:
+                stats.pop("rows")
+            built.append((None, stats))
+            del part
         self.history, self.splits, self.log_users, self.sample_ids = sink.finish()
         self.shards = sink.bounds
         self.user_rows = np.r_[0, pipeline.users.lookup(self.log_users.array)].astype(np.int64)

@@ -8,7 +8,7 @@ results in partition order. Nothing here schedules work itself: Ray does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -18,7 +18,14 @@ class LocalEngine:
     name = "local"
 
     def map(self, fn: Callable[[int], Any], items: Iterable[int]) -> list:
+        """Every result, in order (small results: scans, sample times)."""
         return [fn(i) for i in items]
+
+    def imap(self, fn: Callable[[int], Any], items: Iterable[int]) -> Iterator:
+        """The results one at a time, in order, each computed when the previous one was taken (a partition's
+        prepared arrays: the caller writes each away before the next exists)."""
+        for i in items:
+            yield fn(i)
 
 
 def local_engine() -> LocalEngine:
