@@ -7,14 +7,52 @@ its traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import Enum
 from pathlib import Path
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .data.errors import DataError
 from .models import ModelConfigError
+
+
+def _usage_error(ctx: click.Context, e: click.UsageError) -> typer.Exit:
+    """A command line click cannot parse (a missing argument, an unknown option or command, an option value of the
+    wrong type or out of its range) as one `error:` line, exit status 2, like every other bad input."""
+    if e.ctx is None:
+        e.ctx = ctx
+    message = re.sub(r"( Did you mean [^?]*\?)(\1)+", r"\1", e.format_message())  # click and typer both suggest
+    typer.echo(f"error: {e.ctx.command_path}: {message} (see {e.ctx.command_path} --help)", err=True)
+    return typer.Exit(2)
+
+
+class _Command(TyperCommand):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _usage_error(ctx, e) from None
+
+
+class _Group(TyperGroup):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # no arguments: the help, as no_args_is_help says
+                raise
+            raise _usage_error(ctx, e) from None
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:  # an unknown command
+            raise _usage_error(ctx, e) from None
+
 
 app = typer.Typer(
     name="modalrec",
@@ -23,8 +61,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
-data_app = typer.Typer(help="Check and import datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Check and import datasets.", no_args_is_help=True, cls=_Group)
 app.add_typer(data_app, name="data")
 
 
@@ -49,7 +88,7 @@ def _guard(fn, *args, **kwargs):
         _fail(str(e))
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     config: Path = typer.Argument(..., help="YAML run config (see configs/ for examples)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
@@ -89,7 +128,7 @@ def _print_summary(out: Path, metrics: dict) -> None:
     typer.echo(f"run directory: {out}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
     split: str = typer.Option("test", help="train, valid or test."),
@@ -109,7 +148,7 @@ def evaluate(
     typer.echo(json.dumps(res, indent=2))
 
 
-@app.command()
+@app.command(cls=_Command)
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train` (ctr or topk)."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
@@ -134,7 +173,7 @@ def predict(
     typer.echo(f"predictions: {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (PNG plots go beside it)."),
@@ -147,7 +186,7 @@ def report(
     typer.echo(f"report: {path}")
 
 
-@data_app.command("validate")
+@data_app.command("validate", cls=_Command)
 def data_validate(path: Path = typer.Argument(..., help="A dataset directory (dataset.yaml) or an import YAML.")) -> None:
     """Check a dataset; print every problem as file, row, column, expected; exit 1 if any."""
     from .data.importer import validate_path
@@ -161,7 +200,7 @@ def data_validate(path: Path = typer.Argument(..., help="A dataset directory (da
     typer.echo(f"ok: {path}")
 
 
-@data_app.command("import")
+@data_app.command("import", cls=_Command)
 def data_import(
     spec: Path = typer.Argument(..., help="YAML mapping of your CSV/Parquet files (see README)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the InteractionData to."),
@@ -171,6 +210,11 @@ def data_import(
     """Import your own files described by a YAML mapping into an InteractionData directory."""
     from .data.importer import import_dataset, write_rejected
 
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: expected a directory to write the dataset to, found a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / "dataset.yaml").is_file():
+        _fail(f"--out {out}: expected a new directory or a dataset directory written before (with dataset.yaml), "
+              "found a folder of other files; the import would write among them")
     result = _guard(import_dataset, spec, skip_bad_rows=skip_bad_rows)
     data, rejected = result if isinstance(result, tuple) else (result, [])
     data.save(out)
@@ -187,7 +231,7 @@ def data_import(
     typer.echo(f"imported {s['events']} events, {users}, {items} into {out}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where to write the demo runs."),
     epochs: int = typer.Option(3, help="Epochs per model."),
@@ -201,7 +245,7 @@ def demo(
     typer.echo(f"demo report: {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by `modalrec train`."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
@@ -222,16 +266,16 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-@app.command()
+@app.command(cls=_Command)
 def serve(
     bundle: Path = typer.Argument(..., help="A bundle directory written by `modalrec export`."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     state: str | None = typer.Option(None, help="User state: sqlite:///PATH (default: BUNDLE-state.sqlite "
                                                    "beside the bundle) or redis://HOST:PORT."),
     api_key: str | None = typer.Option(None, envvar="MODALREC_API_KEY", show_envvar=True,
                                           help="Key the write endpoints require (default: a random key, printed)."),
-    threads: int = typer.Option(1, help="Torch threads per request."),
+    threads: int = typer.Option(1, min=1, help="Torch threads per request."),
     rate_limit: float | None = typer.Option(None, min=0.001, help="Requests per second per client address "
                                             "(429 with Retry-After above it; /healthz and /metrics exempt). "
                                             "Default: no limit."),
@@ -269,7 +313,7 @@ def serve(
         _fail(str(e))
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_() -> None:
     """List the registered models, tasks and datasets."""
     from .datasets import DATASETS

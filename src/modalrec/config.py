@@ -198,6 +198,8 @@ class TrainConfig(_Strict):
     device: str = "auto"
     amp: bool = Field(False, description="mixed precision (bf16) on GPU")
     progress: bool = True
+    checkpoint_every: int = Field(0, ge=0, description="global steps between mid-epoch `last` checkpoints "
+                                  "(0: at the end of each epoch only); --resume continues from the step")
 
 
 class RunConfig(_Strict):
@@ -231,15 +233,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
     if path is not None:
         origin = str(path)
         p = Path(path)
-        if not p.exists():
-            raise DataError(Problem(origin, None, None, "a YAML config file", "no such file"))
+        if not p.is_file():
+            raise DataError(Problem(origin, None, None, "a YAML config file",
+                                    "a directory" if p.is_dir() else "no such file"))
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
             raise DataError(Problem(origin, None, None, "valid YAML",
                                     f"{where}{getattr(e, 'problem', None) or str(e).splitlines()[0]}")) from None
+        if loaded is None:  # not "every default": that trains on the built-in demo world, which nobody meant
+            raise DataError(Problem(origin, None, None, "a YAML mapping (name, data, task, model, train, seeds)",
+                                    "an empty file"))
         if not isinstance(loaded, dict):
             raise DataError(Problem(origin, None, None, "a YAML mapping", type(loaded).__name__))
         raw.update(loaded)
@@ -253,11 +259,33 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
             key = f"key '{where}': " if where else ""
             if err["type"] == "value_error":  # our own validators: the message says what and why
                 problems.append(Problem(origin, None, None, key + err["msg"].removeprefix("Value error, ")))
+            elif err["type"] == "extra_forbidden":  # a typo: name the keys that section knows
+                known = _known_keys(err["loc"][:-1])
+                section = ".".join(str(x) for x in err["loc"][:-1] if not isinstance(x, int)) or "the config"
+                problems.append(Problem(origin, None, None, f"only the keys of {section}"
+                                        + (f" ({', '.join(known)})" if known else ""), f"unknown key '{where}'"))
             else:
                 msg = err["msg"]
                 problems.append(Problem(origin, None, None, key + msg[:1].lower() + msg[1:],
                                         repr(err.get("input"))[:80]))
         raise DataError(problems) from None
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the config section at `loc` (a pydantic error location) accepts; [] when it is not a section."""
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+        args = [a for a in getattr(model, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else model  # X | None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return list(model.model_fields)
 
 
 def dump_config(cfg: RunConfig) -> str:

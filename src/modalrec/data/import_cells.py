@@ -68,7 +68,8 @@ def _int_if_integral(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def an(word: str) -> str:
-    return ("an " if word[:1] in "aeiou" else "a ") + word
+    """The word with its article by sound: "an item", "an event", "a user"."""
+    return ("an " if word[:1] in "aeio" else "a ") + word
 
 
 # ---------------------------------------------------------------------------------------------- columns

@@ -25,12 +25,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .errors import Problem
 from .import_problems import Report, Table
 from .import_spec import FileSource
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 COMMON_SEPARATORS = (",", "\t", ";", "|")
 _UNDECODED = re.compile("[\udc80-\udcff]")  # bytes kept by the "surrogateescape" error handler
+_UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")  # pandas' row: the data row, 1-based
 
 
 def _unreadable(e: Exception) -> str:
@@ -147,7 +149,14 @@ class FileReader:
                 df = pd.read_csv(path, dtype=object, encoding_errors="surrogateescape", **kwargs)
                 undecodable = True
         except (OSError, ValueError, pa.ArrowException) as e:
-            self.report.file_problem(path, None, "a readable CSV file", _unreadable(e))
+            quote = _UNCLOSED_QUOTE.search(str(e))
+            if quote:  # the rest of the file became one field: a problem of the file, named by the quote's row
+                self.report.fatal.append(Problem(str(path), int(quote.group(1)), None,
+                                                 "every quote (\") closed within its field",
+                                                 "a quote that opens on this row and never closes ("
+                                                 + _unreadable(e) + ")"))
+            else:
+                self.report.file_problem(path, None, "a readable CSV file", _unreadable(e))
             return None
         t = Table(str(path), df.reset_index(drop=True), np.zeros(len(df), dtype=bool))
         if undecodable:

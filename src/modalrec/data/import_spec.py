@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import DataError, Problem
 from .interaction import ModalityKind, _pydantic_problems
@@ -37,7 +37,8 @@ class FileSource(_Strict):
         try:
             codecs.lookup(v)
         except LookupError:
-            raise ValueError(f"unknown encoding {v!r} (Python's names: utf-8, latin-1, cp1252, utf-16, ...)") from None
+            raise ValueError(f"a known text encoding (Python's names: utf-8, latin-1, cp1252, utf-16, ...), "
+                             f"found {v!r}") from None
         return v
 
 
@@ -56,10 +57,11 @@ class EventSource(FileSource):
     @model_validator(mode="after")
     def _one_channel(self) -> EventSource:
         if self.channel is not None and self.channel_column is not None:
-            raise ValueError("give either `channel` (a constant) or `channel_column`, not both")
+            raise ValueError("either `channel` (a constant) or `channel_column`, found both")
         clash = set(self.keep) & set(EVENT_CORE_COLUMNS)
         if clash:
-            raise ValueError(f"`keep` columns may not be named like the core event columns: {sorted(clash)}")
+            raise ValueError(f"`keep` columns named unlike the core event columns {list(EVENT_CORE_COLUMNS)}, "
+                             f"found {sorted(clash)}")
         return self
 
 
@@ -77,13 +79,14 @@ class EntitySource(FileSource):
         seen: set[str] = set()
         for name in outputs:
             if name in seen:
-                raise ValueError(f"column '{name}' is given two roles (categorical/multi_categorical/numeric/keep)")
+                raise ValueError(f"each column in one role (categorical, multi_categorical, numeric or keep), "
+                                 f"found '{name}' in two")
             seen.add(name)
         if self.id in seen:
-            raise ValueError(f"the id column '{self.id}' cannot also be a feature")
+            raise ValueError(f"features other than the id column, found the id column '{self.id}' among them")
         for col, sep in self.multi_categorical.items():
             if not sep:
-                raise ValueError(f"multi_categorical '{col}' needs a non-empty separator")
+                raise ValueError(f"a non-empty separator for multi_categorical '{col}', found {sep!r}")
         return self
 
 
@@ -100,11 +103,12 @@ class ContentSource(FileSource):
     @model_validator(mode="after")
     def _one_value_source(self) -> ContentSource:
         if (self.column is None) == (self.columns is None):
-            raise ValueError("give exactly one of `column` or `columns`")
+            raise ValueError("exactly one of `column` or `columns`, found "
+                             + ("both" if self.column is not None else "neither"))
         if self.columns is not None and self.kind != "vector":
-            raise ValueError("`columns` (several numeric columns) is only for kind: vector")
+            raise ValueError(f"`columns` (several numeric columns) only with kind: vector, found kind: {self.kind}")
         if self.dim is not None and self.kind != "vector":
-            raise ValueError("`dim` is only for kind: vector")
+            raise ValueError(f"`dim` only with kind: vector, found kind: {self.kind}")
         return self
 
 
@@ -119,7 +123,10 @@ class TimeRangeSpec(_Strict):
 
     @model_validator(mode="after")
     def _valid(self) -> TimeRangeSpec:
-        self.rule()  # ValueError names the bad bound
+        try:
+            self.rule()
+        except ValueError as e:  # names the bad bound
+            raise ValueError(f"min and max as unix seconds or ISO dates, min not after max; found: {e}") from None
         return self
 
     def rule(self) -> TimeRange:
@@ -148,18 +155,20 @@ class ImportSpec(_Strict):
             names.append("user_text")
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"modality names must be unique (items.text is 'text', users.text is "
-                             f"'user_text'): {dup}")
+            raise ValueError(f"unique modality names (items.text is 'text', users.text is 'user_text'), "
+                             f"found {dup} more than once")
         for c in self.content:
             if c.entity == "event" and not any(e.event_id for e in self.events):
-                raise ValueError(f"content '{c.name}' describes events, so an events file needs `event_id`")
+                raise ValueError(f"`event_id` on an events file, as content '{c.name}' describes events; found no "
+                                 "events file with one")
         return self
 
 
 def load_import_spec(path: str | os.PathLike) -> ImportSpec:
     path = Path(path)
-    if not path.exists():
-        raise DataError(Problem(str(path), None, None, "an import spec (YAML)", "no such file"))
+    if not path.is_file():
+        raise DataError(Problem(str(path), None, None, "an import spec (YAML)",
+                                "a directory" if path.is_dir() else "no such file"))
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -167,8 +176,22 @@ def load_import_spec(path: str | os.PathLike) -> ImportSpec:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise DataError(Problem(str(path), None, None, "valid YAML", f"{getattr(e, 'problem', e)}{where}")) from None
     if not isinstance(raw, dict):
-        raise DataError(Problem(str(path), None, None, "a YAML mapping (name:, events:, ...)", type(raw).__name__))
+        raise DataError(Problem(str(path), None, None, "a YAML mapping (name:, events:, ...)",
+                                "an empty file" if raw is None else type(raw).__name__))
     try:
         return ImportSpec.model_validate(raw)
-    except ValueError as e:  # pydantic ValidationError
-        raise DataError(_pydantic_problems(str(path), e)) from None
+    except ValidationError as e:
+        raise DataError(_spec_problems(str(path), e)) from None
+
+
+def _spec_problems(file: str, err: ValidationError) -> list[Problem]:
+    """One problem per error; the spec's own rules (a ValueError of a validator) say what and why in their
+    message, so it is shown as it is, without the "value error" prefix and the whole entry as the value found."""
+    out = []
+    for e in err.errors():
+        if e["type"] != "value_error":
+            out.extend(_pydantic_problems(file, ValidationError.from_exception_data(err.title, [e])))
+            continue
+        key = ".".join(str(x) for x in e["loc"]) or None
+        out.append(Problem(file, None, key, e["msg"].removeprefix("Value error, ")))
+    return out

@@ -135,8 +135,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     require_key = key_guard(key, API_KEY_ENV)
 
     def unprocessable(errors: list[dict]) -> JSONResponse:
-        detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e.get("type", "value_error")}
-                  for e in errors]
+        detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"].removeprefix("Value error, "),
+                   "type": e.get("type", "value_error")} for e in errors]
         message = "; ".join(f"{d['field']}: {d['msg']}" for d in detail[:10])
         if len(detail) > 10:
             message += f"; ... and {len(detail) - 10} more"
@@ -180,11 +180,28 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             out.append(ScoredItem(item=item, score=s if finite else None, probability=p, known=bool(i > 0)))
         return out
 
-    def check_context(ctx: Context) -> None:
+    time_rule = bundle.pipeline.settings.time_rule()  # the import's rule: the same check at import and online
+
+    def time_errors(times) -> list[dict]:
+        """422 errors for (loc, time) pairs outside the plausible range of event times."""
+        return [{"loc": ("body", *loc), "type": "time_range",
+                 "msg": f"expected {time_rule.expected()}, found {time_rule.found(t)}"}
+                for loc, t in times if t is not None and time_rule.message(t) is not None]
+
+    def check_context(ctx: Context, history: list[HistoryEvent] | None = None) -> None:
+        """422 for what the schema cannot know: times outside the bundle's range, context features the model does
+        not read, and (a tagged model) history channels it was not trained on; every one of them at once."""
+        errors = time_errors([(("context", "time"), ctx.time)]
+                             + [(("history", i, "time"), h.time) for i, h in enumerate(history or [])])
         if ctx.features or ctx.item_features:
-            errors = scorer.check_context(ctx.features, ctx.item_features)
-            if errors:
-                raise _Invalid(errors)
+            errors += scorer.check_context(ctx.features, ctx.item_features)
+        tags = bundle.pipeline.settings.history_tags
+        if history and tags:  # a tagged model: every channel named must be one it was trained to read
+            errors += [{"loc": ("body", "history", i, "channel"), "type": "value_error",
+                        "msg": f"unknown channel '{h.channel}'; the model's history reads {sorted(tags)}"}
+                       for i, h in enumerate(history) if h.channel is not None and h.channel not in tags]
+        if errors:
+            raise _Invalid(errors)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and readiness: the bundle is loaded and the state store answers")
     def healthz():
@@ -208,10 +225,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
               summary="Ingest a batch of interactions; acknowledged only once durably stored")
     def post_events(req: EventsRequest) -> EventsResponse:
         errors = payload_vector_errors(req.events, dims)
-        rule = bundle.pipeline.settings.time_rule()  # the import's rule: the same check at import and online
-        errors += [{"loc": ("body", "events", i, "time"), "type": "time_range",
-                    "msg": f"expected {rule.expected()}, found {rule.found(ev.time)}"}
-                   for i, ev in enumerate(req.events) if ev.time is not None and rule.message(ev.time) is not None]
+        errors += time_errors([(("events", i, "time"), ev.time) for i, ev in enumerate(req.events)])
         if errors:
             raise _Invalid(errors)
         now = int(time.time())
@@ -350,14 +364,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
               summary="Scores (ctr: click probabilities) of given items for a user")
     async def score(req: ScoreRequest) -> ScoreResponse:  # on the event loop, as /recommend
         sync_items()
-        check_context(req.context)
-        tags = bundle.pipeline.settings.history_tags
-        if req.history and tags:  # a tagged model: every channel named must be one it was trained to read
-            errors = [{"loc": ("body", "history", i, "channel"), "type": "value_error",
-                       "msg": f"unknown channel '{h.channel}'; the model's history reads {sorted(tags)}"}
-                      for i, h in enumerate(req.history) if h.channel is not None and h.channel not in tags]
-            if errors:
-                raise _Invalid(errors)
+        check_context(req.context, req.history)
         t0 = time.perf_counter()
         cold = scorer.user_index(req.user) == 0
         seq, t, before = sequence(req.user, req.context, req.history)

@@ -7,7 +7,16 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    WrapValidator,
+)
 
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS = 1000
@@ -42,6 +51,22 @@ def _parse_time(v: Any) -> int:
             pass
     raise ValueError("expected unix seconds or an ISO 8601 datetime such as "
                      f"2024-05-01T12:00:00Z, found {v!r}"[:200])
+
+
+def _one_error(what: str) -> WrapValidator:
+    """A union's value with one error naming what it accepts, instead of one error per member type (which names
+    the field `...level.str`, `...level.int`)."""
+    def validate(v: Any, handler):
+        try:
+            return handler(v)
+        except ValidationError:
+            raise ValueError(f"expected {what}, found {v!r}"[:200]) from None
+    return WrapValidator(validate)
+
+
+FeatureValue = Annotated[str | int, _one_error("a string or an integer")]
+RawValue = Annotated[str | int | float | None, _one_error("a string, a number or null")]
+RawListValue = Annotated[str | int, _one_error("a string or an integer")]
 
 
 Time = Annotated[int, PlainValidator(_parse_time), WithJsonSchema({
@@ -104,11 +129,11 @@ class NewItem(_Strict):
     """An item that appeared after export, described as the model's side table describes items."""
 
     id: Id
-    categorical: dict[Name, str | int | float | None] = Field(
+    categorical: dict[Name, RawValue] = Field(
         default_factory=dict, max_length=256, description="item categorical (or numeric) feature -> raw value, "
         "as in the training data (e.g. {\"creator_id\": \"c7\"}); a value not seen in training, a null or a "
         "feature left out is unknown (code 0), as offline")
-    multi: dict[Name, Annotated[list[str | int], Field(max_length=1024)]] = Field(
+    multi: dict[Name, Annotated[list[RawListValue], Field(max_length=1024)]] = Field(
         default_factory=dict, max_length=256, description="multi-valued feature -> raw values (e.g. "
         "{\"tags\": [\"a\", \"b\"]}); values not seen in training are dropped")
     text: dict[Name, Annotated[str, StringConstraints(max_length=100_000)]] = Field(
@@ -200,11 +225,11 @@ class Context(_Strict):
     time: Time | None = Field(None, description="score as of this time: only events strictly before it are read "
                                                 "(default: now, every stored event)")
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_ITEMS, description="items never to recommend")
-    features: dict[str, str | int] = Field(
+    features: dict[str, FeatureValue] = Field(
         default_factory=dict, max_length=64, description="per-sample context features the model reads "
         "(task.context_features, e.g. {\"price_level\": 3}) for every candidate; a feature left out, or a value "
         "not seen in training, is read as unknown")
-    item_features: dict[Id, dict[str, str | int]] = Field(
+    item_features: dict[Id, dict[str, FeatureValue]] = Field(
         default_factory=dict, max_length=MAX_ITEMS, description="per-candidate context features (item id -> "
         "{feature: value}), over `features`, e.g. an item's discount_level at this impression")
 

@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
@@ -26,47 +29,108 @@ from ..tasks.base import PreparedTask, event_times
 from .run import best_model, load_run
 
 REQUIRED = ("user_id", "item_id", "time")
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes kept by the "surrogateescape" error handler
 
 
 def read_events(path: Path) -> pa.Table:
-    """A CSV/TSV/Parquet events file with at least user_id, item_id and time (unix seconds or ISO dates)."""
+    """A CSV/TSV/Parquet events file with at least user_id, item_id and time (unix seconds or ISO dates). Every
+    problem is named by file, row (1-based, the header not counted) and column: a row with another number of
+    fields than the header, a byte that is not UTF-8, an empty id or channel, a time that is not one."""
     path = Path(path)
     if not path.is_file():
         raise DataError(Problem(str(path), None, None, "an events file (.csv, .tsv or .parquet)", "no such file"))
+    parquet = path.suffix.lower() == ".parquet"
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    if path.stat().st_size == 0:
+        raise DataError(Problem(str(path), None, None, "a header row and at least one event row", "an empty file"))
     try:
-        if path.suffix.lower() == ".parquet":
+        if parquet:
             table = pq.read_table(path)
         else:
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
             table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=sep),
                                   convert_options=pcsv.ConvertOptions(
                                       column_types={"user_id": pa.string(), "item_id": pa.string()}))
     except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(Problem(str(path), None, None, "a readable CSV/TSV (UTF-8, one header row) or Parquet file",
-                                str(e).splitlines()[0])) from None
+        raise DataError((None if parquet else _csv_problems(path, sep))
+                        or Problem(str(path), None, None, "a readable CSV/TSV (UTF-8, one header row) or Parquet file",
+                                   str(e).splitlines()[0])) from None
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
-        raise DataError([Problem(str(path), None, c, f"a column named '{c}'", f"columns {table.column_names}")
+        hint = ""
+        if len(table.column_names) == 1 and any(c in table.column_names[0] for c in ";|\t,"):
+            hint = ("; the header reads as one column: --events reads comma-separated .csv, tab-separated .tsv or "
+                    ".parquet files")
+        raise DataError([Problem(str(path), None, c, f"a column named '{c}'", f"columns {table.column_names}{hint}")
                          for c in missing])
-    for c in ("user_id", "item_id"):
-        if table[c].null_count:
-            r = int(np.flatnonzero(table[c].is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(Problem(str(path), r + 1, c, "an id on every row", "an empty value"))
-        table = table.set_column(table.column_names.index(c), c, table[c].cast(pa.string()))
+    if table.num_rows == 0:
+        raise DataError(Problem(str(path), None, None, "at least one event row", "none"))
+    problems: list[Problem] = []
+    for c, what in (("user_id", "an id on every row"), ("item_id", "an id on every row"),
+                    ("channel", "a channel name on every row")):
+        if c not in table.column_names:
+            continue
+        col = table[c].cast(pa.string())
+        empty = pc.or_kleene(pc.is_null(col), pc.equal(pc.utf8_trim_whitespace(col), "")).to_numpy(
+            zero_copy_only=False)
+        problems += [Problem(str(path), int(r) + 1, c, what, "an empty value") for r in np.flatnonzero(empty)]
+        table = table.set_column(table.column_names.index(c), c, col)
     t = table["time"]
     if pa.types.is_string(t.type) or pa.types.is_large_string(t.type):
-        parsed = pd.to_datetime(pd.Series(t.to_pylist()), errors="coerce", utc=True)
-        if parsed.isna().any():
-            r = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise DataError(Problem(str(path), r + 1, "time", "unix seconds or an ISO date", repr(t[r].as_py())))
-        table = table.set_column(table.column_names.index("time"), "time",
-                                 pa.array(parsed.astype("int64").to_numpy() // 10**9, pa.int64()))
-    elif not (pa.types.is_integer(t.type) or pa.types.is_timestamp(t.type)):
-        raise DataError(Problem(str(path), None, "time", "unix seconds or an ISO date", str(t.type)))
-    elif t.null_count:
-        r = int(np.flatnonzero(t.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(Problem(str(path), r + 1, "time", "a time on every row", "an empty value"))
+        secs, bad = _parse_times(t.to_pylist())
+        problems += [Problem(str(path), int(r) + 1, "time", "unix seconds or an ISO 8601 date-time", found)
+                     for r, found in bad]
+        table = table.set_column(table.column_names.index("time"), "time", pa.array(secs, pa.int64()))
+    elif pa.types.is_integer(t.type) or pa.types.is_timestamp(t.type):
+        problems += [Problem(str(path), int(r) + 1, "time", "a time on every row", "an empty value")
+                     for r in np.flatnonzero(t.is_null().to_numpy(zero_copy_only=False))]
+    else:
+        problems.append(Problem(str(path), None, "time", "integer unix seconds or ISO 8601 date-times",
+                                f"a column of {t.type}"))
+    if problems:
+        raise DataError(problems)
     return table
+
+
+def _parse_times(values: list) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Unix seconds of text cells (integers as they are, ISO 8601 date-times, naive = UTC) and the rows that
+    are neither: (seconds, [(0-based row, what was found)])."""
+    text = pd.Series(["" if v is None else str(v).strip() for v in values], dtype=object)
+    empty = (text == "").to_numpy()
+    is_int = text.str.fullmatch(r"[+-]?\d{1,18}").to_numpy(dtype=bool)
+    secs = np.zeros(len(text), np.int64)
+    secs[is_int] = text[is_int].astype(np.int64).to_numpy()
+    other = ~is_int & ~empty
+    parsed = pd.to_datetime(text[other], format="ISO8601", errors="coerce", utc=True)
+    ok = parsed.notna().to_numpy()
+    rows = np.flatnonzero(other)
+    secs[rows[ok]] = ((parsed[ok] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    bad = [(int(r), "an empty value") for r in np.flatnonzero(empty)]
+    bad += [(int(r), repr(text[r])) for r in rows[~ok]]
+    return secs, sorted(bad)
+
+
+def _csv_problems(path: Path, sep: str) -> list[Problem]:
+    """The rows of a CSV file Arrow refused: another number of fields than the header, a byte that is not
+    UTF-8 (named by row and column); [] when none is found (the caller then shows Arrow's message)."""
+    if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        return []  # compressed: Arrow's message it is
+    out: list[Problem] = []
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            rows = csv.reader(f, delimiter=sep)
+            header = next(rows, [])
+            for r, rec in enumerate(rows, 1):
+                if rec and len(rec) != len(header):
+                    out.append(Problem(str(path), r, None, f"{len(header)} fields as the header", str(len(rec))))
+                for name, cell in zip(header, rec):
+                    bad = _UNDECODED.search(cell)
+                    if bad:
+                        out.append(Problem(str(path), r, name, "UTF-8 text",
+                                           f"the byte 0x{ord(bad.group()) - 0xDC00:02x} in "
+                                           f"{_UNDECODED.sub('?', cell)!r}"))
+    except (OSError, csv.Error):
+        return []
+    return out
 
 
 def _channels(task: PreparedTask, table: pa.Table) -> np.ndarray:
@@ -192,10 +256,15 @@ def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv",
                 k: int | None = None, exclude_seen: bool | None = None) -> Path:
     """Writes a run's predictions to `out` (CSV, atomically): see the module doc."""
     run_dir, out = Path(run_dir), Path(out)
+    if out.is_dir():
+        raise DataError(Problem("--out", None, None, "the path of the CSV file to write", f"the directory {out}"))
     if fmt not in ("csv", "microlens"):
         raise DataError(Problem("--format", None, None, "csv or microlens", repr(fmt)))
     cfg, task = load_run(run_dir)
-    table = read_events(events) if events is not None else None
+    table = None
+    if events is not None:
+        table = read_events(events)
+        _check_events(task, table, str(events), ctr=cfg.task.kind == "ctr")
     if cfg.task.kind == "topk":
         if k is None:
             raise DataError(Problem("--k", None, None, "the length of each user's top-K list for a topk run "
@@ -230,6 +299,21 @@ def predict_run(run_dir: Path, out: Path, split: str = "test", fmt: str = "csv",
     df = pd.DataFrame({"user_id": ids["user_id"].to_pylist(), "item_id": ids["item_id"].to_pylist(),
                        "time": ids["time"].to_pylist(), "probability": p})
     return _write(df, out)
+
+
+def _check_events(task: PreparedTask, table: pa.Table, source: str, ctr: bool) -> None:
+    """What the run's pipeline needs of an events file: times in the plausible range of the run's data (the rule
+    of the import and of the service's POST /events), and the context feature columns the model reads (ctr)."""
+    rule = task.pipeline.settings.time_rule()
+    times = event_times(table)
+    problems = [Problem(source, int(r) + 1, "time", rule.expected(), rule.found(times[r]))
+                for r in np.flatnonzero(rule.check(times))]
+    names = list(task.pipeline.context) if ctr else []
+    problems += [Problem(source, None, n, f"a column named '{n}' (the model reads the context features "
+                         f"{', '.join(names)})", f"columns {table.column_names}")
+                 for n in names if n not in table.column_names]
+    if problems:
+        raise DataError(problems)
 
 
 def _write(df: pd.DataFrame, out: Path) -> Path:
