@@ -204,6 +204,22 @@ class InteractionData:
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ validation
+    def _time_problems(self, ev_file: str) -> list[Problem]:
+        """Event times outside the spec's plausible range (the rule of the import and of POST /events)."""
+        from .timerange import DEFAULT_TIME_RANGE, TimeRange
+
+        rule = DEFAULT_TIME_RANGE if self.spec.time_range is None else TimeRange(*self.spec.time_range)
+        col = self.events["time"]
+        if pa.types.is_timestamp(col.type):
+            col = pc.divide(pc.cast(pc.cast(col, pa.timestamp("us")), pa.int64()), 1_000_000)
+        t = col.to_numpy(zero_copy_only=False)
+        bad = rule.check(t) & ~pc.is_null(self.events["time"]).to_numpy(zero_copy_only=False)
+        if not bad.any():
+            return []
+        r = rows_of(bad)[0]
+        return [Problem(ev_file, r, "time", rule.expected(), rule.found(t[r - 1])
+                        + (f" ({int(bad.sum())} such times, first shown)" if bad.sum() > 1 else ""))]
+
     def problems(self, origin: str = "") -> list[Problem]:
         """Every inconsistency between the tables and the spec. Empty list = valid."""
         probs: list[Problem] = []
@@ -228,6 +244,7 @@ class InteractionData:
                 if nulls.any():
                     probs.append(Problem(ev_file, rows_of(nulls)[0], "time", "a time value",
                                          f"{int(nulls.sum())} empty value(s), first shown"))
+                probs += self._time_problems(ev_file)
         for col in ("label", "value"):
             if col in ev.column_names:
                 t = ev.schema.field(col).type
@@ -535,5 +552,6 @@ def _pydantic_problems(file: str, err: Exception) -> list[Problem]:
         elif e["type"] == "missing":
             out.append(Problem(file, None, key, "this key", "nothing"))
         else:
-            out.append(Problem(file, None, key, e["msg"][0].lower() + e["msg"][1:], repr(e.get("input"))[:80]))
+            msg = e["msg"].removeprefix("Value error, ")  # our own validators: the message says what and why
+            out.append(Problem(file, None, key, msg[0].lower() + msg[1:], repr(e.get("input"))[:80]))
     return out

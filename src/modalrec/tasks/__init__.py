@@ -16,12 +16,29 @@ def prepare_task(data: InteractionData, cfg: TaskConfig, out: str | Path | None 
     """Splits the data, fits the feature pipeline on the training period and builds the samples; `out` (RUN/data):
     write the prepared arrays there, memory-mapped (data of many partitions); `engine`: how per-partition steps
     are mapped (`tasks.engine`)."""
+    check_channels(data, cfg)
     if cfg.kind == "ctr":
         return CTRTask(data, cfg, out=out, engine=engine)
     if getattr(data, "n_partitions", 1) > 1:
         raise NotImplementedError(f"the {cfg.kind} task reads one partition of events; this dataset has "
                                   f"{data.n_partitions}")
     return TASKS[cfg.kind](data, cfg)
+
+
+def check_channels(data: InteractionData, cfg: TaskConfig) -> None:
+    """Every channel the task names is one the dataset declares (a typo would otherwise read as no events)."""
+    from ..data.errors import DataError, Problem
+
+    declared = list(data.spec.channels)
+    named = {"task.sample_channels": cfg.sample_channels or [], "task.history_channels": cfg.history_channels or []}
+    if cfg.graph.enabled:
+        named["task.graph.channel"] = [cfg.graph.channel]
+    named["task.event_text"] = [t.channel for t in cfg.event_text]
+    problems = [Problem(key, None, None, f"channels of dataset '{data.spec.name}' ({', '.join(declared)})",
+                        f"'{ch}', which it does not declare")
+                for key, chans in named.items() for ch in chans if ch not in declared]
+    if problems:
+        raise DataError(problems)
 
 
 def load_task(run_dir: str | Path, cfg: TaskConfig, hashes: dict | None = None) -> PreparedTask:
