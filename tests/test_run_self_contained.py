@@ -103,10 +103,15 @@ def test_predict_a_split_and_a_new_events_file(ctr_run, tmp_path):
             rows = []
             for u, i, c, t in zip(users, items, cut, times):
                 known = u < task.history.n_users
-                batch = coll(np.array([u if known else 0]), np.array([i]), np.array([c if known else 0]),
-                             np.array([t]), user_rows=np.array([p.users.lookup([task.log_users.id_of(int(u)) or ""])[0]]))
-                rows.append(float(model(batch)[0]))
+                # an item the model knows nothing about scores as the user's prior over the probe items
+                targets = p.prior_items() if p.uninformed(np.array([i]))[0] else np.array([i])
+                n = len(targets)
+                batch = coll(np.full(n, u if known else 0), targets, np.full(n, c if known else 0), np.full(n, t),
+                             user_rows=np.full(n, p.users.lookup([task.log_users.id_of(int(u)) or ""])[0]))
+                out = model(batch).numpy().astype(np.float64)
+                rows.append(float(p.prior_of(out[None, :])[0]) if n > 1 else float(out[0]))
         logits.append(rows)
+    assert p.uninformed(items).tolist() == [False, False, False, True]  # "never-seen": no id, no feature
     want = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
     np.testing.assert_allclose(got["probability"].to_numpy(), want, atol=1e-6)
     out = runner.invoke(app, ["predict", str(run), "--k", "5", "--out", str(tmp_path / "k.csv")])

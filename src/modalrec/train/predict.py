@@ -167,15 +167,17 @@ def _with_events(task: PreparedTask, table: pa.Table, channels: np.ndarray) -> t
 
 
 @torch.no_grad()
-def _scores(task: PreparedTask, run_dir: Path, cfg, batches) -> np.ndarray:
-    """Mean over the run's seeds of the model outputs of `batches()` (a callable giving the batches)."""
+def _scores(task: PreparedTask, run_dir: Path, cfg, batches, post=None) -> np.ndarray:
+    """Mean over the run's seeds of the model outputs of `batches()` (a callable giving the batches), each seed's
+    outputs passed through `post` first when given."""
     outs = []
     for seed in cfg.seeds:
         model = best_model(cfg, task, run_dir, seed)
         model.eval()
         task.bind(model.inputs)
         parts = [model(b).float() for b in batches(task)]
-        outs.append(torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0))
+        out = torch.cat(parts).numpy().astype(np.float64) if parts else np.zeros(0)
+        outs.append(post(out) if post is not None else out)
     return np.mean(outs, axis=0)
 
 
@@ -199,17 +201,29 @@ def predict_ctr_events(task: PreparedTask, run_dir: Path, cfg, table: pa.Table, 
     context = p.context_codes(table, rows)
     collate = p.collator(history, user_rows, inputs=None)
     group = None if p.graph is None else p.item_table.categorical[p.graph.group_feature]
+    # an item the model knows nothing about (an id it never saw, without features) gets the user's prior, as in
+    # evaluation and serving: the mean probability of the same sample over the pipeline's probe items
+    blank, probes = np.flatnonzero(p.uninformed(items)), p.prior_items()
+    if not len(probes):
+        blank = blank[:0]
+    at = np.concatenate([np.arange(len(rows)), np.repeat(blank, len(probes))])  # each scored sample's row
+    targets = np.concatenate([items, np.tile(probes, len(blank))])
 
     def batches(t):
         collate.inputs = t.collator.inputs
-        for lo in range(0, len(rows), batch_size):
-            sl = slice(lo, lo + batch_size)
-            graph = None if p.graph is None else p.graph.inputs(user_rows[u[sl]], group[items[sl]], times[sl], False)
-            yield collate(u[sl], items[sl], cut[sl], times[sl], context={k: v[sl] for k, v in context.items()},
-                          graph=graph)
+        for lo in range(0, len(at), batch_size):
+            r, it = at[lo:lo + batch_size], targets[lo:lo + batch_size]
+            graph = None if p.graph is None else p.graph.inputs(user_rows[u[r]], group[it], times[r], False)
+            yield collate(u[r], it, cut[r], times[r], context={k: v[r] for k, v in context.items()}, graph=graph)
+
+    def prior(logits: np.ndarray) -> np.ndarray:
+        out = logits[:len(rows)].copy()
+        if len(blank):
+            out[blank] = p.prior_of(logits[len(rows):].reshape(len(blank), len(probes)))
+        return out
 
     out = np.full(table.num_rows, np.nan)
-    out[rows] = 1.0 / (1.0 + np.exp(-_scores(task, run_dir, cfg, batches)))
+    out[rows] = 1.0 / (1.0 + np.exp(-_scores(task, run_dir, cfg, batches, prior)))
     return out
 
 
