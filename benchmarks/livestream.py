@@ -48,13 +48,14 @@ import pyarrow as pa
 import torch
 
 from modalrec.config import load_config
-from modalrec.eval.metrics import auc, ctr_metrics
+from modalrec.eval.compare import KEYS, between_user_auc, bucket_metrics, gains, over_seeds, overall_gains
+from modalrec.eval.metrics import ctr_metrics
 from modalrec.eval.report import write_report
 from modalrec.models import build_model
 from modalrec.tasks import prepare_task
 from modalrec.tasks.base import SampleSet
 from modalrec.train.checkpoint import load_checkpoint
-from modalrec.train.run import _summary, load_data, train_run
+from modalrec.train.run import load_data, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "livestream"
@@ -74,7 +75,6 @@ VARIANTS = {  # name -> (config file, model params overrides, graph enabled)
 ONE_MODALITY = ("mmbee-frames", "mmbee-speech", "mmbee-comments")  # the simulator's content only
 MAIN = ("sim", "mmbee")
 ABLATIONS = ("mmbee-no-mfq", "mmbee-no-gie", "sim-no-user-id")
-KEYS = ("auc", "uauc", "gauc", "logloss")
 
 
 def fmt(d: dict | None) -> str:
@@ -137,67 +137,10 @@ def buckets(data, task) -> dict[str, np.ndarray]:
             "heavy (>=3 gifts)": n_gifts >= 3}
 
 
-def over_seeds(by_seed: dict[int, dict[str, float]]) -> dict:
-    """seed -> bucket -> value  ->  bucket -> {mean, std, runs} (train.run's summary of a metric over seeds), for
-    the buckets every seed has (a bucket without positives in one run is left out, not averaged over fewer seeds)."""
-    rows = list(by_seed.values())
-    return {b: _summary([r[b] for r in rows]) for b in (rows[0] if rows else {}) if all(b in r for r in rows)}
-
-
-def gains(per_seed: dict, pairs: dict[str, tuple[str, str]]) -> dict:
-    """Per-bucket GAUC gain of `with_` over `without` for each pair name -> (with_, without), seed by seed over the
-    seeds both ran (the same seed: the same initial values of the shared modules and the same batches): mean, std
-    and runs. `per_seed`: variant -> seed -> bucket -> metrics."""
-    out = {}
-    for name, (with_, without) in pairs.items():
-        if with_ not in per_seed or without not in per_seed:
-            continue
-        w, wo = per_seed[with_], per_seed[without]
-        seeds = sorted(set(w) & set(wo))
-        by_bucket = over_seeds({x: {b: r["gauc"] - wo[x][b]["gauc"] for b, r in w[x].items() if b in wo[x]}
-                                for x in seeds})
-        if by_bucket:
-            out[name] = {"seeds": seeds} | by_bucket
-    return out
-
-
-def overall_gains(runs: dict, pairs: dict[str, tuple[str, str]]) -> dict:
-    """AUC / UAUC / GAUC / logloss gain of `with_` over `without` on the whole test split, seed by seed over the
-    seeds both ran (from each run's per-seed test metrics): mean, std and runs."""
-    out = {}
-    for name, (with_, without) in pairs.items():
-        if with_ not in runs or without not in runs:
-            continue
-        w, wo = runs[with_], runs[without]
-        seeds = sorted(set(w["seeds"]) & set(wo["seeds"]))
-        per = {x: {k: w["test"][k]["runs"][w["seeds"].index(x)] - wo["test"][k]["runs"][wo["seeds"].index(x)]
-                   for k in KEYS} for x in seeds}
-        if per:
-            out[name] = {"seeds": seeds} | over_seeds(per)
-    return out
-
-
-def between_user_auc(labels: np.ndarray, logits: np.ndarray, users: np.ndarray) -> float:
-    """AUC of each sample scored by its user's mean test logit: how well a model ranks the users against each other
-    (which users gift at all), the part of AUC that GAUC and UAUC leave out."""
-    n = np.bincount(users)
-    mean = (np.bincount(users, weights=logits) / np.maximum(n, 1))[users]
-    return float(auc(labels, mean))
-
-
 GIE_PAIRS = {"GIE in MMBee (mmbee - mmbee-no-gie)": ("mmbee", "mmbee-no-gie"),
              "GIE on SIM (mmbee-no-mfq - sim-no-user-id)": ("mmbee-no-mfq", "sim-no-user-id")}
 MFQ_PAIRS = {"MFQ in MMBee (mmbee - mmbee-no-mfq)": ("mmbee", "mmbee-no-mfq"),
              "MFQ on SIM (mmbee-no-gie - sim-no-user-id)": ("mmbee-no-gie", "sim-no-user-id")}
-
-
-def bucket_metrics(labels, logits, users, masks: dict[str, np.ndarray]) -> dict:
-    out = {}
-    for name, m in masks.items():
-        if m.sum() and 0 < labels[m].sum() < m.sum():
-            r = ctr_metrics(labels[m], logits[m], users[m])
-            out[name] = {k: r[k] for k in KEYS} | {"n": int(m.sum()), "positives": int(labels[m].sum())}
-    return out
 
 
 @torch.no_grad()

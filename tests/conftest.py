@@ -1,7 +1,5 @@
 """Test-wide settings: tiny tensors run fastest on one thread (and do not fight parallel jobs); shared fixtures."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,17 +16,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bench():
-    """benchmarks/livestream.py as a module (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "livestream.py"
-    spec = importlib.util.spec_from_file_location("livestream_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from ..config import RunConfig, dump_config
 from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..datasets import load_dataset
+from ..eval.compare import summary
 from ..models import _model_class, build_model
 from ..nn.layers import reinitialise
 from ..tasks import PreparedTask, prepare_task
@@ -73,19 +74,9 @@ def check_modalities(cfg: RunConfig, data: InteractionData) -> None:
                             + hint))
 
 
-def _summary(values: list[float]) -> dict:
-    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-    ok = arr[np.isfinite(arr)]
-    return {
-        "mean": float(ok.mean()) if len(ok) else None,
-        "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0,
-        "runs": [None if not np.isfinite(v) else float(v) for v in arr],
-    }
-
-
 def aggregate(per_seed: list[dict]) -> dict:
     keys = sorted({k for d in per_seed for k in d})
-    return {k: _summary([d.get(k) for d in per_seed]) for k in keys}
+    return {k: summary([d.get(k) for d in per_seed]) for k in keys}
 
 
 def _git_version() -> str:
