@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modalrec-installed
-EXTRAS ?= dev,text,serve,image,audio
+EXTRAS ?= dev,text,serve,image,audio,cluster
 
 .PHONY: demo test test-all lint bench clean
 

@@ -37,11 +37,15 @@ class DataError(ValueError):
         if isinstance(problems, Problem):
             problems = [problems]
         self.problems = list(problems)
+        self.limit = limit
         shown = [str(p) for p in self.problems[:limit]]
         more = len(self.problems) - len(shown)
         if more > 0:
             shown.append(f"... and {more} more problem(s)")
         super().__init__("\n".join(shown))
+
+    def __reduce__(self):  # raised in a worker process (Ray, a DataLoader worker), re-raised here with its problems
+        return type(self), (self.problems, self.limit)
 
 
 def rows_of(mask, limit: int = 5) -> list[int]:

@@ -72,8 +72,10 @@ class PartitionedData:
             yield self.partition(i, columns)
 
     def loaders(self, columns: list[str] | None = None) -> list[Callable[[], pa.Table]]:
-        """One zero-argument loader per partition (what an engine ships to its workers)."""
-        return [lambda i=i: self.partition(i, columns) for i in range(len(self.parts))]
+        """One zero-argument loader per partition (what an engine ships to its workers: the spec and the files,
+        not the catalogue)."""
+        events = PartitionedData(self.spec, self.parts)
+        return [lambda i=i: events.partition(i, columns) for i in range(len(self.parts))]
 
     @property
     def num_events(self) -> int:
@@ -113,7 +115,7 @@ class PartitionedData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PartitionedData:
-        path = Path(path)
+        path = Path(path).resolve()  # workers on other machines open the partition files by this path
         spec_file = path / "dataset.yaml"
         if not spec_file.exists():
             raise DataError(Problem(str(spec_file), None, None, "a dataset.yaml describing the dataset",

@@ -205,7 +205,14 @@ def _prepare(cfg: RunConfig, data, out: Path, ctx: DistContext) -> tuple[Prepare
     partitioned = getattr(data, "n_partitions", 1) > 1
     task = None
     if ctx.is_main or not partitioned:
-        task = prepare_task(data, cfg.task, out=out / DATA_DIR if partitioned else None)
+        from ..tasks.engine import engine_from
+
+        engine = engine_from(cfg.data.engine, cfg.data.engine_address, cfg.data.engine_workers) if partitioned else None
+        try:
+            task = prepare_task(data, cfg.task, out=out / DATA_DIR if partitioned else None, engine=engine)
+        finally:
+            if engine is not None:
+                engine.close()
         task.pipeline.settings.content = {
             "encode": None if cfg.data.encode is None else cfg.data.encode.model_dump(mode="json"),
             "modalities": [m.model_dump(mode="json") for m in data.spec.modalities]}
