@@ -1,58 +1,78 @@
-"""Assembling the `InteractionData` of an import from its checked columns, bad rows left out.
+"""Assembling what an import keeps: event tables chunk by chunk, the catalogue, the dataset spec.
 
-`build` takes what `modalrec.data.importer` read and converted: per events file `(source, table, columns)`,
-per side file (items, users) `(table, columns)` and per content entry `(source, (table, ids, values,
-present))`, and keeps the rows that are not bad: the events with their channel, label, value, event id and
-`keep` columns; the item/user features; the joined item/user text; one content table per modality.
+`event_table` turns one chunk of one events file (its checked columns, `ev`, and the mask of its good rows) into
+the events table's rows: the events with their channel, label, value, event id and `keep` columns, the same
+columns for every file of the spec. `catalogue` takes per side file (items, users) `(table, columns)` and per
+content entry `(source, (table, ids, values, present))` and keeps the good rows: the item/user features, the
+joined item/user text, one content table per modality. `dataset_spec` writes the spec.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .import_spec import ImportSpec
-from .interaction import DatasetSpec, FeatureSpec, InteractionData, ModalitySpec
+from .interaction import DatasetSpec, FeatureSpec, ModalitySpec
 
 
-def build(spec: ImportSpec, events: list, entities: dict, contents: list) -> InteractionData:
-    """The `InteractionData` of the good rows (see the module docstring for the arguments)."""
-    frames = []
-    keep_cols: list[str] = []
+def keep_columns(spec: ImportSpec) -> list[str]:
+    out: list[str] = []
     for src in spec.events:
         for c in src.keep:
-            if c not in keep_cols:
-                keep_cols.append(c)
-    has_label = any(s.label for s in spec.events)
-    has_value = any(s.value for s in spec.events)
-    has_eid = any(s.event_id for s in spec.events)
-    time_float = any(ev["time"].dtype.kind == "f" for _, _, ev in events)
-    channels: list[str] = []
-    for _, t, ev in events:
-        good = ~t.bad
-        n = int(good.sum())
-        cols: dict[str, pa.Array] = {
-            "user_id": pa.array(ev["user_id"][good], pa.string()),
-            "item_id": pa.array(ev["item_id"][good], pa.string()),
-            "time": pa.array(ev["time"][good], pa.float64() if time_float else pa.int64()),
-            "channel": pa.array(ev["channel"][good], pa.string()),
-        }
-        if has_label:
-            cols["label"] = pa.array(ev["label"][good] if "label" in ev else np.full(n, np.nan),
-                                     pa.float64(), from_pandas=True)
-        if has_value:
-            cols["value"] = pa.array(ev["value"][good] if "value" in ev else np.full(n, np.nan), pa.float64())
-        if has_eid:
-            cols["event_id"] = pa.array(ev["event_id"][good] if "event_id" in ev else [None] * n, pa.string())
-        for c in keep_cols:
-            cols[c] = pa.array(ev[c][good] if c in ev else [None] * n, pa.string())
-        for ch in pd.unique(ev["channel"][good]):
-            if ch not in channels:
-                channels.append(ch)
-        frames.append(pa.table(cols))
-    ev_table = pa.concat_tables(frames)
+            if c not in out:
+                out.append(c)
+    return out
 
+
+def event_table(spec: ImportSpec, ev: dict, good: np.ndarray) -> pa.Table:
+    """The good rows of one chunk (`ev`: ids, channels and kept columns as Arrow strings, numbers as numpy
+    arrays). `time` is int64, or float64 when some time of the chunk has a fraction (the writer makes the whole
+    column float64 then, as `unify_time` does)."""
+    n = int(good.sum())
+    keep = pa.array(good)
+    time = ev["time"][good]
+    cols: dict[str, pa.Array] = {
+        "user_id": ev["user_id"].filter(keep),
+        "item_id": ev["item_id"].filter(keep),
+        "time": pa.array(time, pa.float64() if time.dtype.kind == "f" else pa.int64()),
+        "channel": ev["channel"].filter(keep),
+    }
+    if any(s.label for s in spec.events):
+        cols["label"] = pa.array(ev["label"][good] if "label" in ev else np.full(n, np.nan),
+                                 pa.float64(), from_pandas=True)
+    if any(s.value for s in spec.events):
+        cols["value"] = pa.array(ev["value"][good] if "value" in ev else np.full(n, np.nan), pa.float64())
+    if any(s.event_id for s in spec.events):
+        cols["event_id"] = ev["event_id"].filter(keep) if "event_id" in ev else pa.nulls(n, pa.string())
+    for c in keep_columns(spec):
+        cols[c] = ev[c].filter(keep) if c in ev else pa.nulls(n, pa.string())
+    return pa.table(cols)
+
+
+def new_channels(channels: list[str], table: pa.Table) -> None:
+    """Adds the channels of a chunk's good rows (its event table) to `channels`, in the order they first
+    appear."""
+    for ch in pc.unique(table["channel"]).to_pylist():
+        if ch not in channels:
+            channels.append(ch)
+
+
+def with_float_time(table: pa.Table) -> pa.Table:
+    i = table.column_names.index("time")
+    return table.set_column(i, "time", table["time"].cast(pa.float64()))
+
+
+def unify_time(tables: list[pa.Table]) -> list[pa.Table]:
+    """All int64 times, or all float64 when some table has float64 ones."""
+    if any(t.schema.field("time").type == pa.float64() for t in tables):
+        return [with_float_time(t) for t in tables]
+    return tables
+
+
+def catalogue(spec: ImportSpec, entities: dict, contents: list) -> tuple[dict, dict, list, dict]:
+    """-> (side tables by entity, features by entity, modalities, content tables) of the good rows."""
     side: dict[str, pa.Table | None] = {}
     features: dict[str, list[FeatureSpec]] = {"item": [], "user": []}
     modalities: list[ModalitySpec] = []
@@ -104,11 +124,14 @@ def build(spec: ImportSpec, events: list, entities: dict, contents: list) -> Int
         content[c.name] = pa.table({"entity_id": ent_ids, col: arr})
         modalities.append(ModalitySpec(name=c.name, entity=c.entity, kind=c.kind, dim=dim,
                                        description=c.description))
+    return side, features, modalities, content
 
-    ds = DatasetSpec(
+
+def dataset_spec(spec: ImportSpec, channels: list[str], features: dict, modalities: list) -> DatasetSpec:
+    rule = spec.time_range.rule()
+    return DatasetSpec(
         name=spec.name, description=spec.description, semi_synthetic=False,
         channels=channels or ["default"], item_features=features["item"], user_features=features["user"],
-        modalities=modalities, event_columns=keep_cols, source=spec.source, citation=spec.citation,
-        time_range=[float(spec.time_range.rule().min_s), float(spec.time_range.rule().max_s)],
+        modalities=modalities, event_columns=keep_columns(spec), source=spec.source, citation=spec.citation,
+        time_range=[float(rule.min_s), float(rule.max_s)],
     )
-    return InteractionData(ds, ev_table, side["item"], side["user"], content)

@@ -74,10 +74,19 @@ def an(word: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- columns
 def ids(report: Report, t: Table, col: str) -> np.ndarray:
-    s = as_text(t.df[col])
-    empty = (s == "").to_numpy()
-    report.row_problem(t, empty, col, "a non-empty id", "an empty value")
-    return s.to_numpy(dtype=object)
+    return objects(id_array(report, t, col))
+
+
+def id_array(report: Report, t: Table, col: str) -> pa.Array:
+    """The ids of a column as Arrow strings (stripped; an empty one is a bad row)."""
+    arr = arrow_text(t.df[col])
+    report.row_problem(t, pc.equal(arr, "").to_numpy(zero_copy_only=False), col, "a non-empty id", "an empty value")
+    return arr
+
+
+def objects(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Arrow strings as a numpy array of Python strings."""
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def numbers(report: Report, t: Table, col: str, required: bool, booleans: bool = False) -> np.ndarray:
@@ -110,17 +119,19 @@ def numbers(report: Report, t: Table, col: str, required: bool, booleans: bool =
     return out
 
 
-def times(report: Report, t: Table, col: str, fmt: str | None, time_range: TimeRange) -> np.ndarray:
+def times(report: Report, t: Table, col: str, fmt: str | None, time_range: TimeRange,
+          state: dict | None = None) -> np.ndarray:
     """Unix seconds (int64, or float64 when some time has a fraction); each parsed time must lie in
-    `time_range` (the message names the range and shows the time as a date)."""
-    values, parsed = _times(report, t, col, fmt)
+    `time_range` (the message names the range and shows the time as a date). `state` (one per file) keeps what
+    the first chunk with times decided, numbers or date-times, for the file's later chunks."""
+    values, parsed = _times(report, t, col, fmt, {} if state is None else state)
     out = parsed & time_range.check(values)
     report.row_problem(t, out, col, time_range.expected("`time_range:` in the spec sets another range"),
                        [time_range.found(v) for v in values[out]])
     return values
 
 
-def _times(report: Report, t: Table, col: str, fmt: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _times(report: Report, t: Table, col: str, fmt: str | None, state: dict) -> tuple[np.ndarray, np.ndarray]:
     """-> (values, mask of the rows with a parsed time; the others hold 0 and are already bad rows)."""
     s = t.df[col]
     if pd.api.types.is_datetime64_any_dtype(s):
@@ -135,15 +146,19 @@ def _times(report: Report, t: Table, col: str, fmt: str | None) -> tuple[np.ndar
     arr = arrow_text(s)
     empty = pc.equal(arr, "").to_numpy(zero_copy_only=False)
     report.row_problem(t, empty, col, "a time", "an empty value")
-    if fmt is None:
+    if fmt is None and state.get("numbers", True):
         ints = _strict_cast(arr, empty, pa.int64())
         if ints is not None:  # the common case: unix times, all integers
+            if (~empty).any():
+                state.setdefault("numbers", True)
             return ints.astype(np.int64), ~empty
     text = pd.Series(arr.to_numpy(zero_copy_only=False), dtype=object)
     is_int = text.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
     num = pd.to_numeric(text.mask(empty, None), errors="coerce").astype(float).to_numpy()
     numeric = np.isfinite(num)
-    if fmt is None and numeric.sum() * 2 >= (~empty).sum() and (~empty).any():
+    if fmt is None and (~empty).any():  # numbers or date-times: as most rows of the file's first chunk say
+        state.setdefault("numbers", bool(numeric.sum() * 2 >= (~empty).sum()))
+    if fmt is None and state.get("numbers") and (~empty).any():
         bad = ~empty & ~numeric
         report.row_problem(t, bad, col, "a time (a number, as in most rows of this column)",
                            [repr(v) for v in text.to_numpy()[bad]])
@@ -237,14 +252,60 @@ def duplicates(report: Report, t: Table, ids: np.ndarray, column: str, expected:
                            [f"{v!r} again (first at row {first[v] + 1})" for v in ids[dup]])
 
 
-def check_refs(report: Report, t: Table, ids: np.ndarray, column: str, kind: str, known_all: np.ndarray,
-               known_ok: np.ndarray, ref_file: str) -> None:
+class IdSet:
+    """A set of ids for membership tests of many chunks (the hash table is built once)."""
+
+    def __init__(self, ids) -> None:
+        self.index = pd.Index(pd.unique(np.asarray(ids, dtype=object)) if len(ids) else np.array([], dtype=object))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        if not len(self.index) or not len(ids):
+            return np.zeros(len(ids), dtype=bool)
+        return self.index.get_indexer(np.asarray(ids, dtype=object)) >= 0
+
+
+class IdCollector:
+    """The distinct ids of a stream of chunks, in bounded memory (the distinct ids, and a few chunks' ids)."""
+
+    def __init__(self) -> None:
+        self._done = pa.array([], pa.string())
+        self._pending: list[pa.Array | pa.ChunkedArray] = []
+        self._pending_n = 0
+
+    def add(self, ids) -> None:
+        arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
+        self._pending.append(arr)
+        self._pending_n += len(arr)
+        if self._pending_n > max(len(self._done), 1 << 18):
+            self._compact()
+
+    def _compact(self) -> None:
+        if self._pending:
+            parts = [c for a in self._pending for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+            self._done = pc.unique(pa.chunked_array([self._done, *parts], pa.string()))
+            if isinstance(self._done, pa.ChunkedArray):
+                self._done = self._done.combine_chunks()
+            self._pending, self._pending_n = [], 0
+
+    def values(self) -> pa.Array:
+        self._compact()
+        return self._done
+
+    def __len__(self) -> int:
+        return len(self.values())
+
+
+def check_refs(report: Report, t: Table, ids: np.ndarray, column: str, kind: str, known_all: IdSet,
+               known_ok: IdSet, ref_file: str) -> None:
     """Each id must be listed in `ref_file` (`known_all`) on a row that was not rejected (`known_ok`)."""
     s = pd.Series(ids, dtype=object)
-    candidates = (~s.isin(known_ok) & (s != "")).to_numpy()
+    candidates = ~known_ok.contains(ids) & (s != "").to_numpy()
     if not candidates.any():
         return
-    unknown = candidates & ~s.isin(known_all).to_numpy()
+    unknown = candidates & ~known_all.contains(ids)
     report.row_problem(t, unknown, column, f"{an(kind)} id listed in {ref_file}",
                        [f"unknown {kind} {v!r}" for v in ids[unknown]])
     rejected = candidates & ~unknown  # listed, but its row in the side file was rejected

@@ -1,38 +1,39 @@
-"""Reading the input files of an import: CSV / TSV / Parquet into a `Table` of raw cells.
+"""Reading the input files of an import: CSV / TSV / Parquet in chunks, each a `Table` of raw cells.
 
-`.parquet` / `.pq` files are read as Parquet, anything else as CSV with every cell a string (`sep`: "," or a
-tab for `.tsv`; `encoding`: utf-8 unless the spec says otherwise; compression inferred from the name).
-What can go wrong with the file as a whole is a fatal problem of the file (no such file, unreadable, a
-missing column: with a hint when the header reads as one column that another separator would split);
-what concerns one row is a row problem: a row with more or fewer fields than the header, or a cell with a
-byte that is not text in the file's encoding (named by row and column, with the `encoding:` option).
+`.parquet` / `.pq` files are read as Parquet (`ParquetFile.iter_batches`), anything else as CSV with every cell a
+string (`sep`: "," or a tab for `.tsv`; `encoding`: utf-8 unless the spec says otherwise; compression inferred
+from the name; Arrow's streaming reader, `modalrec.data.import_csv`). A chunk is about `block_size` bytes of the
+file and knows the row it starts at. What can go wrong with the file as a whole is a fatal problem of the file
+(no such file, unreadable, a missing column: with a hint when the header reads as one column that another
+separator would split); what concerns one row is a row problem: a row with more or fewer fields than the
+header, or a cell with a byte that is not text in the file's encoding (named by row and column, with the
+`encoding:` option).
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
 import lzma
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .errors import Problem
+from .import_csv import csv_chunks
 from .import_problems import Report, Table
 from .import_spec import FileSource
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+DEFAULT_BLOCK_SIZE = 16 << 20  # bytes of a file read at a time (a chunk of rows)
 COMMON_SEPARATORS = (",", "\t", ";", "|")
 _UNDECODED = re.compile("[\udc80-\udcff]")  # bytes kept by the "surrogateescape" error handler
-_UNCLOSED_QUOTE = re.compile(r"EOF inside string starting at row (\d+)")  # pandas' row: the data row, 1-based
 
 
 def _unreadable(e: Exception) -> str:
@@ -73,9 +74,10 @@ def separator_hint(header: list[str], sep: str) -> str:
 class FileReader:
     """Reads the files of an import spec whose paths are relative to `base`; problems go to `report`."""
 
-    def __init__(self, base: Path, report: Report):
+    def __init__(self, base: Path, report: Report, block_size: int = DEFAULT_BLOCK_SIZE):
         self.base = base
         self.report = report
+        self.block_size = block_size
 
     def path(self, src: FileSource) -> Path:
         return self.base / src.file
@@ -98,12 +100,13 @@ class FileReader:
         try:
             if self.is_parquet(path):
                 return list(pq.read_schema(path).names)
-            try:  # undecodable bytes kept as surrogates: found by row and column in `read`
+            try:  # undecodable bytes kept as surrogates: found by row and column in `chunks`
                 names = [str(c) for c in pd.read_csv(path, sep=self.sep(src, path), nrows=0, encoding=src.encoding,
                                                      encoding_errors="surrogateescape").columns]
             except UnicodeEncodeError:  # ... which pandas' string columns refuse in the header: name them
                 names = _raw_header(path, self.sep(src, path), src.encoding)
-        except (OSError, ValueError, pa.ArrowException) as e:  # wrong format, encoding, empty file
+        except (OSError, ValueError, EOFError, lzma.LZMAError, zipfile.BadZipFile, pa.ArrowException) as e:
+            # wrong format, encoding, empty file, a broken archive
             kind = "Parquet" if self.is_parquet(path) else "CSV"
             self.report.file_problem(path, None, f"a readable {kind} file", _unreadable(e))
             return None
@@ -113,136 +116,84 @@ class FileReader:
                                      _undecoded_found(n, src.encoding, "in the header"))
         return None if undecoded else names
 
-    def read(self, src: FileSource, columns: list[str], header: list[str]) -> Table | None:
+    def columns(self, src: FileSource, columns: list[str], header: list[str]) -> list[str] | None:
+        """The distinct `columns`, or None when one is not in the file's header (a problem of the file, with a
+        hint when another separator would split the header)."""
         path = self.path(src)
         missing = [c for c in dict.fromkeys(columns) if c not in header]
         hint = "" if self.is_parquet(path) else separator_hint(header, self.sep(src, path))
         for c in missing:
             shown = (", ".join(header[:15]) + (", ..." if len(header) > 15 else "")).replace("\t", "\\t")
             self.report.file_problem(path, c, f"a column named '{c}'", f"only columns [{shown}]{hint}")
-        if missing:
-            return None
-        cols = list(dict.fromkeys(columns))
+        return None if missing else list(dict.fromkeys(columns))
+
+    def chunks(self, src: FileSource, cols: list[str], header: list[str]) -> Iterator[Table]:
+        """The file's cells of `cols` in chunks of about `block_size` bytes (a problem of the file ends them); a
+        file without rows is one empty chunk."""
+        path = self.path(src)
+        fatal = len(self.report.fatal)
+        n = 0
+        for t in self._chunks(src, path, cols, header):
+            n += 1
+            yield t
+        if n == 0 and len(self.report.fatal) == fatal:
+            df = (pq.read_schema(path).empty_table().select(cols).to_pandas() if self.is_parquet(path)
+                  else pd.DataFrame({c: pd.Series([], dtype=str) for c in cols}))
+            yield Table(str(path), df, np.zeros(0, dtype=bool))
+
+    def _chunks(self, src: FileSource, path: Path, cols: list[str], header: list[str]) -> Iterator[Table]:
         if self.is_parquet(path):
-            try:
-                df = pq.read_table(path, columns=cols).to_pandas()
-            except (OSError, ValueError, pa.ArrowException) as e:
-                self.report.file_problem(path, None, "a readable Parquet file", _unreadable(e))
-                return None
-            return Table(str(path), df.reset_index(drop=True), np.zeros(len(df), dtype=bool))
-        return self._read_csv(src, path, cols)
-
-    def open_table(self, src: FileSource, columns: list[str]) -> Table | None:
-        header = self.header(src)
-        return None if header is None else self.read(src, columns, header)
-
-    # ------------------------------------------------------------------ CSV
-    def _read_csv(self, src: FileSource, path: Path, cols: list[str]) -> Table | None:
-        sep = self.sep(src, path)
-        kwargs = {"sep": sep, "keep_default_na": False, "na_filter": False, "skip_blank_lines": False,
-                  "usecols": cols, "encoding": src.encoding}
-        undecodable = False
-        try:
-            try:
-                df = pd.read_csv(path, dtype=str, **kwargs)
-            except UnicodeDecodeError:  # find the cells: keep the bad bytes as surrogates, then look
-                df = pd.read_csv(path, dtype=object, encoding_errors="surrogateescape", **kwargs)
-                undecodable = True
-        except (OSError, ValueError, pa.ArrowException) as e:
-            quote = _UNCLOSED_QUOTE.search(str(e))
-            if quote:  # the rest of the file became one field: a problem of the file, named by the quote's row
-                self.report.fatal.append(Problem(str(path), int(quote.group(1)), None,
-                                                 "every quote (\") closed within its field",
-                                                 "a quote that opens on this row and never closes ("
-                                                 + _unreadable(e) + ")"))
-            else:
-                self.report.file_problem(path, None, "a readable CSV file", _unreadable(e))
-            return None
-        t = Table(str(path), df.reset_index(drop=True), np.zeros(len(df), dtype=bool))
-        if undecodable:
-            self._undecodable_cells(t, cols, src.encoding)
-        self._field_counts(t, path, sep, src.encoding, decodable=not undecodable)
-        return t
-
-    def _undecodable_cells(self, t: Table, cols: list[str], encoding: str) -> None:
-        for c in cols:
-            s = t.df[c]
-            hit = s.str.contains(_UNDECODED, regex=True).to_numpy(dtype=bool)
-            self.report.row_problem(t, hit, c, _encoding_expected(encoding),
-                                    [_undecoded_found(v, encoding) for v in s[hit]])
-            if hit.any():
-                s = s.where(~hit, s.str.replace(_UNDECODED, "\ufffd", regex=True))
-            t.df[c] = s.astype(str)
-
-    def _field_counts(self, t: Table, path: Path, sep: str, encoding: str, decodable: bool) -> None:
-        """Rows with more or fewer fields than the header (pandas pads short rows with empty cells and drops
-        the extra fields of long ones, as it reads only the columns named in the spec)."""
-        counts = _wrong_field_counts(path, sep, encoding) if decodable else _wrong_field_counts_slow(path, sep,
-                                                                                                      encoding)
-        if counts is None:
+            yield from self._parquet_chunks(path, cols)
             return
-        expected, wrong = counts
-        rows = np.array(sorted(r for r in wrong if r < t.n), dtype=np.int64)
-        mask = np.zeros(t.n, dtype=bool)
-        mask[rows] = True
-        self.report.row_problem(t, mask, None, f"{expected} fields as the header", [str(wrong[r]) for r in rows])
+        try:
+            raw = _binary_stream(path)
+        except (OSError, ValueError, zipfile.BadZipFile, pa.ArrowException) as e:
+            self.report.file_problem(path, None, "a readable CSV file", _unreadable(e))
+            return
+        if raw is None:
+            self.report.file_problem(path, None, "a readable CSV file", "an archive of several files")
+            return
+        yield from csv_chunks(self.report, path, raw, self.sep(src, path), src.encoding, header, cols,
+                              self.block_size)
+
+    def _parquet_chunks(self, path: Path, cols: list[str]) -> Iterator[Table]:
+        offset = 0
+        try:
+            pf = pq.ParquetFile(path)
+            for batch in pf.iter_batches(batch_size=_batch_rows(pf.metadata, cols, self.block_size), columns=cols):
+                df = batch.to_pandas().reset_index(drop=True)
+                yield Table(str(path), df, np.zeros(len(df), dtype=bool), offset=offset)
+                offset += len(df)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            self.report.drop_file(str(path))
+            self.report.file_problem(path, None, "a readable Parquet file", _unreadable(e))
 
 
-def _wrong_field_counts(path: Path, sep: str, encoding: str) -> tuple[int, dict[int, int]] | None:
-    """(fields of the header, {0-based data row: its number of fields} for every row with another number),
-    rows counted as pandas counts them (a quoted newline stays inside its row, a blank line is a row of
-    empty cells); None when the file cannot be scanned (pandas' own reading then reports it). Arrow's
-    parser, on one thread so that it numbers the rows; the file must decode in `encoding`."""
-    if len(sep) != 1:
-        return None  # a regular-expression separator: pandas' python engine, no field structure to check
-    utf8 = codecs.lookup(encoding).name in ("utf-8", "ascii")
-    try:
-        stream = _binary_stream(path)
-    except (OSError, ValueError, zipfile.BadZipFile, pa.ArrowException):
-        return None
-    if stream is None:
-        return None
-    wrong: dict[int, int] = {}
-    header_fields: list[int] = []
-
-    def invalid(row) -> str:
-        if row.number is None:
-            raise ValueError("row number unknown")
-        wrong[row.number - 2] = row.actual_columns  # number: 1-based, the header is row 1
-        header_fields.append(row.expected_columns)
-        return "skip"
-
-    try:
-        with stream:
-            pacsv.read_csv(
-                stream,
-                read_options=pacsv.ReadOptions(use_threads=False, autogenerate_column_names=True,
-                                               encoding="utf8" if utf8 else encoding),
-                parse_options=pacsv.ParseOptions(delimiter=sep, newlines_in_values=True, ignore_empty_lines=False,
-                                                 invalid_row_handler=invalid),
-                convert_options=pacsv.ConvertOptions(include_columns=["f0"], column_types={"f0": pa.binary()}),
-            )
-        return (header_fields[0] if header_fields else 0), wrong
-    except (OSError, ValueError, pa.ArrowException):
-        pass
-    return _wrong_field_counts_slow(path, sep, encoding)
+def undecodable_cells(report: Report, t: Table, cols: list[str], encoding: str) -> None:
+    """The cells of `cols` holding a byte that is not text in `encoding` (kept as surrogates): bad rows named by
+    row and column; the bytes become U+FFFD."""
+    for c in cols:
+        s = t.df[c]
+        hit = s.str.contains(_UNDECODED, regex=True).to_numpy(dtype=bool)
+        report.row_problem(t, hit, c, _encoding_expected(encoding),
+                           [_undecoded_found(v, encoding) for v in s[hit]])
+        if hit.any():
+            s = s.where(~hit, s.str.replace(_UNDECODED, "\ufffd", regex=True))
+        t.df[c] = s.astype(str)
 
 
-def _wrong_field_counts_slow(path: Path, sep: str, encoding: str) -> tuple[int, dict[int, int]] | None:
-    """The same with Python's csv module (undecodable bytes, rows longer than Arrow's block size, ...)."""
-    if len(sep) != 1:
-        return None
-    try:
-        stream = _binary_stream(path)
-        if stream is None:
-            return None
-        with stream, io.TextIOWrapper(stream, encoding=encoding, errors="surrogateescape", newline="") as text:
-            rows = csv.reader(text, delimiter=sep)
-            n_header = len(next(rows, []))
-            wrong = {i: len(r) for i, r in enumerate(rows) if r and len(r) != n_header}
-        return n_header, wrong
-    except (OSError, ValueError, csv.Error, zipfile.BadZipFile, pa.ArrowException):
-        return None
+def _batch_rows(meta, cols: list[str], block_size: int) -> int:
+    """Rows per Parquet batch: about `block_size` bytes of the columns read (uncompressed)."""
+    if not meta.num_rows:
+        return 1
+    size = 0
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            if col.path_in_schema.split(".")[0] in cols:
+                size += col.total_uncompressed_size
+    return max(1, int(block_size // max(1.0, size / meta.num_rows)))
 
 
 def _raw_header(path: Path, sep: str, encoding: str) -> list[str]:

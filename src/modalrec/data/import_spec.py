@@ -31,6 +31,14 @@ class FileSource(_Strict):
     sep: str | None = None
     encoding: str = "utf-8"
 
+    @field_validator("sep")
+    @classmethod
+    def _one_character(cls, v: str | None) -> str | None:
+        v = {"\\t": "\t"}.get(v, v)  # a YAML '\t' (single-quoted) is meant as a tab
+        if v is not None and (len(v) != 1 or not v.isascii() or v in "\r\n\""):
+            raise ValueError(f"a separator of one character (such as \",\", \";\", \"|\" or a tab), found {v!r}")
+        return v
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, v: str) -> str:
@@ -145,6 +153,7 @@ class ImportSpec(_Strict):
     users: EntitySource | None = None
     content: list[ContentSource] = Field(default_factory=list)
     time_range: TimeRangeSpec = Field(default_factory=TimeRangeSpec)
+    partitions: int | None = Field(default=None, ge=1)  # events/part-NNNNN.parquet by user; None: events.parquet
 
     @model_validator(mode="after")
     def _consistent(self) -> ImportSpec:

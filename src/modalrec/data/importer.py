@@ -41,11 +41,18 @@ content:                               # extra per-entity content files, one mod
   - {name: stats_emb, entity: item, kind: vector, file: stats.csv, id: sku, columns: "emb_*", dim: 16}
 time_range: {min: 2015-01-01, max: 2030-01-01}   # plausible event times (unix seconds or ISO dates);
                                        #   default 1970-01-01 .. 2200-01-01, either side may be left out
+partitions: 16                         # write DATASET/events/part-NNNNN.parquet by user (data larger than
+                                       #   memory, `modalrec.data.partitioned`); default: one events.parquet
 ```
 
 Rules:
-- `.parquet` / `.pq` files are read as Parquet, anything else as CSV (`sep` defaults to "," and to a
-  tab for `.tsv`; `encoding` defaults to utf-8; compression such as `.csv.gz` is inferred).
+- `.parquet` / `.pq` files are read as Parquet, anything else as CSV (`sep`, one character, defaults to ","
+  and to a tab for `.tsv`; `encoding` defaults to utf-8; compression such as `.csv.gz` is inferred).
+  Every file is read in bounded chunks (Arrow's streaming CSV reader, `ParquetFile.iter_batches`; about
+  `block_size` bytes each, 16 MiB by default) and the events are written as they are read, so memory does not
+  grow with the events (the catalogue, the items, users and content files, is kept whole). Rows are numbered
+  across chunks; the chunks change nothing in the result or the problems (a file of several chunks lists
+  its problems chunk by chunk; a file of one chunk, in the order of the checks, as before).
   CSV cells are read as strings and converted afterwards, so every conversion error names the file,
   the 1-based data row (header not counted), the column, and the offending value. A row with more or
   fewer fields than the header is a bad row; so is a cell with a byte that is not text in the file's
@@ -74,27 +81,31 @@ With `skip_bad_rows=True` it removes the bad rows instead and returns them as `R
 reason)` next to the data (an event whose item row was rejected goes with it); problems that are not
 about one row (a missing file or column, bad YAML) still raise. `write_rejected` writes them to CSV.
 
-Modules: `import_spec` (the YAML models), `import_files` (reading files), `import_cells` (converting and
-checking cells), `import_problems` (problems, rejected rows), `import_build` (assembling the data) and
-`timerange` (the plausible event times); this module runs them in order.
+`import_dataset` returns the data in memory; `import_to_directory` (`modalrec data import`) writes it to a
+dataset folder as it reads, the bad rows to OUT/rejected.csv as they are found, and never holds the events:
+one events.parquet, or with `partitions` (the spec's key or the argument) the partitioned layout. Both run the
+same reading and checks (`import_run.Importer`), with another destination for the rows.
+
+Modules: `import_spec` (the YAML models), `import_files` and `import_csv` (reading files in chunks),
+`import_cells` (converting and checking cells), `import_catalogue` (the items, users and content files),
+`import_problems` (problems, rejected rows), `import_build` (assembling tables), `import_write` (the events
+writers, the dataset folder), `import_run` (one import) and `timerange` (the plausible event times).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, overload
 
-import numpy as np
-import pandas as pd
+import pyarrow as pa
 
-from . import import_cells as cells
 from .errors import DataError, Problem
-from .import_build import build
-from .import_files import PARQUET_SUFFIXES, FileReader
-from .import_problems import Rejected, Report, Table, write_rejected
+from .import_build import unify_time
+from .import_files import DEFAULT_BLOCK_SIZE, PARQUET_SUFFIXES
+from .import_problems import Rejected, RejectedCSV, RejectedList, write_rejected
+from .import_run import Importer
 from .import_spec import (
     EVENT_CORE_COLUMNS,
     ContentSource,
@@ -105,10 +116,12 @@ from .import_spec import (
     TimeRangeSpec,
     load_import_spec,
 )
-from .interaction import InteractionData
+from .import_write import MemoryEvents, NullEvents, ParquetEvents, Staging, write_catalogue
+from .interaction import DatasetSpec, InteractionData
 from .timerange import DEFAULT_TIME_RANGE, TimeRange
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
     "DEFAULT_TIME_RANGE",
     "EVENT_CORE_COLUMNS",
     "PARQUET_SUFFIXES",
@@ -117,30 +130,84 @@ __all__ = [
     "EventSource",
     "FileSource",
     "ImportSpec",
+    "Imported",
     "Rejected",
     "TimeRange",
     "TimeRangeSpec",
     "import_dataset",
+    "import_to_directory",
     "load_import_spec",
     "validate_path",
     "write_rejected",
 ]
 
+
 @overload
-def import_dataset(spec_path: str | os.PathLike, skip_bad_rows: Literal[False] = False) -> InteractionData: ...
+def import_dataset(spec_path: str | os.PathLike, skip_bad_rows: Literal[False] = False,
+                   block_size: int = DEFAULT_BLOCK_SIZE) -> InteractionData: ...
 @overload
 def import_dataset(
-    spec_path: str | os.PathLike, skip_bad_rows: Literal[True]
+    spec_path: str | os.PathLike, skip_bad_rows: Literal[True], block_size: int = DEFAULT_BLOCK_SIZE
 ) -> tuple[InteractionData, list[Rejected]]: ...
-def import_dataset(spec_path, skip_bad_rows=False):
+def import_dataset(spec_path, skip_bad_rows=False, block_size=DEFAULT_BLOCK_SIZE):
     """Load the files an import spec describes. Raises `DataError` listing every problem.
 
     With `skip_bad_rows=True`, returns `(data, rejected)`: the bad rows are removed from the data and
-    listed in `rejected`; only problems that concern no single row raise."""
+    listed in `rejected`; only problems that concern no single row raise. The files are read in chunks of
+    about `block_size` bytes; the data is held in memory (`import_to_directory` writes it as it reads)."""
     spec_path = Path(spec_path)
     spec = load_import_spec(spec_path)
-    data, rejected = _Importer(spec, spec_path.resolve().parent, skip_bad_rows).run(str(spec_path))
-    return (data, rejected) if skip_bad_rows else data
+    events, rejected = MemoryEvents(), RejectedList()
+    out = Importer(spec, spec_path.resolve().parent, skip_bad_rows, events, rejected, block_size).run()
+    data = InteractionData(out.spec, pa.concat_tables(unify_time(events.tables)).combine_chunks(), out.items, out.users,
+                           out.content)
+    probs = data.problems(str(spec_path))  # a last guard: what the importer produced must be valid data
+    if probs:
+        raise DataError(probs)
+    return (data, list(rejected)) if skip_bad_rows else data
+
+
+@dataclass
+class Imported:
+    """What `import_to_directory` wrote: the folder, its dataset spec, the summary (as `InteractionData.summary`
+    gives it) and the number of rejected rows (listed in OUT/rejected.csv)."""
+
+    path: Path
+    spec: DatasetSpec
+    summary: dict
+    rejected: int
+    partitions: int | None
+
+
+def import_to_directory(spec_path: str | os.PathLike, out: str | os.PathLike, skip_bad_rows: bool = False,
+                        partitions: int | None = None, block_size: int = DEFAULT_BLOCK_SIZE) -> Imported:
+    """Import the files of a spec into the dataset folder `out`, writing as it reads (memory does not grow with
+    the events). `partitions` (else the spec's `partitions`): events/part-NNNNN.parquet by user, loadable by
+    `PartitionedData.load`; none: one events.parquet, as `InteractionData.save` writes. With `skip_bad_rows`,
+    the bad rows go to OUT/rejected.csv as they are found. On any problem nothing is written: `out` stays as it
+    was (a folder written before is replaced only by a complete import)."""
+    spec_path, out = Path(spec_path), Path(out)
+    spec = load_import_spec(spec_path)
+    n = partitions if partitions is not None else spec.partitions
+    if n is not None and n < 1:
+        raise DataError(Problem(str(spec_path), None, "partitions", "a number of partitions of at least 1", str(n)))
+    staging = Staging(out)
+    events = ParquetEvents(staging.path, n)
+    rejected = RejectedCSV(staging.path / "rejected.csv")
+    try:
+        try:
+            got = Importer(spec, spec_path.resolve().parent, skip_bad_rows, events, rejected, block_size).run()
+        finally:
+            rejected.close()
+        events.close()
+        write_catalogue(staging.path, got.spec, got.items, got.users, got.content)
+        staging.commit()
+    except BaseException:
+        events.abort()
+        staging.discard()
+        raise
+    summary = dict(got.summary, partitions=n) if n is not None else got.summary
+    return Imported(out, got.spec, summary, got.rejected, n)
 
 
 def validate_path(path: str | os.PathLike) -> list[Problem]:
@@ -150,208 +217,10 @@ def validate_path(path: str | os.PathLike) -> list[Problem]:
         if path.is_dir():
             return InteractionData.load(path, validate=False).problems(str(path))
         if path.suffix.lower() in (".yaml", ".yml"):
-            import_dataset(path)
+            spec = load_import_spec(path)
+            Importer(spec, path.resolve().parent, False, NullEvents()).run()  # the events are not kept
             return []
     except DataError as e:
         return list(e.problems)
     return [Problem(str(path), None, None, "a dataset directory (with dataset.yaml) or an import spec (.yaml)",
                     "no such directory" if not path.exists() else "a file of another kind")]
-
-
-# ---------------------------------------------------------------------------------------------- the run
-class _Importer:
-    """One import: reads and checks every file of the spec, cross-checks the ids, builds the data."""
-
-    def __init__(self, spec: ImportSpec, base: Path, skip_bad_rows: bool):
-        self.spec = spec
-        self.skip = skip_bad_rows
-        self.report = Report()
-        self.files = FileReader(base, self.report)
-        self.time_range = spec.time_range.rule()
-
-    # ------------------------------------------------------------------ events
-    def _events(self) -> list[tuple[EventSource, Table, dict]]:
-        out = []
-        for src in self.spec.events:
-            cols = [src.user, src.item, src.time]
-            cols += [c for c in (src.label, src.value, src.channel_column, src.event_id) if c]
-            cols += src.keep
-            t = self.files.open_table(src, cols)
-            if t is None:
-                continue
-            if t.n == 0:  # a header-only export: an error now rather than an empty dataset failing at train
-                self.report.file_problem(t.file, None, "at least one event row", "none")
-                continue
-            ev: dict = {"user_id": cells.ids(self.report, t, src.user),
-                        "item_id": cells.ids(self.report, t, src.item),
-                        "time": cells.times(self.report, t, src.time, src.time_format, self.time_range)}
-            if src.channel_column:
-                ch = cells.as_text(t.df[src.channel_column])
-                self.report.row_problem(t, (ch == "").to_numpy(), src.channel_column, "a channel name",
-                                        "an empty value")
-                ev["channel"] = ch.to_numpy(dtype=object)
-            else:
-                ev["channel"] = np.full(t.n, src.channel or "default", dtype=object)
-            if src.label:
-                ev["label"] = cells.numbers(self.report, t, src.label, required=True, booleans=True)
-            if src.value:
-                ev["value"] = cells.numbers(self.report, t, src.value, required=False)
-            if src.event_id:
-                ev["event_id"] = cells.ids(self.report, t, src.event_id)
-            for c in src.keep:
-                ev[c] = cells.as_text(t.df[c]).to_numpy(dtype=object)
-            out.append((src, t, ev))
-        return out
-
-    # ------------------------------------------------------------------ items / users
-    def _entity(self, src: EntitySource, key: str) -> tuple[Table, dict] | None:
-        cols = [src.id, *src.categorical, *src.multi_categorical, *src.numeric, *src.text, *src.keep]
-        t = self.files.open_table(src, cols)
-        if t is None:
-            return None
-        ids = cells.ids(self.report, t, src.id)
-        cells.duplicates(self.report, t, ids, src.id, "a unique id")
-        cols_out: dict = {key: ids}
-        for c in src.categorical:
-            cols_out[c] = cells.categorical(t, c)
-        for c, sep in src.multi_categorical.items():
-            cols_out[c] = cells.multi(t, c, sep)
-        for c in src.numeric:
-            cols_out[c] = cells.numbers(self.report, t, c, required=False)
-        for c in src.keep:
-            cols_out[c] = cells.categorical(t, c)
-        if src.text:
-            parts = [cells.as_text(t.df[c]) for c in src.text]
-            joined = ["\n".join(p for p in row if p) for row in zip(*(p.to_numpy(dtype=object) for p in parts))]
-            cols_out["__text__"] = np.array(joined, dtype=object)
-        return t, cols_out
-
-    # ------------------------------------------------------------------ content
-    def _content(self, src: ContentSource) -> tuple[Table, np.ndarray, list, np.ndarray] | None:
-        """-> (table, ids, values, present mask)."""
-        header = self.files.header(src)
-        if header is None:
-            return None
-        if src.columns is not None:
-            if isinstance(src.columns, str):
-                value_cols = sorted(fnmatch.filter(header, src.columns), key=_natural_key)
-                if not value_cols:
-                    self.report.file_problem(self.files.path(src), src.columns, f"columns matching '{src.columns}'",
-                                             "none")
-                    return None
-            else:
-                value_cols = list(src.columns)
-        else:
-            value_cols = [src.column]
-        t = self.files.read(src, [src.id, *value_cols], header)
-        if t is None:
-            return None
-        ids = cells.ids(self.report, t, src.id)
-        if src.kind in ("text", "image", "audio"):
-            s = cells.as_text(t.df[src.column])
-            present = (s != "").to_numpy()
-            values = s.to_numpy(dtype=object)
-            if src.kind != "text":
-                folder = self.files.path(src).parent
-                values = np.array([v if (not v or "://" in v or os.path.isabs(v)) else str(folder / v)
-                                   for v in values], dtype=object)
-                absent = np.array([bool(v) and "://" not in v and not os.path.exists(v) for v in values])
-                self.report.row_problem(t, absent, src.column, f"the path of an existing {src.kind} file",
-                                        [repr(v) for v in values[absent]])
-            return t, ids, list(values), present
-        if src.kind == "tokens":
-            vals, present = cells.number_lists(self.report, t, src.column, integers=True)
-            return t, ids, vals, present
-        if src.columns is not None:
-            mat = np.full((t.n, len(value_cols)), np.nan)
-            empty_all = np.ones(t.n, dtype=bool)
-            empties = []
-            for j, c in enumerate(value_cols):
-                s = t.df[c]
-                numeric = pd.api.types.is_numeric_dtype(s)
-                e = s.isna().to_numpy() if numeric else (cells.as_text(s) == "").to_numpy()
-                empties.append(e)
-                empty_all &= e
-            for j, c in enumerate(value_cols):
-                sub = Table(t.file, t.df[[c]], np.zeros(t.n, dtype=bool))
-                mat[:, j] = cells.numbers(self.report, sub, c, required=False)
-                partial = empties[j] & ~empty_all
-                self.report.row_problem(sub, partial, c, "a number (only whole rows may be empty)",
-                                        "an empty value")
-                t.merge(sub)
-            present = ~empty_all
-            vals = [row.astype(np.float32) for row in mat]
-            return t, ids, vals, present
-        vals, present = cells.number_lists(self.report, t, src.column, integers=False)
-        return t, ids, vals, present
-
-    # ------------------------------------------------------------------ main
-    def run(self, origin: str) -> tuple[InteractionData, list[Rejected]]:
-        spec = self.spec
-        events = self._events()
-        entities: dict[str, tuple[Table, dict] | None] = {}
-        for name, src, key in (("item", spec.items, "item_id"), ("user", spec.users, "user_id")):
-            entities[name] = self._entity(src, key) if src is not None else None
-        contents = [(c, self._content(c)) for c in spec.content]
-        if self.report.fatal:
-            raise DataError(self.report.fatal + self.report.rows)
-
-        # side files first: their rejected rows invalidate the rows that point at them
-        known: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-        for name, key in (("item", "item_id"), ("user", "user_id")):
-            ent = entities[name]
-            if ent is not None:
-                t, cols = ent
-                known[name] = (cols[key], cols[key][~t.bad], t.file)
-        for src, t, ev in events:
-            for name, key, col in (("item", "item_id", src.item), ("user", "user_id", src.user)):
-                if name in known:
-                    cells.check_refs(self.report, t, ev[key], col, name, *known[name])
-        # content of an entity without a side file must describe an entity seen in the events
-        for name, key in (("item", "item_id"), ("user", "user_id"), ("event", "event_id")):
-            if name not in known:
-                all_ids = [ev[key] for _, _, ev in events if key in ev]
-                ok_ids = [ev[key][~t.bad] for _, t, ev in events if key in ev]
-                known[name] = (np.concatenate(all_ids) if all_ids else np.array([], dtype=object),
-                               np.concatenate(ok_ids) if ok_ids else np.array([], dtype=object),
-                               "the events files")
-        for c, got in contents:
-            if got is None:
-                continue
-            t, ids, values, present = got
-            cells.check_refs(self.report, t, ids, c.id, c.entity, *known[c.entity])
-            cells.duplicates(self.report, t, ids, c.id, "one row per id (a missing modality is a missing row)")
-            if c.kind == "vector":
-                lengths = np.array([len(v) if p else -1 for v, p in zip(values, present)])
-                usable = present & ~t.bad
-                want = c.dim if c.dim is not None else (_mode(lengths[usable].tolist()) if usable.any() else 0)
-                wrong = present & (lengths != want)
-                self.report.row_problem(t, wrong, c.column or str(c.columns), f"a vector of length {want}",
-                                        [f"length {k}" for k in lengths[wrong]])
-
-        if self.report.rows and not self.skip:
-            raise DataError(self.report.rows)
-        n_events = sum(t.n for _, t, _ in events)
-        if not sum(int((~t.bad).sum()) for _, t, _ in events):  # skipping every row would leave no data
-            files = ", ".join(dict.fromkeys(t.file for _, t, _ in events))
-            raise DataError([Problem(files, None, None, "at least one good event row",
-                                     f"none (all {n_events} rejected)"), *self.report.rows])
-
-        tables = [t for _, t, _ in events] + [e[0] for e in entities.values() if e is not None]
-        tables += [got[0] for _, got in contents if got is not None]
-        rejected = [r for t in tables for r in t.rejected()]
-
-        data = build(self.spec, events, entities, contents)
-        probs = data.problems(origin)  # a last guard: what the importer produced must be valid data
-        if probs:
-            raise DataError(probs)
-        return data, rejected
-
-
-def _natural_key(name: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
-def _mode(values: list[int]) -> int:
-    vals, counts = np.unique(np.asarray(values), return_counts=True)
-    return int(vals[np.argmax(counts)])
