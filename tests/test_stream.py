@@ -391,3 +391,72 @@ def test_consume_stops_when_idle_and_returns_the_counters(redis_url, tmp_path):
 def test_an_unreachable_redis_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="cannot reach Redis"):
         consume(f"redis://127.0.0.1:{_free_port()}/0", f"sqlite:///{tmp_path / 's.sqlite'}", handle_signals=False)
+
+
+@pytest.fixture(scope="module")
+def toy_bundle(tmp_path_factory):
+    """A 1-epoch DIN bundle on the toy data (its time rule: the default plausible range)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("faiss")
+    from modalrec.config import RunConfig
+    from modalrec.serve.bundle import export_bundle
+    from modalrec.train.run import train_run
+
+    from .test_tasks import make_data
+
+    root = tmp_path_factory.mktemp("stream_bundle")
+    data = make_data(n_users=20, n_items=30, n_events=600)
+    data.save(root / "data")
+    cfg = RunConfig.model_validate({
+        "name": "toy-din", "data": {"source": str(root / "data")},
+        "task": {"kind": "ctr", "sample_channels": ["click"], "max_history": 5},
+        "model": {"name": "din", "params": {"embed_dim": 8}},
+        "train": {"epochs": 1, "batch_size": 64, "progress": False, "num_threads": 1}, "seeds": [0]})
+    train_run(cfg, root / "run", data=data, report=False)
+    return export_bundle(root / "run", root / "bundle")
+
+
+def test_consume_command_applies_the_bundles_checks(redis_url, tmp_path, toy_bundle):
+    """`modalrec consume --bundle`: an event POST /events would refuse (its time outside the run's range, a payload
+    vector of the wrong dimension) is dead-lettered with the message POST /events gives; the others are stored."""
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from modalrec.cli import app
+    from modalrec.serve.app import create_app
+
+    good = _events(3, 2, with_ids=True)
+    bad_time = {"user": "u0", "item": "i1", "channel": "click", "time": 1_717_000_000_000, "event_id": "ms"}
+    bad = [bad_time]
+    with TestClient(create_app(toy_bundle, f"sqlite:///{tmp_path / 'http.sqlite'}", api_key="k",
+                               segment_workers=0)) as c:
+        dims = c.app.state.scorer.bundle.schema.item_dense
+        if dims:  # a modality the model reads, with one value too many
+            name, dim = next(iter(dims.items()))
+            bad.append({"user": "u0", "channel": "click", "event_id": "vec", "payload": {"vectors": {name: [0.0] * (dim + 1)}}})
+        messages = []
+        for e in bad:
+            r = c.post("/events", json={"events": [e]}, headers={"X-API-Key": "k"})
+            assert r.status_code == 422
+            messages.append(r.json()["message"].removeprefix("events[0]."))
+    assert "time: expected a time from 1970-01-01" in messages[0]
+    publish(redis_url, "ev", good[:2] + bad + good[2:])
+    state = tmp_path / "s.sqlite"
+    args = ["consume", "--redis", redis_url, "--state", f"sqlite:///{state}", "--stream", "ev", "--group", "g",
+            "--consumer", "x", "--exit-idle", "0.3", "--bundle", str(toy_bundle)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output.strip().splitlines()[-1]) == {
+        "accepted": 3, "duplicates": 0, "invalid": len(bad), "redelivered": 0, "batches": 1}
+    dead = [{k.decode(): v.decode() for k, v in d.items()} for _, d in redis.Redis.from_url(redis_url).xrange("ev:dead")]
+    assert [d["reason"] for d in dead] == messages
+    st = open_state(f"sqlite:///{state}")
+    assert st.count() == 3
+    st.close()
+    res = CliRunner().invoke(app, [*args[:-2], "--bundle", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_the_stream_modules_start_without_torch():
+    code = "import sys, modalrec.serve.stream, modalrec.serve.state; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,9 +4,11 @@ Request path of `/recommend`: the user's behaviour sequence (the bundle's seed h
 events the state store got since) -> candidate retrieval (`serve.retrieval`) -> the ranker scores every
 candidate (`serve.scoring`: the bundle's feature pipeline builds the batch, the model runs in serving mode)
 -> top K. Items registered after export (`POST /items`, `serve.registry`) are scoreable and retrievable at
-once; `DELETE /items/{id}` or their TTL removes them on every process sharing the state store.
+once; `DELETE /items/{id}` or their TTL removes them on every process sharing the state store. Raw segments
+(`POST /segments`, `serve.segments`) are encoded in worker processes and registered progressively; live rooms
+(`POST /rooms`, `serve.rooms`) restrict `/recommend` to registered items of rooms live now when asked (`live_only`).
 
-Writes (`POST /events`, `POST /items`, deleting items, and reading a user's stored state) need the API key:
+Writes (`POST /events`, `/items`, `/segments`, `/rooms`, deleting items, reading a user's state) need the API key:
 header `X-API-Key: KEY` or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403. /docs (Swagger
 UI) is served from the packaged assets, so it works without network access.
 """
@@ -25,6 +27,7 @@ import torch
 
 from .bundle import load_bundle
 from .ops import Limits, Metrics, RateLimiter, keep_freed_memory, key_guard
+from .rooms import Rooms, add_room_routes
 from .schemas import (
     MAX_BODY_BYTES,
     Context,
@@ -32,9 +35,11 @@ from .schemas import (
     DeleteItemResponse,
     DeleteItemsRequest,
     DeleteItemsResponse,
+    EventRule,
     EventsRequest,
     EventsResponse,
     HistoryEvent,
+    Invalid,
     ItemsRequest,
     ItemsResponse,
     RecommendRequest,
@@ -46,9 +51,11 @@ from .schemas import (
     to_seconds,
 )
 from .scoring import Scorer
+from .segments import SegmentService, add_segment_routes
 from .state import StoredEvent, open_state
 
 API_KEY_ENV = "MODALREC_API_KEY"
+SEGMENT_BODY_BYTES = 16 << 20  # POST /segments: a segment's frames and speech, base64
 
 
 def _field(loc) -> str:
@@ -64,30 +71,21 @@ def default_state_url(bundle_dir: Path) -> str:
     return f"sqlite:///{bundle_dir.parent / (bundle_dir.name + '-state.sqlite')}"
 
 
-def payload_vector_errors(events, dims: dict[str, int]) -> list[dict]:
-    """422 errors for payload vectors of a modality the model reads (a dense one, or a token modality: one
-    token) with another dimension, on any event of any channel."""
-    errors = []
-    for i, ev in enumerate(events):
-        for name, vec in ((ev.payload.vectors or {}) if ev.payload else {}).items():
-            if name in dims and len(vec) != dims[name]:
-                errors.append({"loc": ("body", "events", i, "payload", "vectors", name),
-                               "msg": f"expected {dims[name]} values for modality '{name}', found {len(vec)}",
-                               "type": "vector_dimension"})
-    return errors
-
-
 def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: str | None = None, *,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
                rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None,
-               precision: str = "fp32"):
+               precision: str = "fp32", segment_workers: int = 1, segment_threads: int | None = 1,
+               live_only: bool = False, segment_body_bytes: int = SEGMENT_BODY_BYTES):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
     bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
     `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
     with Retry-After above it; None: no limit. `item_sync_s`: how often (seconds) /recommend, /score and
     /items look in the state store for items registered by other processes sharing it (0: at every request;
     None: never, they then arrive at a restart). `item_ttl_s`: seconds after which a registered item without its
-    own `ttl_s` expires (None: never). `precision`: arithmetic of the serving fast paths (fp32 or bf16)."""
+    own `ttl_s` expires (None: never). `precision`: arithmetic of the serving fast paths (fp32 or bf16).
+    `segment_workers`: processes encoding speech for POST /segments (one more encodes frames and comments; 0: no
+    raw segments), started with the app (its lifespan), `segment_threads` torch threads each. `live_only`: the
+    default of /recommend's `live_only`. `segment_body_bytes`: the body limit of POST /segments."""
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
@@ -111,13 +109,42 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     metrics = Metrics({"model": bundle.model_name, "task": bundle.task, "seed": str(bundle.manifest.get("seed")),
                        "state": state.kind, "items": str(bundle.n_items - 1), "precision": precision})
     is_ctr = bundle.task == "ctr"
-    schema = bundle.schema
-    dims = dict(schema.item_dense) | {name: dim for name, (_, dim) in schema.item_tokens.items()}
+    rule = EventRule.of_bundle(bundle)  # the import's time range and the model's vector dimensions
+    rooms = Rooms(state, item_sync_s)
+    segments: dict = {"service": None, "refusal": "the service has not started (its lifespan did not run)"}
+
+    def segment_service() -> tuple[SegmentService | None, str]:
+        return segments["service"], segments["refusal"]
+
+    def on_segment(result: str, seconds: float | None) -> None:
+        if result == "complete":
+            metrics.segment_latency.labels("complete").observe(seconds)
+            return
+        metrics.inc("modalrec_segments", result)
+        if result == "registered":
+            metrics.segment_latency.labels("recommendable").observe(seconds)
 
     @asynccontextmanager
     async def lifespan(app):
-        yield
-        state.close()
+        from .content import ContentEncoder, ContentSettingsError
+
+        try:
+            encoder = ContentEncoder.from_pipeline(bundle.pipeline)  # cheap: the networks load in the workers
+        except ContentSettingsError as e:
+            segments["refusal"] = str(e)
+        else:  # workers 0: no segment accepted, the status of registered ones still answered
+            if segment_workers < 1:
+                segments["refusal"] = "the service runs without segment workers (serve --segment-workers 0)"
+            segments["service"] = SegmentService(encoder, registry, max(0, segment_workers), segment_threads,
+                                                 on_result=on_segment)
+        try:
+            yield
+        finally:
+            service, segments["service"] = segments["service"], None
+            segments["refusal"] = "the service is stopping"
+            if service is not None:
+                service.close()
+            state.close()
 
     app = FastAPI(
         title="modalrec service", version=str(bundle.manifest.get("modalrec_version", "")),
@@ -130,8 +157,11 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     mount_docs(app)
     app.state.scorer = scorer
     app.state.metrics = metrics
+    app.state.rooms = rooms
+    app.state.segments = segments
     limiter = RateLimiter(rate_limit, rate_burst) if rate_limit else None
-    app.add_middleware(Limits, metrics=metrics, max_body_bytes=max_body_bytes, limiter=limiter)
+    app.add_middleware(Limits, metrics=metrics, max_body_bytes=max_body_bytes, limiter=limiter,
+                       route_limits={"/segments": max(segment_body_bytes, max_body_bytes)})
     require_key = key_guard(key, API_KEY_ENV)
 
     def unprocessable(errors: list[dict]) -> JSONResponse:
@@ -146,23 +176,22 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     async def _invalid(request: Request, exc: RequestValidationError):
         return unprocessable(list(exc.errors()))
 
-    class _Invalid(Exception):
-        def __init__(self, errors):
-            self.errors = errors
-
-    @app.exception_handler(_Invalid)
-    async def _invalid2(request: Request, exc: _Invalid):
+    @app.exception_handler(Invalid)
+    async def _invalid2(request: Request, exc: Invalid):
         return unprocessable(exc.errors)
 
     def sync_items() -> None:
-        """Items registered or deleted by other processes sharing the state store, then expired items
-        (throttled: see ItemRegistry.refresh_items)."""
+        """Items registered or deleted by other processes sharing the state store, then expired items, then room
+        events (throttled: see ItemRegistry.refresh_items, Rooms.sync)."""
+        rooms.sync()
         changes = registry.refresh_items()
         for result in ("registered", "replaced", "deleted"):
             if changes[result]:
                 metrics.inc("modalrec_items_synced", result, changes[result])
         if changes["expired"]:
             metrics.inc("modalrec_items", "expired", changes["expired"])
+
+    live_default = live_only
 
     def stage(name: str, t0: float) -> float:
         t1 = time.perf_counter()
@@ -180,13 +209,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             out.append(ScoredItem(item=item, score=s if finite else None, probability=p, known=bool(i > 0)))
         return out
 
-    time_rule = bundle.pipeline.settings.time_rule()  # the import's rule: the same check at import and online
-
-    def time_errors(times) -> list[dict]:
-        """422 errors for (loc, time) pairs outside the plausible range of event times."""
-        return [{"loc": ("body", *loc), "type": "time_range",
-                 "msg": f"expected {time_rule.expected()}, found {time_rule.found(t)}"}
-                for loc, t in times if t is not None and time_rule.message(t) is not None]
+    time_errors = rule.time_errors  # the import's rule: the same check at import and online
 
     def check_context(ctx: Context, history: list[HistoryEvent] | None = None) -> None:
         """422 for what the schema cannot know: times outside the bundle's range, context features the model does
@@ -201,7 +224,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                         "msg": f"unknown channel '{h.channel}'; the model's history reads {sorted(tags)}"}
                        for i, h in enumerate(history) if h.channel is not None and h.channel not in tags]
         if errors:
-            raise _Invalid(errors)
+            raise Invalid(errors)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and readiness: the bundle is loaded and the state store answers")
     def healthz():
@@ -209,25 +232,34 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             ok = state.ping()
         except Exception as e:  # noqa: BLE001 - any store failure is reported by the probe, not raised
             return JSONResponse({"status": "error", "state": state.kind, "error": str(e)}, status_code=503)
+        service = segments["service"]
+        with scorer.lock.read():
+            live = len(rooms.live(registry.room_items))
         return {"status": "ok" if ok else "error", "model": bundle.model_name, "task": bundle.task,
                 "state": state.kind, "users": len(bundle.pipeline.users) - 1, "items": bundle.n_items - 1,
                 "registered_items": registry.n_registered, "item_rows": len(registry.ids) - registry.ids.n_base,
-                "tombstones": registry.ids.tombstones, "precision": precision}
+                "tombstones": registry.ids.tombstones, "precision": precision, "live_rooms": live,
+                "segments": "off" if service is None or not service.accepting else "ready" if service.ready()
+                else "starting"}
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics: request counts, latency histograms, events, "
              "cold starts")
     def prom():
         import prometheus_client
 
+        service = segments["service"]
+        if service is not None:
+            metrics.segments(service.stats())
+        with scorer.lock.read():
+            metrics.live_rooms.set(len(rooms.live(registry.room_items)))
         return Response(metrics.render(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     @app.post("/events", response_model=EventsResponse, tags=["events"], dependencies=[Depends(require_key)],
               summary="Ingest a batch of interactions; acknowledged only once durably stored")
     def post_events(req: EventsRequest) -> EventsResponse:
-        errors = payload_vector_errors(req.events, dims)
-        errors += time_errors([(("events", i, "time"), ev.time) for i, ev in enumerate(req.events)])
+        errors = rule.errors(req.events)
         if errors:
-            raise _Invalid(errors)
+            raise Invalid(errors)
         now = int(time.time())
         stored = [StoredEvent(user=ev.user, item=ev.item, channel=ev.channel, time=to_seconds(ev.time, now),
                               value=ev.value, event_id=ev.event_id,
@@ -256,7 +288,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         t0 = time.perf_counter()
         res, errors = registry.register(req.items)
         if errors:
-            raise _Invalid(errors)
+            raise Invalid(errors)
         stage("items", t0)
         for result in ("registered", "replaced", "known_to_bundle"):
             if res[result]:
@@ -321,22 +353,30 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         # p50 under load (benchmarks/serve_load.py); /events, which waits on fsync, stays on the pool
         sync_items()
         check_context(req.context)
+        live_only = live_default if req.live_only is None else req.live_only
         t0 = time.perf_counter()
         cold = scorer.user_index(req.user) == 0
         seq, t, before = sequence(req.user, req.context, None)
         exclude = set(scorer.item_index(req.context.exclude).tolist()) if req.context.exclude else set()
         t0 = stage("state", t0)
+        live = live_rows = room_of = None
+        if live_only:  # the registered items of the rooms live now, read together with their rooms
+            with scorer.lock.read():
+                live = rooms.live(registry.room_items)
+                live_rows = registry.live_rows(live, req.one_per_room)
+                room_of = dict(registry.item_room)
         if req.candidates is not None:
             cand = scorer.item_index(req.candidates)
             names = list(req.candidates)
-            keep = [j for j, c in enumerate(cand) if c == 0 or c not in exclude]
+            allowed = None if live_rows is None else set(live_rows.tolist())
+            keep = [j for j, c in enumerate(cand) if (c == 0 or c not in exclude) and (allowed is None or c in allowed)]
             cand, names = cand[keep], [names[j] for j in keep]
             retrieved = {"ann": 0, "popular": 0, "given": len(cand)}
         else:
             query = scorer.retrieval_query(req.user, before)
             if req.exclude_seen:
                 exclude |= set(query.tolist()) | set(seq.items.tolist())
-            cand, n_ann = scorer.retrieve(query, req.n_candidates, exclude)
+            cand, n_ann = scorer.retrieve(query, req.n_candidates, exclude, among=live_rows)
             names = [registry.ids.id_of(int(i)) for i in cand]
             retrieved = {"ann": n_ann, "popular": len(cand) - n_ann, "given": 0}
         t0 = stage("retrieval", t0)
@@ -351,14 +391,21 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         short = None
         if len(top) < req.k:
             short = (f"{len(top)} of the {req.k} items asked for: only {len(cand)} candidates "
-                     + ("were given" if req.candidates is not None else
-                        f"exist after exclusions (n_candidates {req.n_candidates})"))
+                     + ("were given" if req.candidates is not None and not live_only else
+                        f"of the {len(req.candidates)} given are live" if req.candidates is not None else
+                        f"exist after exclusions (n_candidates {req.n_candidates})"
+                        + (f", among the registered items of the {len(live)} live rooms"
+                           + (", one per room" if req.one_per_room else "") if live_only else "")))
             unranked = int((~np.isfinite(logits)).sum())
             if unranked:
                 short += f", {unranked} of them without a score from the model (not ranked)"
-        return RecommendResponse(user=req.user, cold_start=cold, history_length=len(seq.items),
-                                 items=scored([names[j] for j in top], cand[top], logits[top]),
-                                 retrieved=retrieved, model=bundle.model_name, shortfall=short)
+        items = scored([names[j] for j in top], cand[top], logits[top])
+        if live_only:
+            for it in items:
+                it.room = room_of.get(it.item)
+        return RecommendResponse(user=req.user, cold_start=cold, history_length=len(seq.items), items=items,
+                                 retrieved=retrieved, model=bundle.model_name, shortfall=short,
+                                 live_rooms=None if live is None else len(live))
 
     @app.post("/score", response_model=ScoreResponse, tags=["recommend"],
               summary="Scores (ctr: click probabilities) of given items for a user")
@@ -388,16 +435,23 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         return UserState(user=user, known=scorer.user_index(user) > 0,
                          events=[e.to_json() for e in state.recent(user, n)], counters=state.counters(user))
 
+    add_segment_routes(app, bundle=bundle, registry=registry, service=segment_service, require_key=require_key,
+                       sync_items=sync_items, invalid=Invalid, metrics=metrics)
+    add_room_routes(app, rooms=rooms, registry=registry, lock=scorer.lock, require_key=require_key,
+                    sync_items=sync_items, invalid=Invalid, time_errors=time_errors, metrics=metrics)
     return app
 
 
 def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, state_url: str | None = None,
           api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
           rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0,
-          item_ttl_s: float | None = None, precision: str = "fp32") -> None:
+          item_ttl_s: float | None = None, precision: str = "fp32", segment_workers: int = 1,
+          live_only: bool = False) -> None:
     """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
     processes can share one state store: items registered or deleted through one reach the others within
-    `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own."""
+    `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own.
+    `segment_workers`: processes encoding speech for POST /segments (plus one for frames and comments; 0: none);
+    `live_only`: /recommend returns only registered items of live rooms unless a request says otherwise."""
     import logging
 
     import uvicorn
@@ -406,7 +460,8 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
         logging.getLogger("modalrec.serve").warning("could not tune the C allocator (not glibc?): requests map and "
                                                     "fault their buffers afresh")
     app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
-                     item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision)
+                     item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision,
+                     segment_workers=segment_workers, live_only=live_only)
     # the bundle's objects live as long as the process: moved out of the collector's generations, a full
     # collection during a request no longer walks them (tail latency)
     gc.collect()

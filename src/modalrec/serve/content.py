@@ -123,7 +123,7 @@ class ContentEncoder:
         self.encoders = offline._Encoders(self.cfg) if cache_dir is not None else _Uncached(self.cfg)
         recorded = {m["name"]: ModalitySpec.model_validate(m) for m in content.get("modalities") or []}
         self.raw = {n: m for n, m in recorded.items() if m.kind in offline.RAW_KINDS and m.entity == "item"}
-        self.words = [w for w in plan.get("words") or [] if w in self.raw]
+        self.word_modalities = [w for w in plan.get("words") or [] if w in self.raw]
         tokens, dense = plan.get("tokens") or {}, plan.get("dense") or {}
         on = {"image": cfg.image != "off", "audio": cfg.audio != "off", "text": cfg.text != "off"}
         self.sources: dict[str, tuple[ModalitySpec, list[_Target]]] = {}  # raw modality -> its vector modalities
@@ -180,7 +180,7 @@ class ContentEncoder:
             m = self.raw.get(name)
             if m is None:
                 raise ContentError(name, None, f"not a raw item modality of the run's data ({sorted(self.raw)})")
-            if name not in self.sources and name not in self.words:
+            if name not in self.sources and name not in self.word_modalities:
                 raise ContentError(name, None, "the run neither encoded this modality nor read its words")
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
                 raise ContentError(name, None, "expected a list of values")
@@ -208,7 +208,7 @@ class ContentEncoder:
 
     def words(self, raw: RawSegment) -> dict[str, str]:
         """`NewItem.text` of the raw text modalities the model reads as bags of words (a multi one's texts joined)."""
-        return {n: " ".join(t for t in raw[n] if t) for n in self.words if raw.get(n)}
+        return {n: " ".join(t for t in raw[n] if t) for n in self.word_modalities if raw.get(n)}
 
     # ------------------------------------------------------------------------------------------ encoding
     def encode_arrays(self, raw: RawSegment) -> dict[str, np.ndarray]:
@@ -264,9 +264,14 @@ class ContentEncoder:
                 vectors[t.name] = mean[0].astype(np.float32).tolist()
         return vectors, tokens
 
-    def warm_up(self) -> None:
-        """Loads every network the plan uses, so that the first segment pays no loading time."""
-        enc, views = self.encoders, {t.view for _, ts in self.sources.values() for t in ts}
+    def views(self, names=None) -> set[str]:
+        """The encoder views (image, text, asr, mfcc) the raw modalities `names` (None: all) are encoded with."""
+        return {t.view for n, (_, ts) in self.sources.items() if names is None or n in names for t in ts}
+
+    def warm_up(self, views=None) -> None:
+        """Loads every network the plan uses (of `views` only, when given), so that the first segment pays no
+        loading time."""
+        enc, views = self.encoders, self.views() if views is None else set(views)
         noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
         if "image" in views:
             enc.image.features(np.zeros((1, 224, 224, 3), np.uint8))
@@ -313,7 +318,11 @@ def _start_worker(plan: dict, cache_dir, threads: int | None, warm: bool) -> Non
         torch.set_num_threads(threads)
     _WORKER = ContentEncoder(plan, cache_dir)
     if warm:
-        _WORKER.warm_up()
+        _WORKER.warm_up(None if warm is True else warm)
+
+
+def _ready() -> bool:
+    return _WORKER is not None
 
 
 def _encode_in_worker(raw: RawSegment):
@@ -324,15 +333,16 @@ def _encode_in_worker(raw: RawSegment):
 class EncoderPool:
     """`workers` processes encoding raw segments off the request path, each with its `ContentEncoder` (the plan of
     `encoder`). `threads`: torch threads per worker (1 leaves the other cores to scoring). `warm`: load the
-    networks when a worker starts. `on_done(segment_id, vectors, tokens)` / `on_error(segment_id, exception)` run
+    networks when a worker starts (True: every one of the plan; a collection of views: those). `on_done(segment_id, vectors, tokens)` / `on_error(segment_id, exception)` run
     in a thread of this process: keep them short (e.g. `registry.register([to_new_item(...)])`)."""
 
-    def __init__(self, encoder: ContentEncoder, workers: int = 1, threads: int | None = 1, warm: bool = True,
+    def __init__(self, encoder: ContentEncoder, workers: int = 1, threads: int | None = 1, warm=True,
                  start_method: str = "spawn"):
         import multiprocessing
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        warm = warm if isinstance(warm, bool) else sorted(warm)
         self.workers, self._args = workers, (encoder.plan, encoder.cache_dir, threads, warm)
         self._context = multiprocessing.get_context(start_method)  # spawn: no fork of a threaded server
         self._lock = threading.Lock()
@@ -357,6 +367,11 @@ class EncoderPool:
         with self._lock:
             found = self._states.get(segment_id)
             return None if found is None else dict(found)
+
+    def start(self) -> list[Future]:
+        """Starts (and warms) the workers now rather than at the first segment: futures done when they are up."""
+        with self._lock:
+            return [self._executor.submit(_ready) for _ in range(self.workers)]
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, self._context, initializer=_start_worker, initargs=self._args)

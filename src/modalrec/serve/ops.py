@@ -35,6 +35,10 @@ COUNTERS = {
     "modalrec_items_synced": ("result", ("Items registered or deleted by other processes sharing the state store "
                               "and applied here, by result (registered, replaced, deleted).")),
     "modalrec_cold_starts": ("kind", "Requests or events about users/items unknown to the bundle."),
+    "modalrec_segments": ("result", ("Raw segments (POST /segments) by result: accepted, registered (first "
+                          "registration: recommendable), updated (slow modalities added), failed, discarded (encoded "
+                          "after the segment was deleted).")),
+    "modalrec_rooms": ("result", "Room events (POST /rooms) by result (applied, stale)."),
 }
 
 
@@ -54,6 +58,16 @@ class Metrics:
                                      registry=self.registry)
         self.counters = {name: prom.Counter(name, help_, [label], registry=self.registry)
                          for name, (label, help_) in COUNTERS.items()}
+        self.segment_latency = prom.Histogram(
+            "modalrec_segment_seconds", "Time from POST /segments to the segment's first registration "
+            "(recommendable) and to its last modality (complete).", ["phase"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0), registry=self.registry)
+        self.segment_queue = prom.Gauge("modalrec_segment_queue", "Segments submitted to an encoder lane and not "
+                                        "finished, by lane (fast: frames, comments; slow: speech).", ["lane"],
+                                        registry=self.registry)
+        self.segment_encode = prom.Gauge("modalrec_segment_encode_seconds", "Mean worker seconds per segment, by raw "
+                                         "modality.", ["modality"], registry=self.registry)
+        self.live_rooms = prom.Gauge("modalrec_live_rooms", "Rooms live now.", registry=self.registry)
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -65,6 +79,13 @@ class Metrics:
     def inc(self, name: str, value: str, by: float = 1.0) -> None:
         """Adds `by` to counter `name` (modalrec_events, ..., without _total) for label value `value`."""
         self.counters[name].labels(value).inc(by)
+
+    def segments(self, stats: dict) -> None:
+        """Sets the encoder gauges from `SegmentService.stats()`."""
+        for lane, s in stats["lanes"].items():
+            self.segment_queue.labels(lane).set(s["queued"])
+            for modality, seconds in s["seconds_per_segment"].items():
+                self.segment_encode.labels(modality).set(seconds)
 
     def render(self) -> bytes:
         return prom.generate_latest(self.registry)
@@ -131,11 +152,13 @@ class Limits:
 
     UNLIMITED = ("/healthz", "/metrics")
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int, limiter: RateLimiter | None = None):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, limiter: RateLimiter | None = None,
+                 route_limits: dict[str, int] | None = None):
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.limiter = limiter
+        self.route_limits = route_limits or {}  # exact path -> its own body limit (raw segments: larger)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -156,10 +179,11 @@ class Limits:
                 status["code"] = message["status"]
             await send(message)
 
+        limit = self.route_limits.get(scope.get("path"), self.max_body)
         try:
             declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-                return await self._too_large(send_wrapped)
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                return await self._too_large(send_wrapped, limit)
             if scope.get("method") in ("POST", "PUT", "PATCH"):
                 body, more = bytearray(), True
                 while more:  # read (and bound) the whole body before the app sees any of it
@@ -168,8 +192,8 @@ class Limits:
                         return
                     body += message.get("body", b"")
                     more = message.get("more_body", False)
-                    if len(body) > self.max_body:
-                        return await self._too_large(send_wrapped)
+                    if len(body) > limit:
+                        return await self._too_large(send_wrapped, limit)
                 sent = False
 
                 async def replay():
@@ -192,8 +216,8 @@ class Limits:
         await self._error(send, 429, f"rate limit of {self.limiter.rate:g} requests/s per client (bursts of "
                           f"{self.limiter.burst:g}) exceeded; retry after {retry} s", (b"retry-after", str(retry).encode()))
 
-    async def _too_large(self, send):
-        await self._error(send, 413, f"request body larger than {self.max_body} bytes", (b"connection", b"close"))
+    async def _too_large(self, send, limit: int):
+        await self._error(send, 413, f"request body larger than {limit} bytes", (b"connection", b"close"))
 
     @staticmethod
     async def _error(send, status: int, message: str, header: tuple[bytes, bytes]) -> None:

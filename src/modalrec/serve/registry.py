@@ -6,7 +6,7 @@ then on. Its raw features are coded by the bundle's feature pipeline (`FeatureMa
 codes by construction); the model's id tables have only the bundle's rows, so a registered item reaches the model
 with id 0 (unknown, as offline for an item the model never saw) and its own side features and content. Registered
 items are kept in the state store and replayed at startup; retrieval gets their vectors as the bundle's were
-computed (`bundle.item_vector_rows`) and their group (the first categorical feature).
+computed (`bundle.item_vector_rows`) and their group (`group_feature`: the streamer of a segment).
 
 Items registered by other processes sharing the state store arrive through `sync_items` (called at the start of
 requests): at most one store query per `item_sync_s` seconds (0: every call; None: never, items of other
@@ -18,7 +18,11 @@ tombstone to the store first (other processes drop the item at their next sync; 
 then unpublish the id here: it is looked up as 0, a cold start like an id never registered, and retrieval skips
 its row (`alive`). The row stays (indices never move); registering the id again takes it back, and after
 `ItemIds.reuse_after_s` a new id may take it (`ItemIds`). The model drops what it memoised about a row whose
-content changed (`Model.forget_items`).
+content changed (`Model.forget_items`). `update` replaces a registered item's content keeping its expiry, and
+only while the store still holds the registration it updates (a segment's slow modalities, `serve.segments`).
+
+Each registered item's room is the raw value of its group feature (as text): live rooms (`serve.rooms`) select
+their registered items through `room_items` / `live_rows`.
 """
 
 from __future__ import annotations
@@ -55,9 +59,12 @@ class ItemRegistry:
         self.maps = bundle.pipeline.item_maps
         self.n_items = bundle.n_items  # rows of the model's item id tables
         self._rw = lock
-        # the group of an item: its first categorical feature (the creator of a video, a movie's category)
+        # the group of an item: the gifting graph's group feature (the streamer), else its first categorical feature
+        # in the data's order (the creator of a video, a movie's category); the loaded table's names are sorted
         cats = self.table.categorical
-        self.group_feature = next(iter(cats), None)
+        graph = bundle.pipeline.graph
+        order = [*([graph.group_feature] if graph is not None else []), *bundle.pipeline.item_sizes.categorical, *cats]
+        self.group_feature = next((name for name in order if name in cats), None)
         self.group = cats[self.group_feature] if cats else None
         self.vectors = bundle.item_vectors  # (n, d) retrieval vectors, rows appended for registered items
         self.has_vector: AppendableRows | None = None  # registered items with a retrieval vector
@@ -92,6 +99,8 @@ class ItemRegistry:
         self.alive: AppendableRows | None = None  # False: a deleted item's row (a tombstone), never retrieved
         self.born: AppendableRows | None = None  # when each registered row was written last (a counter)
         self._born = 1
+        self.item_room: dict[str, str] = {}  # live registered id -> its room (the group feature's raw value)
+        self.room_items: dict[str, dict[str, int]] = {}  # room -> its live registered ids -> their rows
         self.replayed = self.replay()
 
     @property
@@ -106,12 +115,17 @@ class ItemRegistry:
                                              item.tokens)
         return row, [{"loc": ("body", *where, *loc), "msg": msg, "type": kind} for loc, msg, kind in problems]
 
-    def register(self, items: list[NewItem]) -> tuple[dict | None, list[dict]]:
+    def room(self, item: NewItem) -> str | None:
+        """The item's room: its group feature's raw value as text (None: no group feature, or no value)."""
+        value = item.categorical.get(self.group_feature) if self.group_feature is not None else None
+        return None if value is None else str(value)
+
+    def register(self, items: list[NewItem], bodies: dict[str, str] | None = None) -> tuple[dict | None, list[dict]]:
         """Validates every item (nothing is stored when one is invalid: the errors are returned), stores the
         new ones durably in the state store, then adds them to the item tables. An id known to the bundle
         changes nothing (its tables stay as trained); an id registered before is replaced; a deleted or expired
         id is registered afresh (in its old row). An item's expiry (`ttl_s`, else the service's `item_ttl_s`,
-        from now) is stored with it. Returns counts."""
+        from now) is stored with it. Returns counts; `bodies` gets each stored document by id."""
         rows, errors = [], []
         for i, item in enumerate(items):
             row, errs = self.prepare(item, ("items", i))
@@ -128,14 +142,54 @@ class ItemRegistry:
                 continue
             ttl = it.ttl_s if it.ttl_s is not None else self.item_ttl_s
             expires = None if ttl is None else now + ttl  # registering again restarts the TTL
-            entries.append((it.id, row, expires))
+            entries.append((it.id, row, expires, self.room(it)))
             docs.append((it.id, _item_doc(it, expires)))
         with self._registering:
             self.state.put_items(docs)
             registered, replaced = self._apply(entries)
             self._applied.update(docs)  # read back by sync_items with this body: not applied a second time
+        if bodies is not None:
+            bodies.update(docs)
         return {"registered": registered, "replaced": replaced, "known_to_bundle": len(known),
                 "known_ids": known, "items": self.n_registered}, []
+
+    def update(self, item: NewItem, expected: str) -> tuple[str | None, list[dict]]:
+        """Replaces a registered item's features and content as `register` does (the model forgets what it memoised
+        about its row), keeping its expiry, only while this process and the state store hold `expected` (the
+        document the caller registered): an item deleted, expired or registered again since stays as it is.
+        Returns (the new stored document, or None when it was not updated; validation errors)."""
+        row, errors = self.prepare(item, ("item",))
+        if errors:
+            return None, errors
+        with self._registering:
+            if item.id not in self.ids.extra or self._applied.get(item.id) != expected:
+                return None, []
+            expires = self._expiry.get(item.id)
+            body = _item_doc(item, expires)
+            update = getattr(self.state, "update_items", None)
+            if update is not None:
+                if not update([(item.id, body, expected)]):
+                    return None, []  # another process deleted or registered it again: its sync will tell
+            else:
+                self.state.put_items([(item.id, body)])
+            self._apply([(item.id, row, expires, self.room(item))])
+            self._applied[item.id] = body
+        return body, []
+
+    def live_rows(self, rooms: set[str], one_per_room: bool = False) -> np.ndarray:
+        """The rows of the live registered items of `rooms` (with `one_per_room`: each room's latest registered);
+        call under the read lock."""
+        rows: list[int] = []
+        n = self.n_items
+        for room in rooms:
+            items = self.room_items.get(room)
+            if not items:
+                continue
+            if one_per_room:
+                rows.append(max(items.values(), key=lambda i: self.born.extra[i - n]))
+            else:
+                rows.extend(items.values())
+        return np.array(sorted(rows), dtype=np.int64)
 
     def replay(self) -> int:
         """Registers the items stored by earlier runs (startup). Items that no longer fit the bundle (another
@@ -157,9 +211,8 @@ class ItemRegistry:
                  len(entries), known, skipped)
         return len(entries)
 
-    def _stored_rows(self, docs: list[tuple[str, str]]) -> tuple[list[tuple[str, dict, float | None]], dict[str, str],
-                                                                 int, int]:
-        """The item table rows of stored items (id, JSON document): (entries for _apply: id, rows, expiry; id ->
+    def _stored_rows(self, docs: list[tuple[str, str]]) -> tuple[list[tuple], dict[str, str], int, int]:
+        """The item table rows of stored items (id, JSON document): (entries for _apply: id, rows, expiry, room; id ->
         body of those; ids the bundle knows; items skipped with a warning as invalid or not fitting this bundle)."""
         entries, bodies, skipped, known = [], {}, 0, 0
         for item_id, body in docs:
@@ -177,7 +230,7 @@ class ItemRegistry:
                 log.warning("stored item %r does not fit this bundle (%s); skipped", item.id, errs[0]["msg"])
                 skipped += 1
                 continue
-            entries.append((item.id, row, expires))
+            entries.append((item.id, row, expires, self.room(item)))
             bodies[item.id] = body
         return entries, bodies, known, skipped
 
@@ -329,11 +382,25 @@ class ItemRegistry:
             indices = [self.ids.remove(item) for item in live]
             for index in indices:
                 self.alive[index] = False
+            for item in live:
+                self._set_room(item, None, 0)
             self.model.forget_items(indices)
         for item in live:
             self._expiry.pop(item, None)
             self._applied.pop(item, None)
         return live
+
+    def _set_room(self, item: str, room: str | None, index: int) -> None:
+        """Moves a live registered id to `room` (None: none, or removed). Under _registering and the write lock."""
+        old = self.item_room.pop(item, None)
+        if old is not None:
+            members = self.room_items[old]
+            members.pop(item, None)
+            if not members:
+                del self.room_items[old]
+        if room is not None:
+            self.item_room[item] = room
+            self.room_items.setdefault(room, {})[item] = index
 
     def _tables(self) -> list[AppendableRows]:
         out = [arr for group in SIDE_GROUPS for arr in getattr(self.table, group).values()]
@@ -357,22 +424,22 @@ class ItemRegistry:
         self.born = AppendableRows(np.zeros(self.n_items, dtype=np.int64))  # registration order (rows are reused)
         self._growable = True
 
-    def _apply(self, entries: list[tuple[str, dict, float | None]]) -> tuple[int, int]:
-        """Adds (id, rows, expiry) to the item tables and the vocabulary, latest wins; returns (new ids,
+    def _apply(self, entries: list[tuple[str, dict, float | None, str | None]]) -> tuple[int, int]:
+        """Adds (id, rows, expiry, room) to the item tables and the vocabulary, latest wins; returns (new ids,
         replaced). A deleted id comes back as new, in its tombstone's row. Under _registering."""
         if not entries:
             return 0, 0
-        latest: dict[str, tuple[dict, float | None]] = {}
+        latest: dict[str, tuple[dict, float | None, str | None]] = {}
         registered = replaced = 0
-        for item_id, row, expires in entries:
+        for item_id, row, expires, room in entries:
             if item_id in latest or item_id in self.ids.extra:
                 replaced += 1
             else:
                 registered += 1
-            latest[item_id] = (row, expires)
+            latest[item_id] = (row, expires, room)
         vectors = None
         if self.vectors is not None:
-            vectors = item_vector_rows(self.model, [row for row, _ in latest.values()], self.table,
+            vectors = item_vector_rows(self.model, [row for row, _, _ in latest.values()], self.table,
                                        self.vectors.shape[1], self.vector_source)
         with self._rw.write():
             self._make_growable()
@@ -381,7 +448,7 @@ class ItemRegistry:
             for table in self._tables():
                 table.reserve(total)
             again: list[int] = []
-            for j, (item_id, (row, _)) in enumerate(latest.items()):
+            for j, (item_id, (row, _, room)) in enumerate(latest.items()):
                 index = self.ids.index_for(item_id)
                 if index < len(self.ids):
                     again.append(index)  # replaced content, a tombstone's row taken back, or reused by a new id
@@ -397,10 +464,11 @@ class ItemRegistry:
                 if item_id not in self.ids.extra:
                     added = self.ids.add(item_id)  # rows first, then the id: a lookup never finds a half-written item
                     assert added == index, (added, index)
+                self._set_room(item_id, room, index)
             if again:
                 # what the model memoised about replaced content; about a reused row too (a request that looked the
                 # id up before its deletion may have memoised the old content under that index since)
                 self.model.forget_items(again)
-        for item_id, (_, expires) in latest.items():
+        for item_id, (_, expires, _) in latest.items():
             self._set_expiry(item_id, expires)
         return registered, replaced

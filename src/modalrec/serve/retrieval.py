@@ -5,6 +5,10 @@ categorical feature: a video's creator, a movie's category; registered items of 
 latest first, then the bundle's most popular ones), then the nearest items to the recent items' weighted mean
 vector (the bundle's faiss index and an exact search over the registered items' vectors, merged by
 similarity), then popular items. A user without history gets popular items.
+
+Among given rows (`retrieve_among`: the registered items of the live rooms): all of them when they are at most
+`n`; else those of the groups of the user's recent items first (latest first), then the nearest to the recent items'
+mean vector, then the latest registered.
 """
 
 from __future__ import annotations
@@ -142,3 +146,41 @@ class Retriever:
                 out.append(item)
                 seen.add(item)
         return np.array(out, dtype=np.int64), n_ann
+
+    def retrieve_among(self, query_items: np.ndarray, n: int, exclude: set[int],
+                       rows: np.ndarray) -> tuple[np.ndarray, int]:
+        """Up to `n` candidates among registered item `rows` (see the module doc); returns (candidates, how many
+        came from the user's history: group + nearest). Called under the registry's read lock."""
+        reg = self.registry
+        rows = np.asarray(rows, dtype=np.int64)
+        if exclude and len(rows):
+            rows = rows[~np.isin(rows, np.fromiter(exclude, np.int64, len(exclude)))]
+        if len(rows) <= n or not len(rows):
+            return rows, 0
+        extra = rows - self.n_items
+        born = reg.born.extra[extra]
+        picked: list[np.ndarray] = []
+        left = np.ones(len(rows), dtype=bool)
+        recent = query_items[-self.history_len:] if len(query_items) else query_items
+        if reg.group is not None and len(recent):
+            codes = list(set(reg.group[recent].tolist()) - {0})
+            same = np.flatnonzero(np.isin(reg.group.extra[extra], codes)) if codes else np.zeros(0, np.int64)
+            same = same[np.argsort(-born[same], kind="stable")][: max(1, n // 4)]
+            picked.append(same)
+            left[same] = False
+        n_hist = sum(len(p) for p in picked)
+        if reg.vectors is not None and len(recent) and n_hist < n:
+            w = 0.9 ** np.arange(len(recent))[::-1]
+            q = (reg.vectors[recent] * w[:, None]).sum(0)
+            norm = np.linalg.norm(q)
+            if norm > 0:
+                sim = reg.vectors.extra[extra] @ (q / norm).astype(np.float32)
+                sim[~(left & reg.has_vector.extra[extra])] = -np.inf
+                near = np.argsort(-sim, kind="stable")[: n - n // 4 - n_hist]
+                near = near[np.isfinite(sim[near])]
+                picked.append(near)
+                left[near] = False
+        n_hist = sum(len(p) for p in picked)
+        rest = np.flatnonzero(left)
+        picked.append(rest[np.argsort(-born[rest], kind="stable")][: n - n_hist])
+        return rows[np.concatenate(picked)], n_hist

@@ -113,6 +113,43 @@ class EventsRequest(_Strict):
     ]}]})
 
 
+class EventRule:
+    """What POST /events checks beyond the schema, from the bundle: event times within the run's plausible range
+    (the import's rule, `data.timerange`) and payload vectors of a modality the model reads (a dense one, or a token
+    modality: one token) with its dimension. One rule for the route (422) and the stream consumer (`modalrec consume
+    --bundle`: the message dead-lettered), so both refuse the same events with the same message."""
+
+    def __init__(self, dims: dict[str, int], time_rule):
+        self.dims, self.time_rule = dims, time_rule
+
+    @classmethod
+    def of_bundle(cls, bundle) -> EventRule:
+        schema = bundle.schema
+        dims = dict(schema.item_dense) | {name: dim for name, (_, dim) in schema.item_tokens.items()}
+        return cls(dims, bundle.pipeline.settings.time_rule())
+
+    def time_errors(self, times, where: tuple = ("body",)) -> list[dict]:
+        """Errors for (loc, time) pairs outside the plausible range of event times."""
+        rule = self.time_rule
+        return [{"loc": (*where, *loc), "type": "time_range", "msg": f"expected {rule.expected()}, found {rule.found(t)}"}
+                for loc, t in times if t is not None and rule.message(t) is not None]
+
+    def errors(self, events, where: tuple = ("body", "events")) -> list[dict]:
+        """422 errors (loc, msg, type) of every event, located at `where` + (index, field...)."""
+        errors = []
+        for i, ev in enumerate(events):
+            for name, vec in ((ev.payload.vectors or {}) if ev.payload else {}).items():
+                if name in self.dims and len(vec) != self.dims[name]:
+                    errors.append({"loc": (*where, i, "payload", "vectors", name), "type": "vector_dimension",
+                                   "msg": f"expected {self.dims[name]} values for modality '{name}', found {len(vec)}"})
+        return errors + self.time_errors([((i, "time"), ev.time) for i, ev in enumerate(events)], where)
+
+    def __call__(self, event: Event) -> str | None:
+        """The reason one event is refused (`field: message; ...`, as the consumer words its other reasons)."""
+        errors = self.errors([event], ())
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in errors) or None
+
+
 class EventsResponse(BaseModel):
     accepted: int = Field(..., description="stored (durable when this response is sent)")
     duplicates: int = Field(..., description="ignored: same user and event_id already stored")
@@ -241,9 +278,14 @@ class RecommendRequest(_Strict):
     n_candidates: int = Field(200, ge=1, le=MAX_ITEMS, description="retrieved candidates the ranker scores")
     candidates: list[Id] | None = Field(None, max_length=MAX_ITEMS, description="rank these instead of retrieving")
     exclude_seen: bool = Field(False, description="leave out items in the user's recent history")
+    live_only: bool | None = Field(None, description="only registered items of rooms live now (each item's `room` "
+                                   "in the response); default: the service's `serve --live-only`")
+    one_per_room: bool = Field(False, description="with live_only: only each live room's latest registered item, so "
+                               "a room is shown once")
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"user": "u42", "k": 5}, {"user": "u42", "k": 3, "context": {"exclude": ["i7"]}, "exclude_seen": True}]})
+        {"user": "u42", "k": 5}, {"user": "u42", "k": 3, "context": {"exclude": ["i7"]}, "exclude_seen": True},
+        {"user": "u42", "k": 5, "live_only": True, "one_per_room": True}]})
 
 
 class ScoredItem(BaseModel):
@@ -253,6 +295,7 @@ class ScoredItem(BaseModel):
     probability: float | None = Field(None, description="ctr: sigmoid(score), the predicted probability")
     known: bool = Field(..., description="False: an item neither the bundle knows nor POST /items registered, "
                                          "scored as a cold start")
+    room: str | None = Field(None, description="with live_only: the item's room, live when the response was made")
 
 
 class RecommendResponse(BaseModel):
@@ -264,6 +307,7 @@ class RecommendResponse(BaseModel):
     model: str
     shortfall: str | None = Field(None, description="why fewer than `k` items came back (fewer candidates than k "
                                                     "after exclusions); null when all k did")
+    live_rooms: int | None = Field(None, description="with live_only: the rooms live when the request was served")
 
 
 class HistoryEvent(_Strict):
@@ -301,3 +345,70 @@ class UserState(BaseModel):
     known: bool
     events: list[dict[str, Any]]
     counters: dict[str, dict[str, float]]
+
+
+MAX_ROOM_EVENTS = 1000
+
+
+class RoomEventIn(_Strict):
+    room: Id = Field(..., description="the room: the raw value, as text, of the items' group feature (the streamer "
+                                      "id: the gifting graph's group, else the first item categorical feature)")
+    live: bool = Field(..., description="true: the room started (live from now on); false: it stopped")
+    time: Time | None = Field(None, description="when; default: when the service receives it. A room keeps its "
+                                                "latest event by time: an older one is stale and ignored")
+
+
+class RoomsRequest(_Strict):
+    rooms: list[RoomEventIn] = Field(..., min_length=1, max_length=MAX_ROOM_EVENTS)
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"rooms": [
+        {"room": "a0007", "live": True, "time": 1717000000}, {"room": "a0003", "live": False}]}]})
+
+
+class RoomsResponse(BaseModel):
+    applied: int = Field(..., description="events stored (durable when this response is sent)")
+    stale: int = Field(..., description="events ignored: their room's stored event is later")
+    live_rooms: int = Field(..., description="rooms live now (after these events)")
+
+
+class RoomState(BaseModel):
+    room: str
+    live: bool
+    by: Literal["event", "items"] = Field(..., description="event: its latest start / stop; items: no event, live "
+                                                           "while it has registered items")
+    time: int | None = Field(..., description="time of its latest event")
+    items: int = Field(..., description="its registered items (not deleted, not expired)")
+
+
+class RoomsState(BaseModel):
+    live_rooms: int
+    rooms: list[RoomState]
+
+
+SegmentModality = Literal["encoding", "registered", "failed", "discarded"]
+
+
+class SegmentStatus(BaseModel):
+    id: str
+    status: Literal["queued", "partial", "registered", "failed", "deleted"] = Field(
+        ..., description="queued: nothing registered yet; partial: registered (recommendable) with its fast "
+        "modalities, slow ones (speech) still encoding; registered: every modality in (or failed: see errors); "
+        "failed: nothing registered; deleted: deleted, expired or registered again since")
+    status_url: str
+    recommendable: bool
+    modalities: dict[str, SegmentModality] | None = Field(
+        ..., description="raw modality -> encoding, registered, failed, or discarded (encoded after the segment was "
+        "deleted); null where this process did not receive the segment: `registered` then says what the state "
+        "store holds")
+    registered: list[str] = Field(default_factory=list, description="raw modalities in the registered item")
+    errors: dict[str, str] | None = None
+    seconds_to_recommendable: float | None = Field(None, description="from the request to the first registration")
+    seconds_to_complete: float | None = Field(None, description="from the request to the last modality registered")
+
+
+class Invalid(Exception):
+    """Raised by a route: a 422 with these errors (loc, msg, type), worded as the request validation's."""
+
+    def __init__(self, errors: list[dict]):
+        super().__init__(errors)
+        self.errors = errors

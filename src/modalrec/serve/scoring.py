@@ -163,6 +163,10 @@ class Scorer:
         batch = self.pipeline.request(copy.copy(self.collate), uidx, seq, t, probes, ctx, graph)
         return float(self.pipeline.prior_of(self.model(batch).float().reshape(1, -1).numpy().astype(np.float64))[0])
 
-    def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
+    def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int],
+                 among: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Candidates (see `serve.retrieval`); `among`: only these rows (the live rooms' registered items)."""
         with self.lock.read():
+            if among is not None:
+                return self.retriever.retrieve_among(query_items, n, exclude, among)
             return self.retriever.retrieve(query_items, n, exclude)

@@ -40,7 +40,14 @@ drops it at its next sync; `load_items` no longer returns it, so a restart does 
 the row with an empty body (the tombstone carries the number; a row is never removed, so MAX(seq) never goes
 back, and an older service reading the file skips the empty body as an invalid item rather than replaying it);
 Redis HDELs the body and logs the id (a logged id without a body is a tombstone). A tombstone costs one small
-row (SQLite) or log entry (Redis) per deleted id; registering the id again overwrites it.
+row (SQLite) or log entry (Redis) per deleted id; registering the id again overwrites it. `update_items` rewrites
+an item only while its stored document is the one expected (a segment's slow modalities arriving after its
+first registration must not bring back an item deleted, or overwrite one registered again, meanwhile).
+
+Live rooms (`POST /rooms`: a room started or stopped) follow the same protocol with a sequence of their own: one
+row per room holding its latest event by time (an older event than the stored one is stale: ignored), every
+applied event taking the next room sequence number (SQLite table `rooms`; Redis hash `{PREFIX:rooms}`, counter
+`{PREFIX:rooms}:seq`, log `{PREFIX:rooms}:log`); `rooms_since(n)` returns what changed after number n.
 """
 
 from __future__ import annotations
@@ -122,6 +129,18 @@ class StateStore(Protocol):
     def item_seq(self) -> int:
         """The store's current item sequence number (0: no item written since the sequence exists)."""
 
+    def update_items(self, items: list[tuple[str, str, str]]) -> list[str]:
+        """(id, new document, expected document): rewrites each item (a new item sequence number) only while its
+        stored document is the expected one; returns the ids rewritten, in list order."""
+
+    def put_rooms(self, events: list[tuple[str, bool, int]]) -> list[bool]:
+        """(room, live, time) events, stored durably before returning, each applied unless the stored event of
+        its room is later (time); returns which were applied."""
+
+    def rooms_since(self, seq: int) -> tuple[list[tuple[str, bool, int]], int]:
+        """The rooms whose state changed after room sequence number `seq` (room, live, time of its latest
+        event), in sequence order, each once; and the current room sequence number."""
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -179,6 +198,14 @@ CREATE TABLE IF NOT EXISTS items (
     updated REAL NOT NULL,
     seq INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS rooms (
+    room TEXT PRIMARY KEY,
+    live INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rooms_seq ON rooms(seq);
 """
 # after the migration of an items table created without seq (the index needs the column)
 _SQLITE_ITEMS_SEQ_INDEX = "CREATE INDEX IF NOT EXISTS items_seq ON items(seq)"
@@ -365,6 +392,61 @@ class SQLiteState:
                 con.execute("ROLLBACK")
                 raise
         return deleted
+
+    def update_items(self, items: list[tuple[str, str, str]]) -> list[str]:
+        if not items:
+            return []
+        con = self._con()
+        now = time.time()
+        done: list[str] = []
+        with self._write:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+                for item, body, expected in items:
+                    if con.execute("UPDATE items SET body = ?, updated = ?, seq = ? WHERE id = ? AND body = ?",
+                                   (body, now, seq + 1, item, expected)).rowcount:
+                        seq += 1
+                        done.append(item)
+                con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as registrations
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return done
+
+    def put_rooms(self, events: list[tuple[str, bool, int]]) -> list[bool]:
+        if not events:
+            return []
+        con = self._con()
+        now = time.time()
+        applied: list[bool] = []
+        with self._write:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM rooms").fetchone()[0])
+                for room, live, t in events:
+                    ok = con.execute(
+                        "INSERT INTO rooms(room, live, time, updated, seq) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room) "
+                        "DO UPDATE SET live = excluded.live, time = excluded.time, updated = excluded.updated, "
+                        "seq = excluded.seq WHERE excluded.time >= rooms.time",
+                        (room, int(bool(live)), int(t), now, seq + 1)).rowcount > 0
+                    seq += ok
+                    applied.append(ok)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return applied
+
+    def rooms_since(self, seq: int) -> tuple[list[tuple[str, bool, int]], int]:
+        con = self._con()
+        con.execute("BEGIN")  # one snapshot, as items_since
+        try:
+            rows = con.execute("SELECT room, live, time FROM rooms WHERE seq > ? ORDER BY seq", (int(seq),)).fetchall()
+            current = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM rooms").fetchone()[0])
+        finally:
+            con.execute("COMMIT")
+        return [(r[0], bool(r[1]), int(r[2])) for r in rows], current
 
     def load_items(self) -> list[tuple[str, str]]:
         # rowid: first registration order (an upsert keeps the row), so a restart assigns the same order;

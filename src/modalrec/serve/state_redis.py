@@ -67,6 +67,51 @@ return out
 """
 
 
+# KEYS: as _PUT_ITEMS_LUA; ARGV: id1, new body1, expected body1, ... -> the ids rewritten
+_UPDATE_ITEMS_LUA = """
+local out = {}
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 2] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('ZADD', KEYS[3], seq, ARGV[i])
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
+"""
+
+# KEYS: rooms hash (room -> "live|time"), room sequence counter, room log zset (one hash slot)
+# ARGV: room1, live1 (0/1), time1, ... -> 1 (applied) or 0 (stale: the stored event of the room is later) each
+_PUT_ROOMS_LUA = """
+local out = {}
+for i = 1, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local t = tonumber(ARGV[i + 2])
+  if cur and tonumber(string.match(cur, '|(.*)$')) > t then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[i + 2])
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('ZADD', KEYS[3], seq, ARGV[i])
+    out[#out + 1] = 1
+  end
+end
+return out
+"""
+
+# KEYS: as _PUT_ROOMS_LUA; ARGV: the sequence number read last -> {current number, room1, state1, ...}
+_ROOMS_SINCE_LUA = """
+local rooms = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
+local out = {tonumber(redis.call('GET', KEYS[2]) or '0')}
+for _, room in ipairs(rooms) do
+  out[#out + 1] = room
+  out[#out + 1] = redis.call('HGET', KEYS[1], room) or ''
+end
+return out
+"""
+
+
 class RedisState:
     """Events of a user in a sorted set scored by time; members `<seq:016d>|<json>` so equal times
     keep arrival order. Keys carry the user as a hash tag (`prefix:{user}:...`), so one user's keys
@@ -90,6 +135,9 @@ class RedisState:
         self._put_items = self.client.register_script(_PUT_ITEMS_LUA)
         self._items_since = self.client.register_script(_ITEMS_SINCE_LUA)
         self._delete_items = self.client.register_script(_DELETE_ITEMS_LUA)
+        self._update_items = self.client.register_script(_UPDATE_ITEMS_LUA)
+        self._put_rooms = self.client.register_script(_PUT_ROOMS_LUA)
+        self._rooms_since = self.client.register_script(_ROOMS_SINCE_LUA)
         self._warn_durability()
 
     def _warn_durability(self) -> None:
@@ -201,6 +249,30 @@ class RedisState:
         # a stored body is never '' (a JSON document), so '' means "whatever is stored"
         expected = if_body if if_body is not None else [""] * len(ids)
         return list(self._delete_items(keys=self._item_keys(), args=[x for pair in zip(ids, expected) for x in pair]))
+
+    def update_items(self, items: list[tuple[str, str, str]]) -> list[str]:
+        if not items:
+            return []
+        return list(self._update_items(keys=self._item_keys(), args=[x for triple in items for x in triple]))
+
+    def _room_keys(self) -> list[str]:
+        rooms = f"{{{self.prefix}:rooms}}"
+        return [rooms, f"{rooms}:seq", f"{rooms}:log"]
+
+    def put_rooms(self, events: list[tuple[str, bool, int]]) -> list[bool]:
+        if not events:
+            return []
+        args = [x for room, live, t in events for x in (room, int(bool(live)), int(t))]
+        return [bool(x) for x in self._put_rooms(keys=self._room_keys(), args=args)]
+
+    def rooms_since(self, seq: int) -> tuple[list[tuple[str, bool, int]], int]:
+        res = self._rooms_since(keys=self._room_keys(), args=[int(seq)])
+        flat, out = res[1:], []
+        for k in range(0, len(flat), 2):
+            live, _, t = flat[k + 1].partition("|")
+            if t:
+                out.append((flat[k], live == "1", int(t)))
+        return out, int(res[0])
 
     def load_items(self) -> list[tuple[str, str]]:
         return sorted(self.client.hscan_iter(f"{self.prefix}:items", count=1000))

@@ -15,8 +15,10 @@ without `time`, the time the entry entered the stream (its id's milliseconds). A
 (not UTF-8 JSON, a field rule broken, no `event` field) is logged, counted, added to the dead-letter stream
 `<stream>:dead` (fields id, event, reason, group, consumer) and acknowledged, both in one MULTI: never retried,
 never blocking the others. A failure of the store or of Redis is not the message's fault: nothing is acknowledged,
-the consumer waits (backoff up to 30 s) and reads again from its pending entries. Not checked here (they need the
-bundle): its time range and payload vector dimensions; `Consumer(check=...)` takes such a rule.
+the consumer waits (backoff up to 30 s) and reads again from its pending entries. The bundle's rule (its time
+range and payload vector dimensions, `schemas.EventRule`, what POST /events applies) needs the bundle:
+`Consumer(check=...)` / `consume(check=...)` take it (`bundle_rule`; `modalrec consume --bundle`), and an event it
+refuses is dead-lettered with the message POST /events would give.
 """
 
 from __future__ import annotations
@@ -264,9 +266,20 @@ class Consumer:
         return self.stats()
 
 
+def bundle_rule(bundle_dir) -> Callable[[Event], str | None]:
+    """The check POST /events applies with the bundle at `bundle_dir` (loaded and verified: this imports torch)."""
+    from pathlib import Path
+
+    from .bundle import load_bundle
+    from .schemas import EventRule
+
+    return EventRule.of_bundle(load_bundle(Path(bundle_dir)))
+
+
 def consume(redis_url: str, state_url: str, stream: str = "events", group: str = "modalrec",
             consumer: str | None = None, batch: int = 500, block_ms: int = 1000, claim_idle_s: float = 60.0,
-            start: str = "0", exit_idle_s: float | None = None, handle_signals: bool = True) -> dict[str, int]:
+            start: str = "0", exit_idle_s: float | None = None, handle_signals: bool = True,
+            check: Callable[[Event], str | None] | None = None) -> dict[str, int]:
     """Moves events from a Redis stream into the state store the service reads, until SIGTERM/SIGINT.
 
     redis_url: the Redis holding the stream (redis://HOST:PORT[/DB]); state_url: the service's state store
@@ -278,15 +291,16 @@ def consume(redis_url: str, state_url: str, stream: str = "events", group: str =
     clean stop); claim_idle_s: entries another consumer left pending longer than this are taken over (it
     died); exit_idle_s: return once nothing came for this long (a backfill, a benchmark; default: run on);
     handle_signals: the first SIGTERM/SIGINT stops cleanly (the batch in hand is appended and acknowledged),
-    a second one interrupts at once (safe too: what is not acknowledged is delivered again). Returns the
-    counters (accepted, duplicates, invalid, redelivered, batches)."""
+    a second one interrupts at once (safe too: what is not acknowledged is delivered again); check: a rule an
+    event must pass (the reason it fails, or None), e.g. `bundle_rule(BUNDLE)`: a failing event is dead-lettered
+    with that reason. Returns the counters (accepted, duplicates, invalid, redelivered, batches)."""
     source = RedisStreamSource(redis_url, stream, group, consumer, claim_idle_s=claim_idle_s, start=start)
     try:
         state = open_state(state_url)
     except BaseException:
         source.close()
         raise
-    c = Consumer(source, state, batch=batch, block_ms=block_ms)
+    c = Consumer(source, state, batch=batch, block_ms=block_ms, check=check)
     previous: dict[int, Any] = {}
 
     def on_signal(signum: int, _frame: Any) -> None:
