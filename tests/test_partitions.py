@@ -43,15 +43,21 @@ def test_partition_of_is_stable_and_spreads_users():
     assert (partition_of(ids, 1) == 0).all()
 
 
-@pytest.mark.parametrize("method", ["per_user_time", "global_time"])
-def test_partitioned_preparation_equals_in_memory(tmp_path, method):
-    data = make_data(n_users=50, n_items=60, n_events=4000)
+# delayed labels: a like of an item of the same brand within 300 s labels a click; the clicks of the last 300 s of
+# the data (one end for every partition) are held apart as the split `open`
+LABEL_FROM = {"channel": "like", "window_s": 300, "match": "brand"}
+
+
+@pytest.mark.parametrize("method,label_from", [("per_user_time", None), ("global_time", None),
+                                               ("per_user_time", LABEL_FROM), ("global_time", LABEL_FROM)])
+def test_partitioned_preparation_equals_in_memory(tmp_path, method, label_from):
+    data = make_data(n_users=50, n_items=60, n_events=4000, n_likes=800 if label_from else 100)
     data.events = data.events.append_column("level", pa.array([str(i % 5) for i in range(data.events.num_rows)]))
     parts = write_partitioned(data, tmp_path / "parts", 4)
     assert isinstance(parts, PartitionedData) and parts.n_partitions == 4 and parts.num_events == 4000
     cfg = {"kind": "ctr", "sample_channels": ["click"], "history_channels": ["click", "like"], "max_history": 6,
                "history_channel_tags": True, "context_features": ["level"],
-               "split": {"method": method, "valid": 0.1, "test": 0.2}}
+               "split": {"method": method, "valid": 0.1, "test": 0.2}, "label_from": label_from}
     mem = CTRTask(data, TaskConfig(**cfg))
     disk = CTRTask(parts, TaskConfig(**cfg), out=tmp_path / "run" / "data")
     assert mem.item_vocab == disk.item_vocab and mem.user_vocab == disk.user_vocab
@@ -62,7 +68,11 @@ def test_partitioned_preparation_equals_in_memory(tmp_path, method):
         assert v == disk.pipeline.context[name]
     assert np.array_equal(mem.pipeline.stats["item_counts"], disk.pipeline.stats["item_counts"])
     assert np.array_equal(mem.pipeline.prior_items(), disk.pipeline.prior_items())
-    for split in ("train", "valid", "test"):
+    assert list(mem.splits) == list(disk.splits) == ["train", "valid", "test"] + (["open"] if label_from else [])
+    if label_from:
+        assert mem.label_summary == disk.label_summary and mem.label_summary["open"] == len(disk.splits["open"]) > 0
+        assert 0 < mem.label_summary["positive"] < mem.label_summary["samples"]
+    for split in mem.splits:
         assert _samples(mem, split) == _samples(disk, split), split
         assert isinstance(disk.splits[split].items, np.memmap)  # read from RUN/data, not held in memory
         bounds = disk.shard_bounds(split)

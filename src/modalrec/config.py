@@ -30,6 +30,14 @@ class DataConfig(_Strict):
     encode: ContentEncodingConfig | None = Field(
         None, description="frozen content encoders run on the raw modalities after loading (image -> EfficientNet-"
         "Lite0, audio -> ASR text vectors + MFCC statistics, text -> MiniLM), cached by content")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="how a partitioned dataset's preparation runs its per-partition steps: 'local' (this "
+        "process, one partition at a time) or 'ray' (Ray tasks; pip install 'modalrec[cluster]')")
+    engine_address: str | None = Field(
+        None, description="engine 'ray': the cluster ('auto': the one this machine belongs to, started with `ray "
+        "start`; 'ray://<head>:10001': through Ray Client); None: a Ray started for the run on this machine")
+    engine_workers: int | None = Field(
+        None, ge=1, description="engine 'ray' without an address: the CPUs of the Ray started here (None: all)")
 
     @model_validator(mode="before")
     @classmethod
@@ -86,10 +94,44 @@ class EventTextConfig(_Strict):
     column: str = Field(..., description="the event column holding the text, e.g. tag")
 
 
+class LabelFromConfig(_Strict):
+    """ctr: delayed labels joined from a later event (a gift minutes after the watch starts). A sample's label is 1
+    when the same user has an event of `channel` matching it (`match`) within (sample time, sample time +
+    `window_s`], else 0; `task.label_column` is then not read. A sample whose window is still open at `end` (the
+    time up to which the events are known) is handled by `open_window`."""
+
+    channel: str = Field(..., description="the channel of the label events, e.g. gift")
+    window_s: int = Field(..., gt=0, description="seconds after the sample's time within which an event of "
+                          "`channel` labels it 1 (the window is (t, t + window_s])")
+    match: str = Field("item", description="what the label event must share with the sample besides the user: "
+                       "'item' (the same item), or an item feature (a column of the items table, e.g. room_id or "
+                       "streamer_id) when the label event names the room or streamer rather than the segment")
+    open_window: Literal["drop", "negative"] = Field(
+        "drop", description="a sample whose window is still open at `end` (t + window_s > end): 'drop' keeps it "
+        "out of training and evaluation (it is held as the split 'open', counted in metrics.json's samples, "
+        "predictable with `modalrec predict --split open`, never scored); 'negative' labels it with what "
+        "arrived by `end` (1 if the event already came, else 0), as a trainer that cannot wait would")
+    end: int | None = Field(None, description="the time (unix seconds) up to which the events are known, e.g. a "
+                            "refresh's cut-off (label events after it are not read); None: the latest event "
+                            "time of the data")
+
+
+class LiveConfig(_Strict):
+    """topk: the live-candidate rule (KuaiLive's evaluation, the service's live-only candidates): an item (a live
+    room) is a candidate for a sample at time t when start <= t < end, the columns named here of the items table
+    (numbers in the unit of the event times, unix seconds); an item without both is never live."""
+
+    start: str = Field("start_time", description="items table column: when the room went live")
+    end: str = Field("end_time", description="items table column: when it stopped (exclusive)")
+
+
 class TaskConfig(_Strict):
     kind: Literal["ctr", "topk", "multilabel"] = "ctr"
     label_column: str = Field("label", description="event column holding the label or the value to threshold")
     label_threshold: float | None = Field(None, description="label = column >= threshold (e.g. rating >= 4)")
+    label_from: LabelFromConfig | None = Field(
+        None, description="ctr: delayed labels, joined from later events of a channel within a window (e.g. a gift "
+        "after the watch) instead of read from label_column: see LabelFromConfig")
     sample_channels: list[str] | None = Field(None, description="channels whose events are samples (None: all)")
     history_channels: list[str] | None = Field(None, description="channels that form the history (None: samples')")
     max_history: int = Field(50, ge=1)
@@ -137,6 +179,10 @@ class TaskConfig(_Strict):
         True, description="topk: the items of the user's visible history are not ranked (the usual next-item "
         "protocol); False keeps them (repeat consumption, as RecBole's sequential protocol and live streaming, "
         "where fans return to the rooms they watched)")
+    live: LiveConfig | None = Field(
+        None, description="topk: evaluation ranks only the items live at the sample's time (start <= t < end, "
+        "columns of the items table); the held-out item is always ranked. With exclude_seen false: KuaiLive's "
+        "protocol. None: every item is a candidate")
 
     @model_validator(mode="after")
     def _check_context_features(self) -> TaskConfig:
@@ -152,6 +198,19 @@ class TaskConfig(_Strict):
                              f"not '{self.kind}'")
         if self.train_recent is not None and self.kind != "ctr":
             raise ValueError(f"train_recent {self.train_recent}: only the ctr task reads it, not '{self.kind}'")
+        if self.label_from is not None:
+            if self.kind != "ctr":
+                raise ValueError(f"label_from: only the ctr task joins delayed labels, not '{self.kind}'")
+            if self.label_threshold is not None:
+                raise ValueError("label_threshold with label_from: the joined label is already 0/1 (label_column "
+                                 "is not read)")
+            if self.history_positive_only:
+                raise ValueError("history_positive_only with label_from: a past sample's joined label is known only "
+                                 "once its window closes, possibly after the sample that reads it; put the label "
+                                 f"channel '{self.label_from.channel}' in history_channels instead (its events join "
+                                 "the history at their own times)")
+        if self.live is not None and self.kind != "topk":
+            raise ValueError(f"live: only the topk task ranks live candidates, not '{self.kind}'")
         if self.history_channel_tags and self.kind != "ctr":
             raise ValueError(f"history_channel_tags: only the ctr task tags its history, not '{self.kind}'")
         dup = sorted({n for n in names if names.count(n) > 1})

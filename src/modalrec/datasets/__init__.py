@@ -87,13 +87,14 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
                gift_rate: float = 0.02, segment_minutes: int = 5, cold_streamers: float = 0.1,
                cold_users: float = 0.1, watch_affinity: float | None = None, communities: int | None = None,
                gift_affinity: float | None = None, gift_loyalty: float = 0.0, cache: str | os.PathLike | None = None,
-               refresh: bool = False, progress: bool = False) -> InteractionData:
+               refresh: bool = False, progress: bool = False, items: str = "segments") -> InteractionData:
     """The simulated live-streaming world (`modalrec.sim.livestream.generate`, parameters as there), written
     once into a cache folder keyed by the resolved parameters (`cache`, default $MODALREC_CACHE or
     ~/.cache/modalrec, + livestream/<key>/data, its media next to it in livestream/<key>/media), then read
     with `InteractionData.load`. The data folder is written under a temporary name and renamed, so
     concurrent runs never read a half-written world; media files are content-addressed and each written
-    atomically, so a run that finds its media deleted simply draws them again."""
+    atomically, so a run that finds its media deleted simply draws them again. `items`: "segments" (the
+    simulator's items) or "rooms" (`datasets.livestream_rooms`: items are live rooms, events name the room)."""
     import shutil
     import tempfile
 
@@ -104,6 +105,17 @@ def livestream(n_users: int | None = None, n_streamers: int | None = None, days:
                                      sim_live.WATCH_AFFINITY if watch_affinity is None else watch_affinity,
                                      communities, sim_live.GIFT.affinity if gift_affinity is None else gift_affinity,
                                      gift_loyalty)
+    if items not in ("segments", "rooms"):
+        raise ValueError(f"livestream: items is 'segments' or 'rooms', got {items!r}")
+    if items == "rooms":  # the same world, viewed as rooms (the segments world is cached as usual)
+        from .livestream_rooms import rooms_view
+
+        return rooms_view(livestream(
+            n_users=n_users, n_streamers=n_streamers, days=days, seed=seed, preset=preset, missing=missing,
+            content_signal=content_signal, hot_rate=hot_rate, espeak=espeak, gift_rate=gift_rate,
+            segment_minutes=segment_minutes, cold_streamers=cold_streamers, cold_users=cold_users,
+            watch_affinity=watch_affinity, communities=communities, gift_affinity=gift_affinity,
+            gift_loyalty=gift_loyalty, cache=cache, refresh=refresh, progress=progress), params)
     root = Path(cache) if cache is not None else sim_live.cache_root()
     base = root / "livestream" / sim_live.cache_key(params)
     folder = base / "data"

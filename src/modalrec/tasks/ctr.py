@@ -12,6 +12,13 @@ Split protocols (both chronological, both with the leakage guard):
   (`modalrec predict`), and its metrics are left out.
 A sample's history holds only the user's events strictly before the sample's time (`History.cut_before`).
 
+Delayed labels (`task.label_from`, e.g. a gift minutes after the watch): a sample's label is 1 when the same user
+has an event of the label channel matching it (same item, or same room / streamer) within (t, t + window_s], else
+0, joined per partition (`ctr_steps.join_labels`). A window still open at the end of the events (the latest event
+time, or `label_from.end`) is not a sample (`open_window: drop`, the default: held as the split `open`, counted in
+metrics.json's samples, never trained on or scored) or is labelled with what arrived (`negative`). The joined event
+is never in its own sample's history (histories are strictly before the sample's time), only in later samples'.
+
 The training period, on which the feature pipeline is fitted (vocabularies, side tables, context codes,
 graphs): each user's events strictly before their first validation or test sample (with `global_time`,
 before the global cut-off for everybody).
@@ -38,7 +45,18 @@ from ..data.interaction import InteractionData
 from ..eval.metrics import ctr_metrics
 from ..pipeline import GraphFeatures, PipelineSettings, Vocab
 from .base import PreparedTask, event_texts, fit_pipeline
-from .ctr_steps import build, ctr_log, reduce_builds, reduce_scans, sample_times, scan
+from .ctr_steps import (
+    OPEN,
+    build,
+    ctr_log,
+    events_end,
+    label_join,
+    reduce_builds,
+    reduce_scans,
+    sample_times,
+    scan,
+    task_splits,
+)
 from .store import ShardSink
 
 
@@ -89,16 +107,20 @@ class CTRTask(PreparedTask):
 
         self.cfg = cfg
         self.check_split(cfg)
-        engine = engine or local_engine()
         n = data.n_partitions
         one = n == 1 and out is None  # small data: one partition, kept in memory, read once
+        # (in this process whatever the engine: its cached events are read again after the steps)
+        engine = local_engine() if engine is None or one else engine
         loaders = [lambda: data.partition(0)] if n == 1 else data.loaders()
         cache: dict = {}
+        # delayed labels: the end of the events (one time for every partition) and the match keys
+        times_of = [lambda: data.partition(0, ["time"])] if n == 1 else data.loaders(["time"])
+        join = label_join(cfg, data.items, lambda: engine.map(lambda i: events_end(times_of[i]()), range(n)))
 
         def load(i: int):
             if one and i in cache:
                 return cache[i]
-            log = ctr_log(loaders[i](), cfg)
+            log = ctr_log(loaders[i](), cfg, join)
             if one:
                 cache[i] = log
             return log
@@ -117,13 +139,15 @@ class CTRTask(PreparedTask):
             token_scope=cfg.token_scope, context_features=list(cfg.context_features))
         reduced = reduce_scans(scans)
         self.test_labels_hidden = reduced["hidden"]
+        self.label_summary = None if join is None else {
+            **cfg.label_from.model_dump(mode="json"), "end": join.end, **reduced["labels"]}
         pipeline = fit_pipeline(data, cfg, reduced["users"], reduced["items"], settings,
                                 event_texts(reduced["texts"], cfg))
         pipeline.context = {name: Vocab(v) for name, v in reduced["context"].items()}
         recent = None
         if cfg.train_recent is not None and len(reduced["train_times"]):
             recent = float(np.quantile(reduced["train_times"], 1.0 - cfg.train_recent, method="higher"))
-        sink = ShardSink(None if out is None else Path(out))
+        sink = ShardSink(None if out is None else Path(out), splits=task_splits(cfg))
         self.data_dir = None if out is None else Path(out)
         built = []  # each partition's statistics; its arrays go to the sink as they come (one partition in memory)
         for part, stats in engine.imap(lambda i: build(load(i), pipeline, cfg, cutoffs, recent), range(n)):
@@ -148,7 +172,7 @@ class CTRTask(PreparedTask):
             self._fit_graph(np.concatenate([b["train_times"] for _, b in built]) if built else np.zeros(0),
                             [b["edges"] for _, b in built], reduced["later_min"])
         del prior
-        self.restore({"test_labels_hidden": self.test_labels_hidden}, {})
+        self.restore(self.meta(), {})
 
     def _fit_graph(self, train_times: np.ndarray, edges: list, later_min) -> None:
         """GIE over the training period's edges: every gift strictly before the first valid/test sample."""
@@ -176,11 +200,17 @@ class CTRTask(PreparedTask):
     def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
         super().restore(meta, arrays)
         self.test_labels_hidden = bool(meta.get("test_labels_hidden", False))
+        self.label_summary = meta.get("labels")
         g = self.pipeline.graph
         self.group_code = None if g is None else self.pipeline.item_table.categorical[g.group_feature]
 
     def meta(self) -> dict:
-        return {"test_labels_hidden": self.test_labels_hidden}
+        out = {"test_labels_hidden": self.test_labels_hidden}
+        if self.label_summary is not None:  # label_from: the join and how many samples it labelled / left open
+            out["labels"] = self.label_summary
+        return out
+
+    label_summary: dict | None = None
 
     def collate(self, s, train: bool, seed: int = 0, epoch: int = 0):
         graph = None
@@ -215,8 +245,8 @@ class CTRTask(PreparedTask):
         return logits
 
     def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device="cpu") -> tuple[dict, dict]:
-        if split == "test" and self.test_labels_hidden:
-            return {}, {}  # hidden labels (a challenge's test set): predicted, never scored
+        if (split == "test" and self.test_labels_hidden) or split == OPEN:
+            return {}, {}  # hidden labels (a challenge's test set) or windows still open: predicted, never scored
         s = self.splits[split]
         logits = self.predict(model, split, batch_size, device)
         return ctr_metrics(s.labels, logits, s.users), {}

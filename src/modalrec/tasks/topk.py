@@ -10,6 +10,13 @@ excluded); `exclude_seen: false` ranks them too (repeat consumption). The vocabu
 training prefixes (and the items table): a held-out item first met in the held-out period cannot be
 ranked and counts as a miss.
 
+Live candidates (`task.live`): where items are live rooms (KuaiLive, the simulator's rooms view), a held-out event
+at time t ranks only the items live at t (start <= t < end, two columns of the items table; an item without both
+is never live), as KuaiLive's evaluation draws its candidates and as the service's live-only /recommend does. The
+held-out item is always ranked; how many held-out items were not live at their own time is counted per split
+(`live_summary`, saved in RUN/data/task.json). Combined with `exclude_seen: false` this is KuaiLive's protocol.
+Training is unchanged (the softmax covers every item).
+
 Training: each user's training sequence is cut into windows of `max_history`; the model predicts the
 next item at every position, by default with a softmax over every item (`train_negatives: 0`), or
 against `train_negatives` uniformly sampled items shared by the batch (sampled softmax, target at
@@ -23,12 +30,39 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from ..config import TaskConfig
+from ..config import LiveConfig, TaskConfig
 from ..data.batch import Batch
+from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..eval.metrics import TopKAccumulator
 from ..pipeline import History, PipelineSettings
 from .base import EventLog, PreparedTask, SampleSet, channel_mask, fit_pipeline
+
+NEVER = np.iinfo(np.int64).max
+
+
+def live_times(items: pa.Table | None, vocab, live: LiveConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) per item row of `vocab` from the items table's columns `live.start` / `live.end`; padding, an
+    item the table lacks and an empty value get start = end = NEVER (never live)."""
+    for col in (live.start, live.end):
+        if items is None or col not in items.column_names:
+            raise DataError(Problem("items", None, col, "an items table column of numbers: when each room is live "
+                                    "(task.live)", f"columns {[] if items is None else items.column_names}"))
+        if not (pa.types.is_integer(items[col].type) or pa.types.is_floating(items[col].type)):
+            raise DataError(Problem("items", None, col, "numbers in the unit of the event times (task.live)",
+                                    str(items[col].type)))
+    rows = vocab.lookup(items["item_id"])
+    out = []
+    for col in (live.start, live.end):
+        values = items[col].to_numpy(zero_copy_only=False).astype(np.float64)
+        arr = np.full(len(vocab), NEVER, np.int64)
+        ok = (rows > 0) & np.isfinite(values)
+        arr[rows[ok]] = np.ceil(values[ok]).astype(np.int64)  # integer times: start <= t and t < end hold alike
+        out.append(arr)
+    start, end = out
+    never = (start == NEVER) | (end == NEVER)
+    start[never], end[never] = NEVER, NEVER
+    return start, end
 
 
 def _ids(log: EventLog, s: SampleSet) -> pa.Table:
@@ -95,7 +129,41 @@ class TopKTask(PreparedTask):
         idx = np.repeat(h.ptr[:-1], n_train) + (np.arange(n_train.sum()) - np.repeat(np.cumsum(n_train) - n_train, n_train))
         pipeline.stats = {"item_counts": np.bincount(h.items[idx], minlength=len(pipeline.items)).astype(np.float64)}
         pipeline.count_codes(h.items[idx])
-        self.restore({}, {})
+        arrays, meta = {}, {}
+        if cfg.live is not None:
+            arrays["live_start"], arrays["live_end"] = live_times(data.items, pipeline.items, cfg.live)
+            meta["live"] = {}
+            for name in ("valid", "test"):
+                s = self.splits[name]
+                known = s.items > 0  # an unknown held-out item is a miss anyway
+                live = self._live(arrays["live_start"], arrays["live_end"], s.items[known], s.times[known])
+                meta["live"][name] = {"held_out": int(known.sum()), "not_live": int((~live).sum())}
+        self.restore(meta, arrays)
+
+    live_start = live_end = None  # (n_items,) task.live: each item's live interval [start, end); None: off
+    live_summary: dict | None = None
+
+    @staticmethod
+    def _live(start: np.ndarray, end: np.ndarray, items: np.ndarray, times: np.ndarray) -> np.ndarray:
+        return (start[items] <= times) & (times < end[items])
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        super().restore(meta, arrays)
+        self.live_start, self.live_end = arrays.get("live_start"), arrays.get("live_end")
+        self.live_summary = meta.get("live")
+
+    def meta(self) -> dict:
+        return {} if self.live_summary is None else {"live": self.live_summary}
+
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        if self.live_start is None:
+            return {}
+        return {"live_start": self.live_start, "live_end": self.live_end}
+
+    def live_candidates(self, times: np.ndarray) -> np.ndarray:
+        """(B, n_items) True where an item is live at each time (`task.live`)."""
+        t = np.asarray(times, dtype=np.int64)[:, None]
+        return (self.live_start[None, :] <= t) & (t < self.live_end[None, :])
 
     def collate(self, s: SampleSet, train: bool, seed: int = 0, epoch: int = 0) -> Batch:
         batch = self.collator(s.users, s.items, s.cut, s.times)
@@ -126,11 +194,12 @@ class TopKTask(PreparedTask):
         return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
     def exclusion(self, s: SampleSet) -> torch.Tensor:
-        """(B, n_items) True where an item must not be ranked: padding, and the items already met in the
-        visible history unless `task.exclude_seen` is off (repeat consumption: the held-out item itself is
-        never excluded)."""
+        """(B, n_items) True where an item must not be ranked: padding, the items already met in the
+        visible history unless `task.exclude_seen` is off (repeat consumption), and with `task.live` the items
+        not live at the sample's time (the held-out item itself is never excluded)."""
         b = len(s)
-        ex = np.zeros((b, self.schema.n_items), dtype=bool)
+        ex = np.zeros((b, self.schema.n_items), dtype=bool) if self.live_start is None else \
+            ~self.live_candidates(s.times)
         ex[:, 0] = True
         if self.cfg.exclude_seen:
             lens = s.cut
