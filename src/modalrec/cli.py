@@ -86,6 +86,8 @@ def _guard(fn, *args, **kwargs):
         _fail(str(e))
     except ValueError as e:  # an option value the command cannot use (e.g. --rate 2)
         _fail(str(e))
+    except ImportError as e:  # an optional part not installed: the message names the extra to install
+        _fail(str(e))
 
 
 @app.command(cls=_Command)
@@ -206,29 +208,32 @@ def data_import(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the InteractionData to."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows",
                                        help="Write the good rows and list the bad ones in OUT/rejected.csv."),
+    partitions: int | None = typer.Option(None, "--partitions", min=1,
+                                          help="Write the events as OUT/events/part-*.parquet, N partitions by user "
+                                               "(data larger than memory; default: the spec's `partitions`, else "
+                                               "one events.parquet)."),
 ) -> None:
-    """Import your own files described by a YAML mapping into an InteractionData directory."""
-    from .data.importer import import_dataset, write_rejected
+    """Import your own files described by a YAML mapping into an InteractionData directory (read in chunks and
+    written as it goes: memory does not grow with the events)."""
+    from .data.importer import import_to_directory
 
     if out.exists() and not out.is_dir():
         _fail(f"--out {out}: expected a directory to write the dataset to, found a file")
     if out.is_dir() and any(out.iterdir()) and not (out / "dataset.yaml").is_file():
         _fail(f"--out {out}: expected a new directory or a dataset directory written before (with dataset.yaml), "
               "found a folder of other files; the import would write among them")
-    result = _guard(import_dataset, spec, skip_bad_rows=skip_bad_rows)
-    data, rejected = result if isinstance(result, tuple) else (result, [])
-    data.save(out)
-    if rejected:
-        write_rejected(rejected, out / "rejected.csv")
-        typer.echo(f"warning: {len(rejected)} bad row(s) left out, listed in {out / 'rejected.csv'}", err=True)
-    s = data.summary()
+    result = _guard(import_to_directory, spec, out, skip_bad_rows=skip_bad_rows, partitions=partitions)
+    if result.rejected:
+        typer.echo(f"warning: {result.rejected} bad row(s) left out, listed in {out / 'rejected.csv'}", err=True)
+    s = result.summary
     users = f"{s['users']} users"
     if s.get("users_in_table", s["users"]) != s["users"]:
         users += f" with events ({s['users_in_table']} in the users table)"
     items = f"{s['items']} items"
     if "items_in_table" in s:
         items += f" with events ({s['items_in_table']} in the items table)"
-    typer.echo(f"imported {s['events']} events, {users}, {items} into {out}")
+    parts = f" ({result.partitions} partitions)" if result.partitions else ""
+    typer.echo(f"imported {s['events']} events, {users}, {items} into {out}{parts}")
 
 
 @app.command(cls=_Command)
@@ -243,6 +248,34 @@ def demo(
 
     path = _guard(run_demo, out, epochs, world)
     typer.echo(f"demo report: {path}")
+
+
+@app.command(cls=_Command)
+def refresh(
+    run_dir: Path = typer.Argument(..., help="A ctr run directory written by `modalrec train` (or refresh)."),
+    since: str = typer.Option(..., "--since", help="Start of the new window: unix seconds or an ISO date "
+                              "(UTC), e.g. 2024-01-11. Its samples train the refreshed model."),
+    out: Path = typer.Option(..., "--out", "-o", help="The new run directory to write."),
+    data: str | None = typer.Option(None, "--data", help="The events up to now: a dataset name, folder or import "
+                                    "YAML (default: the run's data config)."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Epochs on the new window."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Also export the refreshed run's serving bundle here."),
+) -> None:
+    """Refresh a run on the events since --since without a full retrain: vocabularies and side tables extended,
+    gifting graphs refitted, the model warm-started from the run's best checkpoint; writes a new run directory."""
+    from .train.refresh import refresh_run
+
+    metrics = _guard(refresh_run, run_dir, since, out, source=data, epochs=epochs, bundle=bundle, echo=typer.echo)
+    r, key = metrics["refresh"], metrics["monitor"]
+
+    def value(split: str) -> str:
+        v = metrics[split].get(key, {}).get("mean")
+        return "-" if v is None else f"{v:.4f}"
+
+    typer.echo(f"refreshed {run_dir} on {metrics['samples'].get('train', 0)} samples since {r['since_utc']} "
+               f"(+{r['new']['users']} users, +{r['new']['items']} items); valid {key} {value('valid')} (warm start "
+               f"before training: {value('valid_warm_start')}); run directory: {out}"
+               + (f"; bundle: {bundle}" if bundle is not None else ""))
 
 
 @app.command(cls=_Command)
@@ -291,10 +324,15 @@ def serve(
     precision: Precision = typer.Option(Precision.fp32, help="Arithmetic of DIN-style activation units over the "
                                         "history: fp32 (the offline scores to 1e-5) or bf16 (about half their time "
                                         "on CPUs with AVX512-BF16 or AMX; logits move by about 1e-4)."),
+    segment_workers: int = typer.Option(1, "--segment-workers", min=0, help="Processes encoding the speech of raw "
+                                        "segments (POST /segments); one more encodes their frames and comments. "
+                                        "0: no raw segments."),
+    live_only: bool = typer.Option(False, "--live-only", help="/recommend returns only registered items of rooms "
+                                   "live now (POST /rooms), unless a request sets live_only false."),
 ) -> None:
-    """Serve a bundle over HTTP: POST /events, /items, /items/delete, /recommend, /score; DELETE /items/ID;
-    GET /users/ID (a user's stored events, ?n= default 100), /healthz, /metrics, /docs. Request bodies are capped
-    at 1 MiB (413 above)."""
+    """Serve a bundle over HTTP: POST /events, /items, /items/delete, /segments, /rooms, /recommend, /score;
+    DELETE /items/ID; GET /segments/ID, /rooms, /users/ID (a user's stored events, ?n= default 100), /healthz,
+    /metrics, /docs. Request bodies are capped at 1 MiB, 16 MiB for /segments (413 above)."""
     import secrets
 
     try:
@@ -308,9 +346,52 @@ def serve(
     try:
         _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads,
                rate_limit=rate_limit, rate_burst=rate_burst, item_sync_s=None if item_sync < 0 else item_sync,
-               item_ttl_s=item_ttl, precision=precision.value)
+               item_ttl_s=item_ttl, precision=precision.value, segment_workers=segment_workers,
+               live_only=live_only)
     except StateURLError as e:
         _fail(str(e))
+
+
+@app.command(cls=_Command)
+def consume(
+    redis_url: str = typer.Option(..., "--redis", help="The Redis holding the event stream: redis://HOST:PORT "
+                                  "(/DB optional)."),
+    state: str = typer.Option(..., help="The user state the service reads (as `serve --state`): sqlite:///PATH or "
+                              "redis://HOST:PORT."),
+    stream: str = typer.Option("events", help="Stream to read (created when missing); messages that are not valid "
+                               "events go to STREAM:dead with the reason."),
+    group: str = typer.Option("modalrec", help="Consumer group (created when missing)."),
+    consumer: str | None = typer.Option(None, help="This process's name in the group (default: the host name): "
+                                        "unique among running consumers, the same across restarts."),
+    batch: int = typer.Option(500, min=1, help="Messages per read, append and acknowledgement."),
+    claim_idle: float = typer.Option(60.0, "--claim-idle", min=0.001, metavar="SECONDS", help="Entries another "
+                                     "consumer left pending this long (it died) are taken over."),
+    start: str = typer.Option("0", help="Where a new group starts: 0 (the whole stream) or $ (new entries only)."),
+    exit_idle: float | None = typer.Option(None, "--exit-idle", min=0.0, metavar="SECONDS", help="Exit once nothing "
+                                           "came for this long (a backfill). Default: run until SIGTERM/SIGINT."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="A bundle whose checks events must pass, as POST "
+                                       "/events applies them (time range, payload vector dimensions): a failing "
+                                       "event is dead-lettered with the same message. Loading it takes seconds."),
+) -> None:
+    """Move events from a Redis stream (consumer group) into the state store the service reads, beside POST
+    /events: each message's field `event` is a JSON event as in POST /events. At least once, stored once:
+    acknowledged after the durable append, and event ids (the message id when none) make a redelivery a duplicate.
+    SIGTERM/SIGINT: finish the batch, acknowledge, exit; prints the counters."""
+    import json
+
+    try:
+        from .serve.state import StateURLError
+        from .serve.stream import SourceError, bundle_rule
+        from .serve.stream import consume as run_consumer
+    except ImportError as e:  # pragma: no cover
+        _fail(f"{e}: install the serving extras (pip install 'modalrec[serve]')")
+    check = None if bundle is None else _guard(bundle_rule, bundle)
+    try:
+        stats = _guard(run_consumer, redis_url, state, stream=stream, group=group, consumer=consumer, batch=batch,
+                       claim_idle_s=claim_idle, start=start, exit_idle_s=exit_idle, check=check)
+    except (StateURLError, SourceError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(stats))
 
 
 @app.command("list", cls=_Command)
