@@ -46,6 +46,7 @@ from pydantic import Field
 from torch import nn
 
 from ..data.batch import Batch
+from ..nn.item_encoder import HistoryRows
 from ..nn.layers import id_embedding
 from .base import ModelConfig, Schema
 from .mfq import MFQ, Pool
@@ -65,6 +66,7 @@ class PretrainedEmbedding(nn.Module):
 
     def __init__(self, table: np.ndarray, dim: int, trainable: bool):
         super().__init__()
+        self.sparse = False  # trainable rows: sparse gradients (the model's `sparse_grad`), as nn.Embedding's flag
         weight = torch.as_tensor(np.asarray(table, dtype=np.float32)).clone()
         weight[0] = 0.0
         if trainable:
@@ -77,7 +79,7 @@ class PretrainedEmbedding(nn.Module):
                 self.proj.weight.copy_(torch.eye(dim))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.embedding(ids, self.weight, padding_idx=0))
+        return self.proj(F.embedding(ids, self.weight, padding_idx=0, sparse=self.sparse and self.training))
 
 
 class MMBee(SIM):
@@ -165,6 +167,12 @@ class MMBee(SIM):
             query = d + (cfg.embed_dim if cfg.gie_query_user else 0)
             self.gie_user = MultiHeadTargetAttention(query, cfg.gie_dim, cfg.gie_dim, cfg.gie_heads)
             self.gie_streamer = MultiHeadTargetAttention(query, cfg.gie_dim, cfg.gie_dim, cfg.gie_heads)
+        self.use_sparse_grad()  # again: the streamer table, and the user table GraphCL may have replaced
+
+    def id_tables(self) -> list[nn.Module]:
+        streamers = getattr(self, "streamers", None)  # None while SIM's constructor asks
+        tables = super().id_tables() + ([streamers] if streamers is not None else [])
+        return [t for t in tables if not isinstance(t, PretrainedEmbedding) or isinstance(t.weight, nn.Parameter)]
 
     @staticmethod
     def _mfq_modalities(schema: Schema, cfg) -> tuple[list[str], list[str]]:
@@ -194,10 +202,11 @@ class MMBee(SIM):
         return PretrainedEmbedding(table, dim, cfg.graph_trainable)
 
     # ------------------------------------------------------------------------------------ forward
-    def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target (B, d), history (B, L, d)) item vectors; with mfq_scope 'all' they carry MFQ's content."""
+    def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | HistoryRows]:
+        """(target (B, d), history (B, L, d)) item vectors; with mfq_scope 'all' they carry MFQ's content (a
+        tensor), else the history is SIM's (a `HistoryRows` where the batch allows)."""
         if self.mfq is None or self.config.mfq_scope == "target":
-            return self.items.encode(batch)
+            return self.items.encode_rows(batch)
         if batch.uniq is None:
             raise ValueError("mmbee: MFQ reads the token tables of the batch's distinct items (batch.uniq, "
                              "uniq_side); build batches with the task's Collator")

@@ -40,11 +40,12 @@ import math
 from typing import ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from ..data.batch import Batch
-from ..nn.item_encoder import ITEM_INPUTS, ItemEncoder, user_encoder
+from ..nn.item_encoder import ITEM_INPUTS, HistoryRows, ItemEncoder, user_encoder
 from ..nn.layers import MLP, Activation, context_embedding, id_embedding
 from ..nn.sequence import TargetAttention
 from .base import Model, ModelConfig, Schema
@@ -156,6 +157,11 @@ class SIM(Model):
             0.0, ge=0.0, lt=1.0, description="training only: each sample's user id embedding is zeroed with this "
             "probability (ID dropout, as DropoutNet does for cold start), so the rest of the ranker must score the "
             "user from their behaviour as it must for a user the table knows nothing about")
+        sparse_grad: bool = Field(
+            False, description="the id tables (item id, item and user side features, user id; MMBee's streamer "
+            "table) take sparse gradients and the Trainer's Adam updates only the rows a batch read (lazy Adam, "
+            "`nn.sparse`): at hundreds of thousands of ids (KuaiLive's streamers) the dense update of every row "
+            "dominates the step. Rows no batch reads keep their weights instead of drifting on Adam's momentum")
 
     def __init__(self, schema: Schema, config: ModelConfig | None = None, *, item_extra_dim: int = 0,
                  mlp_extra_dim: int = 0):
@@ -198,9 +204,25 @@ class SIM(Model):
         self.user_features = user_encoder(schema, cfg.embed_dim)  # None without user side features
         in_dim += self.user_features.out_dim if self.user_features else 0
         self.mlp = MLP(in_dim, cfg.mlp_hidden, activation=cfg.activation, dropout=cfg.dropout, out_dim=1)
+        self.use_sparse_grad()
+
+    def id_tables(self) -> list[nn.Module]:
+        """The embedding tables indexed by ids (`sparse_grad`): item id, item side features, user id, user side
+        features."""
+        tables = [self.items.id, *self.items.categorical.values(), *self.items.multi.values(), self.user]
+        if self.user_features is not None:
+            tables += [*self.user_features.categorical.values(), *self.user_features.multi.values()]
+        return [t for t in tables if t is not None]
+
+    def use_sparse_grad(self) -> None:
+        """With `sparse_grad`, the id tables give their weights sparse gradients (the Trainer turns this off
+        where its optimizer cannot take them)."""
+        if self.config.sparse_grad:
+            for t in self.id_tables():
+                t.sparse = True
 
     def general_search(
-        self, batch: Batch, target: torch.Tensor, hist: torch.Tensor
+        self, batch: Batch, target: torch.Tensor, hist: torch.Tensor | HistoryRows
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """GSU: indices (B, k) of the retrieved positions, their validity (B, k), soft scores (B, k)."""
         mask = batch.hist_mask
@@ -214,6 +236,7 @@ class SIM(Model):
             score = torch.where(mask, match.float() * (2 * L) + pos, torch.full((), -1.0, device=mask.device))
             idx = score.topk(k, dim=1).indices
             return idx, match.gather(1, idx), None
+        hist = HistoryRows.of(hist).dense()
         zero = torch.zeros((), dtype=hist.dtype, device=hist.device)
         qa = self.search_target(target)
         kb = self.search_behaviour(torch.where(mask.unsqueeze(-1), hist, zero))
@@ -226,9 +249,10 @@ class SIM(Model):
         target, hist = self.item_vectors(batch)
         return self.mlp(torch.cat(self.interests(batch, target, hist), dim=-1)).squeeze(-1)
 
-    def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target (B, d), history (B, L, d)): the vectors the searches and attentions read."""
-        return self.items.encode(batch)
+    def item_vectors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | HistoryRows]:
+        """(target (B, d), history (B, L, d)): the vectors the searches and attentions read; the history as a
+        `HistoryRows` where the batch allows (gathered only at the positions the attentions read)."""
+        return self.items.encode_rows(batch)
 
     def user_vector(self, batch: Batch) -> torch.Tensor:
         """(B, embed_dim): the user's id embedding, or zeros with use_user_id: false."""
@@ -240,30 +264,56 @@ class SIM(Model):
             vec = vec * (torch.rand(batch.size, 1, device=vec.device) >= p).to(vec.dtype)
         return vec
 
-    def interests(self, batch: Batch, target: torch.Tensor, hist: torch.Tensor) -> list[torch.Tensor]:
+    def interests(self, batch: Batch, target: torch.Tensor, hist: torch.Tensor | HistoryRows) -> list[torch.Tensor]:
         """The MLP inputs [user, target, long-term (ESU over the GSU's top-k), short-term, context features
-        (with task.context_features), the user's side features (where the data has them)]."""
+        (with task.context_features), the user's side features (where the data has them)]. `hist`: the history's
+        item vectors (B, L, d), a tensor or a `HistoryRows`."""
         cfg = self.config
         mask = batch.hist_mask
+        hist = HistoryRows.of(hist)
         idx, valid, soft = self.general_search(batch, target, hist)
         bias = soft if (soft is not None and cfg.soft_bias) else None
-        if batch.shared_history and batch.size > 1:
+        shared = batch.shared_history and batch.size > 1
+        if shared:
             # one history for every row (a service request): project each position once, then gather
-            z = hist[0]
+            z = hist.dense()[0]
             if self.time is not None:
                 z = torch.cat([z, self.time(log_time_buckets(batch.hist_time[:1], mask[:1], cfg.time_buckets)[0])], -1)
             long_term = self.esu.attend(target, self.esu.k(z)[idx], self.esu.v(z)[idx], valid, key_bias=bias)
         else:
-            retrieved = hist.gather(1, idx.unsqueeze(-1).expand(-1, -1, hist.shape[-1]))
-            if self.time is not None:
-                buckets = log_time_buckets(batch.hist_time, mask, cfg.time_buckets)
-                retrieved = torch.cat([retrieved, self.time(buckets.gather(1, idx))], dim=-1)  # z_j = [e_j, t_j]
-            long_term = self.esu(target, retrieved, valid, key_bias=bias)
+            buckets = (log_time_buckets(batch.hist_time, mask, cfg.time_buckets).gather(1, idx)
+                       if self.time is not None else None)
+            long_term = self.exact_search(target, hist.at(idx), buckets, valid, bias)
         parts = [self.user_vector(batch), target, long_term]
         if self.short is not None:
-            parts.append(self.short(target, hist, recent_mask(mask, cfg.short_len), shared=batch.shared_history))
+            recent = recent_mask(mask, cfg.short_len)
+            unit = self.short if isinstance(self.short, TargetAttention) else getattr(self.short, "att", None)
+            if shared or not isinstance(unit, TargetAttention):
+                parts.append(self.short(target, hist.dense(), recent, shared=batch.shared_history))
+            else:  # the real recent positions only, gathered packed: no (B, L, d) history is built
+                r, c = recent.nonzero(as_tuple=True)
+                parts.append(unit.pool_packed(target, r, c, hist.rows(r, c), recent))
         if self.context is not None:
             parts.append(self.context(batch))
         if self.user_features is not None:
             parts.append(self.user_features(batch))
         return parts
+
+    def exact_search(self, target: torch.Tensor, retrieved: torch.Tensor, buckets: torch.Tensor | None,
+                     valid: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """ESU over the retrieved behaviours e_j (B, k, d) with their time buckets (B, k): the multi-head target
+        attention over z_j = [e_j, t_j] (`self.esu`), its key and value projections computed as one product of
+        e_j and a lookup of the projected time table, W [e, t] = W_e e + (W_t T)[bucket] (T has 33 rows): a
+        third of the arithmetic of projecting every z_j twice. Invalid slots hold zero keys and values, as
+        `MultiHeadTargetAttention.forward` gives them."""
+        zero = torch.zeros((), dtype=retrieved.dtype, device=retrieved.device)
+        e = torch.where(valid.unsqueeze(-1), retrieved, zero)
+        w = torch.cat([self.esu.k.weight, self.esu.v.weight])  # (2 dim, d [+ d])
+        d = e.shape[-1]
+        kv = F.linear(e, w[:, :d])
+        if self.time is not None:
+            times = F.linear(self.time.weight, w[:, d:])  # (buckets + 1, 2 dim)
+            times = torch.cat([times, times.new_zeros(1, times.shape[1])])  # + a zero row for invalid slots
+            kv = kv + F.embedding(torch.where(valid, buckets, len(times) - 1), times)
+        k, v = kv.split(self.esu.out_dim, dim=-1)
+        return self.esu.attend(target, k, v, valid, key_bias=bias)

@@ -251,6 +251,16 @@ class ItemEncoder(nn.Module):
         table = self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
         return table[batch.item_pos], self.gather_history(table, batch.hist_pos, batch)
 
+    def encode_rows(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | HistoryRows]:
+        """`encode` whose history is a `HistoryRows` (gathered only where a layer reads it) when the batch has
+        the distinct-item table and its own history per row; otherwise `encode`'s (B, L, out_dim) tensor."""
+        if batch.uniq is None or batch.shared_history:
+            return self.encode(batch)
+        table = self(batch.uniq, batch.uniq_side, batch.uniq_presence, "uniq_side")
+        tags = self._tags(batch)
+        return table[batch.item_pos], HistoryRows(table, batch.hist_pos, None if self.tag is None else tags,
+                                                  None if self.tag is None else self.tag)
+
     def gather_history(self, table: torch.Tensor, index: torch.Tensor, batch: Batch) -> torch.Tensor:
         """table[index] (B, L, out_dim) plus the history's tag embeddings; a shared history
         (`Batch.shared_history`) is gathered and tagged once and expanded."""
@@ -280,3 +290,45 @@ class ItemEncoder(nn.Module):
             raise ValueError("ItemEncoder: the model reads a tagged history (schema.history_tags: "
                              f"{self.tag.num_embeddings - 1} channels) but the batch has no hist_tag")
         return batch.hist_tag
+
+
+class HistoryRows:
+    """The history's item vectors (B, L, d) of a batch without building them: `table[index]` (one row per distinct
+    item of the batch, `Batch.hist_pos`) plus the embedding of each position's tag, gathered only at the positions
+    a layer reads. A (B, L, d) tensor of 1024 x 50 positions costs more to build, mask and back-propagate through
+    than the attention that reads 20 of its positions; gathering only those is the same function.
+
+    `at(idx)` (B, k) positions -> (B, k, d); `rows(r, c)` packed positions (N,) -> (N, d); `dense()` the whole
+    (B, L, d) tensor. Built by `ItemEncoder.encode_rows`, or around a (B, L, d) tensor (`of`)."""
+
+    def __init__(self, table: torch.Tensor | None, index: torch.Tensor | None, tags: torch.Tensor | None = None,
+                 tag: nn.Module | None = None, full: torch.Tensor | None = None):
+        self.table, self.index, self.tags, self.tag, self.full = table, index, tags, tag, full
+
+    @classmethod
+    def of(cls, hist: torch.Tensor | HistoryRows) -> HistoryRows:
+        return hist if isinstance(hist, HistoryRows) else cls(None, None, full=hist)
+
+    @property
+    def dim(self) -> int:
+        return (self.full if self.full is not None else self.table).shape[-1]
+
+    def _lookup(self, at: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+        # index_select + view: its backward is one index_add into the (U, d) table gradient
+        out = self.table.index_select(0, at.reshape(-1)).view(*at.shape, self.table.shape[-1])
+        return out if tags is None else out + self.tag(tags)
+
+    def at(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.full is not None:
+            return self.full.gather(1, idx.unsqueeze(-1).expand(-1, -1, self.full.shape[-1]))
+        return self._lookup(self.index.gather(1, idx), None if self.tags is None else self.tags.gather(1, idx))
+
+    def rows(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        if self.full is not None:
+            return self.full[r, c]
+        return self._lookup(self.index[r, c], None if self.tags is None else self.tags[r, c])
+
+    def dense(self) -> torch.Tensor:
+        if self.full is not None:
+            return self.full
+        return self._lookup(self.index, self.tags)

@@ -63,10 +63,19 @@ class TargetAttention(nn.Module):
         rows, cols = mask.nonzero(as_tuple=True)  # the N real positions, row-major as keys[mask]
         at = index[rows, cols]
         k = table[at]  # (N, d)
-        real = self._real_scores(query, rows, k, table, at)  # (N,)
+        return self.pool_packed(query, rows, cols, k, mask, self._real_scores(query, rows, k, table, at))
+
+    def pool_packed(self, query: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, k: torch.Tensor,
+                    mask: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """`forward(query, keys, mask)` from the keys of the real positions only: `rows, cols =
+        mask.nonzero(as_tuple=True)` and k (N, d) their keys (`keys[mask]`), e.g. gathered from a table without
+        building the (B, L, d) history -> (B, d). `real`: their scores when already computed. Same function; the
+        pooling is a scatter-add over the N positions instead of a masked (B, L, d) product."""
+        if real is None:
+            real = self._real_scores(query, rows, k)  # (N,)
         if self.softmax:
             real = self._dense(real, mask)[rows, cols]
-        out = torch.zeros(query.shape[0], table.shape[-1], dtype=table.dtype, device=table.device)
+        out = torch.zeros(query.shape[0], k.shape[-1], dtype=k.dtype, device=k.device)
         return out.index_add(0, rows, real.unsqueeze(-1) * k)
 
     def _real_scores(self, query: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
+from ..nn.sparse import LazyAdam, clip_grad_norm_, set_sparse, sparse_modules
 from ..tasks.base import PreparedTask
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
@@ -96,6 +97,14 @@ class Trainer:
         self.optimizer = None
         if params:
             opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer]
+            # id tables with sparse gradients (a model's `sparse_grad`): the lazy row-wise Adam (`nn.sparse`) on one
+            # process; with another optimizer, weight decay or DDP they take dense gradients and the update is the
+            # plain one
+            sparse = sparse_modules(model)
+            if sparse and cfg.optimizer == "adam" and not cfg.weight_decay and self.ctx.world == 1:
+                opt = LazyAdam
+            else:
+                set_sparse(sparse, False)
             self.optimizer = opt(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode="min" if self.minimise else "max", factor=cfg.lr_factor,
@@ -145,7 +154,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.clip_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+                clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)  # torch's, or with sparse gradients
             self.optimizer.step()
             total += float(loss.detach()) * batch.size
             n += batch.size
