@@ -215,6 +215,10 @@ def validate_path(path: str | os.PathLike) -> list[Problem]:
     path = Path(path)
     try:
         if path.is_dir():
+            if (path / "events").is_dir() and not (path / "events.parquet").exists():  # partitioned (--partitions)
+                from .partitioned import PartitionedData
+
+                return PartitionedData.load(path).problems(str(path))
             return InteractionData.load(path, validate=False).problems(str(path))
         if path.suffix.lower() in (".yaml", ".yml"):
             spec = load_import_spec(path)

@@ -220,11 +220,12 @@ class InteractionData:
         return [Problem(ev_file, r, "time", rule.expected(), rule.found(t[r - 1])
                         + (f" ({int(bad.sum())} such times, first shown)" if bad.sum() > 1 else ""))]
 
-    def problems(self, origin: str = "") -> list[Problem]:
-        """Every inconsistency between the tables and the spec. Empty list = valid."""
+    def problems(self, origin: str = "", events_file: str = "events.parquet") -> list[Problem]:
+        """Every inconsistency between the tables and the spec. Empty list = valid. `events_file`: the events'
+        file name in the messages (a partition's, `PartitionedData.problems`)."""
         probs: list[Problem] = []
         pre = f"{origin}/" if origin else ""
-        ev_file = f"{pre}events.parquet"
+        ev_file = f"{pre}{events_file}"
         ev = self.events
         for col in ("user_id", "item_id", "time"):
             if col not in ev.column_names:

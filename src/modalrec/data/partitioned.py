@@ -113,6 +113,32 @@ class PartitionedData:
                 h.update(sink.getvalue().to_pybytes())
         return h.hexdigest()[:16]
 
+    def problems(self, origin: str = "") -> list[Problem]:
+        """Every problem of the dataset, partition by partition (`InteractionData.problems` on each partition's
+        events with the catalogue; a row number is the row in its partition file), the catalogue's and the content
+        tables' own problems once. Holds one partition's events at a time."""
+        out: list[Problem] = []
+        seen: set = set()
+        user_ids = []  # content of users without a users table refers to the events' users: every partition's
+        for part in self.parts:
+            one = InteractionData(self.spec, pq.read_table(part), self.items, self.users, {})
+            for p in one.problems(origin, events_file=f"events/{part.name}"):
+                if "content/" not in p.file and p not in seen:  # content: checked once below  # the catalogue's problems come back with every partition
+                    seen.add(p)
+                    out.append(p)
+            if self.users is None and "user_id" in one.events.column_names:
+                user_ids.append(pc.unique(one.events["user_id"]).cast(pa.string()))
+        users = pc.unique(pa.chunked_array(user_ids, pa.string())) if user_ids else pa.array([], pa.string())
+        n = len(users)  # the content tables are checked once, against the catalogue or every partition's users
+        events = pa.table({"user_id": users, "item_id": pa.array([""] * n, pa.string()),
+                           "time": pa.array([0] * n, pa.int64())})
+        content = InteractionData(self.spec, events, self.items, self.users, self.content)
+        for p in content.problems(origin):
+            if p.file.endswith(".parquet") and "/content/" in f"/{p.file}" and p not in seen:
+                seen.add(p)
+                out.append(p)
+        return out
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> PartitionedData:
         path = Path(path).resolve()  # workers on other machines open the partition files by this path
