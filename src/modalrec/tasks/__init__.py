@@ -20,8 +20,10 @@ def prepare_task(data: InteractionData, cfg: TaskConfig, out: str | Path | None 
     if cfg.kind == "ctr":
         return CTRTask(data, cfg, out=out, engine=engine)
     if getattr(data, "n_partitions", 1) > 1:
-        raise NotImplementedError(f"the {cfg.kind} task reads one partition of events; this dataset has "
-                                  f"{data.n_partitions}")
+        # a clean error (the CLI prints it as one line): only the ctr task prepares partition by partition
+        raise ValueError(f"task.kind '{cfg.kind}': prepared from one events table, but this dataset is "
+                         f"partitioned ({data.n_partitions} partitions under events/); only the ctr task reads "
+                         "partitions. Import it without --partitions (or partitions: 1) for this task")
     return TASKS[cfg.kind](data, cfg)
 
 
