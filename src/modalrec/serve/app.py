@@ -7,8 +7,10 @@ candidate (`serve.scoring`: the bundle's feature pipeline builds the batch, the 
 once; `DELETE /items/{id}` or their TTL removes them on every process sharing the state store. Raw segments
 (`POST /segments`, `serve.segments`) are encoded in worker processes and registered progressively; live rooms
 (`POST /rooms`, `serve.rooms`) restrict `/recommend` to registered items of rooms live now when asked (`live_only`).
+`POST /admin/bundle` (`serve.swap`) swaps to another bundle while serving: every route reads the served generation
+(bundle, scorer, registry, event rule) once, at its start.
 
-Writes (`POST /events`, `/items`, `/segments`, `/rooms`, deleting items, reading a user's state) need the API key:
+Writes (`POST /events`, `/items`, `/segments`, `/rooms`, `/admin/bundle`, deleting items, reading a user's state) need the API key:
 header `X-API-Key: KEY` or `Authorization: Bearer KEY`; missing key -> 401, wrong key -> 403. /docs (Swagger
 UI) is served from the packaged assets, so it works without network access.
 """
@@ -16,7 +18,6 @@ UI) is served from the packaged assets, so it works without network access.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import time
 from contextlib import asynccontextmanager
@@ -35,7 +36,6 @@ from .schemas import (
     DeleteItemResponse,
     DeleteItemsRequest,
     DeleteItemsResponse,
-    EventRule,
     EventsRequest,
     EventsResponse,
     HistoryEvent,
@@ -44,15 +44,14 @@ from .schemas import (
     ItemsResponse,
     RecommendRequest,
     RecommendResponse,
-    ScoredItem,
     ScoreRequest,
     ScoreResponse,
     UserState,
     to_seconds,
 )
-from .scoring import Scorer
 from .segments import SegmentService, add_segment_routes
 from .state import StoredEvent, open_state
+from .swap import Generation, Serving, add_swap_route, generation
 
 API_KEY_ENV = "MODALREC_API_KEY"
 SEGMENT_BODY_BYTES = 16 << 20  # POST /segments: a segment's frames and speech, base64
@@ -103,13 +102,22 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     except ImportError:  # pragma: no cover
         pass
     state = open_state(state_url or default_state_url(Path(bundle_dir)))
-    scorer = Scorer(bundle, state, item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision)
-    registry = scorer.registry
+    scorer_kw = {"item_sync_s": item_sync_s, "item_ttl_s": item_ttl_s, "precision": precision}
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-    metrics = Metrics({"model": bundle.model_name, "task": bundle.task, "seed": str(bundle.manifest.get("seed")),
-                       "state": state.kind, "items": str(bundle.n_items - 1), "precision": precision})
-    is_ctr = bundle.task == "ctr"
-    rule = EventRule.of_bundle(bundle)  # the import's time range and the model's vector dimensions
+
+    def info(g: Generation) -> dict[str, str]:
+        b = g.bundle
+        return {"model": b.model_name, "task": b.task, "seed": str(b.manifest.get("seed")), "state": state.kind,
+                "items": str(b.n_items - 1), "precision": precision, "bundle": g.path}
+
+    def swapped(old: Generation, new: Generation) -> None:
+        app.state.scorer = new.scorer
+        metrics.info.info(info(new))
+
+    # the generation served now (bundle, scorer, registry, event rule): POST /admin/bundle replaces it
+    serving = Serving(generation(str(bundle_dir), bundle, state, **scorer_kw), state, scorer_kw, on_swap=swapped)
+    registry = serving.registry  # the current generation's registry; writes through it wait for a swap's last step
+    metrics = Metrics(info(serving.current))
     rooms = Rooms(state, item_sync_s)
     segments: dict = {"service": None, "refusal": "the service has not started (its lifespan did not run)"}
 
@@ -128,8 +136,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     async def lifespan(app):
         from .content import ContentEncoder, ContentSettingsError
 
-        try:
-            encoder = ContentEncoder.from_pipeline(bundle.pipeline)  # cheap: the networks load in the workers
+        try:  # a swap keeps the encoding (swap.incompatible), so the service and its workers outlive it
+            encoder = ContentEncoder.from_pipeline(serving.current.bundle.pipeline)  # the networks load in the workers
         except ContentSettingsError as e:
             segments["refusal"] = str(e)
         else:  # workers 0: no segment accepted, the status of registered ones still answered
@@ -155,7 +163,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         lifespan=lifespan, docs_url=None, redoc_url=None,
     )
     mount_docs(app)
-    app.state.scorer = scorer
+    app.state.scorer = serving.current.scorer  # the current one's (a swap updates it)
+    app.state.serving = serving
     app.state.metrics = metrics
     app.state.rooms = rooms
     app.state.segments = segments
@@ -180,11 +189,11 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     async def _invalid2(request: Request, exc: Invalid):
         return unprocessable(exc.errors)
 
-    def sync_items() -> None:
+    def sync_items(g: Generation | None = None) -> None:
         """Items registered or deleted by other processes sharing the state store, then expired items, then room
-        events (throttled: see ItemRegistry.refresh_items, Rooms.sync)."""
+        events (throttled: see ItemRegistry.refresh_items, Rooms.sync), in generation `g` (default: the current)."""
         rooms.sync()
-        changes = registry.refresh_items()
+        changes = (g or serving.current).registry.refresh_items()
         for result in ("registered", "replaced", "deleted"):
             if changes[result]:
                 metrics.inc("modalrec_items_synced", result, changes[result])
@@ -198,47 +207,22 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         metrics.stage(name, t1 - t0)
         return t1
 
-    def scored(items: list[str], idx: np.ndarray, logits: np.ndarray) -> list[ScoredItem]:
-        """Response items; a score the model gives as -inf (an item it never ranks) or NaN is null."""
-        out = []
-        for item, i, s in zip(items, idx, logits.tolist()):
-            finite = math.isfinite(s)
-            p = None
-            if is_ctr and finite:  # the logistic function without overflow for large |s|
-                p = 1.0 / (1.0 + math.exp(-s)) if s >= 0 else math.exp(s) / (1.0 + math.exp(s))
-            out.append(ScoredItem(item=item, score=s if finite else None, probability=p, known=bool(i > 0)))
-        return out
-
-    time_errors = rule.time_errors  # the import's rule: the same check at import and online
-
-    def check_context(ctx: Context, history: list[HistoryEvent] | None = None) -> None:
-        """422 for what the schema cannot know: times outside the bundle's range, context features the model does
-        not read, and (a tagged model) history channels it was not trained on; every one of them at once."""
-        errors = time_errors([(("context", "time"), ctx.time)]
-                             + [(("history", i, "time"), h.time) for i, h in enumerate(history or [])])
-        if ctx.features or ctx.item_features:
-            errors += scorer.check_context(ctx.features, ctx.item_features)
-        tags = bundle.pipeline.settings.history_tags
-        if history and tags:  # a tagged model: every channel named must be one it was trained to read
-            errors += [{"loc": ("body", "history", i, "channel"), "type": "value_error",
-                        "msg": f"unknown channel '{h.channel}'; the model's history reads {sorted(tags)}"}
-                       for i, h in enumerate(history) if h.channel is not None and h.channel not in tags]
-        if errors:
-            raise Invalid(errors)
-
     @app.get("/healthz", tags=["ops"], summary="Liveness and readiness: the bundle is loaded and the state store answers")
     def healthz():
+        g = serving.current
         try:
             ok = state.ping()
         except Exception as e:  # noqa: BLE001 - any store failure is reported by the probe, not raised
             return JSONResponse({"status": "error", "state": state.kind, "error": str(e)}, status_code=503)
-        service = segments["service"]
-        with scorer.lock.read():
-            live = len(rooms.live(registry.room_items))
-        return {"status": "ok" if ok else "error", "model": bundle.model_name, "task": bundle.task,
-                "state": state.kind, "users": len(bundle.pipeline.users) - 1, "items": bundle.n_items - 1,
-                "registered_items": registry.n_registered, "item_rows": len(registry.ids) - registry.ids.n_base,
-                "tombstones": registry.ids.tombstones, "precision": precision, "live_rooms": live,
+        service, reg = segments["service"], g.registry
+        with g.scorer.lock.read():
+            live = len(rooms.live(reg.room_items))
+        return {"status": "ok" if ok else "error", "model": g.bundle.model_name, "task": g.bundle.task,
+                "bundle": g.path, "manifest_sha256": g.manifest_sha256, "swaps": serving.swaps,
+                "swapping": serving.swapping is not None,
+                "state": state.kind, "users": len(g.bundle.pipeline.users) - 1, "items": g.bundle.n_items - 1,
+                "registered_items": reg.n_registered, "item_rows": len(reg.ids) - reg.ids.n_base,
+                "tombstones": reg.ids.tombstones, "precision": precision, "live_rooms": live,
                 "segments": "off" if service is None or not service.accepting else "ready" if service.ready()
                 else "starting"}
 
@@ -250,14 +234,16 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         service = segments["service"]
         if service is not None:
             metrics.segments(service.stats())
-        with scorer.lock.read():
-            metrics.live_rooms.set(len(rooms.live(registry.room_items)))
+        g = serving.current
+        with g.scorer.lock.read():
+            metrics.live_rooms.set(len(rooms.live(g.registry.room_items)))
         return Response(metrics.render(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     @app.post("/events", response_model=EventsResponse, tags=["events"], dependencies=[Depends(require_key)],
               summary="Ingest a batch of interactions; acknowledged only once durably stored")
     def post_events(req: EventsRequest) -> EventsResponse:
-        errors = rule.errors(req.events)
+        g = serving.current
+        errors = g.rule.errors(req.events)
         if errors:
             raise Invalid(errors)
         now = int(time.time())
@@ -268,9 +254,9 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         t0 = time.perf_counter()
         res = state.append_events(stored)
         stage("write", t0)
-        cold_user_events = int((bundle.pipeline.users.lookup([e.user for e in stored]) == 0).sum())
+        cold_user_events = int((g.bundle.pipeline.users.lookup([e.user for e in stored]) == 0).sum())
         with_item = [e.item for e in stored if e.item is not None]
-        cold_item_events = int((scorer.item_index(with_item) == 0).sum()) if with_item else 0
+        cold_item_events = int((g.scorer.item_index(with_item) == 0).sum()) if with_item else 0
         metrics.inc("modalrec_events", "accepted", res.accepted)
         metrics.inc("modalrec_events", "duplicate", res.duplicates)
         if cold_user_events:
@@ -335,7 +321,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                                    results=[DeletedItem(id=i, result=r) for i, r in results.items()],
                                    items=registry.n_registered)
 
-    def sequence(user: str, ctx: Context, explicit: list[HistoryEvent] | None):
+    def sequence(scorer, user: str, ctx: Context, explicit: list[HistoryEvent] | None):
         before = to_seconds(ctx.time)
         if explicit is not None:
             seq = scorer.explicit_history([(h.item, to_seconds(h.time), h.channel) for h in explicit], before)
@@ -351,12 +337,14 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         # on the event loop, not a worker thread: ranking is CPU-bound and holds the GIL anyway, and the hop to the
         # thread pool (with the GIL handed back and forth while the loop reads other requests) cost ~1.5 ms of
         # p50 under load (benchmarks/serve_load.py); /events, which waits on fsync, stays on the pool
-        sync_items()
-        check_context(req.context)
+        g = serving.current  # the whole request on one generation, whatever a swap does meanwhile
+        scorer, registry = g.scorer, g.registry
+        sync_items(g)
+        g.check_context(req.context)
         live_only = live_default if req.live_only is None else req.live_only
         t0 = time.perf_counter()
         cold = scorer.user_index(req.user) == 0
-        seq, t, before = sequence(req.user, req.context, None)
+        seq, t, before = sequence(scorer, req.user, req.context, None)
         exclude = set(scorer.item_index(req.context.exclude).tolist()) if req.context.exclude else set()
         t0 = stage("state", t0)
         live = live_rows = room_of = None
@@ -399,22 +387,24 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             unranked = int((~np.isfinite(logits)).sum())
             if unranked:
                 short += f", {unranked} of them without a score from the model (not ranked)"
-        items = scored([names[j] for j in top], cand[top], logits[top])
+        items = g.scored([names[j] for j in top], cand[top], logits[top])
         if live_only:
             for it in items:
                 it.room = room_of.get(it.item)
         return RecommendResponse(user=req.user, cold_start=cold, history_length=len(seq.items), items=items,
-                                 retrieved=retrieved, model=bundle.model_name, shortfall=short,
+                                 retrieved=retrieved, model=g.bundle.model_name, shortfall=short,
                                  live_rooms=None if live is None else len(live))
 
     @app.post("/score", response_model=ScoreResponse, tags=["recommend"],
               summary="Scores (ctr: click probabilities) of given items for a user")
     async def score(req: ScoreRequest) -> ScoreResponse:  # on the event loop, as /recommend
-        sync_items()
-        check_context(req.context, req.history)
+        g = serving.current
+        scorer = g.scorer
+        sync_items(g)
+        g.check_context(req.context, req.history)
         t0 = time.perf_counter()
         cold = scorer.user_index(req.user) == 0
-        seq, t, before = sequence(req.user, req.context, req.history)
+        seq, t, before = sequence(scorer, req.user, req.context, req.history)
         t0 = stage("state", t0)
         cand = scorer.item_index(req.items)
         ctx = scorer.context_codes(req.context.features, req.context.item_features, list(req.items))
@@ -426,19 +416,21 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         if n_cold:
             metrics.inc("modalrec_cold_starts", "score_item", n_cold)
         return ScoreResponse(user=req.user, cold_start=cold, history_length=len(seq.items),
-                             scores=scored(list(req.items), cand, logits), model=bundle.model_name)
+                             scores=g.scored(list(req.items), cand, logits), model=g.bundle.model_name)
 
     @app.get("/users/{user:path}", response_model=UserState, tags=["events"], dependencies=[Depends(require_key)],
              summary="A user's stored online events (the latest `n`, default 100, at most 10000; oldest first) and "
                      "counters")
     def user_state(user: str, n: int = Query(100, ge=1, le=10_000)) -> UserState:
-        return UserState(user=user, known=scorer.user_index(user) > 0,
+        return UserState(user=user, known=serving.current.scorer.user_index(user) > 0,
                          events=[e.to_json() for e in state.recent(user, n)], counters=state.counters(user))
 
-    add_segment_routes(app, bundle=bundle, registry=registry, service=segment_service, require_key=require_key,
-                       sync_items=sync_items, invalid=Invalid, metrics=metrics)
-    add_room_routes(app, rooms=rooms, registry=registry, lock=scorer.lock, require_key=require_key,
-                    sync_items=sync_items, invalid=Invalid, time_errors=time_errors, metrics=metrics)
+    add_segment_routes(app, bundle=serving.bundle, registry=registry, service=segment_service,
+                       require_key=require_key, sync_items=sync_items, invalid=Invalid, metrics=metrics)
+    add_room_routes(app, rooms=rooms, registry=registry, lock=serving.lock, require_key=require_key,
+                    sync_items=sync_items, invalid=Invalid,
+                    time_errors=lambda *a, **k: serving.current.rule.time_errors(*a, **k), metrics=metrics)
+    add_swap_route(app, serving=serving, require_key=require_key, metrics=metrics)
     return app
 
 

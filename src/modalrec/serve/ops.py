@@ -39,6 +39,8 @@ COUNTERS = {
                           "registration: recommendable), updated (slow modalities added), failed, discarded (encoded "
                           "after the segment was deleted).")),
     "modalrec_rooms": ("result", "Room events (POST /rooms) by result (applied, stale)."),
+    "modalrec_bundle_swaps": ("result", ("Bundle swaps (POST /admin/bundle) by result (swapped, refused: not a "
+                              "bundle that can serve the same API, busy: another swap under way).")),
 }
 
 
@@ -48,7 +50,8 @@ class Metrics:
 
     def __init__(self, info: dict[str, str]):
         self.registry = prom.CollectorRegistry()
-        prom.Info("modalrec", "The served bundle.", registry=self.registry).info(info)
+        self.info = prom.Info("modalrec", "The served bundle (updated by a bundle swap).", registry=self.registry)
+        self.info.info(info)
         self.requests = prom.Counter("modalrec_requests", "HTTP requests by route, method and status code.",
                                      ["route", "method", "status"], registry=self.registry)
         self.latency = prom.Histogram("modalrec_request_duration_seconds", "Time from request start to the end of "
