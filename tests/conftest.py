@@ -25,7 +25,7 @@ def toy_dir(tmp_path_factory) -> Path:
     import numpy as np
     import pyarrow as pa
 
-    from .test_tasks import make_data
+    from tests.helpers import make_data
 
     d = tmp_path_factory.mktemp("toy") / "data"
     data = make_data(n_users=60, n_items=80, n_events=6000)
