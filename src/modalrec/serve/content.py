@@ -21,6 +21,7 @@ import base64
 import binascii
 import io
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -310,8 +311,23 @@ def _b64(name: str, i: int, kind: str, value: str) -> bytes:
 _WORKER: ContentEncoder | None = None
 
 
-def _start_worker(plan: dict, cache_dir, threads: int | None, warm: bool) -> None:
+def exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Ends this worker process once `parent` is no longer its parent: a service killed with SIGKILL cannot shut
+    its pool down, and the pool's queues never close (every worker holds both ends), so its workers would live on,
+    each holding its networks (about 1 GB), until the machine restarts."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="modalrec-parent-watch", daemon=True).start()
+
+
+def _start_worker(plan: dict, cache_dir, threads: int | None, warm: bool, parent: int | None = None) -> None:
     global _WORKER
+    if parent is not None:
+        exit_with_parent(parent)
     if threads:
         import torch
 
@@ -374,7 +390,8 @@ class EncoderPool:
             return [self._executor.submit(_ready) for _ in range(self.workers)]
 
     def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, self._context, initializer=_start_worker, initargs=self._args)
+        return ProcessPoolExecutor(self.workers, self._context, initializer=_start_worker,
+                                   initargs=(*self._args, os.getpid()))
 
     def submit(self, segment_id: str, raw: RawSegment, on_done: Callable[[str, dict, dict], None],
                on_error: Callable[[str, BaseException], None] | None = None) -> Future:
