@@ -173,17 +173,44 @@ def child(a) -> None:
 
 # ---------------------------------------------------------------------------------------------- the parent
 
-def run_stage(cmd: list[str], log: Path) -> dict:
-    """Runs `cmd` as a child; its wall time, peak RSS (ru_maxrss of that child alone) and result line."""
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):  # gone, or a zombie without memory
+        return 0.0
+
+
+def run_stage(cmd: list[str], log: Path, timeout: float | None = None, rss_limit_mb: float | None = None) -> dict:
+    """Runs `cmd` as a child; its wall time, CPU time and peak RSS (rusage of that child alone, from `os.wait4`)
+    and its result line. A child still running after `timeout` seconds, or whose RSS passes `rss_limit_mb` (the
+    machine is shared: a stage must not take the others' memory), is killed (`timed_out` / `rss_limit_mb`; its
+    peak RSS until then is still recorded)."""
     load0 = os.getloadavg()
     t = time.perf_counter()
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
-        stdout = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+    timed_out = over = False
+    with open(log, "w") as err, open(log.with_suffix(".out"), "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - t > timeout and not (timed_out or over):
+                proc.kill()
+                timed_out = True
+            if rss_limit_mb is not None and not (timed_out or over) and rss_mb(proc.pid) > rss_limit_mb:
+                proc.kill()
+                over = True
+            time.sleep(0.5)
+    proc.returncode = status  # reaped here: keep Popen from waiting on it again
+    stdout = log.with_suffix(".out").read_text()
     rec = {"wall_s": time.perf_counter() - t, "cpu_s": usage.ru_utime + usage.ru_stime,
            "peak_rss_mb": usage.ru_maxrss / 1024,
            "exit": os.waitstatus_to_exitcode(status), "loadavg_before": load0, "loadavg_after": os.getloadavg()}
+    if timed_out:
+        rec["timed_out"] = timeout
+    if over:
+        rec["killed_over_rss_mb"] = rss_limit_mb
     lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
     if rec["exit"] == 0 and lines:
         rec |= json.loads(lines[-1][len("RESULT "):])
@@ -204,6 +231,10 @@ def main() -> None:
     ap.add_argument("--graphcl-epochs", type=int, default=None, help="GIE's GraphCL pre-training epochs (default: "
                     "the config's; its cost grows with the gift graph's edges squared, see docs/scale.md)")
     ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--stage-timeout", type=float, default=None, help="kill a stage after this many seconds "
+                    "(recorded as timed out, with its peak RSS until then)")
+    ap.add_argument("--rss-limit-gb", type=float, default=14.0, help="kill a stage whose RSS passes this (recorded "
+                    "with its peak RSS; the acceptance is 12 GB)")
     ap.add_argument("--work", default="/tmp/modalrec_scale")
     ap.add_argument("--keep", action="store_true", help="keep each size's files under --work")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/scale.json"))
@@ -211,9 +242,14 @@ def main() -> None:
     for name in ("dataset", "run", "world"):
         ap.add_argument(f"--{name}", default="", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot and print the table of --out")
     a = ap.parse_args()
     if a.stage:
         return child(a)
+    if a.plot_only:
+        results = json.loads(Path(a.out).read_text())
+        plot(results, Path(a.out).with_suffix(".png"))
+        return print(table(results))
 
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,10 +291,12 @@ def main() -> None:
                 cmd = common
             base.mkdir(parents=True, exist_ok=True)
             print(f"[{datetime.now(UTC):%H:%M:%S}] {label} {st} ...", flush=True)
-            r = run_stage(cmd, base / f"{st}.log")
+            r = run_stage(cmd, base / f"{st}.log", a.stage_timeout, a.rss_limit_gb * 1024)
             wrote = {"write": world, "import": dataset, "prepare": run}.get(st)
             r["disk_mb"] = du(wrote) / 2**20 if wrote is not None and wrote.exists() else None
             rec["stages"][st] = r
+            if st == "write" and "written" in r:
+                rec["written"] = r["written"]
             out.write_text(json.dumps(results, indent=2, default=float))
             print(f"    {st}: exit {r['exit']}, {r['wall_s']:.0f} s, peak RSS {r['peak_rss_mb']:,.0f} MB"
                   + (f", {r['train_samples_per_s']:,.0f} samples/s, eval {r['eval_s']:.0f} s"
@@ -279,17 +317,22 @@ def main() -> None:
 
 
 def table(results: dict) -> str:
-    rows = ["| interactions | stage | wall s | peak RSS MB | disk MB | samples/s | eval s (samples) | load avg |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [("| interactions | stage | wall s | CPU s | peak RSS MB | disk MB | train samples/s (per CPU s) "
+            "| eval s (samples) | test AUC | load avg |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for label, rec in sorted(results["sizes"].items(), key=lambda kv: kv[1]["interactions_target"]):
         n = rec.get("written", {}).get("interactions", rec["interactions_target"])
         for st, r in rec["stages"].items():
-            sps = f"{r['train_samples_per_s']:,.0f}" if "train_samples_per_s" in r else ""
+            sps = (f"{r['train_samples_per_s']:,.0f} ({r['train_samples_per_cpu_s']:,.0f})"
+                   if "train_samples_per_cpu_s" in r else "")
             ev = f"{r['eval_s']:.0f} ({r['eval_samples']:,})" if "eval_s" in r else ""
+            auc = f"{r['test_auc']:.4f}" if r.get("test_auc") is not None else ""
             disk = f"{r['disk_mb']:,.0f}" if r.get("disk_mb") else ""
-            state = "" if r["exit"] == 0 else f" FAILED (exit {r['exit']})"
-            rows.append(f"| {n:,} | {st}{state} | {r['wall_s']:.0f} | {r['peak_rss_mb']:,.0f} | {disk} | {sps} | {ev} "
-                        f"| {r['loadavg_before'][0]:.1f}-{r['loadavg_after'][0]:.1f} |")
+            state = ("" if r["exit"] == 0 else f" KILLED after {r['timed_out']:.0f} s" if r.get("timed_out")
+                     else f" KILLED at RSS > {r['killed_over_rss_mb']:,.0f} MB" if r.get("killed_over_rss_mb")
+                     else f" FAILED (exit {r['exit']})")
+            cpu = f"{r['cpu_s']:.0f}" if "cpu_s" in r else ""
+            rows.append(f"| {n:,} | {st}{state} | {r['wall_s']:.0f} | {cpu} | {r['peak_rss_mb']:,.0f} | {disk} | {sps} "
+                        f"| {ev} | {auc} | {r['loadavg_before'][0]:.1f}-{r['loadavg_after'][0]:.1f} |")
     return "\n".join(rows)
 
 
@@ -303,13 +346,20 @@ def plot(results: dict, path: Path) -> None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for st in STAGES:
         pts = [(r.get("written", {}).get("interactions", r["interactions_target"]), r["stages"][st])
-               for r in sizes if st in r["stages"] and r["stages"][st]["exit"] == 0]
-        if not pts:
-            continue
-        x = [p[0] for p in pts]
-        ax_t.plot(x, [p[1]["wall_s"] for p in pts], "o-", label=st)
-        ax_m.plot(x, [p[1]["peak_rss_mb"] / 1024 for p in pts], "o-", label=st)
-    for ax, what in ((ax_t, "wall time per stage (s)"), (ax_m, "peak RSS per stage (GiB)")):
+               for r in sizes if st in r["stages"]]
+        done = [p for p in pts if p[1]["exit"] == 0]
+        if done:  # training runs for fixed seconds: its time is the evaluation's (of a sample of the test split)
+            x = [p[0] for p in done]
+            key, name = ("eval_s", f"eval after {st}") if st.startswith("train") else ("wall_s", st)
+            wall = ax_t.plot(x, [p[1][key] for p in done], "o-", label=name)[0]
+            if not st.startswith("train") and all("cpu_s" in p[1] for p in done):
+                ax_t.plot(x, [p[1]["cpu_s"] for p in done], "x--", color=wall.get_color(), label=f"{st} CPU s")
+            line = ax_m.plot(x, [p[1]["peak_rss_mb"] / 1024 for p in done], "o-", label=st)[0]
+        killed = [p for p in pts if p[1]["exit"] != 0]
+        if killed:  # a stage stopped (time limit, RSS limit, error): its peak until then, hollow
+            ax_m.plot([p[0] for p in killed], [p[1]["peak_rss_mb"] / 1024 for p in killed], "o", mfc="none",
+                      color=line.get_color() if done else None, label=f"{st} (stopped)")
+    for ax, what in ((ax_t, "seconds per stage (wall; dashed: CPU)"), (ax_m, "peak RSS per stage (GiB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("interactions")
@@ -318,8 +368,8 @@ def plot(results: dict, path: Path) -> None:
     ax_m.axhline(12e9 / 2**30, color="red", ls="--", lw=1, label="12 GB")
     ax_t.legend(fontsize=8)
     ax_m.legend(fontsize=8)
-    fig.suptitle("benchmarks/scale.py: planted KuaiLive-M3-shaped world (train: fixed seconds, so its wall is flat)",
-                 fontsize=10)
+    fig.suptitle("benchmarks/scale.py: planted KuaiLive-M3-shaped world, 2 shared cores (wall times depend on the "
+                 "load; see the JSON)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
