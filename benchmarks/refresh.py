@@ -107,6 +107,18 @@ def main() -> None:
         per["full"].append(evaluate_window(work / f"full_{seed}", data, day[d]))
         print(f"seed {seed}: " + ", ".join(f"{k} auc {per[k][-1]['test']['auc']['mean']:.4f}" for k in per)
               + f"; refresh {wall['refresh'][-1]:.1f}s, full {wall['full'][-1]:.1f}s", flush=True)
+        # written after every seed: a run cut short still leaves the seeds it finished ("seeds_done")
+        results = write(args, data, per, wall, info, seeds, n_days, day, load_s)
+    print(f"{'':10s} {'AUC day D':>18s} {'gAUC day D':>18s} {'wall s':>16s}")
+    for name, key in (("stale", "stale_train"), ("refresh", "refresh"), ("full", "full")):
+        r = results[name]["day_d"]
+        print(f"{name:10s} {fmt(r['auc']):>18s} {fmt(r['gauc']):>18s} {fmt(_summary(wall[key])):>16s}")
+    print(f"wrote {args.out}")
+
+
+def write(args, data, per, wall, info, seeds, n_days, day, load_s) -> dict:
+    """Writes --out from the seeds finished so far; returns its results."""
+    d = n_days
     results = {
         name: {"day_d": {k: _summary([r["test"][k]["mean"] for r in runs]) for k in KEYS},
                "samples": runs[0]["samples"], "positives": runs[0]["positives"],
@@ -124,18 +136,14 @@ def main() -> None:
             "evaluated_on": f"day {d}: watches at or after {day[d]}",
             "split": "global time: the last valid share (0.1) of each training period / refresh window held out for "
                      "early stopping; no test share"},
-        "seeds": seeds, "results": results,
+        "seeds": seeds, "seeds_done": seeds[:len(info)], "results": results,
         "wall_seconds": {k: _summary(v) for k, v in wall.items()},
         "refresh_runs": info, "data_load_seconds": load_s,
         "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
                     "load_average_at_end": os.getloadavg()},
     }
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
-    print(f"{'':10s} {'AUC day D':>18s} {'gAUC day D':>18s} {'wall s':>16s}")
-    for name, key in (("stale", "stale_train"), ("refresh", "refresh"), ("full", "full")):
-        r = results[name]["day_d"]
-        print(f"{name:10s} {fmt(r['auc']):>18s} {fmt(r['gauc']):>18s} {fmt(_summary(wall[key])):>16s}")
-    print(f"wrote {args.out}")
+    return results
 
 
 if __name__ == "__main__":
