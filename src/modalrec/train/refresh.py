@@ -394,8 +394,9 @@ def refresh_run(run_dir: Path, since, out: Path, data: InteractionData | None = 
         continued.append(continue_optimizer(trainer.optimizer, model, parent_model,
                                             run_dir / "checkpoints" / f"seed_{seed}"))
         fit = trainer.fit(echo=echo)
-        if fit.best_valid and trainer._better(before.get(trainer.monitor), fit.best_valid.get(trainer.monitor)):
-            # early stopping at epoch 0: no trained epoch beat the warm start on the window's valid share
+        if not fit.best_valid or trainer._better(before.get(trainer.monitor), fit.best_valid.get(trainer.monitor)):
+            # early stopping at epoch 0: no trained epoch beat the warm start on the window's valid share (also
+            # when none could be judged: a valid share without a positive has no AUC, and no best was saved)
             model.load_state_dict(start_state)
             save_checkpoint(ckpt, "best", model)
             fit.best_epoch, fit.best_valid = 0, before
