@@ -27,10 +27,10 @@
 
 `--find-rooms` first ramps synthetic rooms (`--ramp`, each posting a segment of the world's content every 30 s of
 wall time, /recommend at the same rate) and replays at the largest count that held segment p99 <= 2 s and /recommend
-p99 <= 20 ms.
+p99 <= 20 ms (`--max-minutes` cuts that replay: at N rooms the two days take about 300 / N minutes).
 
 Writes benchmarks/results/live_replay.json (`--out`); progress on stderr.
-Run: .venv/bin/python benchmarks/live_replay.py [--reuse] [--minutes 4.5 | --rooms N] [--find-rooms] [--no-swap]
+Run: .venv/bin/python benchmarks/live_replay.py [--reuse] [--minutes 4.5 | --rooms N [--max-minutes M]] [--find-rooms] [--no-swap]
 """
 
 from __future__ import annotations
@@ -360,7 +360,15 @@ def make_plan(cfg, data, t0: int, t1: int, args) -> Plan:
             j -= 1
         probes.setdefault(w[j]["event_id"], {"user": e["user_id"], "room": e["item_id"].split("/")[0],
                                              "gift_time": e["time"], "time": w[j]["time"], "item": e["item_id"]})
-    return Plan(t0, t1, speed, starts, ends, cum, rooms, segments, events, probes, live_s / active)
+    plan = Plan(t0, t1, speed, starts, ends, cum, rooms, segments, events, probes, live_s / active)
+    cap = getattr(args, "max_minutes", None)
+    if cap and plan.active_s / speed > cap * 60:  # the first `cap` wall minutes of the window, at this speed
+        budget = cap * 60 * speed  # simulated seconds with a live room
+        k = int(np.searchsorted(cum, budget, side="right")) - 1
+        t_cut = int(starts[k] + (budget - cum[k]))
+        return make_plan(cfg, data, t0, t_cut, argparse.Namespace(**{**vars(args), "max_minutes": None,
+                                                                       "rooms": None, "minutes": cap}))
+    return plan
 
 
 class Content:
@@ -736,6 +744,8 @@ def main() -> None:
                     "unless --rooms")
     ap.add_argument("--rooms", type=float, default=None, help="the replay's segment load as N rooms posting one "
                     "segment every 30 s of wall time (sets the speed-up; the replay then takes as long as it takes)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="with --rooms: replay only the first this many "
+                    "wall minutes of the window (at the speed --rooms sets)")
     ap.add_argument("--find-rooms", action="store_true", help="ramp first (--ramp) and replay at the largest count "
                     "that held every target")
     ap.add_argument("--ramp", default="10,20,40,80,120")
@@ -1087,7 +1097,8 @@ def main() -> None:
             "protocol": {
                 "trained_on": f"days 1..{d - args.days} (events before {t_replay0}), {args.epochs} epochs, the last "
                               "10% held out for early stopping",
-                "replayed": f"days {d - args.days + 1}..{d} ({t_replay0} to {t_replay1})",
+                "replayed": f"days {d - args.days + 1}..{d} ({t_replay0} to {t_replay1})" + (
+                    f", cut at {plan.t1} by --max-minutes" if plan.t1 < t_replay1 else ""),
                 "speed_up": plan.speed, "sim_seconds_with_a_live_room": plan.active_s,
                 "idle_stretches": "skipped (no room live)",
                 "segments": "the world's 5-minute segments, each posted at its start with its raw frames (PNG), "
