@@ -327,6 +327,9 @@ def serve(
     segment_workers: int = typer.Option(1, "--segment-workers", min=0, help="Processes encoding the speech of raw "
                                         "segments (POST /segments); one more encodes their frames and comments. "
                                         "0: no raw segments."),
+    segment_nice: int = typer.Option(0, "--segment-nice", min=0, max=19, metavar="N", help="Added to the niceness "
+                                     "of the segment encoder processes when they start (os.nice): speech "
+                                     "recognition then takes the CPU that scoring leaves. 0: the service's priority."),
     live_only: bool = typer.Option(False, "--live-only", help="/recommend returns only registered items of rooms "
                                    "live now (POST /rooms), unless a request sets live_only false."),
 ) -> None:
@@ -347,7 +350,7 @@ def serve(
         _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads,
                rate_limit=rate_limit, rate_burst=rate_burst, item_sync_s=None if item_sync < 0 else item_sync,
                item_ttl_s=item_ttl, precision=precision.value, segment_workers=segment_workers,
-               live_only=live_only)
+               live_only=live_only, segment_nice=segment_nice)
     except StateURLError as e:
         _fail(str(e))
 

@@ -27,21 +27,16 @@ import numpy as np
 import torch
 
 from .bundle import load_bundle
+from .item_routes import add_item_routes
 from .ops import Limits, Metrics, RateLimiter, keep_freed_memory, key_guard
 from .rooms import Rooms, add_room_routes
 from .schemas import (
     MAX_BODY_BYTES,
     Context,
-    DeletedItem,
-    DeleteItemResponse,
-    DeleteItemsRequest,
-    DeleteItemsResponse,
     EventsRequest,
     EventsResponse,
     HistoryEvent,
     Invalid,
-    ItemsRequest,
-    ItemsResponse,
     RecommendRequest,
     RecommendResponse,
     ScoreRequest,
@@ -74,7 +69,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
                rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None,
                precision: str = "fp32", segment_workers: int = 1, segment_threads: int | None = 1,
-               live_only: bool = False, segment_body_bytes: int = SEGMENT_BODY_BYTES):
+               live_only: bool = False, segment_body_bytes: int = SEGMENT_BODY_BYTES, segment_nice: int = 0):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
     bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
     `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
@@ -83,10 +78,10 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     None: never, they then arrive at a restart). `item_ttl_s`: seconds after which a registered item without its
     own `ttl_s` expires (None: never). `precision`: arithmetic of the serving fast paths (fp32 or bf16).
     `segment_workers`: processes encoding speech for POST /segments (one more encodes frames and comments; 0: no
-    raw segments), started with the app (its lifespan), `segment_threads` torch threads each. `live_only`: the
-    default of /recommend's `live_only`. `segment_body_bytes`: the body limit of POST /segments."""
-    from fastapi import Depends, FastAPI, HTTPException, Query, Request
-    from fastapi import Path as PathParam
+    raw segments), started with the app (its lifespan), `segment_threads` torch threads each, `segment_nice` added
+    to their niceness (`os.nice`: they yield the cores to scoring). `live_only`: the default of /recommend's
+    `live_only`. `segment_body_bytes`: the body limit of POST /segments."""
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
 
@@ -144,7 +139,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             if segment_workers < 1:
                 segments["refusal"] = "the service runs without segment workers (serve --segment-workers 0)"
             segments["service"] = SegmentService(encoder, registry, max(0, segment_workers), segment_threads,
-                                                 on_result=on_segment)
+                                                 on_result=on_segment, nice=segment_nice)
         try:
             yield
         finally:
@@ -266,61 +261,6 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         return EventsResponse(accepted=res.accepted, duplicates=res.duplicates, cold_user_events=cold_user_events,
                               cold_item_events=cold_item_events)
 
-    @app.post("/items", response_model=ItemsResponse, tags=["items"], dependencies=[Depends(require_key)],
-              summary="Register items that appeared after export (a new live segment, a new product): scoreable "
-                      "at once; acknowledged only once durably stored")
-    def post_items(req: ItemsRequest) -> ItemsResponse:
-        sync_items()  # an id another process registered counts as a replacement here too
-        t0 = time.perf_counter()
-        res, errors = registry.register(req.items)
-        if errors:
-            raise Invalid(errors)
-        stage("items", t0)
-        for result in ("registered", "replaced", "known_to_bundle"):
-            if res[result]:
-                metrics.inc("modalrec_items", result, res[result])
-        return ItemsResponse(**res)
-
-    def delete_items(ids: list[str]) -> dict[str, str]:
-        sync_items()
-        t0 = time.perf_counter()
-        try:
-            results = registry.delete(ids)
-        except NotImplementedError as e:
-            raise HTTPException(501, str(e)) from None
-        stage("items", t0)
-        deleted = sum(r == "deleted" for r in results.values())
-        if deleted:
-            metrics.inc("modalrec_items", "deleted", deleted)
-        return results
-
-    @app.delete("/items/{item_id:path}", response_model=DeleteItemResponse, tags=["items"],
-                dependencies=[Depends(require_key)],
-                responses={404: {"description": "the id is not registered (never, or deleted or expired before)"},
-                           409: {"description": "the id is the bundle's: part of the exported model, not deletable"}},
-                summary="Delete an item registered through POST /items: unknown from now on (a cold start, never "
-                        "retrieved) on every process sharing the state store; acknowledged once durably stored")
-    def delete_item(item_id: str = PathParam(..., min_length=1, max_length=256)) -> DeleteItemResponse:
-        result = delete_items([item_id])[item_id]
-        if result == "bundle_item":
-            raise HTTPException(409, f"item '{item_id}' is part of the exported bundle: the trained model's items "
-                                     "stay as exported; only items registered through POST /items can be deleted")
-        if result == "not_registered":
-            raise HTTPException(404, f"item '{item_id}' is not registered: POST /items never registered it, or it "
-                                     "was deleted or expired before")
-        return DeleteItemResponse(id=item_id, items=registry.n_registered)
-
-    @app.post("/items/delete", response_model=DeleteItemsResponse, tags=["items"], dependencies=[Depends(require_key)],
-              summary="Delete several registered items; reports each id (deleted, not_registered, bundle_item) "
-                      "without failing the batch; acknowledged once durably stored")
-    def delete_items_batch(req: DeleteItemsRequest) -> DeleteItemsResponse:
-        results = delete_items(req.ids)
-        counts = {r: sum(v == r for v in results.values()) for r in ("deleted", "not_registered", "bundle_item")}
-        return DeleteItemsResponse(deleted=counts["deleted"], not_registered=counts["not_registered"],
-                                   bundle_items=counts["bundle_item"],
-                                   results=[DeletedItem(id=i, result=r) for i, r in results.items()],
-                                   items=registry.n_registered)
-
     def sequence(scorer, user: str, ctx: Context, explicit: list[HistoryEvent] | None):
         before = to_seconds(ctx.time)
         if explicit is not None:
@@ -425,6 +365,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         return UserState(user=user, known=serving.current.scorer.user_index(user) > 0,
                          events=[e.to_json() for e in state.recent(user, n)], counters=state.counters(user))
 
+    add_item_routes(app, registry=registry, require_key=require_key, sync_items=sync_items, stage=stage,
+                    metrics=metrics)
     add_segment_routes(app, bundle=serving.bundle, registry=registry, service=segment_service,
                        require_key=require_key, sync_items=sync_items, invalid=Invalid, metrics=metrics)
     add_room_routes(app, rooms=rooms, registry=registry, lock=serving.lock, require_key=require_key,
@@ -438,12 +380,12 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
           api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
           rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0,
           item_ttl_s: float | None = None, precision: str = "fp32", segment_workers: int = 1,
-          live_only: bool = False) -> None:
+          live_only: bool = False, segment_nice: int = 0) -> None:
     """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
     processes can share one state store: items registered or deleted through one reach the others within
     `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own.
-    `segment_workers`: processes encoding speech for POST /segments (plus one for frames and comments; 0: none);
-    `live_only`: /recommend returns only registered items of live rooms unless a request says otherwise."""
+    `segment_workers`: processes encoding speech for POST /segments (plus one for frames and comments; 0: none),
+    at niceness + `segment_nice`; `live_only`: /recommend returns only registered items of live rooms unless a request says otherwise."""
     import logging
 
     import uvicorn
@@ -453,7 +395,7 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
                                                     "fault their buffers afresh")
     app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
                      item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision,
-                     segment_workers=segment_workers, live_only=live_only)
+                     segment_workers=segment_workers, live_only=live_only, segment_nice=segment_nice)
     # the bundle's objects live as long as the process: moved out of the collector's generations, a full
     # collection during a request no longer walks them (tail latency)
     gc.collect()

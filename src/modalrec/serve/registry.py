@@ -22,12 +22,14 @@ content changed (`Model.forget_items`). `update` replaces a registered item's co
 only while the store still holds the registration it updates (a segment's slow modalities, `serve.segments`).
 
 Each registered item's room is the raw value of its group feature (as text): live rooms (`serve.rooms`) select
-their registered items through `room_items` / `live_rows`.
+their registered items through `room_items` / `live_rows` (`serve.members`: rooms, registration order, expiry).
+An item registered online that the bundle knows (a refreshed bundle, swapped in, trained on data that had it) is
+`absorbed`: scored with the bundle's trained row, it stays registered (a live member of its room, with its expiry,
+deletable, its segment status kept) until it is deleted or expires.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import threading
@@ -37,15 +39,17 @@ import numpy as np
 
 from ..pipeline.side import GROUPS as SIDE_GROUPS
 from .bundle import Bundle, item_vector_rows
+from .item_sync import StoreSync
+from .members import Members
 from .ops import ReadWriteLock
-from .schemas import NewItem, _item_doc, _read_doc
+from .schemas import NewItem, _item_doc
 from .state import StateStore
 from .tables import AppendableRows, ItemIds
 
 log = logging.getLogger("modalrec.serve")
 
 
-class ItemRegistry:
+class ItemRegistry(StoreSync):
     """The item tables of a service process: the bundle's rows and the registered ones, with their lifecycle."""
 
     EXPIRY_SWEEP_S = 1.0  # at most one expiry sweep per this many seconds (of `clock`)
@@ -94,19 +98,40 @@ class ItemRegistry:
         # restart) agrees on them, so they are read on the wall clock, not on `clock` (replaceable: tests)
         self.wall_clock = time.time
         self._next_sweep = -math.inf
-        self._expiry: dict[str, float] = {}  # live registered id -> when it expires (unix seconds)
-        self._expiry_heap: list[tuple[float, str]] = []  # (expiry, id); entries no longer in _expiry are stale
         self.alive: AppendableRows | None = None  # False: a deleted item's row (a tombstone), never retrieved
         self.born: AppendableRows | None = None  # when each registered row was written last (a counter)
         self._born = 1
-        self.item_room: dict[str, str] = {}  # live registered id -> its room (the group feature's raw value)
-        self.room_items: dict[str, dict[str, int]] = {}  # room -> its live registered ids -> their rows
+        self.members = Members()  # live registered ids: rooms, registration order, expiry, absorbed ones
         self.replayed = self.replay()
 
     @property
     def n_registered(self) -> int:
-        """Registered items known now (deleted and expired ones not counted)."""
-        return len(self.ids.extra)
+        """Registered items known now (deleted and expired ones not counted; absorbed ones counted)."""
+        return len(self.ids.extra) + len(self.members.absorbed)
+
+    @property
+    def room_items(self) -> dict[str, dict[str, int]]:
+        return self.members.room_items
+
+    @property
+    def item_room(self) -> dict[str, str]:
+        return self.members.item_room
+
+    @property
+    def _expiry(self) -> dict[str, float]:  # the expiry schedule moved to `members` (kept for older callers)
+        return self.members.expiry
+
+    @property
+    def _expiry_heap(self) -> list[tuple[float, str]]:
+        return self.members._heap
+
+    def is_registered(self, item: str) -> bool:
+        """A live registered id: its own row, or absorbed (the bundle's row)."""
+        return item in self.ids.extra or item in self.members.absorbed
+
+    def registered_body(self, item: str) -> str | None:
+        """The stored document of a live registered id, None for another id."""
+        return self._applied.get(item) if self.is_registered(item) else None
 
     def prepare(self, item: NewItem, where: tuple) -> tuple[dict | None, list[dict]]:
         """The item table row of a request item (group -> name -> value, every feature of the table; what the
@@ -162,9 +187,9 @@ class ItemRegistry:
         if errors:
             return None, errors
         with self._registering:
-            if item.id not in self.ids.extra or self._applied.get(item.id) != expected:
+            if not self.is_registered(item.id) or self._applied.get(item.id) != expected:
                 return None, []
-            expires = self._expiry.get(item.id)
+            expires = self.members.expiry.get(item.id)
             body = _item_doc(item, expires)
             update = getattr(self.state, "update_items", None)
             if update is not None:
@@ -177,131 +202,20 @@ class ItemRegistry:
         return body, []
 
     def live_rows(self, rooms: set[str], one_per_room: bool = False) -> np.ndarray:
-        """The rows of the live registered items of `rooms` (with `one_per_room`: each room's latest registered);
-        call under the read lock."""
-        rows: list[int] = []
-        n = self.n_items
-        for room in rooms:
-            items = self.room_items.get(room)
-            if not items:
-                continue
-            if one_per_room:
-                rows.append(max(items.values(), key=lambda i: self.born.extra[i - n]))
-            else:
-                rows.extend(items.values())
-        return np.array(sorted(rows), dtype=np.int64)
-
-    def replay(self) -> int:
-        """Registers the items stored by earlier runs (startup). Items that no longer fit the bundle (another
-        bundle served on the same state: an id it now knows, a changed dimension) are skipped with a warning.
-        Records the store's item sequence number read before loading: what is written meanwhile comes again
-        through sync_items (and is skipped there when loaded here with the same body). Items whose expiry passed
-        while no process ran are loaded too: the first request's expiry sweep deletes them before it scores."""
-        seq_of = getattr(self.state, "item_seq", None)
-        with self._registering:
-            self._item_seq = int(seq_of()) if seq_of is not None and self._items_since is not None else 0
-            load = getattr(self.state, "load_items", None)
-            docs = [(i, body) for i, body in (load() if load is not None else []) if body]
-            if not docs:
-                return 0
-            entries, bodies, known, skipped = self._stored_rows(docs)
-            self._apply(entries)
-            self._applied.update(bodies)
-        log.info("replayed %d registered items from the state store (%d now known to the bundle, %d skipped)",
-                 len(entries), known, skipped)
-        return len(entries)
-
-    def _stored_rows(self, docs: list[tuple[str, str]]) -> tuple[list[tuple], dict[str, str], int, int]:
-        """The item table rows of stored items (id, JSON document): (entries for _apply: id, rows, expiry, room; id ->
-        body of those; ids the bundle knows; items skipped with a warning as invalid or not fitting this bundle)."""
-        entries, bodies, skipped, known = [], {}, 0, 0
-        for item_id, body in docs:
-            try:
-                item, expires = _read_doc(body)
-            except ValueError as e:  # pydantic's ValidationError and json's errors are ValueErrors
-                log.warning("stored item %r is not a valid item (%s); skipped", item_id, str(e).splitlines()[0])
-                skipped += 1
-                continue
-            if self.bundle.pipeline.items.lookup([item.id])[0] > 0:
-                known += 1
-                continue
-            row, errs = self.prepare(item, ("stored item", item.id))
-            if errs:
-                log.warning("stored item %r does not fit this bundle (%s); skipped", item.id, errs[0]["msg"])
-                skipped += 1
-                continue
-            entries.append((item.id, row, expires, self.room(item)))
-            bodies[item.id] = body
-        return entries, bodies, known, skipped
-
-    def refresh_items(self) -> dict[str, int]:
-        """At the start of a request: the items other processes registered, replaced or deleted since the last
-        sync (`sync_items`), then the expiry sweep (`expire_items`); both throttled, so most calls cost two clock
-        reads. Returns counts for the metrics: registered, replaced, deleted (by other processes, or expired
-        in the store before this process's sweep got to them), expired (deleted in the store by this sweep)."""
-        registered, replaced, deleted = self._sync(False)
-        expired, gone = self.expire_items()
-        return {"registered": registered, "replaced": replaced, "deleted": deleted + gone, "expired": expired}
-
-    def sync_items(self, force: bool = False) -> tuple[int, int]:
-        """Applies the items other processes sharing the state store wrote since the last sync: returns
-        (new ids, replaced); deleted ones are dropped (counted in `deletions_synced`). At most one store query
-        per item_sync_s seconds, unless `force`: between those a call costs a clock read. A call while another
-        thread registers or syncs returns at once (that thread holds the lock; the next call after it catches
-        up) rather than queueing requests behind it. A failing store is logged and the request goes on with
-        the items already known."""
-        registered, replaced, _ = self._sync(force)
-        return registered, replaced
-
-    def _sync(self, force: bool) -> tuple[int, int, int]:
-        """sync_items, returning (new ids, replaced, deleted)."""
-        if self.item_sync_s is None or (not force and self.clock() < self._next_sync):
-            return 0, 0, 0
-        if not self._registering.acquire(blocking=False):
-            return 0, 0, 0
-        try:
-            now = self.clock()
-            if not force and now < self._next_sync:  # another thread synced while this one got the lock
-                return 0, 0, 0
-            self._next_sync = now + self.item_sync_s
-            try:
-                docs, seq = self._items_since(self._item_seq)
-                if seq < self._item_seq:  # a new or restored store: its numbers start again; read it all
-                    log.warning("the state store's item sequence went back from %d to %d (a new or restored "
-                                "store?): reading every sequenced item again", self._item_seq, seq)
-                    docs, seq = self._items_since(0)
-            except Exception as e:  # noqa: BLE001 - scoring goes on with the items it has; retried next interval
-                log.warning("could not read items registered by other processes from the %s state store: %s",
-                            getattr(self.state, "kind", "?"), e)
-                return 0, 0, 0
-            # own registrations and items seen before come back with the body applied here: not applied again
-            # (a replacement would drop a model's memoised content for nothing). Tombstones (body None) of ids
-            # known here drop them; of ids unknown here (own deletions among them) change nothing. Each id
-            # comes once, in its latest state, so the two lists commute
-            changed = [(i, body) for i, body in docs if body is not None and self._applied.get(i) != body]
-            deleted = len(self._remove([i for i, body in docs if body is None]))
-            entries, bodies, _, _ = self._stored_rows(changed)
-            registered, replaced = self._apply(entries)
-            self._applied.update(bodies)
-            self._item_seq = seq
-            self.items_synced += registered + replaced
-            self.deletions_synced += deleted
-        finally:
-            self._registering.release()
-        if registered or replaced or deleted:
-            log.info("applied %d new, %d replaced and %d deleted items of other processes", registered, replaced,
-                     deleted)
-        return registered, replaced, deleted
+        """The rows of the live registered items of `rooms` (absorbed ones: the bundle's rows; with `one_per_room`:
+        each room's latest registered); call under the read lock."""
+        return self.members.live_rows(rooms, one_per_room)
 
     def delete(self, ids: list[str]) -> dict[str, str]:
         """Deletes registered items: durably in the state store first (a tombstone that other processes sync
         and that keeps a restart from replaying the item), then here. Returns, for each distinct id in order,
         'deleted' (the store had it, or this process still knew it: it is unknown from now on), 'not_registered'
         (never registered, or deleted or expired before) or 'bundle_item' (the bundle's items are part of the
-        exported model, which stays as trained: never deleted). Raises NotImplementedError for a state store
-        without delete_items."""
+        exported model, which stays as trained: never deleted; an absorbed registered item is deleted as a
+        registration, its bundle row staying). Raises NotImplementedError for a state store without delete_items."""
         unique = list(dict.fromkeys(ids))
         in_bundle = self.bundle.pipeline.items.lookup(unique) > 0 if unique else np.zeros(0, bool)
+        in_bundle &= np.array([i not in self.members.absorbed for i in unique], dtype=bool)
         out = {i: "bundle_item" for i, k in zip(unique, in_bundle) if k}
         ours = [i for i, k in zip(unique, in_bundle) if not k]
         if ours:
@@ -324,7 +238,7 @@ class ItemRegistry:
         never every item. Returns (expired: deleted in the store by this sweep; dropped here only: the store
         had deleted or replaced them already). A failing store is logged and the items stay (a deletion
         happens in the store first, or not at all) until the next sweep, a second later."""
-        if not self._expiry_heap or (not force and self.clock() < self._next_sweep):
+        if not self.members.expiring or (not force and self.clock() < self._next_sweep):
             return 0, 0
         if not self._registering.acquire(blocking=False):  # a registration, sync or sweep is under way
             return 0, 0
@@ -333,19 +247,14 @@ class ItemRegistry:
             if not force and now < self._next_sweep:
                 return 0, 0
             self._next_sweep = now + self.EXPIRY_SWEEP_S
-            wall, heap, due = self.wall_clock(), self._expiry_heap, {}
-            while heap and heap[0][0] <= wall:
-                t, item = heapq.heappop(heap)
-                if self._expiry.get(item) == t:  # else stale: registered again with another expiry, or deleted
-                    due[item] = t
+            due = self.members.due(self.wall_clock())
             if not due:
                 return 0, 0
             ids = list(due)
             try:
                 stored = set(self._delete_items(ids, [self._applied[i] for i in ids])) if self._delete_items else set()
             except Exception as e:  # noqa: BLE001 - requests go on; the next sweep tries again
-                for item, t in due.items():
-                    heapq.heappush(heap, (t, item))
+                self.members.not_done(due)
                 log.warning("could not delete %d expired items in the %s state store (retried at the next sweep): "
                             "%s", len(ids), getattr(self.state, "kind", "?"), e)
                 return 0, 0
@@ -358,49 +267,27 @@ class ItemRegistry:
                  len(stored))
         return len(stored), dropped
 
-    def _set_expiry(self, item: str, expires: float | None) -> None:
-        """Records a live item's expiry (None: never); the old heap entry goes stale. Under _registering."""
-        if expires is None:
-            self._expiry.pop(item, None)
-            return
-        self._expiry[item] = expires
-        heapq.heappush(self._expiry_heap, (expires, item))
-        if len(self._expiry_heap) > 2 * len(self._expiry) + 64:  # mostly stale entries (TTLs refreshed): rebuild
-            self._expiry_heap = [(t, i) for i, t in self._expiry.items()]
-            heapq.heapify(self._expiry_heap)
-
     def _remove(self, ids: list[str]) -> list[str]:
         """Unpublishes the live registered ids among `ids`: lookups find 0 from now on (a cold start, as an id
         never registered), retrieval skips their rows (`alive`), their expiry and applied body are forgotten,
         and the model drops what it memoised about them. The rows stay as tombstones (other items' indices never move);
-        the id registered again takes its row back, a new id an old tombstone's (`ItemIds`). Returns the ids
-        removed. Under _registering."""
-        live = [i for i in dict.fromkeys(ids) if i in self.ids.extra]
+        the id registered again takes its row back, a new id an old tombstone's (`ItemIds`). An absorbed id leaves its
+        room and registration only (its bundle row stays as trained). Returns the ids removed. Under _registering."""
+        live = [i for i in dict.fromkeys(ids) if self.is_registered(i)]
         if not live:
             return []
         with self._rw.write():
-            indices = [self.ids.remove(item) for item in live]
+            indices = [self.ids.remove(item) for item in live if item in self.ids.extra]
             for index in indices:
                 self.alive[index] = False
             for item in live:
-                self._set_room(item, None, 0)
-            self.model.forget_items(indices)
+                self.members.drop(item)
+            if indices:
+                self.model.forget_items(indices)
         for item in live:
-            self._expiry.pop(item, None)
+            self.members.expiry.pop(item, None)
             self._applied.pop(item, None)
         return live
-
-    def _set_room(self, item: str, room: str | None, index: int) -> None:
-        """Moves a live registered id to `room` (None: none, or removed). Under _registering and the write lock."""
-        old = self.item_room.pop(item, None)
-        if old is not None:
-            members = self.room_items[old]
-            members.pop(item, None)
-            if not members:
-                del self.room_items[old]
-        if room is not None:
-            self.item_room[item] = room
-            self.room_items.setdefault(room, {})[item] = index
 
     def _tables(self) -> list[AppendableRows]:
         out = [arr for group in SIDE_GROUPS for arr in getattr(self.table, group).values()]
@@ -424,31 +311,40 @@ class ItemRegistry:
         self.born = AppendableRows(np.zeros(self.n_items, dtype=np.int64))  # registration order (rows are reused)
         self._growable = True
 
-    def _apply(self, entries: list[tuple[str, dict, float | None, str | None]]) -> tuple[int, int]:
+    def _apply(self, entries: list[tuple[str, dict | None, float | None, str | None]]) -> tuple[int, int]:
         """Adds (id, rows, expiry, room) to the item tables and the vocabulary, latest wins; returns (new ids,
-        replaced). A deleted id comes back as new, in its tombstone's row. Under _registering."""
+        replaced). A deleted id comes back as new, in its tombstone's row. An id the bundle knows is absorbed: a
+        member of its room scored with the bundle's row (its rows, when given, are not written). Under _registering."""
         if not entries:
             return 0, 0
-        latest: dict[str, tuple[dict, float | None, str | None]] = {}
+        latest: dict[str, tuple[dict | None, float | None, str | None]] = {}
         registered = replaced = 0
         for item_id, row, expires, room in entries:
-            if item_id in latest or item_id in self.ids.extra:
+            if item_id in latest or self.is_registered(item_id):
                 replaced += 1
             else:
                 registered += 1
             latest[item_id] = (row, expires, room)
+        in_bundle = self.bundle.pipeline.items.lookup(list(latest))
+        absorbed = {i: int(k) for i, k in zip(latest, in_bundle) if k > 0}
+        own = {i: v for i, v in latest.items() if i not in absorbed}
         vectors = None
-        if self.vectors is not None:
-            vectors = item_vector_rows(self.model, [row for row, _, _ in latest.values()], self.table,
+        if self.vectors is not None and own:
+            vectors = item_vector_rows(self.model, [row for row, _, _ in own.values()], self.table,
                                        self.vectors.shape[1], self.vector_source)
         with self._rw.write():
             self._make_growable()
-            fresh = [i for i in latest if i not in self.ids.extra and i not in self.ids.removed]
+            fresh = [i for i in own if i not in self.ids.extra and i not in self.ids.removed]
             total = len(self.ids.extra_ids) + len(fresh)  # at most: old tombstones' rows may be reused
             for table in self._tables():
                 table.reserve(total)
             again: list[int] = []
-            for j, (item_id, (row, _, room)) in enumerate(latest.items()):
+            j = 0
+            for item_id, (row, _, room) in latest.items():  # in order: the registration order of the members
+                if item_id in absorbed:
+                    self.members.set(item_id, absorbed[item_id], room, self._born, absorbed=True)
+                    self._born += 1
+                    continue
                 index = self.ids.index_for(item_id)
                 if index < len(self.ids):
                     again.append(index)  # replaced content, a tombstone's row taken back, or reused by a new id
@@ -458,17 +354,18 @@ class ItemRegistry:
                 if vectors is not None:
                     self.vectors[index] = vectors[j]
                     self.has_vector[index] = bool(np.any(vectors[j]))
+                j += 1
                 self.alive[index] = True
                 self.born[index] = self._born
-                self._born += 1
                 if item_id not in self.ids.extra:
                     added = self.ids.add(item_id)  # rows first, then the id: a lookup never finds a half-written item
                     assert added == index, (added, index)
-                self._set_room(item_id, room, index)
+                self.members.set(item_id, index, room, self._born, absorbed=False)
+                self._born += 1
             if again:
                 # what the model memoised about replaced content; about a reused row too (a request that looked the
                 # id up before its deletion may have memoised the old content under that index since)
                 self.model.forget_items(again)
         for item_id, (_, expires, _) in latest.items():
-            self._set_expiry(item_id, expires)
+            self.members.set_expiry(item_id, expires)
         return registered, replaced

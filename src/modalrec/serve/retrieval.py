@@ -93,7 +93,7 @@ class Retriever:
         out: list[int] = []
         seen = set(exclude)
         seen.add(0)
-        n = min(n, self.n_items - 1 + reg.n_registered)
+        n = min(n, self.n_items - 1 + len(reg.ids.extra))
         m = len(reg.ids.extra_ids)  # appended rows, tombstones (deleted items: alive False) included
         live = reg.alive.extra[:m] if m else None
         group = reg.group
@@ -157,14 +157,14 @@ class Retriever:
             rows = rows[~np.isin(rows, np.fromiter(exclude, np.int64, len(exclude)))]
         if len(rows) <= n or not len(rows):
             return rows, 0
-        extra = rows - self.n_items
-        born = reg.born.extra[extra]
+        # rows of the bundle among them: registered items it absorbed (`serve.members`), with its vectors
+        born = reg.members.order(rows)
         picked: list[np.ndarray] = []
         left = np.ones(len(rows), dtype=bool)
         recent = query_items[-self.history_len:] if len(query_items) else query_items
         if reg.group is not None and len(recent):
             codes = list(set(reg.group[recent].tolist()) - {0})
-            same = np.flatnonzero(np.isin(reg.group.extra[extra], codes)) if codes else np.zeros(0, np.int64)
+            same = np.flatnonzero(np.isin(reg.group[rows], codes)) if codes else np.zeros(0, np.int64)
             same = same[np.argsort(-born[same], kind="stable")][: max(1, n // 4)]
             picked.append(same)
             left[same] = False
@@ -174,8 +174,8 @@ class Retriever:
             q = (reg.vectors[recent] * w[:, None]).sum(0)
             norm = np.linalg.norm(q)
             if norm > 0:
-                sim = reg.vectors.extra[extra] @ (q / norm).astype(np.float32)
-                sim[~(left & reg.has_vector.extra[extra])] = -np.inf
+                sim = reg.vectors[rows] @ (q / norm).astype(np.float32)
+                sim[~(left & ((rows < self.n_items) | reg.has_vector[rows]))] = -np.inf
                 near = np.argsort(-sim, kind="stable")[: n - n // 4 - n_hist]
                 near = near[np.isfinite(sim[near])]
                 picked.append(near)

@@ -62,12 +62,13 @@ class SegmentService:
     """Encodes raw segments in two lanes of worker processes and registers them progressively (see the module).
     `workers` 0: no worker processes, no segment accepted (`accepting`); the status of registered ones only.
     `on_result(result, seconds)`: called with "registered" (seconds from the request to recommendable), "updated",
-    "complete" (seconds to the last modality), "failed", "discarded" (metrics)."""
+    "complete" (seconds to the last modality), "failed", "discarded" (metrics). `nice`: added to the worker
+    processes' niceness (`os.nice`), so they yield the cores to scoring."""
 
     KEEP = 10_000  # segment records kept for GET /segments/{id}
 
     def __init__(self, encoder: ContentEncoder, registry, workers: int = 1, threads: int | None = 1,
-                 warm: bool = True, on_result=None):
+                 warm: bool = True, on_result=None, nice: int = 0):
         if workers < 0:
             raise ValueError(f"segment workers must be >= 0, got {workers}")
         self.encoder, self.registry, self.on_result = encoder, registry, on_result
@@ -77,7 +78,8 @@ class SegmentService:
         for lane, n in ((FAST, 1), (SLOW, workers)):
             names = [m for m, ln in self.lane_of.items() if ln == lane]
             if names and self.accepting:
-                self.pools[lane] = EncoderPool(encoder, n, threads, warm=encoder.views(names) if warm else False)
+                self.pools[lane] = EncoderPool(encoder, n, threads, warm=encoder.views(names) if warm else False,
+                                               nice=nice)
         self._ready = [f for pool in self.pools.values() for f in pool.start()]
         self._records: OrderedDict[str, _Segment] = OrderedDict()
         self._lock = threading.Lock()
@@ -188,15 +190,15 @@ class SegmentService:
         with self._lock:
             rec = self._records.get(segment_id)
         if rec is None:
-            body = reg._applied.get(segment_id)
-            if body is None or segment_id not in reg.ids.extra:
+            body = reg.registered_body(segment_id)
+            if body is None:
                 return None
             return {"id": segment_id, "status": "registered", "status_url": status_url(segment_id),
                     "recommendable": True, "modalities": None, "registered": self.raw_in(body)}
         with rec.lock:
             pending = "encoding" in rec.modalities.values()
-            gone = rec.deleted or (rec.body is not None and (segment_id not in reg.ids.extra
-                                                             or reg._applied.get(segment_id) != rec.body))
+            # a segment a swapped-in bundle knows stays registered (absorbed: scored with the bundle's row)
+            gone = rec.deleted or (rec.body is not None and reg.registered_body(segment_id) != rec.body)
             status = ("deleted" if gone else ("partial" if pending else "registered") if rec.body is not None
                       else "queued" if pending else "failed")
             return {"id": segment_id, "status": status, "status_url": status_url(segment_id),

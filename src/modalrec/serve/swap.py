@@ -15,7 +15,8 @@ gets the new scorer. The swap itself is one reference assignment.
    store, so none is lost or counted twice; the new item registry replays the registered items as a restart would;
 3. under the write side of `gate` (registrations, deletions and segment registrations hold its read side, so they
    wait a moment): reads the items stored since its replay (`catch_up`: registered, replaced or deleted during the
-   load), checks that every live registered item fits the new bundle, then swaps.
+   load), checks that every live registered item fits the new bundle (those it knows are absorbed: scored with its
+   trained rows, still registered members of their rooms), then swaps.
 
 The old generation is freed once its requests are done (`refreeze_later` when the collector was frozen).
 Rooms live in the state store and the `Rooms` object is the service's, not a generation's. The segment service
@@ -223,8 +224,10 @@ class Serving:
             new = self.build(path, bundle)  # the old generation serves meanwhile
             with self.gate.write():
                 catch_up(new.registry)
-                gone = [i for i in old.registry.ids.extra if i not in new.registry.ids.extra]
-                lost = [i for i, k in zip(gone, bundle.pipeline.items.lookup(gone) if gone else []) if k == 0]
+                # every live registered item carries over: in a row of its own, or absorbed by the new bundle (one it
+                # knows: scored with its trained row, still a member of its room; `serve.members`)
+                lost = [i for i in [*old.registry.ids.extra, *old.registry.members.absorbed]
+                        if not new.registry.is_registered(i)]
                 if lost:
                     raise SwapRefused(422, f"refused to swap to '{path}': {len(lost)} registered items do not fit its "
                                            f"pipeline ({path}/pipeline; e.g. {lost[:3]}: see the log for why)")
