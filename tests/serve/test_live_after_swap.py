@@ -20,6 +20,8 @@ from fastapi.testclient import TestClient
 from modalrec.config import RunConfig
 from modalrec.serve.app import create_app
 from modalrec.serve.bundle import export_bundle
+from modalrec.serve.content import ContentEncoder, RawSegmentRequest
+from modalrec.serve.segments import SegmentService
 from modalrec.train.run import train_run
 from tests.helpers import make_data
 
@@ -77,47 +79,57 @@ def test_registered_items_the_new_bundle_knows_stay_in_their_rooms(bundles, tmp_
         for item in (_item("x1", "b2"), _item("i50", "b2"), _item("i51", "b3", ttl_s=600), _item("x2", "b1")):
             r = c.post("/items", json={"items": [item]}, headers=AUTH)
             assert r.status_code == 200 and r.json()["registered"] == 1, r.text
+        # a segment (room b0) registered by the segment service (no raw content: registered at once, no workers)
+        segments = SegmentService(ContentEncoder({"content": {"encode": {}, "modalities": []}}),
+                                  app.state.serving.registry, workers=0)
+        segments.submit(RawSegmentRequest(id="i52", categorical={"brand": "b0"}), {})
+        assert segments.status("i52")["status"] == "registered"
         before = _live(c)
-        assert {i: room for i, (room, _) in before.items()} == {"i50": "b2", "i51": "b3", "x2": "b1"}
+        assert {i: room for i, (room, _) in before.items()} == {"i50": "b2", "i51": "b3", "x2": "b1", "i52": "b0"}
         registered_copy = _scores(c, ["i50", "i51"])  # A scores its registered copies (id unknown to its model)
 
         r = c.post("/admin/bundle", json={"path": str(bundles["b"])}, headers=AUTH)
         assert r.status_code == 200, r.text
-        assert r.json()["registered_items"] == 4
+        assert r.json()["registered_items"] == 5
         reg = app.state.serving.current.registry
-        assert set(reg.members.absorbed) == {"i50", "i51"} and reg.n_registered == 4
-        assert reg.registered_body("i50") is not None  # GET /segments/{id} reads this: registered, not deleted
+        assert set(reg.members.absorbed) == {"i50", "i51", "i52"} and reg.n_registered == 5
+        assert segments.status("i52")["status"] == "registered"  # GET /segments/{id}: not 'deleted'
+        assert reg.registered_body("i50") is not None
 
         # the rooms whose latest items B absorbed are still live, their items scored with B's trained rows
         after = _live(c)
-        assert {i: room for i, (room, _) in after.items()} == {"i50": "b2", "i51": "b3", "x2": "b1"}
+        assert {i: room for i, (room, _) in after.items()} == {"i50": "b2", "i51": "b3", "x2": "b1", "i52": "b0"}
         got = np.array([after["i50"][1], after["i51"][1]])
         assert np.abs(got - offline_b).max() <= 1e-5, (got, offline_b)
         assert np.abs(_scores(c, ["i50", "i51"]) - offline_b).max() <= 1e-5
         assert np.abs(registered_copy - offline_b).max() > 1e-4  # B's rows, not the registered copies
-        assert set(_live(c, one_per_room=False)) == {"x1", "i50", "i51", "x2"}
+        assert set(_live(c, one_per_room=False)) == {"x1", "i50", "i51", "x2", "i52"}
         rooms = {s["room"]: s for s in c.get("/rooms").json()["rooms"]}
         assert rooms["b2"]["items"] == 2 and rooms["b3"]["items"] == 1
 
         # another process on B sharing the store: the same rooms (its replay absorbs them too)
         other = create_app(bundles["b"], url, api_key=KEY, item_sync_s=0)
         with TestClient(other) as c2:
-            assert {i: room for i, (room, _) in _live(c2).items()} == {"i50": "b2", "i51": "b3", "x2": "b1"}
+            assert {i: room for i, (room, _) in _live(c2).items()} == {"i50": "b2", "i51": "b3", "x2": "b1", "i52": "b0"}
 
             # DELETE removes an absorbed item from its room (here and there); its bundle row stays scoreable
             r = c.delete("/items/i50", headers=AUTH)
-            assert r.status_code == 200 and r.json()["items"] == 3, r.text
+            assert r.status_code == 200 and r.json()["items"] == 4, r.text
             assert reg.registered_body("i50") is None
-            assert {i: room for i, (room, _) in _live(c).items()} == {"x1": "b2", "i51": "b3", "x2": "b1"}
-            assert {i: room for i, (room, _) in _live(c2).items()} == {"x1": "b2", "i51": "b3", "x2": "b1"}
+            assert {i: room for i, (room, _) in _live(c).items()} == {"x1": "b2", "i51": "b3", "x2": "b1", "i52": "b0"}
+            assert {i: room for i, (room, _) in _live(c2).items()} == {"x1": "b2", "i51": "b3", "x2": "b1", "i52": "b0"}
             assert c.delete("/items/i50", headers=AUTH).status_code == 409  # now only the bundle's item
             assert np.abs(_scores(c, ["i50"]) - offline_b[:1]).max() <= 1e-5
 
             # expiry ends the membership of an absorbed item: room b3 has no item left, so it is no longer live
             reg.wall_clock = lambda: time.time() + 601
             reg.clock = lambda: time.monotonic() + 10  # past the sweep's throttle
-            assert {i: room for i, (room, _) in _live(c).items()} == {"x1": "b2", "x2": "b1"}
+            assert {i: room for i, (room, _) in _live(c).items()} == {"x1": "b2", "x2": "b1", "i52": "b0"}
             assert "b3" not in {s["room"] for s in c.get("/rooms").json()["rooms"]}
-            assert {i: room for i, (room, _) in _live(c2).items()} == {"x1": "b2", "x2": "b1"}
+            assert {i: room for i, (room, _) in _live(c2).items()} == {"x1": "b2", "x2": "b1", "i52": "b0"}
             r = c.post("/items/delete", json={"ids": ["i51"]}, headers=AUTH)
             assert r.json()["results"] == [{"id": "i51", "result": "bundle_item"}]
+            r = c.post("/items/delete", json={"ids": ["i52"]}, headers=AUTH)
+            assert r.json()["results"] == [{"id": "i52", "result": "deleted"}]
+            assert segments.status("i52")["status"] == "deleted"
+            assert {i: room for i, (room, _) in _live(c2).items()} == {"x1": "b2", "x2": "b1"}
