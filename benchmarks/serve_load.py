@@ -268,10 +268,14 @@ def main() -> None:
     if not (bundle / "manifest.json").exists():
         raise SystemExit(f"{bundle}: no bundle (run `make demo`, or pass --bundle PATH or --build din)")
     manifest = json.loads((bundle / "manifest.json").read_text())
-    meta = json.loads((bundle / "schema.json").read_text())
-    items = json.loads((bundle / "vocab_items.json").read_text())
-    channel = (meta.get("history_channels") or ["click"])[0]
-    model_history = meta["collator"]["max_history"]
+    # the bundle's saved feature pipeline: its settings and the items it knows (bundle format 2+)
+    import pyarrow.parquet as pq
+
+    settings = json.loads((bundle / "pipeline" / "pipeline.json").read_text())["settings"]
+    items = [str(i) for i in pq.read_table(bundle / "pipeline" / "items.parquet", columns=["id"])["id"]
+             .to_pylist()]
+    channel = (settings.get("history_channels") or settings.get("sample_channels") or ["click"])[0]
+    model_history = settings["max_history"]
     if model_history < args.history:
         print(f"note: the model reads the last {model_history} events of each history (--build MODEL "
               f"--max-history {args.history} for a model that reads {args.history})")
