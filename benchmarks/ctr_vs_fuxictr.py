@@ -311,9 +311,9 @@ def child_modalrec(spec_path: str) -> None:
     cpu = {"seconds": 0.0, "samples": 0}
     train_epoch = Trainer._train_epoch
 
-    def counted_train_epoch(self, epoch):
+    def counted_train_epoch(self, epoch, *args, **kwargs):  # the Trainer's own arguments, passed through
         c0 = cpu_s()
-        loss, n, secs = train_epoch(self, epoch)
+        loss, n, secs = train_epoch(self, epoch, *args, **kwargs)
         cpu["seconds"] += cpu_s() - c0
         cpu["samples"] += n
         return loss, n, secs
