@@ -23,8 +23,10 @@ and the later stages of that size are skipped), `os.getloadavg()` before and aft
 and the disk used by what the stage wrote. Writes benchmarks/results/scale.json (rewritten after every stage,
 merged with earlier sizes of the same file) and scale.png (time and peak RSS against size, log-log).
 
-Run: .venv/bin/python benchmarks/scale.py --sizes 1M,10M [--train-seconds 120] [--work /tmp/modalrec_scale]
-     .venv/bin/python benchmarks/scale.py --sizes 146M --keep   # keep the files of the run (default: removed)
+Run: .venv/bin/python benchmarks/scale.py --sizes 1M,10M --graphcl-epochs 0 --eval-samples 100000
+     [--train-seconds 120] [--work /tmp/modalrec_scale] [--keep: keep each size's files (default: removed)]
+     [--stages import,prepare --keep: continue a kept size] [--stage-timeout S] [--rss-limit-gb 14]
+     [--without-titles] [--plot-only: redraw scale.png and print the table from scale.json]
 """
 
 from __future__ import annotations
@@ -60,13 +62,15 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def config(variant: str, dataset: Path, threads: int, graphcl_epochs: int | None = None):
+def config(variant: str, dataset: Path, threads: int, graphcl_epochs: int | None = None, titles: bool = True):
     from modalrec.config import load_config
 
     # both variants prepare with MMBee's task (its superset: the title vectors and the GIE graph)
     sets = [f"data.source={json.dumps(str(dataset))}"]
     if graphcl_epochs is not None:
         sets.append(f"task.graph.gie.pretrain_epochs={graphcl_epochs}")
+    if not titles:
+        sets.append("task.vector_modalities=[]")
     task = load_config(CONFIGS["mmbee"], sets).task
     cfg = load_config(CONFIGS[variant], [f"data.source={json.dumps(str(dataset))}", "train.progress=false",
                                          f"train.num_threads={threads}", "seeds=[0]"])
@@ -86,7 +90,7 @@ def stage_prepare(a) -> dict:
     from modalrec.tasks import prepare_task
     from modalrec.tasks.base import DATA_DIR
 
-    cfg = config("mmbee", a.dataset, a.threads, a.graphcl_epochs)
+    cfg = config("mmbee", a.dataset, a.threads, a.graphcl_epochs, not a.without_titles)
     data = load_dataset(str(a.dataset))
     run = Path(a.run)
     t = time.perf_counter()
@@ -117,7 +121,7 @@ def stage_train(a, variant: str) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
-    cfg = config(variant, a.dataset, a.threads, a.graphcl_epochs)
+    cfg = config(variant, a.dataset, a.threads, a.graphcl_epochs, not a.without_titles)
     t = time.perf_counter()
     task = load_task(a.run, cfg.task)
     load_s = time.perf_counter() - t
@@ -242,6 +246,8 @@ def main() -> None:
     for name in ("dataset", "run", "world"):
         ap.add_argument(f"--{name}", default="", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--without-titles", action="store_true", help="import and prepare without the title vectors "
+                    "(MMBee, which reads them, cannot train then)")
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot and print the table of --out")
     a = ap.parse_args()
     if a.stage:
@@ -259,7 +265,8 @@ def main() -> None:
                 "settings": {"train_seconds": a.train_seconds, "eval_samples": a.eval_samples,
                              "partition_rows": a.partition_rows, "seed": a.seed}}
     settings = {"train_seconds": a.train_seconds, "eval_samples": a.eval_samples, "threads": a.threads,
-                "graphcl_epochs": a.graphcl_epochs if a.graphcl_epochs is not None else "config (10)"}
+                "graphcl_epochs": a.graphcl_epochs if a.graphcl_epochs is not None else "config (10)",
+                "titles": not a.without_titles}
     stages = [s for s in a.stages.split(",") if s]
     for label in [s for s in a.sizes.split(",") if s]:
         n = parse_size(label)
@@ -280,10 +287,19 @@ def main() -> None:
                       "--eval-samples", str(a.eval_samples)]
             if a.graphcl_epochs is not None:
                 common += ["--graphcl-epochs", str(a.graphcl_epochs)]
+            if a.without_titles:
+                common += ["--without-titles"]
             if st == "import":
                 if dataset.exists():
                     shutil.rmtree(dataset)
-                cmd = [sys.executable, "-m", "modalrec.cli", "data", "import", str(world / "spec.yaml"),
+                spec = world / "spec.yaml"
+                if a.without_titles:  # the same spec without its content entry
+                    import yaml
+
+                    spec = world / "spec_without_titles.yaml"
+                    spec.write_text(yaml.safe_dump({k: v for k, v in yaml.safe_load((world / "spec.yaml").read_text())
+                                                    .items() if k != "content"}, sort_keys=False))
+                cmd = [sys.executable, "-m", "modalrec.cli", "data", "import", str(spec),
                        "--out", str(dataset), "--partitions", str(parts)]
             else:
                 if st == "prepare" and run.exists():
