@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file, save_file
@@ -240,8 +241,10 @@ class FeaturePipeline:
         codes = self.settings.history_tags
         if not codes:
             return None
-        names, inverse = np.unique(np.asarray(channels).astype(object), return_inverse=True)
-        return np.array([codes.get(str(c), 0) for c in names], dtype=np.int64)[inverse.reshape(-1)]
+        # a hash factorisation (np.unique sorted Python strings: most of a large preparation's time)
+        inverse, names = pd.factorize(np.asarray(channels, dtype=object).reshape(-1))
+        lookup = np.array([codes.get(str(c), 0) for c in names] + [0], dtype=np.int64)  # -1 (empty): the last, 0
+        return lookup[inverse]
 
     @staticmethod
     def label_rule(raw: np.ndarray, threshold: float | None) -> np.ndarray:
