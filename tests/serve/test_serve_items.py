@@ -30,7 +30,8 @@ from modalrec.serve.app import create_app
 from modalrec.serve.bundle import load_bundle
 from modalrec.serve.retrieval import normalise
 from modalrec.serve.scoring import Scorer
-from modalrec.serve.state import SQLiteState, open_state
+from modalrec.serve.state import open_state
+from modalrec.serve.state_sqlite import SQLiteState
 from modalrec.serve.tables import AppendableRows, ItemIds
 from tests.serve.helpers import N_STREAMERS, raw_item, seg_id, segments_of
 

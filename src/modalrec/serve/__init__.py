@@ -18,7 +18,7 @@ import importlib
 
 _EXPORTS = {
     "Bundle": "bundle", "BundleError": "bundle", "export_bundle": "bundle", "load_bundle": "bundle",
-    "verify_bundle": "bundle", "SQLiteState": "state", "StateStore": "state", "StoredEvent": "state",
+    "verify_bundle": "bundle", "SQLiteState": "state_sqlite", "StateStore": "state", "StoredEvent": "state",
     "open_state": "state",
 }
 
