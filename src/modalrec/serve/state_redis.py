@@ -55,8 +55,9 @@ end
 return out
 """
 
-# KEYS: as _PUT_ITEMS_LUA; ARGV: the sequence number read last -> {current number, id1, body1, ...}
-_ITEMS_SINCE_LUA = """
+# Items and rooms alike. KEYS: a hash (id -> document), its sequence counter, its log zset (as _PUT_ITEMS_LUA or
+# _PUT_ROOMS_LUA); ARGV: the sequence number read last -> {current number, id1, document1 ('' if gone), ...}
+_LOG_SINCE_LUA = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
 local out = {tonumber(redis.call('GET', KEYS[2]) or '0')}
 for _, id in ipairs(ids) do
@@ -100,16 +101,6 @@ end
 return out
 """
 
-# KEYS: as _PUT_ROOMS_LUA; ARGV: the sequence number read last -> {current number, room1, state1, ...}
-_ROOMS_SINCE_LUA = """
-local rooms = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
-local out = {tonumber(redis.call('GET', KEYS[2]) or '0')}
-for _, room in ipairs(rooms) do
-  out[#out + 1] = room
-  out[#out + 1] = redis.call('HGET', KEYS[1], room) or ''
-end
-return out
-"""
 
 
 class RedisState:
@@ -133,11 +124,10 @@ class RedisState:
             raise StateURLError(f"state URL '{url}': cannot reach Redis ({e})") from None
         self._append = self.client.register_script(_APPEND_LUA)
         self._put_items = self.client.register_script(_PUT_ITEMS_LUA)
-        self._items_since = self.client.register_script(_ITEMS_SINCE_LUA)
+        self._log_since = self.client.register_script(_LOG_SINCE_LUA)
         self._delete_items = self.client.register_script(_DELETE_ITEMS_LUA)
         self._update_items = self.client.register_script(_UPDATE_ITEMS_LUA)
         self._put_rooms = self.client.register_script(_PUT_ROOMS_LUA)
-        self._rooms_since = self.client.register_script(_ROOMS_SINCE_LUA)
         self._warn_durability()
 
     def _warn_durability(self) -> None:
@@ -266,7 +256,7 @@ class RedisState:
         return [bool(x) for x in self._put_rooms(keys=self._room_keys(), args=args)]
 
     def rooms_since(self, seq: int) -> tuple[list[tuple[str, bool, int]], int]:
-        res = self._rooms_since(keys=self._room_keys(), args=[int(seq)])
+        res = self._log_since(keys=self._room_keys(), args=[int(seq)])
         flat, out = res[1:], []
         for k in range(0, len(flat), 2):
             live, _, t = flat[k + 1].partition("|")
@@ -278,7 +268,7 @@ class RedisState:
         return sorted(self.client.hscan_iter(f"{self.prefix}:items", count=1000))
 
     def items_since(self, seq: int) -> tuple[list[tuple[str, str | None]], int]:
-        res = self._items_since(keys=self._item_keys(), args=[int(seq)])
+        res = self._log_since(keys=self._item_keys(), args=[int(seq)])
         flat = res[1:]
         # an id in the log without a body was deleted (delete_items, or by hand): a tombstone, body None
         return [(flat[k], flat[k + 1] or None) for k in range(0, len(flat), 2)], int(res[0])
