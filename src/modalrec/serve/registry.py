@@ -6,7 +6,7 @@ then on. Its raw features are coded by the bundle's feature pipeline (`FeatureMa
 codes by construction); the model's id tables have only the bundle's rows, so a registered item reaches the model
 with id 0 (unknown, as offline for an item the model never saw) and its own side features and content. Registered
 items are kept in the state store and replayed at startup; retrieval gets their vectors as the bundle's were
-computed (`bundle.item_vector_rows`) and their group (`group_feature`: the streamer of a segment).
+computed (`bundle.item_vector_rows`) and their group (`group_feature`: the room or channel an item belongs to).
 
 Items registered by other processes sharing the state store arrive through `sync_items` (called at the start of
 requests): at most one store query per `item_sync_s` seconds (0: every call; None: never, items of other
@@ -63,7 +63,7 @@ class ItemRegistry(StoreSync):
         self.maps = bundle.pipeline.item_maps
         self.n_items = bundle.n_items  # rows of the model's item id tables
         self._rw = lock
-        # the group of an item: the gifting graph's group feature (the streamer), else its first categorical feature
+        # the group of an item: the interaction graph's group feature (when the run has a graph), else its first categorical feature
         # in the data's order (the creator of a video, a movie's category); the loaded table's names are sorted
         cats = self.table.categorical
         graph = bundle.pipeline.graph

@@ -1,7 +1,7 @@
-"""Live rooms: which rooms (streamers) are live now, the same on every process sharing the state store.
+"""Live rooms: which rooms (the groups items belong to: a channel, a seller, a live room) are live now, the same on every process sharing the state store.
 
 A room is the group of an item: the raw value, as text, of its group feature (`ItemRegistry.group_feature`: the
-gifting graph's group, the streamer of a segment, else the first item categorical feature). `POST /rooms` records room starts and stops in the state store: one row per
+group feature of the pipeline's interaction graph when the run has one, else the first item categorical feature). `POST /rooms` records room starts and stops in the state store: one row per
 room holding its latest event by time (an event older than the stored one is stale and ignored, so events that
 arrive out of order, or through several processes, end in the same state), each change numbered by a store-wide
 room sequence. Every process applies what the others wrote since the last number it saw, at most once per

@@ -351,8 +351,8 @@ MAX_ROOM_EVENTS = 1000
 
 
 class RoomEventIn(_Strict):
-    room: Id = Field(..., description="the room: the raw value, as text, of the items' group feature (the streamer "
-                                      "id: the gifting graph's group, else the first item categorical feature)")
+    room: Id = Field(..., description="the room: the raw value, as text, of the items' group feature (the group "
+                                      "feature of the run's interaction graph, else the first item categorical feature)")
     live: bool = Field(..., description="true: the room started (live from now on); false: it stopped")
     time: Time | None = Field(None, description="when; default: when the service receives it. A room keeps its "
                                                 "latest event by time: an older one is stale and ignored")
