@@ -118,13 +118,30 @@ def catalogue(spec: ImportSpec, entities: dict, contents: list) -> tuple[dict, d
             arr = pa.array([values[i] for i in sel], pa.list_(pa.int64()))
         else:
             col = "vector"
-            vecs = [values[i] for i in sel]
-            dim = len(vecs[0]) if vecs else c.dim
-            arr = pa.array(vecs, pa.list_(pa.float32()))
+            if isinstance(values, np.ndarray) and values.ndim == 2:
+                dim = values.shape[1] if len(sel) else c.dim
+                arr = vector_column(values if len(sel) == len(values) else values[sel])
+            else:
+                vecs = [values[i] for i in sel]
+                dim = len(vecs[0]) if vecs else c.dim
+                arr = pa.array(vecs, pa.list_(pa.float32()))
         content[c.name] = pa.table({"entity_id": ent_ids, col: arr})
         modalities.append(ModalitySpec(name=c.name, entity=c.entity, kind=c.kind, dim=dim,
                                        description=c.description))
     return side, features, modalities, content
+
+
+def vector_column(mat: np.ndarray, rows_per_chunk: int = 1 << 20) -> pa.ChunkedArray:
+    """A (rows, dim) float32 matrix as a list<float32> column without copying the values (chunks of rows, so the
+    int32 offsets of a list array never overflow)."""
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    dim = mat.shape[1]
+    chunks = []
+    for a in range(0, len(mat), rows_per_chunk):
+        part = mat[a:a + rows_per_chunk]
+        offsets = pa.array(np.arange(0, (len(part) + 1) * dim, dim, dtype=np.int32))
+        chunks.append(pa.ListArray.from_arrays(offsets, pa.array(part.reshape(-1))))
+    return pa.chunked_array(chunks, pa.list_(pa.float32()))
 
 
 def dataset_spec(spec: ImportSpec, channels: list[str], features: dict, modalities: list) -> DatasetSpec:

@@ -84,8 +84,10 @@ def content_columns(files: FileReader, report: Report, src: ContentSource, heade
 
 
 def read_content(files: FileReader, report: Report, src: ContentSource, value_cols: list[str],
-                 opened) -> tuple[Table, np.ndarray, list, np.ndarray] | None:
-    """-> (the file as one table, ids, values, present mask)."""
+                 opened) -> tuple[Table, np.ndarray, list | np.ndarray, np.ndarray] | None:
+    """-> (the file as one table, ids, values, present mask). The values of a vector file whose vectors all have
+    one length are one (rows, dim) float32 matrix (absent rows are zeros): 6.56M 128-d vectors are 3.4 GB so, not
+    the 4 GB more that one numpy array per row costs; otherwise one value (or None) per row."""
     if opened is None:
         return None
     cols, header = opened
@@ -94,17 +96,49 @@ def read_content(files: FileReader, report: Report, src: ContentSource, value_co
     for t in files.chunks(src, cols, header):
         ids.append(cells.ids(report, t, src.id))
         v, p = _content_values(files, report, src, value_cols, t)
-        values.extend(v)
+        values.append(_as_matrix(v, p) if src.kind == "vector" else v)
         present.append(p)
         t.df = None
         parts.append(t)
     t = Table.concat(str(files.path(src)), parts)
-    return (t, np.concatenate(ids) if ids else np.array([], dtype=object), values,
+    return (t, np.concatenate(ids) if ids else np.array([], dtype=object), _join_values(values),
             np.concatenate(present) if present else np.zeros(0, dtype=bool))
 
 
+def _as_matrix(values: list | np.ndarray, present: np.ndarray) -> list | np.ndarray:
+    """One chunk's vectors as a (rows, dim) float32 matrix when every present one has the same length (absent
+    rows zeros), else as they are (the length check names the odd ones)."""
+    if isinstance(values, np.ndarray):
+        return values
+    lengths = {len(v) for v, p in zip(values, present) if p}
+    if len(lengths) > 1:
+        return values
+    dim = lengths.pop() if lengths else 0
+    mat = np.zeros((len(values), dim), dtype=np.float32)
+    for r in np.flatnonzero(present):
+        mat[r] = values[r]
+    return mat
+
+
+def _join_values(chunks: list) -> list | np.ndarray:
+    if chunks and all(isinstance(c, np.ndarray) and c.ndim == 2 for c in chunks) \
+            and len({c.shape[1] for c in chunks if len(c)} or {0}) == 1:
+        return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    out: list = []
+    for c in chunks:
+        out.extend(c)
+    return out
+
+
+def vector_lengths(values: list | np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(rows,) int64 length of each present vector, -1 for an absent one."""
+    if isinstance(values, np.ndarray) and values.ndim == 2:
+        return np.where(present, values.shape[1], -1).astype(np.int64)
+    return np.array([len(v) if p else -1 for v, p in zip(values, present)], dtype=np.int64)
+
+
 def _content_values(files: FileReader, report: Report, src: ContentSource, value_cols: list[str],
-                    t: Table) -> tuple[list, np.ndarray]:
+                    t: Table) -> tuple[list | np.ndarray, np.ndarray]:
     if src.kind in ("text", "image", "audio"):
         s = cells.as_text(t.df[src.column])
         present = (s != "").to_numpy()
@@ -135,7 +169,7 @@ def _content_values(files: FileReader, report: Report, src: ContentSource, value
             partial = empties[j] & ~empty_all
             report.row_problem(sub, partial, c, "a number (only whole rows may be empty)", "an empty value")
             t.merge(sub)
-        return [row.astype(np.float32) for row in mat], ~empty_all
+        return mat.astype(np.float32), ~empty_all
     return cells.number_lists(report, t, src.column, integers=False)
 
 

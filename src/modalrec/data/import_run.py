@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from . import import_cells as cells
 from .errors import DataError, Problem
 from .import_build import catalogue, dataset_spec, event_table, new_channels
-from .import_catalogue import content_columns, entity_columns, read_content, read_entity
+from .import_catalogue import content_columns, entity_columns, read_content, read_entity, vector_lengths
 from .import_files import DEFAULT_BLOCK_SIZE, FileReader
 from .import_problems import CATALOGUE_CELLS, CONTENT_CHECKS, EVENT_CELLS, EVENT_REFS, Rejected, Report, Table
 from .import_spec import EventSource, ImportSpec
@@ -196,7 +196,7 @@ class Importer:
         cells.check_refs(self.report, t, ids, c.id, c.entity, *known[c.entity])
         cells.duplicates(self.report, t, ids, c.id, "one row per id (a missing modality is a missing row)")
         if c.kind == "vector":
-            lengths = np.array([len(v) if p else -1 for v, p in zip(values, present)], dtype=np.int64)
+            lengths = vector_lengths(values, present)
             usable = present & ~t.bad
             want = c.dim if c.dim is not None else (_mode(lengths[usable].tolist()) if usable.any() else 0)
             wrong = present & (lengths != want)
