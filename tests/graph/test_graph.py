@@ -420,3 +420,22 @@ def test_task_refresh_gives_training_samples_the_windows_graphs_and_later_ones_t
     for name in ("valid", "test"):  # evaluated samples: the graph of the whole training period
         a, b = task.collate(task.splits[name], train=False), one.collate(one.splits[name], train=False)
         assert all(torch.equal(getattr(a.graph, k), getattr(b.graph, k)) for k in ("user", "user_w", "target"))
+
+
+def test_graphcl_step_cap_keeps_small_graphs_and_bounds_large_ones():
+    from modalrec.graph.graphcl import _batch_size
+
+    assert _batch_size(20_893, 1024, 64) == 1024  # KuaiLive's gift edges: below the cap, as before
+    assert _batch_size(2_300_000, 1024, 64) == 35_938  # 146M's: 64 steps of a larger batch
+    assert _batch_size(2_300_000, 1024, None) == 1024
+    u, s, n_u, n_s, _per = planted()
+    g = build_u2a(u, s, None, n_u, n_s)
+    a2a = swing(g, k=5)
+    # 360 edges, batch 128: 3 steps, under a cap of 64 the same run as without a cap
+    uncapped = pretrain_graphcl(g, a2a, GraphCLParams(dim=16, epochs=3, batch_size=128, max_steps=None, seed=0))
+    same = pretrain_graphcl(g, a2a, GraphCLParams(dim=16, epochs=3, batch_size=128, max_steps=64, seed=0))
+    np.testing.assert_array_equal(uncapped.streamer_emb, same.streamer_emb)
+    # a cap of 1 step per epoch: one batch of every edge, a different (still learning) run
+    one = pretrain_graphcl(g, a2a, GraphCLParams(dim=16, epochs=20, batch_size=128, max_steps=1, seed=0))
+    assert not np.array_equal(one.streamer_emb, same.streamer_emb)
+    assert one.history[-1]["bpr"] < one.history[0]["bpr"]

@@ -79,6 +79,9 @@ class GIEConfig(BaseModel):
     layers: int = Field(2, ge=1, description="LightGCN propagation layers")
     lr: float = Field(0.01, gt=0)
     batch_size: int = Field(1024, ge=1, description="U2A edges per step")
+    max_steps: int | None = Field(64, ge=1, description="GraphCL steps per epoch at most: on a larger graph the "
+                                  "batch grows (each step propagates the whole graph, so the epoch stays linear in "
+                                  "it); null: edges / batch_size steps")
     tau: float = Field(0.5, gt=0, description="InfoNCE temperature")
     edge_drop: float = Field(0.1, ge=0, lt=1, description="view augmentation: edge drop rate")
     node_mask: float = Field(0.1, ge=0, lt=1, description="view augmentation: node masking rate")
@@ -91,7 +94,7 @@ class GIEConfig(BaseModel):
 
     def graphcl(self) -> GraphCLParams:
         return GraphCLParams(dim=self.dim, layers=self.layers, epochs=self.pretrain_epochs, lr=self.lr,
-                             batch_size=self.batch_size, tau=self.tau, edge_drop=self.edge_drop,
+                             batch_size=self.batch_size, max_steps=self.max_steps, tau=self.tau, edge_drop=self.edge_drop,
                              node_mask=self.node_mask, cl_weight=self.cl_weight, cl_nodes=self.cl_nodes, l2=self.l2,
                              a2a_weight=self.a2a_weight, seed=self.seed)
 
