@@ -60,6 +60,12 @@ class ContentFiles(Mapping):
     def num_rows(self, name: str) -> int:
         return pq.ParquetFile(self.files[name]).metadata.num_rows
 
+    def batches(self, name: str, columns: list[str], rows: int = 1 << 20) -> Iterator[pa.Table]:
+        """The table in slices of about `rows` rows, read one at a time (entity ids as strings)."""
+        with pq.ParquetFile(self.files[name]) as f:
+            for b in f.iter_batches(batch_size=rows, columns=columns):
+                yield _as_string(pa.Table.from_batches([b]), "entity_id")
+
 
 @dataclass
 class PartitionedData:

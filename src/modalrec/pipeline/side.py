@@ -315,6 +315,9 @@ def fit_side(data, entity: str, vocab: Vocab, *, text_modalities: list[str] | No
     for m in data.spec.modalities:
         if m.entity != entity or m.name not in data.content:
             continue
+        if m.kind == "vector" and not m.multi and (vector_modalities is None or m.name in vector_modalities):
+            _put_vectors(table, sizes, m.name, n, vocab, _slices(data.content, m.name), m.dim)
+            continue
         content = data.content[m.name]
         rows = vocab.lookup(content["entity_id"])
         file = f"content/{m.name}.parquet"
@@ -333,8 +336,6 @@ def fit_side(data, entity: str, vocab: Vocab, *, text_modalities: list[str] | No
             starts = np.cumsum(counts) - counts
             mean = np.add.reduceat(vectors, starts, axis=0) / counts[:, None] if len(counts) else vectors
             _put_dense(table, sizes, m.name, n, rows, mean)
-        elif m.kind == "vector" and (vector_modalities is None or m.name in vector_modalities):
-            _put_vectors(table, sizes, m.name, n, rows, content["vector"], m.dim)
     for name, (ids, texts) in (event_texts or {}).items():
         _fit_words(table, maps, sizes, name, vocab.lookup(list(ids)), texts, n, max_words)
     return table, maps, sizes
@@ -373,24 +374,38 @@ def _put_dense(table: SideTable, sizes: SideSizes, name: str, n: int, rows: np.n
     sizes.dense[name] = int(values.shape[1])
 
 
-def _put_vectors(table: SideTable, sizes: SideSizes, name: str, n: int, rows: np.ndarray,
-                 vectors: pa.ChunkedArray | pa.Array, dim: int | None) -> None:
-    """A single-vector modality as `_put_dense` stores it, filled one Arrow chunk at a time: the vectors are never
-    copied whole (at 6.56M 128-d vectors each copy is 3.4 GB)."""
-    chunks = vectors.chunks if isinstance(vectors, pa.ChunkedArray) else [vectors]
-    chunks = [c for c in chunks if len(c)]
-    if dim is None:
-        dim = len(chunks[0][0].as_py()) if chunks else 0
-    arr = np.zeros((n, dim), dtype=np.float32)
-    pres = np.zeros(n, dtype=bool)
-    at = 0
-    for c in chunks:
-        r = rows[at:at + len(c)]
-        at += len(c)
-        vals = pc.list_flatten(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+def _slices(content, name: str):
+    """A content table in slices of rows: read one at a time from its file where the dataset reads content on
+    demand (`PartitionedData`), else the slices of the table in memory."""
+    if hasattr(content, "batches"):
+        yield from content.batches(name, ["entity_id", "vector"])
+    else:
+        t = content[name]
+        for b in t.select(["entity_id", "vector"]).to_batches():
+            yield pa.Table.from_batches([b])
+
+
+def _put_vectors(table: SideTable, sizes: SideSizes, name: str, n: int, vocab: Vocab, slices,
+                 dim: int | None) -> None:
+    """A single-vector modality as `_put_dense` stores it, filled one slice of the content rows at a time: the
+    vectors are never held or copied whole besides the table itself (6.56M 128-d vectors are 3.4 GB)."""
+    arr = pres = None
+    for t in slices:
+        if not t.num_rows:
+            continue
+        vecs = t["vector"].combine_chunks()
+        if dim is None:
+            dim = len(vecs[0].as_py())
+        if arr is None:
+            arr, pres = np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool)
+        r = vocab.lookup(t["entity_id"])
+        vals = pc.list_flatten(vecs).to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
         keep = r > 0
         arr[r[keep]] = vals[keep]
         pres[r[keep]] = True
+    if arr is None:
+        dim = dim or 0
+        arr, pres = np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool)
     table.dense[name], table.presence[name] = arr, pres
     sizes.dense[name] = int(dim)
 
