@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import import_cells as cells
 from .import_files import FileReader
@@ -93,16 +94,42 @@ def read_content(files: FileReader, report: Report, src: ContentSource, value_co
     cols, header = opened
     parts: list[Table] = []
     ids, values, present = [], [], []
+    rows = _parquet_rows(files, src) if src.kind == "vector" else None
+    matrix, at = None, 0  # a Parquet file's vectors go straight into one matrix of its rows (no copy at the end)
     for t in files.chunks(src, cols, header):
         ids.append(cells.ids(report, t, src.id))
         v, p = _content_values(files, report, src, value_cols, t)
-        values.append(_as_matrix(v, p) if src.kind == "vector" else v)
+        v = _as_matrix(v, p) if src.kind == "vector" else v
+        if rows is not None and isinstance(v, np.ndarray) and not values and at + len(v) <= rows and (
+                matrix is None or matrix.shape[1] == v.shape[1]):
+            if matrix is None:
+                matrix = np.empty((rows, v.shape[1]), dtype=np.float32)
+            matrix[at:at + len(v)] = v
+            at += len(v)
+        else:
+            if matrix is not None:  # chunks of other lengths: kept as they come
+                values.append(matrix[:at])
+                matrix = None
+            values.append(v)
         present.append(p)
         t.df = None
         parts.append(t)
+        pa.default_memory_pool().release_unused()  # Arrow's pool would keep every chunk's pages
+    if matrix is not None:
+        values.append(matrix[:at])
     t = Table.concat(str(files.path(src)), parts)
     return (t, np.concatenate(ids) if ids else np.array([], dtype=object), _join_values(values),
             np.concatenate(present) if present else np.zeros(0, dtype=bool))
+
+
+def _parquet_rows(files: FileReader, src: ContentSource) -> int | None:
+    path = files.path(src)
+    if not files.is_parquet(path):
+        return None
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return None  # the chunks name the problem
 
 
 def _as_matrix(values: list | np.ndarray, present: np.ndarray) -> list | np.ndarray:

@@ -62,7 +62,7 @@ class ContentFiles(Mapping):
 
     def batches(self, name: str, columns: list[str], rows: int = 1 << 20) -> Iterator[pa.Table]:
         """The table in slices of about `rows` rows, read one at a time (entity ids as strings)."""
-        with pq.ParquetFile(self.files[name]) as f:
+        with pq.ParquetFile(self.files[name], pre_buffer=False, buffer_size=1 << 20) as f:  # see import_files
             for b in f.iter_batches(batch_size=rows, columns=columns):
                 yield _as_string(pa.Table.from_batches([b]), "entity_id")
 
