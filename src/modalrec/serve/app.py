@@ -305,7 +305,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             if req.exclude_seen:
                 exclude |= set(query.tolist()) | set(seq.items.tolist())
             cand, n_ann = scorer.retrieve(query, req.n_candidates, exclude, among=live_rows)
-            names = [registry.ids.id_of(int(i)) for i in cand]
+            names = registry.ids.ids_of(cand)
             retrieved = {"ann": n_ann, "popular": len(cand) - n_ann, "given": 0}
         t0 = stage("retrieval", t0)
         if cold:

@@ -85,14 +85,15 @@ class Retriever:
         self.registry = registry
         self.history_len = history_len
         self.n_items = bundle.n_items
+        self._by_group: dict[int, np.ndarray] | None = None  # group code -> popularity ranks of its bundle rows
 
     def retrieve(self, query_items: np.ndarray, n: int, exclude: set[int]) -> tuple[np.ndarray, int]:
         """Up to `n` candidates (see the module doc); returns (candidates, how many came from the user's
-        history: group + ANN). Called under the registry's read lock."""
+        history: group + ANN). Called under the registry's read lock. Each step takes the rows it adds with array
+        operations (`_fresh`) rather than a Python loop per row."""
         b, reg = self.bundle, self.registry
-        out: list[int] = []
-        seen = set(exclude)
-        seen.add(0)
+        parts: list[np.ndarray] = []
+        seen = np.union1d(np.fromiter(exclude, np.int64, len(exclude)), [0])  # sorted, for `_fresh`
         n = min(n, self.n_items - 1 + len(reg.ids.extra))
         m = len(reg.ids.extra_ids)  # appended rows, tombstones (deleted items: alive False) included
         live = reg.alive.extra[:m] if m else None
@@ -100,15 +101,14 @@ class Retriever:
         if group is not None and len(query_items):
             codes = set(group[query_items[-self.history_len:]].tolist()) - {0}
             if codes:
-                same = b.popular[np.isin(group[b.popular], list(codes))]
+                first = max(1, n // 4)
+                same = self._popular_of_groups(group, codes, first)
                 if m:
                     new = np.flatnonzero(np.isin(group.extra[:m], list(codes)) & live)
                     new = new[np.argsort(-reg.born.extra[:m][new], kind="stable")] + self.n_items  # latest first
                     same = np.concatenate([new, same])
-                for item in same[: max(1, n // 4)].tolist():
-                    if item not in seen:
-                        out.append(int(item))
-                        seen.add(int(item))
+                seen = self._take(parts, seen, same[:first], len(same))
+        n_out = sum(len(p) for p in parts)
         n_ann = 0
         vectors = reg.vectors
         if b.index is not None and vectors is not None and len(query_items):
@@ -121,31 +121,58 @@ class Retriever:
                 q = (q / norm).astype(np.float32)
                 k = min(b.index.ntotal, want + len(seen))
                 sims, ids = b.index.search(q[None, :], k)
-                found = [(float(s), int(i) + 1) for s, i in zip(sims[0], ids[0]) if i >= 0]
+                hit = ids[0] >= 0
+                found, found_sim = ids[0][hit].astype(np.int64) + 1, sims[0][hit].astype(np.float64)
                 if m and reg.has_vector is not None:
                     similarity = vectors.extra[:m] @ q
                     similarity[~(reg.has_vector.extra[:m] & live)] = -np.inf
                     top = min(m, want + len(seen))
                     best = np.argpartition(-similarity, top - 1)[:top] if top < m else np.arange(m)
-                    found += [(float(similarity[j]), self.n_items + int(j)) for j in best
-                              if np.isfinite(similarity[j])]
-                    found.sort(key=lambda x: -x[0])  # stable: the bundle's neighbours first on ties
-                for _, item in found:
-                    if item not in seen:
-                        out.append(item)
-                        seen.add(item)
-                        if len(out) >= want:
-                            break
-                n_ann = len(out)
-        n_ann = max(n_ann, len(out))
-        for item in b.popular:
-            if len(out) >= n:
-                break
-            item = int(item)
-            if item not in seen:
-                out.append(item)
-                seen.add(item)
-        return np.array(out, dtype=np.int64), n_ann
+                    best = best[np.isfinite(similarity[best])]
+                    found = np.concatenate([found, self.n_items + best.astype(np.int64)])
+                    found_sim = np.concatenate([found_sim, similarity[best].astype(np.float64)])
+                    found = found[np.argsort(-found_sim, kind="stable")]  # stable: the bundle's neighbours first on ties
+                # the first new neighbour is taken even when the groups already gave `want` rows (n = 1)
+                seen = self._take(parts, seen, found, max(1, want - n_out))
+                n_out = n_ann = sum(len(p) for p in parts)
+        n_ann = max(n_ann, n_out)
+        if n_out < n:
+            # the most popular rows not taken yet: among the first (n - n_out) + len(seen) at most len(seen) are taken
+            self._take(parts, seen, b.popular[: n - n_out + len(seen)], n - n_out)
+        out = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return out.astype(np.int64, copy=False), n_ann
+
+    @staticmethod
+    def _fresh(rows: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """`rows` (distinct) not in `seen` (sorted), in their order."""
+        if not len(rows):
+            return rows
+        at = np.searchsorted(seen, rows)
+        at[at == len(seen)] = 0
+        return rows[seen[at] != rows]
+
+    def _take(self, parts: list[np.ndarray], seen: np.ndarray, rows: np.ndarray, limit: int) -> np.ndarray:
+        """Appends to `parts` the first `limit` of `rows` not in `seen`; returns `seen` with them."""
+        picked = self._fresh(np.asarray(rows, dtype=np.int64), seen)[:max(0, limit)]
+        if len(picked):
+            parts.append(picked)
+            seen = np.sort(np.concatenate([seen, picked]))  # picked rows are distinct and not in seen
+        return seen
+
+    def _popular_of_groups(self, group, codes: set[int], first: int) -> np.ndarray:
+        """The `first` most popular bundle rows whose group is in `codes`, most popular first. The bundle's rows and
+        their groups never change: each group's rows in popularity order are indexed once."""
+        if self._by_group is None:
+            pop = self.bundle.popular
+            g = np.asarray(group[pop])
+            order = np.argsort(g, kind="stable")  # by group, popularity order within each
+            codes_of, starts = np.unique(g[order], return_index=True)
+            ends = np.r_[starts[1:], len(g)]
+            self._by_group = {int(c): order[a:z] for c, a, z in zip(codes_of, starts, ends, strict=True)}
+        pos = [self._by_group[c][:first] for c in codes if c in self._by_group]
+        if not pos:
+            return np.zeros(0, np.int64)
+        return self.bundle.popular[np.sort(np.concatenate(pos))[:first]]
 
     def retrieve_among(self, query_items: np.ndarray, n: int, exclude: set[int],
                        rows: np.ndarray) -> tuple[np.ndarray, int]:

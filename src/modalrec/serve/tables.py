@@ -104,10 +104,15 @@ class ItemIds:
     def id_of(self, index: int) -> str | None:
         """The id of a row, a tombstone's too: a request that retrieved an item just before its deletion (the
         retrieval overlapped the DELETE) still names it, and lookups are what deletion changes."""
-        if index < self.n_base:
-            return self.base.id_of(index)
-        j = index - self.n_base
-        return self.extra_ids[j] if j < len(self.extra_ids) else None
+        return self.ids_of([index])[0]
+
+    def ids_of(self, rows) -> list[str | None]:
+        """`id_of` of every row of `rows` (a response's candidates): the bundle's ids are read from the vocabulary's
+        Python list (built once), not as one Arrow scalar per row (2 us each: 0.2-0.4 ms of a 200-candidate
+        /recommend)."""
+        base, n, extra = self.base.ids, self.n_base, self.extra_ids
+        m = n + len(extra)
+        return [base[i - 1] if 0 < i < n else extra[i - n] if n <= i < m else None for i in map(int, rows)]
 
     def _reusable(self) -> int | None:
         """The oldest tombstone old enough to be taken by another id, or None."""
