@@ -333,12 +333,32 @@ def build(c: CtrLog, pipeline: FeaturePipeline, cfg: TaskConfig, cutoffs, recent
     return Partial(log.user_vocab.array, history, samples, ids), stats
 
 
+class BuildTotals:
+    """The pipeline's training statistics summed partition by partition as the builds come (`add` takes a build's
+    per-item arrays out of its statistics): at 6.56M rooms each partition's counts are 105 MB, 7.7 GB over 73
+    partitions if they were kept to the end."""
+
+    def __init__(self, n_items: int, n_users: int):
+        self.counts, self.pos = np.zeros(n_items), np.zeros(n_items)
+        self.users = np.zeros(n_users)
+        self.n, self.label_sum = 0, 0.0
+
+    def add(self, stats: dict) -> None:
+        self.counts += stats.pop("item_counts")
+        self.pos += stats.pop("positives")
+        self.users += stats.pop("user_counts")
+        self.n += stats["n_train"]
+        self.label_sum += stats["label_sum"]
+
+    def result(self) -> dict:
+        prior = self.label_sum / self.n if self.n else 0.5
+        return {"item_counts": self.counts, "item_positive_rate": (self.pos + 20 * prior) / (self.counts + 20),
+                "user_counts": self.users, "prior": prior}
+
+
 def reduce_builds(stats: list[dict], n_items: int, n_users: int) -> dict:
     """The pipeline's training statistics over every partition (what `Schema` carries)."""
-    counts = np.sum([s["item_counts"] for s in stats], axis=0) if stats else np.zeros(n_items)
-    pos = np.sum([s["positives"] for s in stats], axis=0) if stats else np.zeros(n_items)
-    n = sum(s["n_train"] for s in stats)
-    prior = sum(s["label_sum"] for s in stats) / n if n else 0.5
-    return {"item_counts": counts, "item_positive_rate": (pos + 20 * prior) / (counts + 20),
-            "user_counts": np.sum([s["user_counts"] for s in stats], axis=0) if stats else np.zeros(n_users),
-            "prior": prior}
+    totals = BuildTotals(n_items, n_users)
+    for s in stats:
+        totals.add(dict(s))
+    return totals.result()
