@@ -330,11 +330,16 @@ def serve(
     segment_nice: int = typer.Option(0, "--segment-nice", min=0, max=19, metavar="N", help="Added to the niceness "
                                      "of the segment encoder processes when they start (os.nice): speech "
                                      "recognition then takes the CPU that scoring leaves. 0: the service's priority."),
+    segment_queue: int | None = typer.Option(None, "--segment-queue", min=1, metavar="N", help="At most N raw "
+                                             "segments wait for a speech worker: beyond N the oldest waiting one is "
+                                             "dropped (its segment stays recommendable without speech; counted in "
+                                             "/metrics and GET /segments). Whatever N, a room's newer segment "
+                                             "replaces its older one still waiting. Default: no bound."),
     live_only: bool = typer.Option(False, "--live-only", help="/recommend returns only registered items of rooms "
                                    "live now (POST /rooms), unless a request sets live_only false."),
 ) -> None:
     """Serve a bundle over HTTP: POST /events, /items, /items/delete, /segments, /rooms, /recommend, /score;
-    DELETE /items/ID; GET /segments/ID, /rooms, /users/ID (a user's stored events, ?n= default 100), /healthz,
+    DELETE /items/ID; GET /segments, /segments/ID, /rooms, /users/ID (a user's stored events, ?n= default 100), /healthz,
     /metrics, /docs. Request bodies are capped at 1 MiB, 16 MiB for /segments (413 above)."""
     import secrets
 
@@ -350,7 +355,7 @@ def serve(
         _guard(run_service, bundle, host=host, port=port, state_url=state, api_key=api_key, threads=threads,
                rate_limit=rate_limit, rate_burst=rate_burst, item_sync_s=None if item_sync < 0 else item_sync,
                item_ttl_s=item_ttl, precision=precision.value, segment_workers=segment_workers,
-               live_only=live_only, segment_nice=segment_nice)
+               live_only=live_only, segment_nice=segment_nice, segment_queue=segment_queue)
     except StateURLError as e:
         _fail(str(e))
 

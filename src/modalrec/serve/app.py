@@ -69,7 +69,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, rate_limit: float | None = None,
                rate_burst: float | None = None, item_sync_s: float | None = 1.0, item_ttl_s: float | None = None,
                precision: str = "fp32", segment_workers: int = 1, segment_threads: int | None = 1,
-               live_only: bool = False, segment_body_bytes: int = SEGMENT_BODY_BYTES, segment_nice: int = 0):
+               live_only: bool = False, segment_body_bytes: int = SEGMENT_BODY_BYTES, segment_nice: int = 0,
+               segment_queue: int | None = None):
     """The FastAPI app serving `bundle_dir` with user state at `state_url` (default: SQLite beside the
     bundle). `api_key` (default: $MODALREC_API_KEY) guards the write endpoints; without one they answer 403.
     `rate_limit` (requests/s per client address, bursts of `rate_burst`, default twice the rate) answers 429
@@ -80,7 +81,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
     `segment_workers`: processes encoding speech for POST /segments (one more encodes frames and comments; 0: no
     raw segments), started with the app (its lifespan), `segment_threads` torch threads each, `segment_nice` added
     to their niceness (`os.nice`: they yield the cores to scoring). `live_only`: the default of /recommend's
-    `live_only`. `segment_body_bytes`: the body limit of POST /segments."""
+    `live_only`. `segment_body_bytes`: the body limit of POST /segments. `segment_queue`: at most that many segments
+    wait for a speech worker (the oldest beyond it is dropped; None: no bound but one per room, `serve.segments`)."""
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
@@ -127,6 +129,8 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
         if result == "registered":
             metrics.segment_latency.labels("recommendable").observe(seconds)
 
+    segments["on_result"] = on_segment  # the segment service's callback into the metrics
+
     @asynccontextmanager
     async def lifespan(app):
         from .content import ContentEncoder, ContentSettingsError
@@ -139,7 +143,7 @@ def create_app(bundle_dir: str | Path, state_url: str | None = None, api_key: st
             if segment_workers < 1:
                 segments["refusal"] = "the service runs without segment workers (serve --segment-workers 0)"
             segments["service"] = SegmentService(encoder, registry, max(0, segment_workers), segment_threads,
-                                                 on_result=on_segment, nice=segment_nice)
+                                                 on_result=on_segment, nice=segment_nice, max_queued=segment_queue)
         try:
             yield
         finally:
@@ -380,12 +384,13 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
           api_key: str | None = None, threads: int | None = 1, log_level: str = "info",
           rate_limit: float | None = None, rate_burst: float | None = None, item_sync_s: float | None = 1.0,
           item_ttl_s: float | None = None, precision: str = "fp32", segment_workers: int = 1,
-          live_only: bool = False, segment_nice: int = 0) -> None:
+          live_only: bool = False, segment_nice: int = 0, segment_queue: int | None = None) -> None:
     """Runs the service with uvicorn (one process; request handlers run in its thread pool). Several such
     processes can share one state store: items registered or deleted through one reach the others within
     `item_sync_s` seconds; registered items expire after `item_ttl_s` seconds unless they give their own.
     `segment_workers`: processes encoding speech for POST /segments (plus one for frames and comments; 0: none),
-    at niceness + `segment_nice`; `live_only`: /recommend returns only registered items of live rooms unless a request says otherwise."""
+    at niceness + `segment_nice`, at most `segment_queue` segments waiting for speech; `live_only`: /recommend returns
+    only registered items of live rooms unless a request says otherwise."""
     import logging
 
     import uvicorn
@@ -395,7 +400,8 @@ def serve(bundle_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, sta
                                                     "fault their buffers afresh")
     app = create_app(bundle_dir, state_url, api_key, threads=threads, rate_limit=rate_limit, rate_burst=rate_burst,
                      item_sync_s=item_sync_s, item_ttl_s=item_ttl_s, precision=precision,
-                     segment_workers=segment_workers, live_only=live_only, segment_nice=segment_nice)
+                     segment_workers=segment_workers, live_only=live_only, segment_nice=segment_nice,
+                     segment_queue=segment_queue)
     # the bundle's objects live as long as the process: moved out of the collector's generations, a full
     # collection during a request no longer walks them (tail latency)
     gc.collect()

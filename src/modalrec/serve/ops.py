@@ -37,7 +37,9 @@ COUNTERS = {
     "modalrec_cold_starts": ("kind", "Requests or events about users/items unknown to the bundle."),
     "modalrec_segments": ("result", ("Raw segments (POST /segments) by result: accepted, registered (first "
                           "registration: recommendable), updated (slow modalities added), failed, discarded (encoded "
-                          "after the segment was deleted).")),
+                          "after the segment was deleted), superseded (a slow job dropped before it started: a newer "
+                          "segment of the same room was queued), dropped (a slow job dropped before it started: "
+                          "beyond serve --segment-queue waiting jobs).")),
     "modalrec_rooms": ("result", "Room events (POST /rooms) by result (applied, stale)."),
     "modalrec_bundle_swaps": ("result", ("Bundle swaps (POST /admin/bundle) by result (swapped, refused: not a "
                               "bundle that can serve the same API, busy: another swap under way).")),
@@ -68,6 +70,8 @@ class Metrics:
         self.segment_queue = prom.Gauge("modalrec_segment_queue", "Segments submitted to an encoder lane and not "
                                         "finished, by lane (fast: frames, comments; slow: speech).", ["lane"],
                                         registry=self.registry)
+        self.segment_waiting = prom.Gauge("modalrec_segment_waiting", "Of those, the segments no worker has started, "
+                                          "by lane.", ["lane"], registry=self.registry)
         self.segment_encode = prom.Gauge("modalrec_segment_encode_seconds", "Mean worker seconds per segment, by raw "
                                          "modality.", ["modality"], registry=self.registry)
         self.live_rooms = prom.Gauge("modalrec_live_rooms", "Rooms live now.", registry=self.registry)
@@ -87,6 +91,7 @@ class Metrics:
         """Sets the encoder gauges from `SegmentService.stats()`."""
         for lane, s in stats["lanes"].items():
             self.segment_queue.labels(lane).set(s["queued"])
+            self.segment_waiting.labels(lane).set(s["waiting"])
             for modality, seconds in s["seconds_per_segment"].items():
                 self.segment_encode.labels(modality).set(seconds)
 

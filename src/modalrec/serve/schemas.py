@@ -385,7 +385,7 @@ class RoomsState(BaseModel):
     rooms: list[RoomState]
 
 
-SegmentModality = Literal["encoding", "registered", "failed", "discarded"]
+SegmentModality = Literal["encoding", "registered", "failed", "discarded", "superseded", "dropped"]
 
 
 class SegmentStatus(BaseModel):
@@ -397,9 +397,10 @@ class SegmentStatus(BaseModel):
     status_url: str
     recommendable: bool
     modalities: dict[str, SegmentModality] | None = Field(
-        ..., description="raw modality -> encoding, registered, failed, or discarded (encoded after the segment was "
-        "deleted); null where this process did not receive the segment: `registered` then says what the state "
-        "store holds")
+        ..., description="raw modality -> encoding, registered, failed, discarded (encoded after the segment was "
+        "deleted), superseded (a slow modality not encoded: a newer segment of the same room was queued before its "
+        "encoding started) or dropped (not encoded: beyond serve --segment-queue waiting jobs); null where this "
+        "process did not receive the segment: `registered` then says what the state store holds")
     registered: list[str] = Field(default_factory=list, description="raw modalities in the registered item")
     errors: dict[str, str] | None = None
     seconds_to_recommendable: float | None = Field(None, description="from the request to the first registration")

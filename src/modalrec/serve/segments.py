@@ -14,7 +14,14 @@ bags of words); one whose lanes all fail is not registered.
 
 A later POST of the same id supersedes the earlier one (results still encoding for it are dropped). A segment
 deleted or expired before its slow modalities arrive stays deleted: the update is made only while the state store
-holds the registration it updates. Status (`GET /segments/{id}`): this process's record of the segments it was
+holds the registration it updates.
+
+The slow lane is room-aware (`EncoderPool(supersede=True)`): when a room (the segment's group feature, as
+`ItemRegistry.room`) posts a newer segment while an older one of the same room still waits for a slow worker, the
+older one's slow job is dropped before it starts (`superseded`): the older segment stays recommendable with what it
+has, and the lane's queue holds at most one segment per live room, the newest. `max_queued` (`serve
+--segment-queue N`) bounds that queue: beyond N waiting jobs the oldest is dropped (`dropped`). Jobs already running,
+and rooms whose speech keeps up, lose nothing. The fast lane (which registers segments) keeps every job. Status (`GET /segments/{id}`): this process's record of the segments it was
 sent (the latest 10,000); for another process's segment, or after a restart, what the state store holds.
 """
 
@@ -31,6 +38,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .content import ContentEncoder, ContentError, EncoderPool, RawSegmentRequest, to_new_item
+from .encoder_pool import JobDropped
 
 log = logging.getLogger("modalrec.serve")
 
@@ -43,7 +51,7 @@ class _Segment:
     words: dict[str, str]
     t0: float  # perf_counter at the request
     lanes: dict[str, list[str]]  # lane -> its raw modalities (the fast lane: also those read as words only)
-    modalities: dict[str, str]  # raw modality -> encoding, registered, failed, discarded
+    modalities: dict[str, str]  # raw modality -> encoding, registered, failed, discarded, superseded, dropped
     vectors: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -62,13 +70,14 @@ class SegmentService:
     """Encodes raw segments in two lanes of worker processes and registers them progressively (see the module).
     `workers` 0: no worker processes, no segment accepted (`accepting`); the status of registered ones only.
     `on_result(result, seconds)`: called with "registered" (seconds from the request to recommendable), "updated",
-    "complete" (seconds to the last modality), "failed", "discarded" (metrics). `nice`: added to the worker
-    processes' niceness (`os.nice`), so they yield the cores to scoring."""
+    "complete" (seconds to the last modality), "failed", "discarded", "superseded", "dropped" (a slow job dropped
+    before it started; metrics). `nice`: added to the worker processes' niceness (`os.nice`), so they yield the
+    cores to scoring. `max_queued`: the bound of the slow lane's waiting jobs (None: its live rooms bound it)."""
 
     KEEP = 10_000  # segment records kept for GET /segments/{id}
 
     def __init__(self, encoder: ContentEncoder, registry, workers: int = 1, threads: int | None = 1,
-                 warm: bool = True, on_result=None, nice: int = 0):
+                 warm: bool = True, on_result=None, nice: int = 0, max_queued: int | None = None):
         if workers < 0:
             raise ValueError(f"segment workers must be >= 0, got {workers}")
         self.encoder, self.registry, self.on_result = encoder, registry, on_result
@@ -78,12 +87,14 @@ class SegmentService:
         for lane, n in ((FAST, 1), (SLOW, workers)):
             names = [m for m, ln in self.lane_of.items() if ln == lane]
             if names and self.accepting:
+                slow = lane == SLOW
                 self.pools[lane] = EncoderPool(encoder, n, threads, warm=encoder.views(names) if warm else False,
-                                               nice=nice)
+                                               nice=nice, supersede=slow, max_queued=max_queued if slow else None)
         self._ready = [f for pool in self.pools.values() for f in pool.start()]
         self._records: OrderedDict[str, _Segment] = OrderedDict()
         self._lock = threading.Lock()
-        self.counts = {k: 0 for k in ("accepted", "registered", "updated", "failed", "discarded")}
+        self.counts = {k: 0 for k in ("accepted", "registered", "updated", "failed", "discarded", "superseded",
+                                      "dropped")}
         self.latency: dict[str, deque] = {"recommendable": deque(maxlen=10_000), "complete": deque(maxlen=10_000)}
 
     # ------------------------------------------------------------------------------------------ requests
@@ -117,11 +128,12 @@ class SegmentService:
             self.counts["accepted"] += 1
         if not parts[FAST]:  # nothing to encode before the first registration: it happens now
             self._done(rec, FAST, {}, {}, None)
+        room = self.registry.room(request)
         for lane, part in parts.items():
             if part:
                 self.pools[lane].submit(
                     sid, part, lambda _sid, v, t, lane=lane: self._done(rec, lane, v, t, None),
-                    lambda _sid, e, lane=lane: self._done(rec, lane, None, None, e))
+                    lambda _sid, e, lane=lane: self._done(rec, lane, None, None, e), key=room)
         return self.status(sid)
 
     def _done(self, rec: _Segment, lane: str, vectors, tokens, error: BaseException | None) -> None:
@@ -130,7 +142,12 @@ class SegmentService:
         with rec.lock:
             if self._records.get(sid) is not rec:
                 return  # superseded by a later POST of the id
-            if error is not None:
+            if isinstance(error, JobDropped):  # never encoded: the segment keeps what it has
+                for n in names:
+                    rec.modalities[n] = error.reason
+                    rec.errors[n] = error.message
+                result = error.reason
+            elif error is not None:
                 msg = error.message if isinstance(error, ContentError) else (str(error) or type(error).__name__)
                 for n in names:
                     rec.modalities[n] = "failed"
@@ -169,7 +186,10 @@ class SegmentService:
                         rec.modalities[n] = "registered"
                     if rec.first_s is None:
                         rec.first_s = time.perf_counter() - rec.t0
-            complete = "encoding" not in rec.modalities.values() and rec.complete_s is None and rec.body is not None
+            # complete: every lane done and none dropped (a dropped modality never arrives: not a complete segment)
+            states = set(rec.modalities.values())
+            complete = (rec.complete_s is None and rec.body is not None
+                        and not states & {"encoding", "superseded", "dropped"})
             if complete:
                 rec.complete_s = time.perf_counter() - rec.t0
         with self._lock:
@@ -218,8 +238,9 @@ class SegmentService:
         return out + [n for n in doc.get("text") or {} if n not in out]
 
     def stats(self) -> dict:
-        """Per lane: workers, queued, encoded, failed, worker seconds per segment by raw modality; segment counts;
-        p50 / p99 seconds from the request to recommendable and to complete (the latest 10,000 segments)."""
+        """Per lane: workers, queued (of them waiting: not started), encoded, failed, superseded, dropped, the bound,
+        worker seconds per segment by raw modality; segment counts; p50 / p99 seconds from the request to
+        recommendable and to complete (the latest 10,000 segments). GET /segments answers it."""
         with self._lock:
             lat = {k: list(v) for k, v in self.latency.items()}
             counts = dict(self.counts)
@@ -277,6 +298,13 @@ def add_segment_routes(app, *, bundle, registry, service, require_key, sync_item
         status = svc.submit(req, raw)
         metrics.inc("modalrec_segments", "accepted")
         return JSONResponse(status, status_code=202, headers={"Location": status["status_url"]})
+
+    @app.get("/segments", tags=["items"], summary="The segment encoders: per lane its workers, segments queued (of them "
+             "waiting: not started), encoded, failed, superseded (a slow job replaced by a newer segment of its room "
+             "before it started) and dropped (beyond serve --segment-queue); segment counts by result; seconds to "
+             "recommendable and to complete")
+    def segments_state() -> dict:
+        return usable(False).stats()
 
     @app.get("/segments/{segment_id:path}", response_model=SegmentStatus, tags=["items"],
              responses={404: {"description": "no such segment (never sent here, or not registered)"}},
