@@ -101,45 +101,48 @@ class ShardSink:
         for w in self._id_writers.values():
             w.close()
         parts = self._parts
-        hist = [read_arrays(p / "history") for p in parts]
-        self._concat_to(self.folder / "history", hist, ptr=True)
+        self._concat_to(self.folder / "history", [p / "history" for p in parts], ptr=True)
         for n in self.splits:
-            self._concat_to(self.folder / "samples" / n, [read_arrays(p / "samples" / n) for p in parts])
+            self._concat_to(self.folder / "samples" / n, [p / "samples" / n for p in parts])
         shutil.rmtree(self.folder / "tmp")
         history = History.from_arrays(read_arrays(self.folder / "history"))
         samples = {n: SampleSet.from_arrays(read_arrays(self.folder / "samples" / n)) for n in self.splits}
         return history, samples, users, {n: None for n in self.splits}
 
     @staticmethod
-    def _concat_to(folder: Path, parts: list[dict], ptr: bool = False) -> None:
-        """Writes the concatenation of each named array over the partitions, one partition in memory at a time;
-        `ptr`: the history's CSR offsets (each partition's shifted by the events before it, row 0 once)."""
+    def _concat_to(folder: Path, parts: list[Path], ptr: bool = False) -> None:
+        """Writes the concatenation of each named array over the partitions, one partition's array in memory at a
+        time; `ptr`: the history's CSR offsets (each partition's shifted by the events before it, row 0 once).
+        Plain writes, not a memory map: every page of a written map stays in the process's resident set until the
+        map is closed (the 14 GB of 146M's samples and histories took RSS from 7.8 to 12.9 GB in ten seconds)."""
         folder.mkdir(parents=True, exist_ok=True)
-        names = sorted({k for p in parts for k in p})
+        names = sorted({f.stem for p in parts if p.is_dir() for f in p.glob("*.npy")})
         for name in names:
-            pieces = [p[name] for p in parts if name in p]
+            files = [p / f"{name}.npy" for p in parts if (p / f"{name}.npy").exists()]
+            pieces = [np.load(f, mmap_mode="r", allow_pickle=False) for f in files]  # shapes only
+            shapes = [(len(x), x.shape[1:], x.dtype) for x in pieces]
+            del pieces
             # a partition's ptr: [0, 0 (row 0, nobody), end of local row 1, ...]; the global one holds row 0 once
             if ptr and name == "ptr":
-                total = 2 + sum(len(x) - 2 for x in pieces)
+                total = 2 + sum(n - 2 for n, _, _ in shapes)
             else:
-                total = sum(len(x) for x in pieces)
-            first = pieces[0]
-            out = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=first.dtype,
-                                            shape=(total, *first.shape[1:]))
-            at, events = 0, 0
-            if ptr and name == "ptr":
-                out[:2] = 0
-                at = 2
-            for x in pieces:
+                total = sum(n for n, _, _ in shapes)
+            dtype = shapes[0][2]
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (total, *shapes[0][1])}
+            with open(folder / f"{name}.npy", "wb") as f:
+                np.lib.format.write_array_header_2_0(f, header)
+                events = 0
                 if ptr and name == "ptr":
-                    out[at:at + len(x) - 2] = np.asarray(x[2:]) + events
-                    at += len(x) - 2
-                    events += int(x[-1])
-                else:
-                    out[at:at + len(x)] = x
-                    at += len(x)
-            out.flush()
-            del out
+                    f.write(np.zeros(2, dtype).tobytes())
+                for file in files:
+                    x = np.load(file, allow_pickle=False)  # this piece only, read whole (not mapped)
+                    if ptr and name == "ptr":
+                        f.write(np.ascontiguousarray(x[2:] + events, dtype=dtype).data)
+                        events += int(x[-1])
+                    else:
+                        f.write(np.ascontiguousarray(x).data)
+                    del x
 
 
 def _concat_histories(parts: list[History]) -> History:
