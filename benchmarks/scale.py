@@ -62,7 +62,8 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def config(variant: str, dataset: Path, threads: int, graphcl_epochs: int | None = None, titles: bool = True):
+def config(variant: str, dataset: Path, threads: int, graphcl_epochs: int | None = None, titles: bool = True,
+           task_sets: list[str] | None = None):
     from modalrec.config import load_config
 
     # both variants prepare with MMBee's task (its superset: the title vectors and the GIE graph)
@@ -71,6 +72,7 @@ def config(variant: str, dataset: Path, threads: int, graphcl_epochs: int | None
         sets.append(f"task.graph.gie.pretrain_epochs={graphcl_epochs}")
     if not titles:
         sets.append("task.vector_modalities=[]")
+    sets += [f"task.{kv}" for kv in task_sets or []]
     task = load_config(CONFIGS["mmbee"], sets).task
     cfg = load_config(CONFIGS[variant], [f"data.source={json.dumps(str(dataset))}", "train.progress=false",
                                          f"train.num_threads={threads}", "seeds=[0]"])
@@ -90,7 +92,7 @@ def stage_prepare(a) -> dict:
     from modalrec.tasks import prepare_task
     from modalrec.tasks.base import DATA_DIR
 
-    cfg = config("mmbee", a.dataset, a.threads, a.graphcl_epochs, not a.without_titles)
+    cfg = config("mmbee", a.dataset, a.threads, a.graphcl_epochs, not a.without_titles, a.task_set)
     data = load_dataset(str(a.dataset))
     run = Path(a.run)
     t = time.perf_counter()
@@ -121,7 +123,7 @@ def stage_train(a, variant: str) -> dict:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     np.random.seed(a.seed)
-    cfg = config(variant, a.dataset, a.threads, a.graphcl_epochs, not a.without_titles)
+    cfg = config(variant, a.dataset, a.threads, a.graphcl_epochs, not a.without_titles, a.task_set)
     t = time.perf_counter()
     task = load_task(a.run, cfg.task)
     load_s = time.perf_counter() - t
@@ -248,6 +250,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--without-titles", action="store_true", help="import and prepare without the title vectors "
                     "(MMBee, which reads them, cannot train then)")
+    ap.add_argument("--task-set", action="append", default=[], help="KEY=VALUE under the task config (repeatable), "
+                    "e.g. graph.gie.as_of_time=false")
     ap.add_argument("--plot-only", action="store_true", help="redraw the plot and print the table of --out")
     a = ap.parse_args()
     if a.stage:
@@ -267,6 +271,8 @@ def main() -> None:
     settings = {"train_seconds": a.train_seconds, "eval_samples": a.eval_samples, "threads": a.threads,
                 "graphcl_epochs": a.graphcl_epochs if a.graphcl_epochs is not None else "config (10)",
                 "titles": not a.without_titles}
+    if a.task_set:
+        settings["task_set"] = a.task_set
     stages = [s for s in a.stages.split(",") if s]
     for label in [s for s in a.sizes.split(",") if s]:
         n = parse_size(label)
@@ -289,6 +295,8 @@ def main() -> None:
                 common += ["--graphcl-epochs", str(a.graphcl_epochs)]
             if a.without_titles:
                 common += ["--without-titles"]
+            for kv in a.task_set:
+                common += ["--task-set", kv]
             if st == "import":
                 if dataset.exists():
                     shutil.rmtree(dataset)

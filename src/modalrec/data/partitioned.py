@@ -51,6 +51,9 @@ class ContentFiles(Mapping):
     def __getitem__(self, name: str) -> pa.Table:
         return _as_string(pq.read_table(self.files[name]), "entity_id")
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the table
+        return name in self.files
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.files)
 

@@ -201,7 +201,7 @@ class FeaturePipeline:
             present = np.asarray(t.presence[name], dtype=bool)
             used = w > 0
             if used.any() and present[used].all():
-                self.stats[f"dense_mean.{name}"] = (np.asarray(arr, np.float64)[used] * w[used, None]).sum(0) / w.sum()
+                self.stats[f"dense_mean.{name}"] = _weighted_mean(arr, w, used)
 
     def fit_prior_from(self, item_counts: np.ndarray, n: int = PRIOR_PROBES, seed: int = 0) -> None:
         """`fit_prior` from the training targets' count of every item row: `n` probes drawn in proportion."""
@@ -459,3 +459,14 @@ def verify_tree(folder: Path, hashes: dict[str, str]) -> None:
         if found != digest:
             raise DataError(Problem(str(p), None, None, f"sha256 {digest} (manifest.json)",
                                     f"sha256 {found}: the file is corrupt or was modified"))
+
+
+def _weighted_mean(arr, w: np.ndarray, used: np.ndarray, rows: int = 1 << 18) -> np.ndarray:
+    """sum(w[i] * arr[i] for used i) / sum(w), in float64, a slice of rows at a time (a float64 copy of 6.56M
+    128-d vectors would be 6.7 GB)."""
+    total = np.zeros(arr.shape[1], dtype=np.float64)
+    for a in range(0, len(w), rows):
+        u = used[a:a + rows]
+        if u.any():
+            total += (np.asarray(arr[a:a + rows][u], np.float64) * w[a:a + rows][u, None]).sum(0)
+    return total / w.sum()
