@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 from .state import AppendResult, StateURLError, StoredEvent, _check_if_body, log
@@ -82,16 +83,10 @@ class SQLiteState:
         (read at startup by load_items, never returned by items_since). Checked again under the write lock
         of the file, so two processes opening an old database at once add the column once."""
         if "seq" not in {r[1] for r in con.execute("PRAGMA table_info(items)")}:
-            with self._write:
-                con.execute("BEGIN IMMEDIATE")
-                try:
-                    if "seq" not in {r[1] for r in con.execute("PRAGMA table_info(items)")}:
-                        con.execute("ALTER TABLE items ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
-                        log.info("%s: added the item sequence column to the items table", self.path)
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            with self._transaction(con):  # committed after the WAL write (+fsync if FULL)
+                if "seq" not in {r[1] for r in con.execute("PRAGMA table_info(items)")}:
+                    con.execute("ALTER TABLE items ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+                    log.info("%s: added the item sequence column to the items table", self.path)
         con.execute(_SQLITE_ITEMS_SEQ_INDEX)
 
     def _con(self) -> sqlite3.Connection:
@@ -188,20 +183,14 @@ class SQLiteState:
             return
         con = self._con()
         now = time.time()
-        with self._write:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                # the file's write lock is held from here to COMMIT (every process): the next numbers are ours.
-                # Rows are never deleted (a deletion leaves a tombstone row) and a rewrite only raises a row's
-                # seq, so MAX never goes back
-                base = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
-                con.executemany("INSERT INTO items(id, body, updated, seq) VALUES (?, ?, ?, ?) ON CONFLICT(id) "
-                                "DO UPDATE SET body = excluded.body, updated = excluded.updated, seq = excluded.seq",
-                                [(i, body, now, base + k) for k, (i, body) in enumerate(items, 1)])
-                con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as events
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._transaction(con):  # committed after the WAL write (+fsync if FULL)
+            # the file's write lock is held from here to COMMIT (every process): the next numbers are ours.
+            # Rows are never deleted (a deletion leaves a tombstone row) and a rewrite only raises a row's
+            # seq, so MAX never goes back
+            base = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+            con.executemany("INSERT INTO items(id, body, updated, seq) VALUES (?, ?, ?, ?) ON CONFLICT(id) "
+                            "DO UPDATE SET body = excluded.body, updated = excluded.updated, seq = excluded.seq",
+                            [(i, body, now, base + k) for k, (i, body) in enumerate(items, 1)])
 
     def delete_items(self, ids: list[str], if_body: list[str] | None = None) -> list[str]:
         if not ids:
@@ -210,26 +199,33 @@ class SQLiteState:
         con = self._con()
         now = time.time()
         deleted: list[str] = []
+        with self._transaction(con):  # committed after the WAL write (+fsync if FULL)
+            seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+            for k, item in enumerate(ids):
+                # the row stays as a tombstone (empty body) carrying the deletion's number: items_since
+                # reports it, load_items skips it, and MAX(seq) cannot go back
+                sql = "UPDATE items SET body = '', updated = ?, seq = ? WHERE id = ? AND body != ''"
+                args: tuple = (now, seq + 1, item)
+                if if_body is not None:
+                    sql += " AND body = ?"
+                    args += (if_body[k],)
+                if con.execute(sql, args).rowcount:
+                    seq += 1
+                    deleted.append(item)
+        return deleted
+
+    @contextmanager
+    def _transaction(self, con):
+        """One write transaction under the write lock: committed at the end of the block, rolled back on any
+        exception."""
         with self._write:
             con.execute("BEGIN IMMEDIATE")
             try:
-                seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
-                for k, item in enumerate(ids):
-                    # the row stays as a tombstone (empty body) carrying the deletion's number: items_since
-                    # reports it, load_items skips it, and MAX(seq) cannot go back
-                    sql = "UPDATE items SET body = '', updated = ?, seq = ? WHERE id = ? AND body != ''"
-                    args: tuple = (now, seq + 1, item)
-                    if if_body is not None:
-                        sql += " AND body = ?"
-                        args += (if_body[k],)
-                    if con.execute(sql, args).rowcount:
-                        seq += 1
-                        deleted.append(item)
-                con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as registrations
+                yield
+                con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return deleted
 
     def update_items(self, items: list[tuple[str, str, str]]) -> list[str]:
         if not items:
@@ -237,19 +233,13 @@ class SQLiteState:
         con = self._con()
         now = time.time()
         done: list[str] = []
-        with self._write:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
-                for item, body, expected in items:
-                    if con.execute("UPDATE items SET body = ?, updated = ?, seq = ? WHERE id = ? AND body = ?",
-                                   (body, now, seq + 1, item, expected)).rowcount:
-                        seq += 1
-                        done.append(item)
-                con.execute("COMMIT")  # acknowledged after the WAL write (+fsync if FULL), as registrations
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._transaction(con):  # committed after the WAL write (+fsync if FULL)
+            seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM items").fetchone()[0])
+            for item, body, expected in items:
+                if con.execute("UPDATE items SET body = ?, updated = ?, seq = ? WHERE id = ? AND body = ?",
+                               (body, now, seq + 1, item, expected)).rowcount:
+                    seq += 1
+                    done.append(item)
         return done
 
     def put_rooms(self, events: list[tuple[str, bool, int]]) -> list[bool]:
@@ -258,22 +248,16 @@ class SQLiteState:
         con = self._con()
         now = time.time()
         applied: list[bool] = []
-        with self._write:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM rooms").fetchone()[0])
-                for room, live, t in events:
-                    ok = con.execute(
-                        "INSERT INTO rooms(room, live, time, updated, seq) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room) "
-                        "DO UPDATE SET live = excluded.live, time = excluded.time, updated = excluded.updated, "
-                        "seq = excluded.seq WHERE excluded.time >= rooms.time",
-                        (room, int(bool(live)), int(t), now, seq + 1)).rowcount > 0
-                    seq += ok
-                    applied.append(ok)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._transaction(con):  # committed after the WAL write (+fsync if FULL)
+            seq = int(con.execute("SELECT COALESCE(MAX(seq), 0) FROM rooms").fetchone()[0])
+            for room, live, t in events:
+                ok = con.execute(
+                    "INSERT INTO rooms(room, live, time, updated, seq) VALUES (?, ?, ?, ?, ?) ON CONFLICT(room) "
+                    "DO UPDATE SET live = excluded.live, time = excluded.time, updated = excluded.updated, "
+                    "seq = excluded.seq WHERE excluded.time >= rooms.time",
+                    (room, int(bool(live)), int(t), now, seq + 1)).rowcount > 0
+                seq += ok
+                applied.append(ok)
         return applied
 
     def rooms_since(self, seq: int) -> tuple[list[tuple[str, bool, int]], int]:
