@@ -36,7 +36,7 @@ from ..data.errors import DataError, Problem
 from ..data.interaction import InteractionData
 from ..models.base import Schema
 from ..pipeline import Collator, FeaturePipeline, History, PipelineSettings, Vocab, fit_side, hash_tree
-from .store import read_arrays, write_arrays, write_task_json
+from .store import SampleIds, read_arrays, write_arrays, write_task_json
 
 DATA_DIR = "data"
 PIPELINE_DIR = "pipeline"
@@ -245,7 +245,7 @@ class PreparedTask:
     splits: dict[str, SampleSet]
     # each split's samples as raw ids (user_id, item_id, time, and a release's row id when the events have
     # one): what `modalrec predict` writes next to its scores
-    sample_ids: dict[str, pa.Table]
+    sample_ids: SampleIds | dict[str, pa.Table]
     group_names: dict[str, list[str]]
 
     @classmethod
@@ -358,8 +358,7 @@ class PreparedTask:
         task.user_rows = np.r_[0, pipeline.users.lookup(task.log_users.array)].astype(np.int64)
         task.splits = {n: SampleSet.from_arrays(read_arrays(folder / "samples" / n)) for n in info["splits"]}
         task.shards = info.get("shards", {})
-        task.sample_ids = {n: pq.read_table(folder / "ids" / f"{n}.parquet") for n in info["splits"]
-                           if (folder / "ids" / f"{n}.parquet").exists()}
+        task.sample_ids = SampleIds(folder / "ids", info["splits"])  # read when predictions name them
         task.restore(info.get("meta", {}), read_arrays(folder / "extra", mmap=False))
         return task
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,57 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..pipeline import History, Vocab
+
+
+class SampleIds(MutableMapping):
+    """Each split's sample ids (`RUN/data/ids/<split>.parquet`), read from the file when a split's are asked for
+    (prediction, a submission) and not kept: 146M interactions' 140M samples are 5-6 GB of id strings that
+    training and evaluation never read. A table set in memory (small data, a refresh) is held as given."""
+
+    def __init__(self, folder: Path | None = None, names=(), tables: dict | None = None):
+        self.folder = None if folder is None else Path(folder)
+        self._names = [n for n in names if self.folder is not None and (self.folder / f"{n}.parquet").exists()]
+        self._tables = dict(tables or {})
+
+    def __getitem__(self, name: str) -> pa.Table:
+        if name in self._tables:
+            return self._tables[name]
+        if name in self._names:
+            return pq.read_table(self.folder / f"{name}.parquet")
+        raise KeyError(name)
+
+    def __setitem__(self, name: str, table: pa.Table) -> None:
+        self._tables[name] = table
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
+        self._tables.pop(name, None)
+        if name in self._names:
+            self._names.remove(name)
+
+    def pop(self, name: str, *default):
+        """Forgets a split without reading its file (MutableMapping.pop would read it to return it)."""
+        if name in self._tables:
+            value = self._tables.pop(name)
+            if name in self._names:
+                self._names.remove(name)
+            return value
+        if name in self._names:
+            self._names.remove(name)
+            return None
+        if default:
+            return default[0]
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(dict.fromkeys([*self._names, *self._tables]))
+
+    def __len__(self) -> int:
+        return len(set(self._names) | set(self._tables))
+
+    def __contains__(self, name) -> bool:
+        return name in self._tables or name in self._names
 
 
 def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -89,7 +141,7 @@ class ShardSink:
         self._parts.append(tmp)
 
     def finish(self):
-        """(history, {split: SampleSet}, log users Vocab, {split: ids table or None (on disk)})."""
+        """(history, {split: SampleSet}, log users Vocab, `SampleIds` (in memory, or read from disk when asked))."""
         from .base import SampleSet
 
         users = Vocab(pa.concat_arrays([u for u in self._users]) if self._users else pa.array([], pa.string()))
@@ -107,7 +159,7 @@ class ShardSink:
         shutil.rmtree(self.folder / "tmp")
         history = History.from_arrays(read_arrays(self.folder / "history"))
         samples = {n: SampleSet.from_arrays(read_arrays(self.folder / "samples" / n)) for n in self.splits}
-        return history, samples, users, {n: None for n in self.splits}
+        return history, samples, users, SampleIds(self.folder / "ids", self.splits)
 
     @staticmethod
     def _concat_to(folder: Path, parts: list[Path], ptr: bool = False) -> None:
