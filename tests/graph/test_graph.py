@@ -327,6 +327,50 @@ def test_as_of_time_expansion_uses_only_earlier_gifts(mode):
     assert (same["gie_user"].numpy() == 0).all()
 
 
+@pytest.mark.parametrize("mode", ["count", "value", "binary"])
+def test_as_of_time_snapshots_bound_the_rows_and_never_read_a_later_gift(mode):
+    """gie.as_of_time_snapshots S: a user with m > S gifts gets S + 1 rows, after gifts ceil(i m / S); a sample
+    reads the latest one made strictly before it (recomputed here from scratch); S >= every m is the exact table."""
+    from modalrec.graph.gie import OnlineExpansion
+    from modalrec.graph.swing import CSR
+
+    u, s, n_u, n_s, _ = planted(users_per=15, gifts=9)
+    rng = np.random.default_rng(5)
+    times = rng.integers(0, 60, len(u)) * 10
+    price = rng.uniform(1, 9, len(u))
+    w = price if mode == "value" else None
+    base = {"progress": False, "pretrain_epochs": 0, "expansion_length": 6, "weight_mode": mode}
+    S = 3
+    g = GraphExpansion.fit(u, s, w, n_u, n_s, GIEConfig(**base, as_of_time_snapshots=S), times=times)
+    m = np.bincount(u, minlength=n_u)
+    assert (m > S).any() and g.stats["as_of_time_rows"] == 1 + int(np.where(m > 0, np.minimum(m, S) + 1, 0).sum())
+    online = OnlineExpansion(g, CSR(np.zeros(n_u + 1, np.int64), np.zeros(0, np.int64), np.zeros(0), n_s))
+    probes = np.unique(times)
+    users = np.repeat(np.arange(1, n_u), len(probes) + 1)
+    at = np.tile(np.r_[probes + 5, 10_000], n_u - 1)
+    got = g.lookup(users, np.zeros_like(users), times=at)
+    for r, (user, t) in enumerate(zip(users, at)):
+        mine = np.flatnonzero(u == user)
+        mine = mine[np.lexsort((times[mine], np.zeros(len(mine))))]  # time order, as the fit sorts (stable)
+        mu = len(mine)
+        ends = [-(-i * mu // min(mu, S)) for i in range(1, min(mu, S) + 1)]  # snapshot i holds gifts 1..ends[i-1]
+        seen = [e for e in ends if times[mine[e - 1]] < t]
+        take = mine[:seen[-1]] if seen else mine[:0]
+        assert (times[take] < t).all()  # never a gift at or after the sample
+        ww = price[take] if mode == "value" else np.ones(len(take))
+        if mode == "binary":
+            ww = np.ones(len(np.unique(s[take])))
+            want_seq, want_w = online.expand(int(user), np.unique(s[take]), ww)
+        else:
+            want_seq, want_w = online.expand(int(user), s[take], ww)
+        np.testing.assert_array_equal(got["gie_user"][r].numpy(), want_seq)
+        np.testing.assert_allclose(got["gie_user_w"][r].numpy(), want_w, rtol=1e-6)
+    exact = GraphExpansion.fit(u, s, w, n_u, n_s, GIEConfig(**base), times=times)
+    roomy = GraphExpansion.fit(u, s, w, n_u, n_s, GIEConfig(**base, as_of_time_snapshots=int(m.max())), times=times)
+    for name in ("prefix_ptr", "prefix_time", "prefix_seq", "prefix_w"):
+        np.testing.assert_array_equal(getattr(roomy, name), getattr(exact, name))
+
+
 def test_as_of_time_tables_survive_save_load(tmp_path):
     u, s, n_u, n_s, _ = planted(users_per=10)
     times = np.arange(len(u)) * 7

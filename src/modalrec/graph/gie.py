@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +74,11 @@ class GIEConfig(BaseModel):
         True, description="U->A->A per sample from the user's gifts strictly BEFORE the sample (given gift times): "
         "a training sample never reads an expansion built from its own gift, which would leak the label into "
         "the features it is trained on. False: every sample reads the whole training period's expansion")
+    as_of_time_snapshots: int | None = Field(
+        None, ge=1, description="as_of_time: at most this many expansions per user, after evenly spaced gifts of "
+        "theirs (the last after their last gift); a sample reads the latest one made strictly before it, so it "
+        "never sees its own gift but may miss up to gifts/snapshots of the user's latest. Bounds the work and "
+        "memory, which are quadratic in a user's gifts with one expansion per gift (null: one per gift, exact)")
     # GraphCL pre-training
     pretrain_epochs: int = Field(20, ge=0, description="GraphCL epochs; 0 = no embeddings")
     dim: int = Field(32, ge=1)
@@ -152,6 +158,10 @@ def two_hop(first: CSR, second: CSR, k: int, *, exclude: CSR | None = None, excl
         s, v = _padded(best, k)
         seq[src], w[src] = s, v
     return seq, w
+
+
+# one expansion per gift with more (row, gift) entries than this warns (about 2.4 GB of entry arrays)
+AS_OF_TIME_WARN_ENTRIES = 100_000_000
 
 
 def expand_users(u2a: U2AGraph, a2a: CSR, k: int, exclude_gifted: bool = False,
@@ -257,8 +267,11 @@ class GraphExpansion:
 
     def _fit_prefixes(self, users: np.ndarray, streamers: np.ndarray, weights: np.ndarray | None,
                       times: np.ndarray) -> None:
-        """The U->A->A rows after each prefix of every user's gifts (time order), through the same U2A
-        weighting and two-hop walk as the full expansion, so the last row of a user IS their full row."""
+        """The U->A->A rows after prefixes of every user's gifts (time order), through the same U2A weighting and
+        two-hop walk as the full expansion, so the last row of a user IS their full row. One row per gift, or
+        (`as_of_time_snapshots` S) after gifts ceil(i m / S), i = 1..S, of a user with m > S gifts: row i holds
+        the gifts of segments 1..i, each (segment, streamer)'s gifts summed first, so rows x entries stay
+        S x (distinct streamers per segment) per user instead of m x m / 2."""
         cfg, k = self.cfg, self.expansion_length
         users = users.astype(np.int64)
         times = times.astype(np.int64)
@@ -266,25 +279,44 @@ class GraphExpansion:
             raise ValueError(f"times must have one value per gift ({len(users)}), got {len(times)}")
         order = np.lexsort((times, users))
         u_s, s_s, t_s = users[order], streamers.astype(np.int64)[order], times[order]
-        w_s = None if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+        if cfg.weight_mode == "value":
+            w_s = np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+        else:  # "count" (a row's edge weighs its gifts) and "binary" (build_u2a sets 1)
+            w_s = np.ones(len(u_s), dtype=np.float64)
         m = np.bincount(u_s, minlength=self.n_users)  # gifts per user
-        rows_per_user = np.where(m > 0, m + 1, 0)  # "before any gift", then one row per gift
+        snaps = m if cfg.as_of_time_snapshots is None else np.minimum(m, cfg.as_of_time_snapshots)
+        rows_per_user = np.where(m > 0, snaps + 1, 0)  # "before any gift", then one row per snapshot
         ptr = np.ones(self.n_users + 1, dtype=np.int64)  # global row 0 is the all-padding row
         np.cumsum(rows_per_user, out=ptr[1:])
         ptr[1:] += 1
         n_rows = int(ptr[-1])
         prefix_time = np.full(n_rows, np.iinfo(np.int64).min, dtype=np.int64)
-        # the j-th gift (1-based, time order) of user u makes row ptr[u] + j
+        # gift g (1-based, time order) of user u is first in snapshot seg = floor((g - 1) S_u / m_u) + 1 (with
+        # S_u = m_u: g); the snapshot's row (ptr[u] + seg) dates from its segment's last gift
         starts = np.r_[0, np.cumsum(m)[:-1]]
-        j = np.arange(len(u_s), dtype=np.int64) - starts[u_s] + 1
-        rows_of_gift = ptr[u_s] + j
-        prefix_time[rows_of_gift] = t_s
-        # entries: the j-th gift belongs to rows j, j + 1, ..., m of its user
-        reps = m[u_s] - j + 1
-        e_rows = np.repeat(rows_of_gift, reps) + (np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps))
+        g = np.arange(len(u_s), dtype=np.int64) - starts[u_s] + 1
+        seg = (g - 1) * snaps[u_s] // np.maximum(m[u_s], 1) + 1
+        closes = np.r_[(seg[1:] != seg[:-1]) | (u_s[1:] != u_s[:-1]), True] if len(seg) else np.zeros(0, bool)
+        prefix_time[ptr[u_s[closes]] + seg[closes]] = t_s[closes]
+        if (snaps < m).any():  # several gifts per segment: one entry per (user, segment, streamer)
+            key = np.lexsort((s_s, seg, u_s))
+            u_s, seg, s_s, w_s = u_s[key], seg[key], s_s[key], w_s[key]
+            first = np.r_[True, (u_s[1:] != u_s[:-1]) | (seg[1:] != seg[:-1]) | (s_s[1:] != s_s[:-1])]
+            at = np.flatnonzero(first)
+            w_s = np.add.reduceat(w_s, at) if len(at) else w_s
+            u_s, seg, s_s = u_s[at], seg[at], s_s[at]
+        # entries: segment seg's (streamer, weight) belongs to rows seg, seg + 1, ..., S_u of its user
+        reps = snaps[u_s] - seg + 1
+        if cfg.as_of_time_snapshots is None and int(reps.sum()) > AS_OF_TIME_WARN_ENTRIES:
+            warnings.warn(f"gie.as_of_time: {int(reps.sum()):,} (row, gift) entries for {len(u_s):,} gifts (one "
+                          f"expansion per gift is quadratic in a user's gifts; up to {int(m.max()):,} here): set "
+                          "task.graph.gie.as_of_time_snapshots (e.g. 32) to bound it", stacklevel=3)
+        first_row = ptr[u_s] + seg
+        e_rows = np.repeat(first_row, reps) + (np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps))
         e_streamers = np.repeat(s_s, reps)
-        e_weights = None if w_s is None else np.repeat(w_s, reps)
-        graph = build_u2a(e_rows, e_streamers, e_weights, n_rows, self.n_streamers, cfg.weight_mode, cfg.log_scale)
+        e_weights = np.repeat(w_s, reps)
+        mode = "binary" if cfg.weight_mode == "binary" else "value"  # the summed counts or values, as given
+        graph = build_u2a(e_rows, e_streamers, e_weights, n_rows, self.n_streamers, mode, cfg.log_scale)
         seq, w = two_hop(_row_normalised(graph.by_user), _row_normalised(self.a2a), k,
                          exclude=graph.by_user if cfg.exclude_gifted else None, desc="U->A->A as of time")
         self.prefix_ptr, self.prefix_time, self.prefix_seq, self.prefix_w = ptr, prefix_time, seq, w
