@@ -188,11 +188,38 @@ def start_redis(port: int, folder: Path) -> subprocess.Popen:
     raise SystemExit(f"redis-server did not answer on 127.0.0.1:{port}")
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` on `cpus` (sched_setaffinity of a pid moves its main thread only)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
+
+
+def pinning(args) -> tuple[set[int], set[int]] | None:
+    """(the service's CPUs, everyone else's) for --pin-service, None without it."""
+    if args.pin_service is None:
+        return None
+    if getattr(args, "cpus", None) is not None:  # decided once: this process is pinned to the others after
+        return args.cpus
+    mine = {int(c) for c in args.pin_service.split(",")}
+    every = os.sched_getaffinity(0)
+    rest = every - mine
+    if not mine <= every or not rest:
+        raise SystemExit(f"--pin-service {args.pin_service}: CPUs of this machine ({sorted(every)}), leaving at "
+                         "least one for the rest")
+    args.cpus = (mine, rest)
+    return args.cpus
+
+
 def start_service(bundle: Path, state: str, port: int, args) -> subprocess.Popen:
     env = {**os.environ, "MODALREC_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
     err = open(Path(args.work) / "serve.log", "w")  # noqa: SIM115 - the subprocess owns it
-    proc = subprocess.Popen([sys.executable, "-m", "modalrec.cli", "serve", str(bundle), "--host", "127.0.0.1",
-                             "--port", str(port), "--state", state, "--threads", "1", "--live-only",
+    cpus = pinning(args)
+    pinned = [] if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus[0])))]
+    proc = subprocess.Popen([*pinned, sys.executable, "-m", "modalrec.cli", "serve", str(bundle), "--host",
+                             "127.0.0.1", "--port", str(port), "--state", state, "--threads", "1", "--live-only",
                              "--segment-workers", str(args.segment_workers), "--item-sync", "1"],
                             env=env, stdout=err, stderr=err)
     c, deadline = Conn(port), time.time() + 300
@@ -393,46 +420,32 @@ class Content:
 
 
 # ----------------------------------------------------------------------------------------------- load
-class RecommendLoad:
-    """/recommend (live_only, one_per_room) open loop at `rate` requests/s from `clients` keep-alive connections;
-    latency from each request's scheduled start; every response checked against the RoomBook."""
+def _load_process(port: int, users: list[str], rate: float, clients: int, seed: int, conn) -> None:
+    """The /recommend clients of `RecommendLoad`, in a process of their own: a schedule thread puts (scheduled time,
+    user) on a queue at `rate` per second from the start, `clients` threads send them; on "stop" the rows go back
+    through `conn` (each with the rooms of its items, checked against the RoomBook by the driver)."""
+    jobs: queue.Queue = queue.Queue()
+    rows: list[dict] = []
+    lock = threading.Lock()
+    stopping = threading.Event()
+    rng = random.Random(seed)
 
-    def __init__(self, port: int, users: list[str], rate: float, clients: int, book: RoomBook, ledger: Ledger,
-                 seed: int = 0):
-        self.port, self.users, self.rate, self.book, self.ledger = port, users, rate, book, ledger
-        self.jobs: queue.Queue = queue.Queue()
-        self.rows: list[dict] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.rng = random.Random(seed)
-        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
-        self.threads.append(threading.Thread(target=self._schedule, daemon=True))
-
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for t in self.threads:
-            t.join(30)
-
-    def _schedule(self) -> None:
+    def schedule() -> None:
         t0, k = time.perf_counter(), 0
-        while not self.stopping.is_set():
-            at = t0 + k / self.rate
+        while not stopping.is_set():
+            at = t0 + k / rate
             delay = at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            self.jobs.put((at, self.rng.choice(self.users)))
+            jobs.put((at, rng.choice(users)))
             k += 1
-        for _ in self.threads:
-            self.jobs.put(None)
+        for _ in range(clients):
+            jobs.put(None)
 
-    def _client(self) -> None:
-        c = Conn(self.port)
+    def client() -> None:
+        c = Conn(port)
         while True:
-            job = self.jobs.get()
+            job = jobs.get()
             if job is None:
                 return
             at, user = job
@@ -440,18 +453,68 @@ class RecommendLoad:
             status, body = c.call("POST", "/recommend", {"user": user, "k": 10, "live_only": True,
                                                          "one_per_room": True})
             done = time.perf_counter()
-            self.ledger.add(Request("recommend", sent, done, status, at))
             row = {"at": at, "sent": sent, "done": done, "status": status, "latency": done - at}
             if status == 200:
                 items = json.loads(body)["items"]
                 row["items"] = len(items)
-                row["only_live"] = all(self.book.live_between(x.get("room"), sent, done) for x in items)
-            with self.lock:
-                self.rows.append(row)
+                row["rooms"] = [x.get("room") for x in items]
+            with lock:
+                rows.append(row)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    threads.append(threading.Thread(target=schedule, daemon=True))
+    for t in threads:
+        t.start()
+    conn.send("ready")
+    conn.recv()  # "stop"
+    stopping.set()
+    for t in threads:
+        t.join(30)
+    with lock:
+        conn.send(rows)
+
+
+class RecommendLoad:
+    """/recommend (live_only, one_per_room) open loop at `rate` requests/s from `clients` keep-alive connections;
+    latency from each request's scheduled start; every response checked against the RoomBook.
+
+    The clients run in their own process (`_load_process`): a client that shares this driver's interpreter lock
+    waits for it while the driver base64-encodes a 0.5 MB segment body or parses a response, and that wait was in
+    its latencies (the service's own histogram put the p99 at 15 ms where the in-driver clients measured 21 ms).
+    Times are `time.perf_counter` (CLOCK_MONOTONIC, one clock for every process of the machine), so the rooms of
+    each response are checked against the RoomBook here once the process has returned its rows."""
+
+    def __init__(self, port: int, users: list[str], rate: float, clients: int, book: RoomBook, ledger: Ledger,
+                 seed: int = 0):
+        self.port, self.users, self.rate, self.clients, self.seed = port, users, rate, clients, seed
+        self.book, self.ledger = book, ledger
+        self.rows: list[dict] = []
+        self.proc = None
+        self.conn = None
+
+    def start(self) -> None:
+        ctx = mp.get_context("spawn")  # the driver has threads: no fork
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_load_process, args=(self.port, self.users, self.rate, self.clients,
+                                                             self.seed, child), daemon=True)
+        self.proc.start()
+        child.close()
+        if not self.conn.poll(120) or self.conn.recv() != "ready":
+            raise SystemExit("the /recommend load process did not start")
+
+    def stop(self) -> None:
+        self.conn.send("stop")
+        rows = self.conn.recv() if self.conn.poll(60) else []
+        self.proc.join(30)
+        for row in rows:
+            self.ledger.add(Request("recommend", row["sent"], row["done"], row["status"], row["at"]))
+            rooms = row.pop("rooms", None)
+            if rooms is not None:
+                row["only_live"] = all(self.book.live_between(r, row["sent"], row["done"]) for r in rooms)
+        self.rows = rows
 
     def window(self, t0: float, t1: float) -> dict:
-        with self.lock:
-            rows = [r for r in self.rows if t0 <= r["at"] < t1]
+        rows = [r for r in self.rows if t0 <= r["at"] < t1]
         ok = [r for r in rows if r["status"] == 200]
         span = (max(r["done"] for r in ok) - min(r["done"] for r in ok)) if len(ok) > 1 else 0.0
         return {"requests": len(rows), "ok": len(ok), "failed": len(rows) - len(ok),
@@ -763,9 +826,15 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep the run and bundle already in --work")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / ".work" / "live_replay"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "live_replay.json"))
+    ap.add_argument("--pin-service", default=None, metavar="CPUS", help="run the service's request process on "
+                    "these CPUs (e.g. 0) and everything else (its encoder workers, redis, the consumer, the refresh, "
+                    "this driver) on the others, as an operator would with taskset; default: no pinning")
     ap.add_argument("--quiet-machine", action="store_true", help="record that the machine had no other load "
                     "(\"quiet\": true in the JSON)")
     args = ap.parse_args()
+    cpus = pinning(args)
+    if cpus is not None:  # the driver, and so redis, the consumer and the refresh it starts, off the service's cores
+        pin(os.getpid(), cpus[1])
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
@@ -794,11 +863,13 @@ def main() -> None:
             state = f"sqlite:///{work / 'state.sqlite'}"
         log(f"starting the service on 127.0.0.1:{sport} (state {state}) and the consumer")
         procs["serve"] = start_service(bundle, state, sport, args)
-        if args.nice_encoders:
-            import psutil
+        import psutil
 
-            for p in psutil.Process(procs["serve"].pid).children(recursive=True):
+        for p in psutil.Process(procs["serve"].pid).children(recursive=True):
+            if args.nice_encoders:
                 p.nice(args.nice_encoders)  # the encoder workers: scoring keeps its share of the cores
+            if cpus is not None:
+                pin(p.pid, cpus[1])  # the encoder workers leave the service's cores to scoring
         procs["consumer"] = start_consumer(redis_url, state, bundle, work, 1)
         wait_group(rds, procs["consumer"], work / "consumer-1.log")
         book, ledger = RoomBook(), Ledger()
@@ -1108,6 +1179,7 @@ def main() -> None:
                 "recommend": f"{args.rate}/s open loop, {args.clients} keep-alive clients, live_only, one_per_room, "
                              "k 10, random users of the window",
                 "state": args.state, "segment_workers": args.segment_workers, "nice_encoders": args.nice_encoders,
+                "pin_service": None if cpus is None else {"service": sorted(cpus[0]), "others": sorted(cpus[1])},
                 "refresh": "refresh_run (1 epoch) in a child process at nice 10 on the world's events before the "
                            "refresh point (the ones the replay had sent), since the replay's start",
                 "probe": "before the first watch of the visit in which the user gifts: /recommend live_only "
