@@ -201,23 +201,20 @@ def pinning(args) -> tuple[set[int], set[int]] | None:
     """(the service's CPUs, everyone else's) for --pin-service, None without it."""
     if args.pin_service is None:
         return None
-    if getattr(args, "cpus", None) is not None:  # decided once: this process is pinned to the others after
-        return args.cpus
     mine = {int(c) for c in args.pin_service.split(",")}
     every = os.sched_getaffinity(0)
     rest = every - mine
     if not mine <= every or not rest:
         raise SystemExit(f"--pin-service {args.pin_service}: CPUs of this machine ({sorted(every)}), leaving at "
                          "least one for the rest")
-    args.cpus = (mine, rest)
-    return args.cpus
+    return mine, rest
 
 
-def start_service(bundle: Path, state: str, port: int, args) -> subprocess.Popen:
+def start_service(bundle: Path, state: str, port: int, args, cpus: set[int] | None = None) -> subprocess.Popen:
+    """`modalrec serve` of `bundle`, ready (its encoders warm); `cpus`: run it on those CPUs (taskset)."""
     env = {**os.environ, "MODALREC_API_KEY": KEY, "OMP_NUM_THREADS": "1"}
     err = open(Path(args.work) / "serve.log", "w")  # noqa: SIM115 - the subprocess owns it
-    cpus = pinning(args)
-    pinned = [] if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus[0])))]
+    pinned = [] if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
     proc = subprocess.Popen([*pinned, sys.executable, "-m", "modalrec.cli", "serve", str(bundle), "--host",
                              "127.0.0.1", "--port", str(port), "--state", state, "--threads", "1", "--live-only",
                              "--segment-workers", str(args.segment_workers), "--item-sync", "1"],
@@ -832,7 +829,7 @@ def main() -> None:
     ap.add_argument("--quiet-machine", action="store_true", help="record that the machine had no other load "
                     "(\"quiet\": true in the JSON)")
     args = ap.parse_args()
-    cpus = pinning(args)
+    cpus = pinning(args)  # decided once, before this process moves off the service's CPUs
     if cpus is not None:  # the driver, and so redis, the consumer and the refresh it starts, off the service's cores
         pin(os.getpid(), cpus[1])
     work = Path(args.work)
@@ -862,7 +859,7 @@ def main() -> None:
             (work / "state.sqlite").unlink(missing_ok=True)
             state = f"sqlite:///{work / 'state.sqlite'}"
         log(f"starting the service on 127.0.0.1:{sport} (state {state}) and the consumer")
-        procs["serve"] = start_service(bundle, state, sport, args)
+        procs["serve"] = start_service(bundle, state, sport, args, None if cpus is None else cpus[0])
         import psutil
 
         for p in psutil.Process(procs["serve"].pid).children(recursive=True):
